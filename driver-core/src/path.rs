@@ -1,0 +1,246 @@
+//! [`StoragePath`]: a driver path validated once, at the boundary.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest accepted path segment, in bytes (the usual file-name limit).
+pub const MAX_SEGMENT_LEN: usize = 255;
+/// Longest accepted path, in bytes (S3 keys are limited to 1024 bytes, and a
+/// driver may add a prefix of its own).
+pub const MAX_PATH_LEN: usize = 900;
+
+/// Why a string is not a valid [`StoragePath`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid storage path {path:?}: {reason}")]
+pub struct PathError {
+    /// The rejected input.
+    pub path: String,
+    /// What rule it broke.
+    pub reason: &'static str,
+}
+
+/// An absolute storage path such as `/docker/registry/v2/blobs`.
+///
+/// The grammar is distribution's, `^(/[A-Za-z0-9._-]+)+$`, with two
+/// restrictions that keep every backend safe: no segment is `.` or `..`, and
+/// segments and whole paths have length limits ([`MAX_SEGMENT_LEN`],
+/// [`MAX_PATH_LEN`]). The root, `/`, is also a `StoragePath`; only
+/// [`list`](crate::StorageDriver::list), [`stat`](crate::StorageDriver::stat)
+/// and [`walk`](crate::StorageDriver::walk) accept it.
+///
+/// Ordering is the byte order of the path string. Cloning is cheap.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoragePath(Arc<str>);
+
+impl StoragePath {
+    /// The root directory, `/`.
+    pub fn root() -> Self {
+        Self(Arc::from("/"))
+    }
+
+    /// Parses and validates `s`.
+    pub fn parse(s: &str) -> Result<Self, PathError> {
+        let fail = |reason| {
+            Err(PathError {
+                path: s.to_owned(),
+                reason,
+            })
+        };
+        if s == "/" {
+            return Ok(Self::root());
+        }
+        let Some(rest) = s.strip_prefix('/') else {
+            return fail("must start with '/'");
+        };
+        if s.len() > MAX_PATH_LEN {
+            return fail("too long");
+        }
+        for segment in rest.split('/') {
+            if let Err(reason) = check_segment(segment) {
+                return fail(reason);
+            }
+        }
+        Ok(Self(Arc::from(s)))
+    }
+
+    /// The path as a string, always starting with `/`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the root, `/`.
+    pub fn is_root(&self) -> bool {
+        &*self.0 == "/"
+    }
+
+    /// Appends one or more `/`-separated segments: `"/a".join("b/c")` is `/a/b/c`.
+    pub fn join(&self, relative: &str) -> Result<Self, PathError> {
+        if self.is_root() {
+            Self::parse(&format!("/{relative}"))
+        } else {
+            Self::parse(&format!("{}/{relative}", self.0))
+        }
+    }
+
+    /// The directory holding this path; `None` for the root.
+    pub fn parent(&self) -> Option<Self> {
+        if self.is_root() {
+            return None;
+        }
+        match self.0.rfind('/') {
+            Some(0) => Some(Self::root()),
+            Some(i) => Some(Self(Arc::from(&self.0[..i]))),
+            None => None,
+        }
+    }
+
+    /// The last segment; `None` for the root.
+    pub fn file_name(&self) -> Option<&str> {
+        if self.is_root() {
+            None
+        } else {
+            self.0.rsplit('/').next()
+        }
+    }
+
+    /// The segments, root first; empty for the root.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/').filter(|s| !s.is_empty())
+    }
+
+    /// Whether `self` is `ancestor` or lies beneath it, segment-wise: `/a/b`
+    /// is under `/a`, `/asuffix` is not.
+    pub fn is_under(&self, ancestor: &StoragePath) -> bool {
+        ancestor.is_root()
+            || self.0 == ancestor.0
+            || (self.0.starts_with(&*ancestor.0) && self.0.as_bytes()[ancestor.0.len()] == b'/')
+    }
+
+    /// The path with a trailing `/`, the form under which every descendant
+    /// starts (`/` for the root).
+    pub fn dir_prefix(&self) -> String {
+        if self.is_root() {
+            "/".to_owned()
+        } else {
+            format!("{}/", self.0)
+        }
+    }
+}
+
+fn check_segment(segment: &str) -> Result<(), &'static str> {
+    if segment.is_empty() {
+        return Err("empty segment (\"//\" or trailing '/')");
+    }
+    if segment == "." || segment == ".." {
+        return Err("'.' and '..' segments are not allowed");
+    }
+    if segment.len() > MAX_SEGMENT_LEN {
+        return Err("segment too long");
+    }
+    if !segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("segments may only contain A-Z, a-z, 0-9, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+impl fmt::Display for StoragePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for StoragePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::str::FromStr for StoragePath {
+    type Err = PathError;
+    fn from_str(s: &str) -> Result<Self, PathError> {
+        Self::parse(s)
+    }
+}
+
+impl AsRef<str> for StoragePath {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_distribution_valid_paths() {
+        for p in [
+            "/a",
+            "/2",
+            "/aa",
+            "/a.a",
+            "/0-9/abcdefg",
+            "/abcdefg/z.75",
+            "/abc/1.2.3.4.5-6_zyx/123.z/4",
+            "/docker/docker-registry",
+            "/123.abc",
+            "/abc./abc",
+            "/.abc",
+            "/a--b",
+            "/a-.b",
+            "/_.abc",
+            "/Docker/docker-registry",
+            "/Abc/Cba",
+        ] {
+            let parsed = StoragePath::parse(p).expect(p);
+            assert_eq!(parsed.as_str(), p);
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_paths() {
+        for p in [
+            "",
+            "abc",
+            "123.abc",
+            "//bcd",
+            "/abc_123/",
+            "/a/../b",
+            "/.",
+            "/a b",
+            "/a//b",
+            "/é",
+            &format!("/{}", "x".repeat(MAX_SEGMENT_LEN + 1)),
+        ] {
+            assert!(StoragePath::parse(p).is_err(), "{p:?} accepted");
+        }
+    }
+
+    #[test]
+    fn navigation() {
+        let p = StoragePath::parse("/a/b/c").expect("valid");
+        assert_eq!(p.parent().expect("parent").as_str(), "/a/b");
+        assert_eq!(
+            StoragePath::parse("/a").expect("valid").parent(),
+            Some(StoragePath::root())
+        );
+        assert_eq!(StoragePath::root().parent(), None);
+        assert_eq!(p.file_name(), Some("c"));
+        assert_eq!(p.segments().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            StoragePath::root().join("x/y").expect("join").as_str(),
+            "/x/y"
+        );
+        assert!(p.is_under(&StoragePath::parse("/a").expect("valid")));
+        assert!(
+            !StoragePath::parse("/asuffix")
+                .expect("valid")
+                .is_under(&StoragePath::parse("/a").expect("valid"))
+        );
+        assert!(p.is_under(&StoragePath::root()));
+        assert_eq!(p.dir_prefix(), "/a/b/c/");
+    }
+}

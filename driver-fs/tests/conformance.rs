@@ -1,0 +1,26 @@
+//! The whole conformance suite against the filesystem driver, in a fresh
+//! temporary root per case, or under `FS_ROOT_DIRECTORY` when it is set.
+
+use std::sync::Arc;
+
+use driver_core::StorageDriver;
+use driver_fs::{FsConfig, FsDriver};
+use tempfile::TempDir;
+
+async fn driver() -> Option<(Arc<dyn StorageDriver>, Option<TempDir>)> {
+    let (config, guard) = match FsConfig::from_env().expect("FS_* variables") {
+        Some(config) => (config, None),
+        None => {
+            let dir = TempDir::new().expect("temporary directory");
+            let config = FsConfig {
+                root_directory: dir.path().to_owned(),
+                ..FsConfig::default()
+            };
+            (config, Some(dir))
+        }
+    };
+    let driver = FsDriver::open(&config).expect("open the filesystem driver");
+    Some((Arc::new(driver), guard))
+}
+
+conformance::conformance_tests!(driver);

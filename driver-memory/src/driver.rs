@@ -1,0 +1,313 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use driver_core::{
+    ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, READ_CHUNK, Result,
+    StorageDriver, StoragePath, WalkFn, WalkOptions, require_file_path,
+};
+use futures::stream;
+
+use crate::writer::MemoryWriter;
+
+pub(crate) const NAME: &str = "inmemory";
+
+/// A committed file.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) data: Bytes,
+    pub(crate) modified: SystemTime,
+}
+
+/// Data of a writer that has not committed yet.
+pub(crate) struct Staged {
+    pub(crate) id: u64,
+    pub(crate) data: Vec<u8>,
+    /// `Some(n)` once closed, `n` ordering closes; only closed writers resume.
+    pub(crate) closed_seq: Option<u64>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    /// Committed files keyed by path; the map's order is walk order for files.
+    pub(crate) files: BTreeMap<String, Entry>,
+    /// Uncommitted writers per path.
+    pub(crate) staged: HashMap<String, Vec<Staged>>,
+    pub(crate) next_seq: u64,
+}
+
+impl State {
+    pub(crate) fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Whether some file lies beneath `path`.
+    fn is_dir(&self, path: &StoragePath) -> bool {
+        let prefix = path.dir_prefix();
+        self.files
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix))
+    }
+
+    /// Fails when a file cannot be placed at `path`: a directory is there, or
+    /// a file is above it.
+    pub(crate) fn check_placeable(&self, path: &StoragePath) -> Result<()> {
+        if self.is_dir(path) {
+            return Err(Error::invalid_path(NAME, path, "a directory is there"));
+        }
+        let mut parent = path.parent();
+        while let Some(p) = parent {
+            if self.files.contains_key(p.as_str()) {
+                return Err(Error::invalid_path(NAME, path, format!("{p} is a file")));
+            }
+            parent = p.parent();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn insert(&mut self, path: &StoragePath, data: Bytes) -> Result<()> {
+        self.check_placeable(path)?;
+        self.files.insert(
+            path.as_str().to_owned(),
+            Entry {
+                data,
+                modified: SystemTime::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Files beneath `dir`, in byte order.
+    fn beneath(&self, dir: &StoragePath) -> impl Iterator<Item = (&String, &Entry)> {
+        let prefix = dir.dir_prefix();
+        self.files
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+    }
+}
+
+/// The in-memory driver. Clones share the same storage.
+#[derive(Clone, Default)]
+pub struct MemoryDriver {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for MemoryDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryDriver").finish_non_exhaustive()
+    }
+}
+
+impl MemoryDriver {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+}
+
+/// Locks the state; a panic while it was held cannot leave it half-updated
+/// (every update is a single map operation), so poisoning is ignored.
+pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn file_info(path: StoragePath, entry: &Entry) -> FileInfo {
+    FileInfo {
+        path,
+        size: entry.data.len() as u64,
+        modified: entry.modified,
+        is_dir: false,
+    }
+}
+
+#[async_trait]
+impl StorageDriver for MemoryDriver {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    async fn stat(&self, path: &StoragePath) -> Result<FileInfo> {
+        let state = self.lock();
+        if let Some(entry) = state.files.get(path.as_str()) {
+            return Ok(file_info(path.clone(), entry));
+        }
+        if path.is_root() || state.is_dir(path) {
+            return Ok(FileInfo::directory(path.clone()));
+        }
+        Err(Error::not_found(NAME, path))
+    }
+
+    async fn get_content(&self, path: &StoragePath) -> Result<Bytes> {
+        require_file_path(NAME, path)?;
+        let state = self.lock();
+        state
+            .files
+            .get(path.as_str())
+            .map(|e| e.data.clone())
+            .ok_or_else(|| Error::not_found(NAME, path))
+    }
+
+    async fn put_content(&self, path: &StoragePath, content: Bytes) -> Result<()> {
+        require_file_path(NAME, path)?;
+        self.lock().insert(path, content)
+    }
+
+    async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream> {
+        let data = self.get_content(path).await?;
+        let start = usize::try_from(offset)
+            .ok()
+            .filter(|&o| o <= data.len())
+            .ok_or_else(|| Error::InvalidOffset {
+                driver: NAME,
+                path: path.to_string(),
+                offset,
+            })?;
+        let rest = data.slice(start..);
+        let chunks = (0..rest.len())
+            .step_by(READ_CHUNK)
+            .map(move |i| Ok(rest.slice(i..(i + READ_CHUNK).min(rest.len()))));
+        Ok(Box::pin(stream::iter(chunks)))
+    }
+
+    async fn writer(&self, path: &StoragePath, append: bool) -> Result<Box<dyn FileWriter>> {
+        require_file_path(NAME, path)?;
+        let mut state = self.lock();
+        let id = state.seq();
+        let staged = state.staged.entry(path.as_str().to_owned()).or_default();
+        let resumable = staged
+            .iter_mut()
+            .filter(|s| s.closed_seq.is_some())
+            .max_by_key(|s| s.closed_seq);
+        let (id, size) = match (append, resumable) {
+            (true, Some(s)) => {
+                s.closed_seq = None;
+                (s.id, s.data.len() as u64)
+            }
+            (true, None) => {
+                let Some(entry) = state.files.get(path.as_str()) else {
+                    return Err(Error::not_found(NAME, path));
+                };
+                let data = entry.data.to_vec();
+                let size = data.len() as u64;
+                state
+                    .staged
+                    .entry(path.as_str().to_owned())
+                    .or_default()
+                    .push(Staged {
+                        id,
+                        data,
+                        closed_seq: None,
+                    });
+                (id, size)
+            }
+            (false, _) => {
+                staged.push(Staged {
+                    id,
+                    data: Vec::new(),
+                    closed_seq: None,
+                });
+                (id, 0)
+            }
+        };
+        Ok(Box::new(MemoryWriter::new(
+            Arc::clone(&self.state),
+            path.clone(),
+            id,
+            size,
+        )))
+    }
+
+    async fn list(&self, path: &StoragePath) -> Result<Vec<StoragePath>> {
+        let state = self.lock();
+        let prefix = path.dir_prefix();
+        let mut children: Vec<StoragePath> = Vec::new();
+        for (key, _) in state.beneath(path) {
+            let name = key[prefix.len()..].split('/').next().unwrap_or_default();
+            let child = format!("{prefix}{name}");
+            if children.last().is_none_or(|last| last.as_str() != child) {
+                let child =
+                    StoragePath::parse(&child).map_err(|e| Error::from_path_error(NAME, e))?;
+                children.push(child);
+            }
+        }
+        if children.is_empty() && !path.is_root() {
+            return Err(Error::not_found(NAME, path));
+        }
+        children.sort();
+        children.dedup();
+        Ok(children)
+    }
+
+    async fn move_file(&self, source: &StoragePath, dest: &StoragePath) -> Result<()> {
+        require_file_path(NAME, source)?;
+        require_file_path(NAME, dest)?;
+        let mut state = self.lock();
+        let Some(entry) = state.files.get(source.as_str()).cloned() else {
+            return Err(Error::not_found(NAME, source));
+        };
+        if source == dest {
+            return Ok(());
+        }
+        state.check_placeable(dest)?;
+        state.files.remove(source.as_str());
+        state.files.insert(dest.as_str().to_owned(), entry);
+        Ok(())
+    }
+
+    async fn delete(&self, path: &StoragePath) -> Result<()> {
+        require_file_path(NAME, path)?;
+        let mut state = self.lock();
+        if state.files.remove(path.as_str()).is_some() {
+            return Ok(());
+        }
+        let doomed: Vec<String> = state.beneath(path).map(|(k, _)| k.clone()).collect();
+        if doomed.is_empty() {
+            return Err(Error::not_found(NAME, path));
+        }
+        for key in doomed {
+            state.files.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn walk(
+        &self,
+        from: &StoragePath,
+        options: &WalkOptions,
+        visit: &mut WalkFn<'_>,
+    ) -> Result<()> {
+        let files: Vec<FileInfo> = {
+            let state = self.lock();
+            if !from.is_root() && !state.is_dir(from) {
+                return Err(Error::not_found(NAME, from));
+            }
+            state
+                .beneath(from)
+                .map(|(k, e)| {
+                    StoragePath::parse(k)
+                        .map(|p| file_info(p, e))
+                        .map_err(|err| Error::from_path_error(NAME, err))
+                })
+                .collect::<Result<_>>()?
+        };
+        let mut walk = FlatWalk::new(from, options, visit);
+        for file in files {
+            if !walk.file(file) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! An in-memory [`StorageDriver`](driver_core::StorageDriver).
+//!
+//! It holds every object in process memory behind one mutex that is never held
+//! across an `.await`. It is complete (every operation, resumable writers) and
+//! simple enough to be obviously right, which makes it the reference model the
+//! conformance suite compares other drivers against.
+
+mod driver;
+mod writer;
+
+pub use driver::MemoryDriver;
