@@ -11,7 +11,7 @@ use futures::StreamExt;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use crate::support::{Ctx, expect_kind, random_bytes, read_all, seed};
+use crate::support::{Ctx, assert_bytes, expect_kind, random_bytes, read_all, seed};
 
 const MIB: usize = 1 << 20;
 
@@ -58,10 +58,10 @@ pub async fn valid_paths_round_trip(ctx: Ctx) {
     for (i, relative) in paths.iter().enumerate() {
         let data = random_bytes(i as u64, 32);
         let path = ctx.put(relative, data.clone()).await;
-        assert_eq!(
-            ctx.driver().get_content(&path).await.expect("get"),
-            data,
-            "{path}"
+        assert_bytes(
+            &ctx.driver().get_content(&path).await.expect("get"),
+            &data,
+            path.as_ref(),
         );
         ctx.driver().delete(&path).await.expect("delete");
     }
@@ -124,10 +124,10 @@ async fn put_get(ctx: &Ctx, data: Bytes) {
     let got = ctx.driver().get_content(&path).await.expect("get_content");
     assert_eq!(got.len(), data.len(), "length");
     assert!(got == data, "content differs");
-    assert_eq!(
-        ctx.read(&path, 0).await.expect("reader"),
-        data,
-        "reader content"
+    assert_bytes(
+        &ctx.read(&path, 0).await.expect("reader"),
+        &data,
+        "reader content",
     );
 }
 
@@ -183,7 +183,11 @@ pub async fn put_truncates_on_reput(ctx: Ctx) {
         .put_content(&path, short.clone())
         .await
         .expect("second put");
-    assert_eq!(ctx.driver().get_content(&path).await.expect("get"), short);
+    assert_bytes(
+        &ctx.driver().get_content(&path).await.expect("get"),
+        &short,
+        "content",
+    );
     assert_eq!(ctx.driver().stat(&path).await.expect("stat").size, 100);
 }
 
@@ -308,10 +312,10 @@ pub async fn reader_offsets(ctx: Ctx) {
     let data = random_bytes(seed(), 96);
     let path = ctx.put("r", data.clone()).await;
     for offset in [0, 32, 64] {
-        assert_eq!(
-            ctx.read(&path, offset).await.expect("read"),
-            data.slice(offset as usize..),
-            "offset {offset}"
+        assert_bytes(
+            &ctx.read(&path, offset).await.expect("read"),
+            &data.slice(offset as usize..),
+            &format!("offset {offset}"),
         );
     }
 }
@@ -428,9 +432,15 @@ pub async fn append_after_empty_commit(ctx: Ctx) {
         .expect("commit empty");
     assert_eq!(ctx.driver().stat(&path).await.expect("stat").size, 0);
     let data = random_bytes(seed(), 64);
-    let mut writer = ctx.write_chunks(&path, true, &[data.clone()]).await;
+    let mut writer = ctx
+        .write_chunks(&path, true, std::slice::from_ref(&data))
+        .await;
     writer.commit().await.expect("commit");
-    assert_eq!(ctx.driver().get_content(&path).await.expect("get"), data);
+    assert_bytes(
+        &ctx.driver().get_content(&path).await.expect("get"),
+        &data,
+        "content",
+    );
 }
 
 /// Appending to a committed file continues it; the old content stays
@@ -442,15 +452,16 @@ pub async fn append_after_commit(ctx: Ctx) {
     let mut writer = ctx.write_chunks(&path, true, &[]).await;
     assert_eq!(writer.size(), 1000);
     writer.write(second.clone()).await.expect("write");
-    assert_eq!(
-        ctx.driver().get_content(&path).await.expect("get"),
-        first,
-        "visible before commit"
+    assert_bytes(
+        &ctx.driver().get_content(&path).await.expect("get"),
+        &first,
+        "visible before commit",
     );
     writer.commit().await.expect("commit");
-    assert_eq!(
-        ctx.driver().get_content(&path).await.expect("get"),
-        [first, second].concat()
+    assert_bytes(
+        &ctx.driver().get_content(&path).await.expect("get"),
+        &[first, second].concat(),
+        "content",
     );
 }
 
@@ -586,12 +597,16 @@ pub async fn finished_writer_rejects_calls(ctx: Ctx) {
 pub async fn commit_replaces_existing(ctx: Ctx) {
     let path = ctx.put("f", random_bytes(seed(), 5000)).await;
     let new = random_bytes(seed(), 10);
-    ctx.write_chunks(&path, false, &[new.clone()])
+    ctx.write_chunks(&path, false, std::slice::from_ref(&new))
         .await
         .commit()
         .await
         .expect("commit");
-    assert_eq!(ctx.driver().get_content(&path).await.expect("get"), new);
+    assert_bytes(
+        &ctx.driver().get_content(&path).await.expect("get"),
+        &new,
+        "content",
+    );
 }
 
 // ---------------------------------------------------------------- list
@@ -683,9 +698,10 @@ pub async fn move_file(ctx: Ctx) {
     let source = ctx.put("src/file", data.clone()).await;
     let dest = ctx.path("dst/deep/file");
     ctx.driver().move_file(&source, &dest).await.expect("move");
-    assert_eq!(
-        ctx.driver().get_content(&dest).await.expect("get dest"),
-        data
+    assert_bytes(
+        &ctx.driver().get_content(&dest).await.expect("get dest"),
+        &data,
+        "content",
     );
     expect_kind(
         ctx.driver().get_content(&source).await,
@@ -700,7 +716,11 @@ pub async fn move_overwrites(ctx: Ctx) {
     let source = ctx.put("src", data.clone()).await;
     let dest = ctx.put("dst", random_bytes(seed(), 64)).await;
     ctx.driver().move_file(&source, &dest).await.expect("move");
-    assert_eq!(ctx.driver().get_content(&dest).await.expect("get"), data);
+    assert_bytes(
+        &ctx.driver().get_content(&dest).await.expect("get"),
+        &data,
+        "content",
+    );
     expect_kind(
         ctx.driver().stat(&source).await,
         ErrorKind::PathNotFound,
@@ -717,7 +737,11 @@ pub async fn move_missing_keeps_dest(ctx: Ctx) {
         ErrorKind::PathNotFound,
         "move missing",
     );
-    assert_eq!(ctx.driver().get_content(&dest).await.expect("get"), data);
+    assert_bytes(
+        &ctx.driver().get_content(&dest).await.expect("get"),
+        &data,
+        "content",
+    );
 }
 
 /// Moving a missing file from beneath a file fails.
@@ -969,7 +993,11 @@ pub async fn concurrent_writers_finish(ctx: Ctx) {
                 tokio::task::yield_now().await;
             }
             writer.commit().await.expect("commit");
-            assert_eq!(driver.get_content(&path).await.expect("get"), data);
+            assert_bytes(
+                &driver.get_content(&path).await.expect("get"),
+                &data,
+                "content",
+            );
         }));
     }
     for task in tasks {

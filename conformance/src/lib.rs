@@ -4,7 +4,7 @@
 //! Each behaviour is one `pub async fn` in [`cases`]. A driver crate runs them
 //! all from its `tests/conformance.rs`:
 //!
-//! ```ignore
+//! ```text
 //! async fn driver() -> Option<(Arc<dyn StorageDriver>, TempDir)> { ... }
 //! conformance::conformance_tests!(driver);
 //! ```
@@ -25,7 +25,8 @@ mod model;
 mod support;
 
 pub use support::{
-    Case, Ctx, Settings, expect_kind, failing_cases, random_bytes, read_all, run_case, seed,
+    Case, Ctx, Settings, assert_bytes, expect_kind, failing_cases, random_bytes, read_all,
+    run_case, seed,
 };
 
 /// Calls `$callback!` with the name of every case; the one list of cases.

@@ -178,6 +178,24 @@ pub fn expect_kind<T: Debug>(result: Result<T>, kind: ErrorKind, what: &str) {
     }
 }
 
+/// Asserts two contents are equal, reporting sizes and the first differing
+/// byte rather than the bytes themselves.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], expected: &[u8], what: &str) {
+    if got != expected {
+        let at = got
+            .iter()
+            .zip(expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(expected.len()));
+        panic!(
+            "{what}: got {} bytes, expected {}; they differ from byte {at}",
+            got.len(),
+            expected.len()
+        );
+    }
+}
+
 /// `len` pseudo-random bytes, the same for the same `seed`.
 pub fn random_bytes(seed: u64, len: usize) -> Bytes {
     let mut data = vec![0; len];

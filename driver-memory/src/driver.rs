@@ -5,11 +5,12 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 use driver_core::{
-    ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, READ_CHUNK, Result,
-    StorageDriver, StoragePath, WalkFn, WalkOptions, require_file_path,
+    ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, Result, StorageDriver,
+    StoragePath, WalkFn, WalkOptions, require_file_path,
 };
 use futures::stream;
 
+use crate::rope::Rope;
 use crate::writer::MemoryWriter;
 
 pub(crate) const NAME: &str = "inmemory";
@@ -17,14 +18,14 @@ pub(crate) const NAME: &str = "inmemory";
 /// A committed file.
 #[derive(Clone)]
 pub(crate) struct Entry {
-    pub(crate) data: Bytes,
+    pub(crate) data: Rope,
     pub(crate) modified: SystemTime,
 }
 
 /// Data of a writer that has not committed yet.
 pub(crate) struct Staged {
     pub(crate) id: u64,
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: Rope,
     /// `Some(n)` once closed, `n` ordering closes; only closed writers resume.
     pub(crate) closed_seq: Option<u64>,
 }
@@ -69,7 +70,7 @@ impl State {
         Ok(())
     }
 
-    pub(crate) fn insert(&mut self, path: &StoragePath, data: Bytes) -> Result<()> {
+    pub(crate) fn insert(&mut self, path: &StoragePath, data: Rope) -> Result<()> {
         self.check_placeable(path)?;
         self.files.insert(
             path.as_str().to_owned(),
@@ -122,7 +123,7 @@ pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 fn file_info(path: StoragePath, entry: &Entry) -> FileInfo {
     FileInfo {
         path,
-        size: entry.data.len() as u64,
+        size: entry.data.len(),
         modified: entry.modified,
         is_dir: false,
     }
@@ -155,30 +156,33 @@ impl StorageDriver for MemoryDriver {
         state
             .files
             .get(path.as_str())
-            .map(|e| e.data.clone())
+            .map(|e| e.data.to_bytes())
             .ok_or_else(|| Error::not_found(NAME, path))
     }
 
     async fn put_content(&self, path: &StoragePath, content: Bytes) -> Result<()> {
         require_file_path(NAME, path)?;
-        self.lock().insert(path, content)
+        self.lock().insert(path, Rope::from_bytes(content))
     }
 
     async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream> {
-        let data = self.get_content(path).await?;
-        let start = usize::try_from(offset)
-            .ok()
-            .filter(|&o| o <= data.len())
-            .ok_or_else(|| Error::InvalidOffset {
+        require_file_path(NAME, path)?;
+        let data = self
+            .lock()
+            .files
+            .get(path.as_str())
+            .map(|e| e.data.clone())
+            .ok_or_else(|| Error::not_found(NAME, path))?;
+        if offset > data.len() {
+            return Err(Error::InvalidOffset {
                 driver: NAME,
                 path: path.to_string(),
                 offset,
-            })?;
-        let rest = data.slice(start..);
-        let chunks = (0..rest.len())
-            .step_by(READ_CHUNK)
-            .map(move |i| Ok(rest.slice(i..(i + READ_CHUNK).min(rest.len()))));
-        Ok(Box::pin(stream::iter(chunks)))
+            });
+        }
+        Ok(Box::pin(stream::iter(
+            data.slices_from(offset).into_iter().map(Ok),
+        )))
     }
 
     async fn writer(&self, path: &StoragePath, append: bool) -> Result<Box<dyn FileWriter>> {
@@ -193,14 +197,14 @@ impl StorageDriver for MemoryDriver {
         let (id, size) = match (append, resumable) {
             (true, Some(s)) => {
                 s.closed_seq = None;
-                (s.id, s.data.len() as u64)
+                (s.id, s.data.len())
             }
             (true, None) => {
                 let Some(entry) = state.files.get(path.as_str()) else {
                     return Err(Error::not_found(NAME, path));
                 };
-                let data = entry.data.to_vec();
-                let size = data.len() as u64;
+                let data = entry.data.clone();
+                let size = data.len();
                 state
                     .staged
                     .entry(path.as_str().to_owned())
@@ -215,7 +219,7 @@ impl StorageDriver for MemoryDriver {
             (false, _) => {
                 staged.push(Staged {
                     id,
-                    data: Vec::new(),
+                    data: Rope::default(),
                     closed_seq: None,
                 });
                 (id, 0)

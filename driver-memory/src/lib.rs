@@ -6,6 +6,7 @@
 //! conformance suite compares other drivers against.
 
 mod driver;
+mod rope;
 mod writer;
 
 pub use driver::MemoryDriver;

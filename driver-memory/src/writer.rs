@@ -90,8 +90,8 @@ impl FileWriter for MemoryWriter {
             .get_mut(self.path.as_str())
             .and_then(|l| l.iter_mut().find(|s| s.id == self.id))
             .ok_or_else(|| self.vanished())?;
-        staged.data.extend_from_slice(&data);
         self.size += data.len() as u64;
+        staged.data.push(data);
         Ok(())
     }
 
@@ -109,13 +109,12 @@ impl FileWriter for MemoryWriter {
     async fn commit(&mut self) -> Result<()> {
         self.check_open()?;
         let mut state = lock(&self.state);
-        let staged = self.take(&mut state)?;
-        let data = Bytes::from(staged.data);
+        let data = self.take(&mut state)?.data;
         if let Err(e) = state.insert(&self.path, data.clone()) {
             // Keep the writer usable: it may still be cancelled or closed.
             let staged = Staged {
                 id: self.id,
-                data: data.to_vec(),
+                data,
                 closed_seq: None,
             };
             state
