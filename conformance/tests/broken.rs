@@ -205,23 +205,31 @@ impl FileWriter for BrokenWriter {
     }
 
     async fn close(&mut self) -> Result<()> {
+        self.ended = true;
         self.inner.close().await
     }
 
     async fn commit(&mut self) -> Result<()> {
-        if self.fault == Fault::NonAtomicCommit {
-            // Expose a truncated object for a while before the real one.
+        if self.fault == Fault::NonAtomicCommit && !self.ended {
+            // Expose a truncated object until readers have looked (bounded,
+            // for when nobody reads), then the real one.
             self.driver
                 .put_content(&self.path, Bytes::from_static(b"partial"))
                 .await?;
-            for _ in 0..64 {
+            let seen = self.reads.load(Ordering::SeqCst);
+            for _ in 0..100_000 {
+                if self.reads.load(Ordering::SeqCst) > seen + 2 {
+                    break;
+                }
                 tokio::task::yield_now().await;
             }
         }
+        self.ended = true;
         self.inner.commit().await
     }
 
     async fn cancel(&mut self) -> Result<()> {
+        self.ended = true;
         if self.fault == Fault::CancelKeepsData {
             return self.inner.close().await;
         }
