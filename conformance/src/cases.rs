@@ -85,7 +85,6 @@ pub async fn invalid_path_strings_rejected(ctx: Ctx) {
         } else {
             assert!(parsed.is_err(), "{bad:?} parsed");
         }
-        assert!(ctx.prefix().join(bad.trim_start_matches('/')).is_err() || !bad.contains(' '));
     }
 }
 
