@@ -12,3 +12,19 @@ require_rust() {
         fi
     done
 }
+
+# Where tools built for the tests live, outside the repository, reused across runs.
+TOOLS_DIR="${REGISTRY_PROXY_TOOLS:-/opt/registry-proxy-tools}"
+GARAGE_VERSION=2.5.0
+
+# Prints the path of the Garage binary, installing it with cargo the first
+# time (about 13 minutes on 2 cores).
+ensure_garage() {
+    local root="$TOOLS_DIR/garage-$GARAGE_VERSION"
+    if [ ! -x "$root/bin/garage" ]; then
+        echo "installing garage $GARAGE_VERSION into $root (once; takes minutes)" >&2
+        mkdir -p "$TOOLS_DIR"
+        cargo install "garage@$GARAGE_VERSION" --locked --root "$root" >&2
+    fi
+    echo "$root/bin/garage"
+}

@@ -880,17 +880,17 @@ pub async fn redirect_url(ctx: Ctx) {
         }
         return;
     }
-    for method in [RedirectMethod::Get, RedirectMethod::Head] {
-        let url = ctx
-            .driver()
-            .redirect_url(&path, method)
-            .await
-            .expect("redirect_url");
-        assert!(
-            url.is_some_and(|u| u.starts_with("http")),
-            "{method:?}: no usable URL"
-        );
-    }
+    let client = reqwest::Client::new();
+    let url = ctx.driver().redirect_url(&path, RedirectMethod::Get).await.expect("redirect_url GET");
+    let url = url.expect("a redirect for GET");
+    let got = client.get(&url).send().await.expect("fetch the GET redirect");
+    assert!(got.status().is_success(), "GET {url}: {}", got.status());
+    assert_eq!(got.bytes().await.expect("body"), "redirected", "content behind the GET redirect");
+    let url = ctx.driver().redirect_url(&path, RedirectMethod::Head).await.expect("redirect_url HEAD");
+    let url = url.expect("a redirect for HEAD");
+    let got = client.head(&url).send().await.expect("fetch the HEAD redirect");
+    assert!(got.status().is_success(), "HEAD {url}: {}", got.status());
+    assert_eq!(got.headers().get("content-length").and_then(|v| v.to_str().ok()), Some("10"));
 }
 
 // ---------------------------------------------------------------- stat

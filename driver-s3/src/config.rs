@@ -1,0 +1,187 @@
+use std::time::Duration;
+
+use serde::Deserialize;
+
+const MIB: u64 = 1 << 20;
+/// S3's smallest part size (all parts but the last).
+pub(crate) const MIN_CHUNK: u64 = 5 * MIB;
+/// S3's largest single-request copy.
+pub(crate) const MAX_SINGLE_COPY: u64 = 5 << 30;
+
+/// Configuration of [`S3Driver`](crate::S3Driver). Keys follow CNCF
+/// distribution's `storage.s3` section where it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket (required).
+    pub bucket: String,
+    /// The region; S3-compatible servers usually accept any (`us-east-1`).
+    pub region: String,
+    /// An endpoint URL for S3-compatible servers (`http://127.0.0.1:3900`);
+    /// `None` for AWS.
+    #[serde(rename = "regionendpoint")]
+    pub endpoint: Option<String>,
+    /// Access key; with `secret_key`. When both are absent the standard AWS
+    /// credential chain is used (environment, profile, instance role).
+    #[serde(rename = "accesskey")]
+    pub access_key: Option<String>,
+    /// Secret key; with `access_key`.
+    #[serde(rename = "secretkey")]
+    pub secret_key: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most
+    /// S3-compatible servers need.
+    #[serde(rename = "forcepathstyle")]
+    pub force_path_style: bool,
+    /// Key prefix every object is stored under (`/registry`, or empty).
+    #[serde(rename = "rootdirectory")]
+    pub root_directory: String,
+    /// Multipart part size in bytes; at least 5 MiB. Writers that stay under
+    /// one chunk commit with a single `PutObject`.
+    #[serde(rename = "chunksize")]
+    pub chunk_size: u64,
+    /// Parts a writer uploads at once.
+    #[serde(rename = "uploadconcurrency")]
+    pub upload_concurrency: usize,
+    /// Objects larger than this are moved with a multipart copy (at most 5 GiB).
+    #[serde(rename = "multipartcopythresholdsize")]
+    pub copy_threshold: u64,
+    /// Part size of multipart copies; at least 5 MiB.
+    #[serde(rename = "multipartcopychunksize")]
+    pub copy_chunk_size: u64,
+    /// Parts a multipart copy copies at once.
+    #[serde(rename = "multipartcopymaxconcurrency")]
+    pub copy_concurrency: usize,
+    /// Attempts per request (the SDK's standard retry mode, with backoff).
+    #[serde(rename = "maxattempts")]
+    pub max_attempts: u32,
+    /// When set, `redirect_url` returns presigned URLs valid this many seconds.
+    #[serde(rename = "redirectexpiry")]
+    pub redirect_expiry_secs: Option<u64>,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            region: "us-east-1".to_owned(),
+            endpoint: None,
+            access_key: None,
+            secret_key: None,
+            force_path_style: false,
+            root_directory: String::new(),
+            chunk_size: 10 * MIB,
+            upload_concurrency: 4,
+            copy_threshold: 32 * MIB,
+            copy_chunk_size: 32 * MIB,
+            copy_concurrency: 16,
+            max_attempts: 5,
+            redirect_expiry_secs: None,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("s3 configuration: {key}: {reason}")]
+pub struct ConfigError {
+    /// The key or environment variable at fault.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl S3Config {
+    /// The configuration from the standard AWS variables (`AWS_ENDPOINT_URL`,
+    /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`) plus
+    /// `S3_BUCKET`, `S3_ROOT_DIRECTORY` and `S3_CHUNK_SIZE`; `None` when
+    /// `S3_BUCKET` is unset. With an endpoint, path-style addressing is on.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let Some(bucket) = var("S3_BUCKET") else {
+            return Ok(None);
+        };
+        let defaults = Self::default();
+        let endpoint = var("AWS_ENDPOINT_URL");
+        let chunk_size = match var("S3_CHUNK_SIZE") {
+            Some(v) => v
+                .parse()
+                .map_err(|_| invalid("S3_CHUNK_SIZE", format!("{v:?} is not a byte count")))?,
+            None => defaults.chunk_size,
+        };
+        let config = Self {
+            bucket,
+            region: var("AWS_REGION").unwrap_or(defaults.region.clone()),
+            force_path_style: endpoint.is_some(),
+            endpoint,
+            access_key: var("AWS_ACCESS_KEY_ID"),
+            secret_key: var("AWS_SECRET_ACCESS_KEY"),
+            root_directory: var("S3_ROOT_DIRECTORY").unwrap_or_default(),
+            chunk_size,
+            ..defaults
+        };
+        config.validate()?;
+        Ok(Some(config))
+    }
+
+    /// Checks the values: a bucket, sizes S3 accepts, keys in pairs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.bucket.is_empty() {
+            return Err(invalid("bucket", "is required"));
+        }
+        if self.chunk_size < MIN_CHUNK {
+            return Err(invalid("chunksize", format!("{} is below S3's 5 MiB part minimum", self.chunk_size)));
+        }
+        if self.copy_chunk_size < MIN_CHUNK {
+            return Err(invalid("multipartcopychunksize", "must be at least 5 MiB"));
+        }
+        if self.copy_threshold > MAX_SINGLE_COPY {
+            return Err(invalid("multipartcopythresholdsize", "must be at most 5 GiB"));
+        }
+        if self.upload_concurrency == 0 || self.copy_concurrency == 0 || self.max_attempts == 0 {
+            return Err(invalid("uploadconcurrency", "concurrency and attempts must be at least 1"));
+        }
+        if self.access_key.is_some() != self.secret_key.is_some() {
+            return Err(invalid("accesskey", "accesskey and secretkey go together"));
+        }
+        if self.root_directory.split('/').any(|s| s == "@writers") {
+            return Err(invalid("rootdirectory", "may not contain @writers"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn redirect_expiry(&self) -> Option<Duration> {
+        self.redirect_expiry_secs.map(Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> S3Config {
+        S3Config {
+            bucket: "b".into(),
+            ..S3Config::default()
+        }
+    }
+
+    #[test]
+    fn rejects_what_s3_would_refuse() {
+        assert!(valid().validate().is_ok());
+        let small = S3Config { chunk_size: MIN_CHUNK - 1, ..valid() };
+        assert_eq!(small.validate().unwrap_err().key, "chunksize");
+        let no_bucket = S3Config::default();
+        assert_eq!(no_bucket.validate().unwrap_err().key, "bucket");
+        let half_keys = S3Config { access_key: Some("a".into()), ..valid() };
+        assert_eq!(half_keys.validate().unwrap_err().key, "accesskey");
+        let huge_copy = S3Config { copy_threshold: MAX_SINGLE_COPY + 1, ..valid() };
+        assert_eq!(huge_copy.validate().unwrap_err().key, "multipartcopythresholdsize");
+    }
+}

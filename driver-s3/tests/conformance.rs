@@ -1,0 +1,32 @@
+//! The whole conformance suite against driver-s3 on a real S3 server, found
+//! through the environment (`scripts/test.sh` starts Garage and exports it).
+//! Without a server the cases print why they skip; with `REQUIRE_S3=1` a
+//! missing server fails them instead.
+
+use std::sync::Arc;
+
+use driver_core::StorageDriver;
+use driver_s3::{S3Config, S3Driver};
+
+async fn driver() -> Option<(Arc<dyn StorageDriver>, ())> {
+    let Some(config) = S3Config::from_env().expect("S3 environment") else {
+        assert!(
+            std::env::var("REQUIRE_S3").as_deref() != Ok("1"),
+            "REQUIRE_S3=1 but S3_BUCKET is not set: start a server with scripts/s3-server.sh"
+        );
+        println!("skipped: S3_BUCKET is not set (scripts/test.sh starts Garage and sets it)");
+        return None;
+    };
+    let config = S3Config {
+        // The smallest part size S3 allows, so that the suite's streams span many parts.
+        chunk_size: 5 << 20,
+        // A low copy threshold exercises multipart copies with the suite's sizes.
+        copy_threshold: 6 << 20,
+        copy_chunk_size: 5 << 20,
+        redirect_expiry_secs: Some(300),
+        ..config
+    };
+    Some((Arc::new(S3Driver::new(config).await.expect("client")), ()))
+}
+
+conformance::conformance_tests!(driver);
