@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: formatting, lints, unit tests, the
-# conformance suite against every driver, and the broken-driver checks.
-# Installs nothing it finds already present.
+# conformance suite against every driver (driver-s3 on a real S3 server), the
+# broken-driver checks and driver-s3's own tests.
+#
+# S3: with S3_BUCKET (and the AWS_* variables) already set, that server is
+# used (MinIO, AWS, ...). Otherwise a private Garage is started on 127.0.0.1
+# (installed once outside the repository) and stopped afterwards.
+# REQUIRE_S3=1 (set by CI) turns a missing S3 server into a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -9,4 +14,12 @@ cd "$(dirname "$0")/.."
 require_rust
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+
+if [ -z "${S3_BUCKET:-}" ]; then
+    s3_dir="$(mktemp -d)"
+    trap 'scripts/s3-server.sh stop "$s3_dir"; rm -rf "$s3_dir"' EXIT
+    scripts/s3-server.sh start "$s3_dir"
+    . "$s3_dir/env"
+    echo "S3 tests run on $S3_BACKEND at $AWS_ENDPOINT_URL"
+fi
 cargo test --workspace

@@ -136,16 +136,25 @@ impl S3Config {
             return Err(invalid("bucket", "is required"));
         }
         if self.chunk_size < MIN_CHUNK {
-            return Err(invalid("chunksize", format!("{} is below S3's 5 MiB part minimum", self.chunk_size)));
+            return Err(invalid(
+                "chunksize",
+                format!("{} is below S3's 5 MiB part minimum", self.chunk_size),
+            ));
         }
         if self.copy_chunk_size < MIN_CHUNK {
             return Err(invalid("multipartcopychunksize", "must be at least 5 MiB"));
         }
         if self.copy_threshold > MAX_SINGLE_COPY {
-            return Err(invalid("multipartcopythresholdsize", "must be at most 5 GiB"));
+            return Err(invalid(
+                "multipartcopythresholdsize",
+                "must be at most 5 GiB",
+            ));
         }
         if self.upload_concurrency == 0 || self.copy_concurrency == 0 || self.max_attempts == 0 {
-            return Err(invalid("uploadconcurrency", "concurrency and attempts must be at least 1"));
+            return Err(invalid(
+                "uploadconcurrency",
+                "concurrency and attempts must be at least 1",
+            ));
         }
         if self.access_key.is_some() != self.secret_key.is_some() {
             return Err(invalid("accesskey", "accesskey and secretkey go together"));
@@ -175,13 +184,25 @@ mod tests {
     #[test]
     fn rejects_what_s3_would_refuse() {
         assert!(valid().validate().is_ok());
-        let small = S3Config { chunk_size: MIN_CHUNK - 1, ..valid() };
+        let small = S3Config {
+            chunk_size: MIN_CHUNK - 1,
+            ..valid()
+        };
         assert_eq!(small.validate().unwrap_err().key, "chunksize");
         let no_bucket = S3Config::default();
         assert_eq!(no_bucket.validate().unwrap_err().key, "bucket");
-        let half_keys = S3Config { access_key: Some("a".into()), ..valid() };
+        let half_keys = S3Config {
+            access_key: Some("a".into()),
+            ..valid()
+        };
         assert_eq!(half_keys.validate().unwrap_err().key, "accesskey");
-        let huge_copy = S3Config { copy_threshold: MAX_SINGLE_COPY + 1, ..valid() };
-        assert_eq!(huge_copy.validate().unwrap_err().key, "multipartcopythresholdsize");
+        let huge_copy = S3Config {
+            copy_threshold: MAX_SINGLE_COPY + 1,
+            ..valid()
+        };
+        assert_eq!(
+            huge_copy.validate().unwrap_err().key,
+            "multipartcopythresholdsize"
+        );
     }
 }

@@ -57,7 +57,11 @@ impl Inner {
     /// The key prefix everything beneath `path` starts with.
     fn dir_key(&self, path: &StoragePath) -> String {
         let key = self.key(path);
-        if key.is_empty() { key } else { format!("{key}/") }
+        if key.is_empty() {
+            key
+        } else {
+            format!("{key}/")
+        }
     }
 
     /// The storage path of `key`, if it is one (writer records are not).
@@ -78,8 +82,19 @@ impl Inner {
     }
 
     /// Size and modification time of the object at `key`, `None` if absent.
-    pub(crate) async fn head(&self, key: &str, path: &StoragePath) -> Result<Option<(u64, SystemTime)>> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+    pub(crate) async fn head(
+        &self,
+        key: &str,
+        path: &StoragePath,
+    ) -> Result<Option<(u64, SystemTime)>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(out) => Ok(Some((
                 out.content_length().unwrap_or(0).max(0) as u64,
                 to_system_time(out.last_modified()),
@@ -206,7 +221,9 @@ impl Inner {
             .set_start_after(start_after)
             .into_paginator()
             .send();
-        futures::stream::unfold(pages, |mut pages| async move { pages.next().await.map(|p| (p, pages)) })
+        futures::stream::unfold(pages, |mut pages| async move {
+            pages.next().await.map(|p| (p, pages))
+        })
     }
 
     /// Copies `ranges` of the object `source` into parts of the upload
@@ -234,9 +251,20 @@ impl Inner {
                     .copy_source(&copy_source)
                     .copy_source_range(format!("bytes={start}-{}", end - 1));
                 async move {
-                    let out = request.send().await.map_err(|e| sdk_error("copy", path, e))?;
-                    let etag = out.copy_part_result().and_then(|r| r.e_tag()).map(str::to_owned);
-                    Ok::<_, Error>(CompletedPart::builder().part_number(number).set_e_tag(etag).build())
+                    let out = request
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("copy", path, e))?;
+                    let etag = out
+                        .copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .map(str::to_owned);
+                    Ok::<_, Error>(
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(etag)
+                            .build(),
+                    )
                 }
             })
             .buffer_unordered(self.config.copy_concurrency)
@@ -255,9 +283,15 @@ impl Inner {
             .send()
             .await
             .map_err(|e| sdk_error("create upload", path, e))?;
-        out.upload_id()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::backend(NAME, "create upload", path, false, "no upload id in the answer"))
+        out.upload_id().map(str::to_owned).ok_or_else(|| {
+            Error::backend(
+                NAME,
+                "create upload",
+                path,
+                false,
+                "no upload id in the answer",
+            )
+        })
     }
 
     pub(crate) async fn complete_upload(
@@ -272,14 +306,23 @@ impl Inner {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| sdk_error("commit", path, e))?;
         Ok(())
     }
 
-    pub(crate) async fn abort_upload(&self, key: &str, upload_id: &str, path: &StoragePath) -> Result<()> {
+    pub(crate) async fn abort_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        path: &StoragePath,
+    ) -> Result<()> {
         match self
             .client
             .abort_multipart_upload()
@@ -296,7 +339,13 @@ impl Inner {
     }
 
     /// Copies the object `source` (of `size` bytes) to `dest` server-side.
-    async fn copy_object(&self, source: &str, dest: &str, size: u64, path: &StoragePath) -> Result<()> {
+    async fn copy_object(
+        &self,
+        source: &str,
+        dest: &str,
+        size: u64,
+        path: &StoragePath,
+    ) -> Result<()> {
         if size <= self.config.copy_threshold {
             self.client
                 .copy_object()
@@ -313,7 +362,10 @@ impl Inner {
             .map(|i| (i * chunk, ((i + 1) * chunk).min(size)))
             .collect();
         let upload_id = self.create_upload(dest, path).await?;
-        let copied = match self.copy_parts(source, dest, &upload_id, ranges, 1, path).await {
+        let copied = match self
+            .copy_parts(source, dest, &upload_id, ranges, 1, path)
+            .await
+        {
             Ok(parts) => self.complete_upload(dest, &upload_id, parts, path).await,
             Err(e) => Err(e),
         };
@@ -337,7 +389,13 @@ impl S3Driver {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()));
         if let (Some(access), Some(secret)) = (&config.access_key, &config.secret_key) {
-            loader = loader.credentials_provider(Credentials::new(access, secret, None, None, "registry-proxy config"));
+            loader = loader.credentials_provider(Credentials::new(
+                access,
+                secret,
+                None,
+                None,
+                "registry-proxy config",
+            ));
         }
         let shared = loader.load().await;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
@@ -389,9 +447,18 @@ impl StorageDriver for S3Driver {
             return Ok(FileInfo::directory(path.clone()));
         }
         if let Some((size, modified)) = self.inner.head(&self.inner.key(path), path).await? {
-            return Ok(FileInfo { path: path.clone(), size, modified, is_dir: false });
+            return Ok(FileInfo {
+                path: path.clone(),
+                size,
+                modified,
+                is_dir: false,
+            });
         }
-        if self.inner.any_under(&self.inner.dir_key(path), path).await? {
+        if self
+            .inner
+            .any_under(&self.inner.dir_key(path), path)
+            .await?
+        {
             return Ok(FileInfo::directory(path.clone()));
         }
         Err(Error::not_found(NAME, path))
@@ -415,7 +482,12 @@ impl StorageDriver for S3Driver {
     async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream> {
         require_file_path(NAME, path)?;
         let key = self.inner.key(path);
-        let mut request = self.inner.client.get_object().bucket(&self.inner.bucket).key(&key);
+        let mut request = self
+            .inner
+            .client
+            .get_object()
+            .bucket(&self.inner.bucket)
+            .key(&key);
         if offset > 0 {
             request = request.range(format!("bytes={offset}-"));
         }
@@ -425,7 +497,11 @@ impl StorageDriver for S3Driver {
                 // The range starts at or past the end: empty at the end, invalid past it.
                 match self.inner.head(&key, path).await? {
                     Some((size, _)) if size == offset => Ok(Box::pin(futures::stream::empty())),
-                    Some(_) => Err(Error::InvalidOffset { driver: NAME, path: path.to_string(), offset }),
+                    Some(_) => Err(Error::InvalidOffset {
+                        driver: NAME,
+                        path: path.to_string(),
+                        offset,
+                    }),
                     None => Err(Error::not_found(NAME, path)),
                 }
             }
@@ -449,7 +525,11 @@ impl StorageDriver for S3Driver {
         let mut pages = std::pin::pin!(self.inner.list_pages(&prefix, Some("/"), None));
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_error("list", path, e))?;
-            let dirs = page.common_prefixes().iter().filter_map(|p| p.prefix()).map(|p| p.trim_end_matches('/'));
+            let dirs = page
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix())
+                .map(|p| p.trim_end_matches('/'));
             let files = page.contents().iter().filter_map(|o| o.key());
             for key in dirs.chain(files) {
                 let name = &key[prefix.len().min(key.len())..];
@@ -476,7 +556,9 @@ impl StorageDriver for S3Driver {
         if source == dest {
             return Ok(());
         }
-        self.inner.copy_object(&source_key, &self.inner.key(dest), size, dest).await?;
+        self.inner
+            .copy_object(&source_key, &self.inner.key(dest), size, dest)
+            .await?;
         self.inner.delete_key(&source_key, source).await
     }
 
@@ -490,10 +572,15 @@ impl StorageDriver for S3Driver {
         // Everything beneath, page by page; `dir_key` ends in '/', so a
         // sibling sharing the name as a prefix (`/asuffix`) is never listed.
         let mut any = false;
-        let mut pages = std::pin::pin!(self.inner.list_pages(&self.inner.dir_key(path), None, None));
+        let mut pages =
+            std::pin::pin!(self.inner.list_pages(&self.inner.dir_key(path), None, None));
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_error("list", path, e))?;
-            let keys: Vec<String> = page.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+            let keys: Vec<String> = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned))
+                .collect();
             any |= !keys.is_empty();
             self.inner.delete_batch(keys, path).await?;
         }
@@ -503,7 +590,12 @@ impl StorageDriver for S3Driver {
         Ok(())
     }
 
-    async fn walk(&self, from: &StoragePath, options: &WalkOptions, visit: &mut WalkFn<'_>) -> Result<()> {
+    async fn walk(
+        &self,
+        from: &StoragePath,
+        options: &WalkOptions,
+        visit: &mut WalkFn<'_>,
+    ) -> Result<()> {
         let prefix = self.inner.dir_key(from);
         let start_after = options
             .start_after
@@ -519,7 +611,9 @@ impl StorageDriver for S3Driver {
             for object in page.contents() {
                 let Some(key) = object.key() else { continue };
                 listed_any = true;
-                let Some(path) = self.inner.path_of(key) else { continue };
+                let Some(path) = self.inner.path_of(key) else {
+                    continue;
+                };
                 let info = FileInfo {
                     path,
                     size: object.size().unwrap_or(0).max(0) as u64,
@@ -531,18 +625,26 @@ impl StorageDriver for S3Driver {
                 }
             }
         }
-        if !listed_any && !from.is_root() && (!resumed || !self.inner.any_under(&prefix, from).await?) {
+        if !listed_any
+            && !from.is_root()
+            && (!resumed || !self.inner.any_under(&prefix, from).await?)
+        {
             return Err(Error::not_found(NAME, from));
         }
         Ok(())
     }
 
-    async fn redirect_url(&self, path: &StoragePath, method: RedirectMethod) -> Result<Option<String>> {
+    async fn redirect_url(
+        &self,
+        path: &StoragePath,
+        method: RedirectMethod,
+    ) -> Result<Option<String>> {
         require_file_path(NAME, path)?;
         let Some(expiry) = self.inner.config.redirect_expiry() else {
             return Ok(None);
         };
-        let presign = PresigningConfig::expires_in(expiry).map_err(|e| Error::backend(NAME, "presign", path, false, e))?;
+        let presign = PresigningConfig::expires_in(expiry)
+            .map_err(|e| Error::backend(NAME, "presign", path, false, e))?;
         let key = self.inner.key(path);
         let request = match method {
             RedirectMethod::Get => self

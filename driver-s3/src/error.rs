@@ -12,12 +12,17 @@ fn status<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
 
 /// Whether an SDK error means the object (or upload) is not there.
 pub(crate) fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
-    status(err) == Some(404) || matches!(err.code(), Some("NoSuchKey" | "NotFound" | "NoSuchUpload"))
+    status(err) == Some(404)
+        || matches!(err.code(), Some("NoSuchKey" | "NotFound" | "NoSuchUpload"))
 }
 
 /// Converts an SDK error: not found is `PathNotFound`; throttling, server
 /// errors, timeouts and connection failures are temporary backend errors.
-pub(crate) fn sdk_error<E>(operation: &'static str, path: impl Display, err: SdkError<E, HttpResponse>) -> Error
+pub(crate) fn sdk_error<E>(
+    operation: &'static str,
+    path: impl Display,
+    err: SdkError<E, HttpResponse>,
+) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -29,7 +34,10 @@ where
         err,
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
     ) || status.is_some_and(|s| s >= 500 || s == 429)
-        || matches!(err.code(), Some("SlowDown" | "Throttling" | "RequestTimeout"));
+        || matches!(
+            err.code(),
+            Some("SlowDown" | "Throttling" | "RequestTimeout")
+        );
     let detail = format!("{}", DisplayErrorContext(&err));
     Error::backend(NAME, operation, path, temporary, detail)
 }

@@ -151,7 +151,9 @@ impl S3Writer {
         let chunk = self.inner.config.chunk_size;
         let copied = size / chunk * chunk;
         if copied > 0 {
-            let ranges = (0..copied / chunk).map(|i| (i * chunk, (i + 1) * chunk)).collect();
+            let ranges = (0..copied / chunk)
+                .map(|i| (i * chunk, (i + 1) * chunk))
+                .collect();
             self.ensure_upload().await?;
             let upload = self.upload.clone().unwrap_or_default();
             self.parts = self
@@ -199,13 +201,21 @@ impl S3Writer {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let key = format!("{}{nanos:024}-{}", self.inner.records_prefix(&self.path), self.id);
+        let key = format!(
+            "{}{nanos:024}-{}",
+            self.inner.records_prefix(&self.path),
+            self.id
+        );
         self.inner
             .client
             .put_object()
             .bucket(&self.inner.bucket)
             .key(&key)
-            .set_metadata(self.upload.as_ref().map(|u| [(UPLOAD_ID.to_owned(), u.clone())].into()))
+            .set_metadata(
+                self.upload
+                    .as_ref()
+                    .map(|u| [(UPLOAD_ID.to_owned(), u.clone())].into()),
+            )
             .body(SdkStream::from(tail))
             .send()
             .await
@@ -267,7 +277,8 @@ impl S3Writer {
         match self.in_flight.join_next().await {
             None => Ok(false),
             Some(joined) => {
-                let part = joined.map_err(|e| Error::backend(NAME, "write", &self.path, false, e))??;
+                let part =
+                    joined.map_err(|e| Error::backend(NAME, "write", &self.path, false, e))??;
                 self.parts.push(part);
                 Ok(true)
             }
@@ -322,7 +333,9 @@ impl FileWriter for S3Writer {
                 }
                 let mut parts = std::mem::take(&mut self.parts);
                 parts.sort_by_key(|p| p.part_number());
-                self.inner.complete_upload(&self.key, &upload, parts, &self.path).await?;
+                self.inner
+                    .complete_upload(&self.key, &upload, parts, &self.path)
+                    .await?;
             }
         }
         self.finished = Some("committed");
@@ -335,7 +348,9 @@ impl FileWriter for S3Writer {
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
         if let Some(upload) = self.upload.take() {
-            self.inner.abort_upload(&self.key, &upload, &self.path).await?;
+            self.inner
+                .abort_upload(&self.key, &upload, &self.path)
+                .await?;
         }
         self.delete_record().await
     }

@@ -8,15 +8,10 @@ use std::sync::Arc;
 use driver_core::StorageDriver;
 use driver_s3::{S3Config, S3Driver};
 
+mod common;
+
 async fn driver() -> Option<(Arc<dyn StorageDriver>, ())> {
-    let Some(config) = S3Config::from_env().expect("S3 environment") else {
-        assert!(
-            std::env::var("REQUIRE_S3").as_deref() != Ok("1"),
-            "REQUIRE_S3=1 but S3_BUCKET is not set: start a server with scripts/s3-server.sh"
-        );
-        println!("skipped: S3_BUCKET is not set (scripts/test.sh starts Garage and sets it)");
-        return None;
-    };
+    let config = common::config_or_skip("conformance")?;
     let config = S3Config {
         // The smallest part size S3 allows, so that the suite's streams span many parts.
         chunk_size: 5 << 20,

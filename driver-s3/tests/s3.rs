@@ -1,0 +1,412 @@
+//! Behaviour specific to driver-s3, checked on a real S3 server and through
+//! an independent S3 client (the `object_store` crate) reading the bucket.
+
+mod common;
+
+use std::path::{Path as FsPath, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use conformance::random_bytes;
+use driver_core::{ErrorKind, StorageDriver, StoragePath};
+use driver_s3::{S3Config, S3Driver};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+
+const MIB: usize = 1 << 20;
+
+/// A driver under a fresh random root directory, with 5 MiB parts, and the
+/// witness client for the same bucket.
+async fn setup(test: &str) -> Option<(S3Driver, AmazonS3, String)> {
+    setup_with(test, S3Config::default().upload_concurrency).await
+}
+
+/// [`setup`] with `upload_concurrency` parts in flight per writer.
+async fn setup_with(test: &str, upload_concurrency: usize) -> Option<(S3Driver, AmazonS3, String)> {
+    let config = common::config_or_skip(test)?;
+    let root = format!("s3-tests/{test}-{:016x}", rand::random::<u64>());
+    let witness = witness(&config);
+    let config = S3Config {
+        root_directory: root.clone(),
+        chunk_size: 5 * MIB as u64,
+        upload_concurrency,
+        ..config
+    };
+    Some((S3Driver::new(config).await.expect("client"), witness, root))
+}
+
+fn witness(config: &S3Config) -> AmazonS3 {
+    AmazonS3Builder::new()
+        .with_endpoint(config.endpoint.clone().unwrap_or_default())
+        .with_allow_http(true)
+        .with_region(&config.region)
+        .with_bucket_name(&config.bucket)
+        .with_access_key_id(config.access_key.clone().unwrap_or_default())
+        .with_secret_access_key(config.secret_key.clone().unwrap_or_default())
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .expect("object_store client")
+}
+
+fn path(p: &str) -> StoragePath {
+    StoragePath::parse(p).expect("valid path")
+}
+
+/// Every key the witness sees under `root`, relative to it.
+async fn keys(witness: &AmazonS3, root: &str) -> Vec<String> {
+    let prefix = ObjectPath::from(root);
+    let mut keys: Vec<String> = witness
+        .list(Some(&prefix))
+        .map_ok(|meta| meta.location.as_ref()[root.len() + 1..].to_owned())
+        .try_collect()
+        .await
+        .expect("witness list");
+    keys.sort();
+    keys
+}
+
+/// Multipart uploads still open under `root`.
+async fn open_uploads(driver: &S3Driver, bucket: &str, root: &str) -> usize {
+    let out = driver
+        .client()
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .prefix(root)
+        .send()
+        .await
+        .expect("list uploads");
+    out.uploads().len()
+}
+
+fn bucket() -> String {
+    std::env::var("S3_BUCKET").unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_objects_are_plain_objects_under_the_root() {
+    let Some((driver, witness, root)) = setup("plain").await else {
+        return;
+    };
+    let small = random_bytes(1, 1000);
+    let large = random_bytes(2, 12 * MIB + 3);
+    driver
+        .put_content(&path("/docker/small"), small.clone())
+        .await
+        .expect("put");
+    let mut writer = driver
+        .writer(&path("/docker/large"), false)
+        .await
+        .expect("writer");
+    for chunk in large.chunks(MIB) {
+        writer
+            .write(Bytes::copy_from_slice(chunk))
+            .await
+            .expect("write");
+    }
+    writer.commit().await.expect("commit");
+    let mut tiny = driver
+        .writer(&path("/docker/tiny"), false)
+        .await
+        .expect("writer");
+    tiny.write(Bytes::from_static(b"tiny"))
+        .await
+        .expect("write");
+    tiny.commit().await.expect("commit");
+
+    assert_eq!(
+        keys(&witness, &root).await,
+        ["docker/large", "docker/small", "docker/tiny"]
+    );
+    for (name, data) in [
+        ("small", &small[..]),
+        ("large", &large[..]),
+        ("tiny", b"tiny"),
+    ] {
+        let key = ObjectPath::from(format!("{root}/docker/{name}"));
+        let got = witness
+            .get(&key)
+            .await
+            .expect("witness get")
+            .bytes()
+            .await
+            .expect("body");
+        assert!(got == data, "{name}: the witness read other bytes");
+    }
+    // A multipart object's ETag ends in -<parts>; a single PutObject's does not.
+    let etag = |name: &str| {
+        let key = ObjectPath::from(format!("{root}/docker/{name}"));
+        let witness = &witness;
+        async move {
+            witness
+                .head(&key)
+                .await
+                .expect("head")
+                .e_tag
+                .unwrap_or_default()
+        }
+    };
+    assert!(
+        !etag("tiny").await.contains('-'),
+        "a tiny writer used a multipart upload"
+    );
+    assert!(
+        etag("large").await.trim_matches('"').ends_with("-3"),
+        "12 MiB in 5 MiB parts is three parts"
+    );
+    assert_eq!(open_uploads(&driver, &bucket(), &root).await, 0);
+    driver.delete(&path("/docker")).await.expect("cleanup");
+    assert!(keys(&witness, &root).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_uncommitted_or_cancelled_is_visible() {
+    let Some((driver, witness, root)) = setup("uncommitted").await else {
+        return;
+    };
+    let data = random_bytes(3, 11 * MIB);
+    let mut open = driver.writer(&path("/open"), false).await.expect("writer");
+    open.write(data.clone()).await.expect("write");
+    let mut cancelled = driver
+        .writer(&path("/cancelled"), false)
+        .await
+        .expect("writer");
+    cancelled.write(data.clone()).await.expect("write");
+    cancelled.cancel().await.expect("cancel");
+    // Only the open writer's record exists, under @writers/, which no storage path reaches.
+    let listed = keys(&witness, &root).await;
+    assert!(
+        listed.iter().all(|k| k.starts_with("@writers/")),
+        "{listed:?}"
+    );
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        open_uploads(&driver, &bucket(), &root).await,
+        1,
+        "cancel left its multipart upload"
+    );
+    assert!(
+        driver
+            .list(&StoragePath::root())
+            .await
+            .expect("list /")
+            .is_empty()
+    );
+    open.cancel().await.expect("cancel");
+    assert!(keys(&witness, &root).await.is_empty());
+    assert_eq!(open_uploads(&driver, &bucket(), &root).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_resumes_a_closed_writer_with_small_parts() {
+    let Some((driver, _witness, root)) = setup("resume").await else {
+        return;
+    };
+    let data = random_bytes(4, 7 * MIB + 100 + 3 * MIB);
+    let target = path("/upload");
+    let mut writer = driver.writer(&target, false).await.expect("writer");
+    writer.write(data.slice(..7 * MIB)).await.expect("write");
+    writer.close().await.expect("close");
+    let mut writer = driver.writer(&target, true).await.expect("resume");
+    writer
+        .write(data.slice(7 * MIB..7 * MIB + 100))
+        .await
+        .expect("write");
+    writer.close().await.expect("close");
+    // Another "process": a driver built from scratch on the same bucket.
+    let config = S3Config {
+        root_directory: root,
+        chunk_size: 5 * MIB as u64,
+        ..common::config_or_skip("resume").expect("configured")
+    };
+    let restarted = S3Driver::new(config).await.expect("client");
+    let mut writer = restarted
+        .writer(&target, true)
+        .await
+        .expect("resume after restart");
+    assert_eq!(writer.size(), 7 * MIB as u64 + 100);
+    writer
+        .write(data.slice(7 * MIB + 100..))
+        .await
+        .expect("write");
+    writer.commit().await.expect("commit");
+    assert!(
+        restarted.get_content(&target).await.expect("get") == data,
+        "resumed content differs"
+    );
+    restarted.delete(&target).await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_writer_resumes_from_its_uploaded_parts() {
+    // One part in flight: each full chunk is uploaded before write returns.
+    let Some((driver, witness, root)) = setup_with("crash", 1).await else {
+        return;
+    };
+    let data = random_bytes(5, 13 * MIB);
+    let target = path("/crashed");
+    let mut writer = driver.writer(&target, false).await.expect("writer");
+    writer.write(data.slice(..12 * MIB)).await.expect("write");
+    // Dropped without close, as a killed process would leave it: the parts
+    // uploaded so far (two of 5 MiB) survive, the buffered tail does not.
+    drop(writer);
+    let mut writer = driver.writer(&target, true).await.expect("resume");
+    let kept = writer.size() as usize;
+    assert_eq!(kept, 10 * MIB, "the two uploaded parts are what survives");
+    writer.write(data.slice(kept..)).await.expect("write");
+    writer.commit().await.expect("commit");
+    assert!(
+        driver.get_content(&target).await.expect("get") == data,
+        "resumed content differs"
+    );
+    driver.delete(&target).await.expect("cleanup");
+    assert!(
+        keys(&witness, &root).await.is_empty(),
+        "records left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_keys_list_walk_and_delete() {
+    let Some((driver, witness, root)) = setup("many").await else {
+        return;
+    };
+    let driver = Arc::new(driver);
+    let total = 5000;
+    futures::stream::iter(0..total)
+        .map(|i| {
+            let driver = Arc::clone(&driver);
+            async move {
+                driver
+                    .put_content(&path(&format!("/many/k{i:05}")), Bytes::from_static(b"x"))
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await
+        .expect("puts");
+    driver
+        .put_content(&path("/manysuffix"), Bytes::from_static(b"sibling"))
+        .await
+        .expect("put");
+    let listed = driver.list(&path("/many")).await.expect("list");
+    assert_eq!(listed.len(), total);
+    assert_eq!(listed[0], path("/many/k00000"));
+    assert_eq!(listed[total - 1], path(&format!("/many/k{:05}", total - 1)));
+    let mut walked = 0;
+    let mut visit = |_: &driver_core::FileInfo| {
+        walked += 1;
+        driver_core::WalkControl::Continue
+    };
+    driver
+        .walk(&path("/many"), &Default::default(), &mut visit)
+        .await
+        .expect("walk");
+    assert_eq!(walked, total);
+    driver.delete(&path("/many")).await.expect("delete");
+    assert_eq!(
+        driver.list(&path("/many")).await.unwrap_err().kind(),
+        ErrorKind::PathNotFound
+    );
+    assert_eq!(
+        keys(&witness, &root).await,
+        ["manysuffix"],
+        "delete touched a sibling or left keys"
+    );
+    driver.delete(&path("/manysuffix")).await.expect("cleanup");
+}
+
+/// A private Garage started with the repository's script, for stopping it.
+struct Server {
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn script() -> PathBuf {
+        FsPath::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-server.sh")
+    }
+
+    fn run(&self, action: &str) {
+        let status = Command::new(Self::script())
+            .args([action, &self.dir.path().display().to_string()])
+            .status()
+            .expect("run s3-server.sh");
+        assert!(status.success(), "s3-server.sh {action} failed");
+    }
+
+    fn config(&self) -> S3Config {
+        let env = std::fs::read_to_string(self.dir.path().join("env")).expect("server env");
+        let value = |name: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(str::to_owned)
+                .expect("variable in env")
+        };
+        S3Config {
+            bucket: value("S3_BUCKET"),
+            region: value("AWS_REGION"),
+            endpoint: Some(value("AWS_ENDPOINT_URL")),
+            access_key: Some(value("AWS_ACCESS_KEY_ID")),
+            secret_key: Some(value("AWS_SECRET_ACCESS_KEY")),
+            force_path_style: true,
+            chunk_size: 5 * MIB as u64,
+            max_attempts: 2,
+            ..S3Config::default()
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.run("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stopped_mid_write_fails_cleanly_and_recovers() {
+    // Needs a server of its own to stop; it runs wherever the shared one does.
+    if common::config_or_skip("server_stopped_mid_write").is_none() {
+        return;
+    }
+    let server = Server {
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    server.run("start");
+    let driver = S3Driver::new(server.config()).await.expect("client");
+    let target = path("/outage/blob");
+    let data = random_bytes(6, 17 * MIB);
+
+    let mut writer = driver.writer(&target, false).await.expect("writer");
+    writer
+        .write(data.slice(..12 * MIB))
+        .await
+        .expect("write before the outage");
+    server.run("stop");
+    let failed = match writer.write(data.slice(12 * MIB..)).await {
+        Err(e) => e,
+        Ok(()) => writer
+            .commit()
+            .await
+            .expect_err("commit with the server down"),
+    };
+    assert_eq!(failed.kind(), ErrorKind::Backend, "{failed}");
+    assert!(
+        failed.is_temporary(),
+        "an unreachable server is worth retrying: {failed}"
+    );
+
+    server.run("start");
+    assert_eq!(
+        driver.stat(&target).await.unwrap_err().kind(),
+        ErrorKind::PathNotFound,
+        "a failed write is visible"
+    );
+    drop(writer);
+    let mut writer = driver.writer(&target, false).await.expect("writer");
+    writer.write(data.clone()).await.expect("write");
+    writer.commit().await.expect("commit after the restart");
+    assert!(driver.get_content(&target).await.expect("get") == data);
+}
