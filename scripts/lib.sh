@@ -28,3 +28,18 @@ ensure_garage() {
     fi
     echo "$root/bin/garage"
 }
+
+# Unless S3_BUCKET is already set (a server of the user's: MinIO, AWS, ...),
+# starts a private S3 server on 127.0.0.1, exports its variables, and stops
+# it when the calling script exits.
+use_s3_server() {
+    if [ -n "${S3_BUCKET:-}" ]; then
+        echo "S3: using the server already configured (bucket $S3_BUCKET)"
+        return
+    fi
+    S3_STATE_DIR="$(mktemp -d)"
+    trap 'scripts/s3-server.sh stop "$S3_STATE_DIR"; rm -rf "$S3_STATE_DIR"' EXIT
+    scripts/s3-server.sh start "$S3_STATE_DIR"
+    . "$S3_STATE_DIR/env"
+    echo "S3: $S3_BACKEND at $AWS_ENDPOINT_URL"
+}

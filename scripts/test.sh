@@ -15,11 +15,5 @@ require_rust
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-if [ -z "${S3_BUCKET:-}" ]; then
-    s3_dir="$(mktemp -d)"
-    trap 'scripts/s3-server.sh stop "$s3_dir"; rm -rf "$s3_dir"' EXIT
-    scripts/s3-server.sh start "$s3_dir"
-    . "$s3_dir/env"
-    echo "S3 tests run on $S3_BACKEND at $AWS_ENDPOINT_URL"
-fi
+use_s3_server
 cargo test --workspace
