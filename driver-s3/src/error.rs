@@ -41,3 +41,58 @@ where
     let detail = format!("{}", DisplayErrorContext(&err));
     Error::backend(NAME, operation, path, temporary, detail)
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::{ErrorMetadata, SdkError};
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+    use aws_smithy_types::body::SdkBody;
+    use driver_core::ErrorKind;
+
+    use super::sdk_error;
+
+    fn service(status: u16, code: &str) -> SdkError<GetObjectError, HttpResponse> {
+        let meta = ErrorMetadata::builder().code(code).message("m").build();
+        let raw = HttpResponse::new(status.try_into().expect("status"), SdkBody::empty());
+        SdkError::service_error(GetObjectError::generic(meta), raw)
+    }
+
+    #[test]
+    fn not_found_is_path_not_found() {
+        let e = sdk_error("get", "/a", service(404, "NoSuchKey"));
+        assert_eq!(e.kind(), ErrorKind::PathNotFound);
+        assert_eq!(e.driver(), "s3");
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_temporary() {
+        for (status, code) in [
+            (503, "SlowDown"),
+            (500, "InternalError"),
+            (429, "TooManyRequests"),
+            (400, "RequestTimeout"),
+        ] {
+            let e = sdk_error("get", "/a", service(status, code));
+            assert!(e.is_temporary(), "{status} {code}: {e}");
+        }
+    }
+
+    #[test]
+    fn client_errors_are_not_temporary() {
+        for (status, code) in [(403, "AccessDenied"), (400, "InvalidArgument")] {
+            let e = sdk_error("get", "/a", service(status, code));
+            assert_eq!(e.kind(), ErrorKind::Backend);
+            assert!(!e.is_temporary(), "{status} {code}: {e}");
+        }
+    }
+
+    #[test]
+    fn connection_failures_are_temporary() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e: SdkError<GetObjectError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io(io.into()));
+        assert!(sdk_error("get", "/a", e).is_temporary());
+    }
+}

@@ -410,3 +410,77 @@ async fn server_stopped_mid_write_fails_cleanly_and_recovers() {
     writer.commit().await.expect("commit after the restart");
     assert!(driver.get_content(&target).await.expect("get") == data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_moves_use_multipart_copy() {
+    let Some(config) = common::config_or_skip("multipart_copy") else {
+        return;
+    };
+    let root = format!("s3-tests/copy-{:016x}", rand::random::<u64>());
+    let witness = witness(&config);
+    // Objects over 6 MiB are copied in 5 MiB parts.
+    let config = S3Config {
+        root_directory: root.clone(),
+        copy_threshold: 6 * MIB as u64,
+        copy_chunk_size: 5 * MIB as u64,
+        ..config
+    };
+    let driver = S3Driver::new(config).await.expect("client");
+    let data = random_bytes(7, 12 * MIB + 5);
+    driver
+        .put_content(&path("/from"), data.clone())
+        .await
+        .expect("put");
+    driver
+        .move_file(&path("/from"), &path("/to/moved"))
+        .await
+        .expect("move");
+    assert_eq!(keys(&witness, &root).await, ["to/moved"]);
+    let key = ObjectPath::from(format!("{root}/to/moved"));
+    let etag = witness
+        .head(&key)
+        .await
+        .expect("head")
+        .e_tag
+        .unwrap_or_default();
+    assert!(
+        etag.trim_matches('"').ends_with("-3"),
+        "12 MiB copied in 5 MiB parts is three parts: {etag}"
+    );
+    assert!(driver.get_content(&path("/to/moved")).await.expect("get") == data);
+    driver.delete(&path("/to")).await.expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appending_to_a_large_committed_object_copies_whole_chunks() {
+    let Some((driver, witness, root)) = setup("append_large").await else {
+        return;
+    };
+    let first = random_bytes(8, 11 * MIB + 7);
+    let second = random_bytes(9, 4 * MIB);
+    let target = path("/grow");
+    driver
+        .put_content(&target, first.clone())
+        .await
+        .expect("put");
+    let mut writer = driver.writer(&target, true).await.expect("append");
+    assert_eq!(writer.size(), first.len() as u64);
+    writer.write(second.clone()).await.expect("write");
+    assert!(
+        driver.get_content(&target).await.expect("get") == first,
+        "visible before commit"
+    );
+    writer.commit().await.expect("commit");
+    let expected = [first, second].concat();
+    assert!(
+        driver.get_content(&target).await.expect("get") == expected,
+        "appended content differs"
+    );
+    assert_eq!(
+        keys(&witness, &root).await,
+        ["grow"],
+        "records or parts left behind"
+    );
+    assert_eq!(open_uploads(&driver, &bucket(), &root).await, 0);
+    driver.delete(&target).await.expect("cleanup");
+}
