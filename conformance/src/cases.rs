@@ -695,22 +695,24 @@ pub async fn list_prefix_trap(ctx: Ctx) {
 
 // ---------------------------------------------------------------- move
 
+/// Moves `source` to `dest` and checks that `data` is at `dest` and nothing
+/// at `source`.
+async fn assert_moves(ctx: &Ctx, source: &StoragePath, dest: &StoragePath, data: &[u8]) {
+    ctx.driver().move_file(source, dest).await.expect("move");
+    let moved = ctx.driver().get_content(dest).await.expect("get dest");
+    assert_bytes(&moved, data, "content at the destination");
+    expect_kind(
+        ctx.driver().stat(source).await,
+        ErrorKind::PathNotFound,
+        "source after move",
+    );
+}
+
 /// A move makes the content appear at the destination and vanish at the source.
 pub async fn move_file(ctx: Ctx) {
     let data = random_bytes(seed(), 32);
     let source = ctx.put("src/file", data.clone()).await;
-    let dest = ctx.path("dst/deep/file");
-    ctx.driver().move_file(&source, &dest).await.expect("move");
-    assert_bytes(
-        &ctx.driver().get_content(&dest).await.expect("get dest"),
-        &data,
-        "content",
-    );
-    expect_kind(
-        ctx.driver().get_content(&source).await,
-        ErrorKind::PathNotFound,
-        "source after move",
-    );
+    assert_moves(&ctx, &source, &ctx.path("dst/deep/file"), &data).await;
 }
 
 /// A move replaces an existing destination.
@@ -718,17 +720,7 @@ pub async fn move_overwrites(ctx: Ctx) {
     let data = random_bytes(seed(), 32);
     let source = ctx.put("src", data.clone()).await;
     let dest = ctx.put("dst", random_bytes(seed(), 64)).await;
-    ctx.driver().move_file(&source, &dest).await.expect("move");
-    assert_bytes(
-        &ctx.driver().get_content(&dest).await.expect("get"),
-        &data,
-        "content",
-    );
-    expect_kind(
-        ctx.driver().stat(&source).await,
-        ErrorKind::PathNotFound,
-        "source after move",
-    );
+    assert_moves(&ctx, &source, &dest, &data).await;
 }
 
 /// Moving a missing source fails and leaves the destination as it was.

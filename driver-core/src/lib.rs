@@ -36,6 +36,54 @@ pub use error::{BoxError, Error, ErrorKind, Result};
 pub use path::{MAX_PATH_LEN, MAX_SEGMENT_LEN, PathError, StoragePath};
 pub use walk::{FlatWalk, walk_key};
 
+/// Where a [`FileWriter`] is in its life; drivers keep one to reject calls
+/// after the writer ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriterState {
+    /// Accepting writes.
+    #[default]
+    Open,
+    /// Ended by [`FileWriter::commit`].
+    Committed,
+    /// Ended by [`FileWriter::close`].
+    Closed,
+    /// Ended by [`FileWriter::cancel`].
+    Cancelled,
+}
+
+impl WriterState {
+    /// `Ok` while open; otherwise [`Error::WriterFinished`] naming `driver`
+    /// and the writer's `path`.
+    pub fn check_open(self, driver: &'static str, path: &StoragePath) -> Result<()> {
+        let state = match self {
+            Self::Open => return Ok(()),
+            Self::Committed => "committed",
+            Self::Closed => "closed",
+            Self::Cancelled => "cancelled",
+        };
+        Err(Error::WriterFinished {
+            driver,
+            path: path.to_string(),
+            state,
+        })
+    }
+}
+
+/// Ends a `list`: the children sorted and deduplicated, or
+/// [`Error::PathNotFound`] when a directory other than the root has none.
+pub fn finish_listing(
+    driver: &'static str,
+    path: &StoragePath,
+    mut children: Vec<StoragePath>,
+) -> Result<Vec<StoragePath>> {
+    if children.is_empty() && !path.is_root() {
+        return Err(Error::not_found(driver, path));
+    }
+    children.sort();
+    children.dedup();
+    Ok(children)
+}
+
 /// Fails with [`Error::InvalidPath`] naming `driver` when `path` is the root,
 /// which can never be a file.
 pub fn require_file_path(driver: &'static str, path: &StoragePath) -> Result<()> {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use cap_std::fs::{Dir, Metadata, OpenOptions};
 use driver_core::{
     ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, Result, StorageDriver,
-    StoragePath, WalkFn, WalkOptions, require_file_path, walk_key,
+    StoragePath, WalkFn, WalkOptions, finish_listing, require_file_path, walk_key,
 };
 use sha2::{Digest, Sha256};
 
@@ -331,16 +331,12 @@ impl StorageDriver for FsDriver {
     async fn list(&self, path: &StoragePath) -> Result<Vec<StoragePath>> {
         let path = path.clone();
         self.run(move |inner| {
-            let mut children: Vec<StoragePath> = inner
+            let children: Vec<StoragePath> = inner
                 .entries(&path)?
                 .iter()
                 .map(|e| e.path().clone())
                 .collect();
-            if children.is_empty() && !path.is_root() {
-                return Err(Error::not_found(NAME, &path));
-            }
-            children.sort();
-            Ok(children)
+            finish_listing(NAME, &path, children)
         })
         .await
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cap_std::fs::OpenOptions;
-use driver_core::{Error, FileWriter, Result, StoragePath};
+use driver_core::{FileWriter, Result, StoragePath, WriterState};
 
 use crate::driver::{Inner, NAME, nonce, run_blocking};
 use crate::error::io_error;
@@ -22,7 +22,7 @@ pub(crate) struct FsWriter {
     file: Arc<std::fs::File>,
     pending: Vec<u8>,
     size: u64,
-    finished: Option<&'static str>,
+    state: WriterState,
 }
 
 fn append_options(create_new: bool) -> OpenOptions {
@@ -92,19 +92,8 @@ impl FsWriter {
             file: Arc::new(file),
             pending: Vec::new(),
             size,
-            finished: None,
+            state: WriterState::Open,
         })
-    }
-
-    fn check_open(&self) -> Result<()> {
-        match self.finished {
-            Some(state) => Err(Error::WriterFinished {
-                driver: NAME,
-                path: self.path.to_string(),
-                state,
-            }),
-            None => Ok(()),
-        }
     }
 
     /// Writes `pending` then `extra` to the staged file.
@@ -177,7 +166,7 @@ fn latest_staged(
 #[async_trait]
 impl FileWriter for FsWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
-        self.check_open()?;
+        self.state.check_open(NAME, &self.path)?;
         self.size += data.len() as u64;
         if self.pending.len() + data.len() < WRITE_BUFFER {
             self.pending.extend_from_slice(&data);
@@ -191,14 +180,14 @@ impl FileWriter for FsWriter {
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.check_open()?;
+        self.state.check_open(NAME, &self.path)?;
         self.flush_and_sync().await?;
-        self.finished = Some("closed");
+        self.state = WriterState::Closed;
         Ok(())
     }
 
     async fn commit(&mut self) -> Result<()> {
-        self.check_open()?;
+        self.state.check_open(NAME, &self.path)?;
         self.flush_and_sync().await?;
         let (staged, path) = (self.staged.clone(), self.path.clone());
         run_blocking(&self.inner, move |inner| {
@@ -207,13 +196,13 @@ impl FileWriter for FsWriter {
             Ok(())
         })
         .await?;
-        self.finished = Some("committed");
+        self.state = WriterState::Committed;
         Ok(())
     }
 
     async fn cancel(&mut self) -> Result<()> {
-        self.check_open()?;
-        self.finished = Some("cancelled");
+        self.state.check_open(NAME, &self.path)?;
+        self.state = WriterState::Cancelled;
         self.pending = Vec::new();
         let staged = self.staged.clone();
         run_blocking(&self.inner, move |inner| {
@@ -228,7 +217,7 @@ impl Drop for FsWriter {
     fn drop(&mut self) {
         // Dropped without an end: behave like close as far as a synchronous
         // write of the (at most one buffer of) pending bytes allows.
-        if self.finished.is_none() && !self.pending.is_empty() {
+        if self.state == WriterState::Open && !self.pending.is_empty() {
             let _ = (&*self.file).write_all(&self.pending);
         }
     }

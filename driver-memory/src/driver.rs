@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use driver_core::{
     ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, Result, StorageDriver,
-    StoragePath, WalkFn, WalkOptions, require_file_path,
+    StoragePath, WalkFn, WalkOptions, finish_listing, require_file_path,
 };
 use futures::stream;
 
@@ -246,12 +246,7 @@ impl StorageDriver for MemoryDriver {
                 children.push(child);
             }
         }
-        if children.is_empty() && !path.is_root() {
-            return Err(Error::not_found(NAME, path));
-        }
-        children.sort();
-        children.dedup();
-        Ok(children)
+        finish_listing(NAME, path, children)
     }
 
     async fn move_file(&self, source: &StoragePath, dest: &StoragePath) -> Result<()> {

@@ -2,7 +2,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use driver_core::{Error, FileWriter, Result, StoragePath};
+use driver_core::{Error, FileWriter, Result, StoragePath, WriterState};
 
 use crate::driver::{NAME, Staged, State, lock};
 
@@ -13,7 +13,7 @@ pub(crate) struct MemoryWriter {
     path: StoragePath,
     id: u64,
     size: u64,
-    finished: Option<&'static str>,
+    life: WriterState,
 }
 
 impl MemoryWriter {
@@ -23,18 +23,7 @@ impl MemoryWriter {
             path,
             id,
             size,
-            finished: None,
-        }
-    }
-
-    fn check_open(&self) -> Result<()> {
-        match self.finished {
-            Some(state) => Err(Error::WriterFinished {
-                driver: NAME,
-                path: self.path.to_string(),
-                state,
-            }),
-            None => Ok(()),
+            life: WriterState::Open,
         }
     }
 
@@ -83,7 +72,7 @@ impl MemoryWriter {
 #[async_trait]
 impl FileWriter for MemoryWriter {
     async fn write(&mut self, data: Bytes) -> Result<()> {
-        self.check_open()?;
+        self.life.check_open(NAME, &self.path)?;
         let mut state = lock(&self.state);
         let staged = state
             .staged
@@ -100,14 +89,14 @@ impl FileWriter for MemoryWriter {
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.check_open()?;
+        self.life.check_open(NAME, &self.path)?;
         self.mark_closed()?;
-        self.finished = Some("closed");
+        self.life = WriterState::Closed;
         Ok(())
     }
 
     async fn commit(&mut self) -> Result<()> {
-        self.check_open()?;
+        self.life.check_open(NAME, &self.path)?;
         let mut state = lock(&self.state);
         let data = self.take(&mut state)?.data;
         if let Err(e) = state.insert(&self.path, data.clone()) {
@@ -124,13 +113,13 @@ impl FileWriter for MemoryWriter {
                 .push(staged);
             return Err(e);
         }
-        self.finished = Some("committed");
+        self.life = WriterState::Committed;
         Ok(())
     }
 
     async fn cancel(&mut self) -> Result<()> {
-        self.check_open()?;
-        self.finished = Some("cancelled");
+        self.life.check_open(NAME, &self.path)?;
+        self.life = WriterState::Cancelled;
         let mut state = lock(&self.state);
         self.take(&mut state).map(drop)
     }
@@ -138,7 +127,7 @@ impl FileWriter for MemoryWriter {
 
 impl Drop for MemoryWriter {
     fn drop(&mut self) {
-        if self.finished.is_none() {
+        if self.life == WriterState::Open {
             // Like close; a writer whose data vanished has nothing to keep.
             let _ = self.mark_closed();
         }

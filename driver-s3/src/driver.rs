@@ -13,7 +13,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectI
 use bytes::Bytes;
 use driver_core::{
     ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, RedirectMethod, Result,
-    StorageDriver, StoragePath, WalkFn, WalkOptions, require_file_path,
+    StorageDriver, StoragePath, WalkFn, WalkOptions, finish_listing, require_file_path,
 };
 use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
@@ -538,12 +538,7 @@ impl StorageDriver for S3Driver {
                 }
             }
         }
-        if children.is_empty() && !path.is_root() {
-            return Err(Error::not_found(NAME, path));
-        }
-        children.sort();
-        children.dedup();
-        Ok(children)
+        finish_listing(NAME, path, children)
     }
 
     async fn move_file(&self, source: &StoragePath, dest: &StoragePath) -> Result<()> {

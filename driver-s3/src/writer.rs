@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream as SdkStream;
 use aws_sdk_s3::types::CompletedPart;
 use bytes::{Bytes, BytesMut};
-use driver_core::{Error, FileWriter, Result, StoragePath};
+use driver_core::{Error, FileWriter, Result, StoragePath, WriterState};
 use tokio::task::JoinSet;
 
 use crate::driver::{Inner, NAME};
@@ -36,7 +36,7 @@ pub(crate) struct S3Writer {
     in_flight: JoinSet<Result<CompletedPart>>,
     buffer: BytesMut,
     size: u64,
-    finished: Option<&'static str>,
+    state: WriterState,
 }
 
 impl S3Writer {
@@ -54,7 +54,7 @@ impl S3Writer {
             in_flight: JoinSet::new(),
             buffer: BytesMut::new(),
             size: 0,
-            finished: None,
+            state: WriterState::Open,
         }
     }
 
@@ -184,17 +184,6 @@ impl S3Writer {
         Ok(())
     }
 
-    fn check_open(&self) -> Result<()> {
-        match self.finished {
-            Some(state) => Err(Error::WriterFinished {
-                driver: NAME,
-                path: self.path.to_string(),
-                state,
-            }),
-            None => Ok(()),
-        }
-    }
-
     /// Writes a new record holding `tail` (and the upload id), replacing the
     /// previous one. Record names sort by the time they were written.
     async fn write_record(&mut self, tail: Bytes) -> Result<()> {
@@ -295,7 +284,7 @@ impl S3Writer {
 #[async_trait]
 impl FileWriter for S3Writer {
     async fn write(&mut self, data: Bytes) -> Result<()> {
-        self.check_open()?;
+        self.state.check_open(NAME, &self.path)?;
         self.size += data.len() as u64;
         self.buffer.extend_from_slice(&data);
         let chunk = self.inner.config.chunk_size as usize;
@@ -311,16 +300,16 @@ impl FileWriter for S3Writer {
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.check_open()?;
+        self.state.check_open(NAME, &self.path)?;
         self.drain().await?;
         let tail = self.buffer.clone().freeze();
         self.write_record(tail).await?;
-        self.finished = Some("closed");
+        self.state = WriterState::Closed;
         Ok(())
     }
 
     async fn commit(&mut self) -> Result<()> {
-        self.check_open()?;
+        self.state.check_open(NAME, &self.path)?;
         self.drain().await?;
         let tail = self.buffer.split().freeze();
         match self.upload.clone() {
@@ -338,13 +327,13 @@ impl FileWriter for S3Writer {
                     .await?;
             }
         }
-        self.finished = Some("committed");
+        self.state = WriterState::Committed;
         self.delete_record().await
     }
 
     async fn cancel(&mut self) -> Result<()> {
-        self.check_open()?;
-        self.finished = Some("cancelled");
+        self.state.check_open(NAME, &self.path)?;
+        self.state = WriterState::Cancelled;
         self.in_flight.abort_all();
         while self.in_flight.join_next().await.is_some() {}
         if let Some(upload) = self.upload.take() {
