@@ -1,0 +1,507 @@
+//! Blobs: served from storage on a hit; on a miss, one fill per digest
+//! streams from upstream into storage and into a local spool file that every
+//! waiting client reads at its own pace.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use driver_core::{FileWriter, StorageDriver};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use reqwest::{Method, StatusCode};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+
+use super::layout;
+use crate::oci::{Digest, ErrorCode, OciError, RepoName};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Bytes a client stream reads from the spool at once.
+const SPOOL_READ: usize = 256 << 10;
+
+/// A body stream for an HTTP response.
+pub type Body = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// What a blob request gets: the blob's size and, for GET, the bytes of the
+/// requested range.
+pub struct BlobReply {
+    /// Size of the whole blob.
+    pub size: u64,
+    /// The range served, `[start, end)`.
+    pub range: (u64, u64),
+    /// The bytes (absent for HEAD).
+    pub body: Option<Body>,
+}
+
+/// A requested byte range, as in `Range: bytes=start-end` (end inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `bytes=start-` or `bytes=start-end`.
+    From(u64, Option<u64>),
+    /// `bytes=-n`: the last `n` bytes.
+    Suffix(u64),
+}
+
+impl RangeSpec {
+    /// Parses a single-range `Range` header value.
+    pub fn parse(value: &str) -> Option<Self> {
+        let spec = value.trim().strip_prefix("bytes=")?;
+        let (start, end) = spec.split_once('-')?;
+        if start.is_empty() {
+            return end.parse().ok().map(Self::Suffix);
+        }
+        let start = start.parse().ok()?;
+        let end = if end.is_empty() {
+            None
+        } else {
+            Some(end.parse().ok()?)
+        };
+        Some(Self::From(start, end))
+    }
+
+    /// `[start, end)` within a blob of `size` bytes, or `None` when unsatisfiable.
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            Self::From(start, end) => {
+                let end = end.map_or(size, |e| (e + 1).min(size));
+                (start < size && start < end).then_some((start, end))
+            }
+            Self::Suffix(n) => (n > 0 && size > 0).then(|| (size - n.min(size), size)),
+        }
+    }
+}
+
+/// Progress of a fill, published to its waiters.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// The blob's size, once the upstream said it.
+    size: Option<u64>,
+    /// Bytes in the spool file.
+    written: u64,
+    /// `Some(Ok)` once verified and committed; `Some(Err)` when failed.
+    outcome: Option<Result<(), OciError>>,
+}
+
+/// One fill in progress.
+struct Fill {
+    progress: watch::Receiver<Progress>,
+    /// The spool file; deleted when the last waiter drops the fill.
+    spool: Arc<tempfile::NamedTempFile>,
+}
+
+/// The blob store.
+pub struct Blobs {
+    driver: Arc<dyn StorageDriver>,
+    upstream: Arc<Upstream>,
+    fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Links known to exist, so that hits do not check them again.
+    linked: Mutex<HashSet<(RepoName, Digest)>>,
+    spool_dir: PathBuf,
+    fill_timeout: Duration,
+}
+
+fn upstream_error(e: UpstreamError) -> OciError {
+    OciError::new(ErrorCode::Unavailable, e.to_string())
+}
+
+/// Maps an upstream status that is not a success.
+pub fn status_error(status: StatusCode, what: &str, not_found: ErrorCode) -> OciError {
+    let code = match status {
+        StatusCode::NOT_FOUND => not_found,
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Denied,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::TooManyRequests,
+        _ => ErrorCode::Unavailable,
+    };
+    OciError::new(code, format!("upstream answered {status} for {what}"))
+}
+
+impl Blobs {
+    /// A store over `driver` filling from `upstream`, spooling misses in
+    /// `spool_dir`, abandoning fills idle for `fill_timeout`.
+    pub fn new(
+        driver: Arc<dyn StorageDriver>,
+        upstream: Arc<Upstream>,
+        spool_dir: PathBuf,
+        fill_timeout: Duration,
+    ) -> Self {
+        Self {
+            driver,
+            upstream,
+            fills: Mutex::new(HashMap::new()),
+            linked: Mutex::new(HashSet::new()),
+            spool_dir,
+            fill_timeout,
+        }
+    }
+
+    /// Serves `digest` in `repo`: `range` (if any) of its bytes, or only its
+    /// size when `head`.
+    pub async fn get(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<BlobReply, OciError> {
+        let path = layout::blob_data(digest);
+        match self.driver.stat(&path).await {
+            Ok(info) if !info.is_dir => {
+                self.ensure_link(repo, digest).await;
+                let (start, end) = resolve(range, info.size)?;
+                let body = if head {
+                    None
+                } else {
+                    let stream = self
+                        .driver
+                        .reader(&path, start)
+                        .await
+                        .map_err(storage_error)?;
+                    Some(limit(
+                        stream.map(|r| r.map_err(std::io::Error::other)),
+                        end - start,
+                    ))
+                };
+                Ok(BlobReply {
+                    size: info.size,
+                    range: (start, end),
+                    body,
+                })
+            }
+            Ok(_) | Err(_) => self.from_fill(repo, digest, range, head).await,
+        }
+    }
+
+    async fn ensure_link(&self, repo: &RepoName, digest: &Digest) {
+        let key = (repo.clone(), digest.clone());
+        if self
+            .linked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            return;
+        }
+        let link = layout::layer_link(repo, digest);
+        if self.driver.stat(&link).await.is_err() {
+            if let Err(e) = self
+                .driver
+                .put_content(&link, layout::link_content(digest))
+                .await
+            {
+                tracing::warn!(%repo, %digest, error = %e, "could not link a blob into its repository");
+                return;
+            }
+        }
+        self.linked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
+    }
+
+    /// Joins the fill of `digest`, starting it if none runs, and streams from it.
+    async fn from_fill(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<BlobReply, OciError> {
+        let fill = self.fill(repo, digest)?;
+        let mut progress = fill.progress.clone();
+        // Wait until the size is known (or the fill failed).
+        let size = loop {
+            let now = progress.borrow_and_update().clone();
+            match (now.size, now.outcome) {
+                (_, Some(Err(e))) => return Err(e),
+                (Some(size), _) => break size,
+                (None, _) => {}
+            }
+            if progress.changed().await.is_err() {
+                return Err(OciError::new(
+                    ErrorCode::Unavailable,
+                    "the fill ended unexpectedly",
+                ));
+            }
+        };
+        let (start, end) = resolve(range, size)?;
+        let body = (!head).then(|| spool_stream(Arc::clone(&fill), start, end));
+        Ok(BlobReply {
+            size,
+            range: (start, end),
+            body,
+        })
+    }
+
+    fn fill(self: &Arc<Self>, repo: &RepoName, digest: &Digest) -> Result<Arc<Fill>, OciError> {
+        let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fill) = fills.get(digest) {
+            return Ok(Arc::clone(fill));
+        }
+        let spool = tempfile::NamedTempFile::new_in(&self.spool_dir).map_err(|e| {
+            OciError::new(
+                ErrorCode::Unavailable,
+                format!("cannot create a spool file: {e}"),
+            )
+        })?;
+        let (publish, progress) = watch::channel(Progress::default());
+        let fill = Arc::new(Fill {
+            progress,
+            spool: Arc::new(spool),
+        });
+        fills.insert(digest.clone(), Arc::clone(&fill));
+        let (this, repo, digest, spool) = (
+            Arc::clone(self),
+            repo.clone(),
+            digest.clone(),
+            Arc::clone(&fill.spool),
+        );
+        // The fill runs on its own task: a client that goes away does not stop it.
+        tokio::spawn(async move {
+            let outcome = this.run_fill(&repo, &digest, &spool, &publish).await;
+            if let Err(e) = &outcome {
+                tracing::warn!(%repo, %digest, error = %e, "blob fill failed");
+            }
+            this.fills
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&digest);
+            publish.send_modify(|p| p.outcome = Some(outcome));
+        });
+        Ok(fill)
+    }
+
+    /// Streams the blob from upstream into storage and the spool, verifies
+    /// its digest, and commits it (or cancels: nothing becomes visible).
+    async fn run_fill(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        spool: &tempfile::NamedTempFile,
+        publish: &watch::Sender<Progress>,
+    ) -> Result<(), OciError> {
+        let response = self
+            .upstream
+            .send(
+                Method::GET,
+                repo,
+                &format!("blobs/{digest}"),
+                None,
+                Some(self.fill_timeout),
+            )
+            .await
+            .map_err(upstream_error)?;
+        if !response.status().is_success() {
+            return Err(status_error(
+                response.status(),
+                &format!("blob {digest}"),
+                ErrorCode::BlobUnknown,
+            ));
+        }
+        let size = response.content_length();
+        let Some(size) = size else {
+            return Err(OciError::new(
+                ErrorCode::Unavailable,
+                "the upstream sent a blob without Content-Length",
+            ));
+        };
+        publish.send_modify(|p| p.size = Some(size));
+        let path = layout::blob_data(digest);
+        let mut writer = self
+            .driver
+            .writer(&path, false)
+            .await
+            .map_err(storage_error)?;
+        let result = self
+            .copy(response, &mut writer, spool, publish, size, digest)
+            .await;
+        match result {
+            Ok(()) => {
+                writer.commit().await.map_err(storage_error)?;
+                self.ensure_link(repo, digest).await;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = writer.cancel().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn copy(
+        &self,
+        response: reqwest::Response,
+        writer: &mut Box<dyn FileWriter>,
+        spool: &tempfile::NamedTempFile,
+        publish: &watch::Sender<Progress>,
+        size: u64,
+        digest: &Digest,
+    ) -> Result<(), OciError> {
+        let mut body = response.bytes_stream();
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        loop {
+            let next = tokio::time::timeout(self.fill_timeout, body.next())
+                .await
+                .map_err(|_| {
+                    OciError::new(
+                        ErrorCode::Unavailable,
+                        format!("the upstream stalled sending {digest}"),
+                    )
+                })?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk.map_err(|e| {
+                OciError::new(ErrorCode::Unavailable, format!("upstream body failed: {e}"))
+            })?;
+            if written + chunk.len() as u64 > size {
+                return Err(OciError::new(
+                    ErrorCode::Unavailable,
+                    format!("the upstream sent more than {size} bytes for {digest}"),
+                ));
+            }
+            hasher.update(&chunk);
+            spool.as_file().write_all_at(&chunk, written).map_err(|e| {
+                OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
+            })?;
+            writer.write(chunk.clone()).await.map_err(storage_error)?;
+            written += chunk.len() as u64;
+            publish.send_modify(|p| p.written = written);
+        }
+        if written != size {
+            return Err(OciError::new(
+                ErrorCode::Unavailable,
+                format!("the upstream sent {written} of {size} bytes for {digest}"),
+            ));
+        }
+        let got = Digest::from_hasher(hasher);
+        if &got != digest {
+            return Err(OciError::new(
+                ErrorCode::DigestInvalid,
+                format!("the upstream sent {got} for {digest}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn storage_error(e: driver_core::Error) -> OciError {
+    OciError::new(ErrorCode::Unavailable, format!("storage: {e}"))
+}
+
+fn resolve(range: Option<RangeSpec>, size: u64) -> Result<(u64, u64), OciError> {
+    match range {
+        None => Ok((0, size)),
+        Some(spec) => spec.resolve(size).ok_or_else(|| {
+            OciError::new(
+                ErrorCode::RangeInvalid,
+                format!("range not satisfiable for {size} bytes"),
+            )
+        }),
+    }
+}
+
+/// At most `len` bytes of `stream`.
+fn limit(
+    stream: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    len: u64,
+) -> Body {
+    Box::pin(stream.scan(len, |left, chunk| {
+        let out = match chunk {
+            _ if *left == 0 => None,
+            Ok(mut bytes) => {
+                if bytes.len() as u64 > *left {
+                    bytes.truncate(*left as usize);
+                }
+                *left -= bytes.len() as u64;
+                Some(Ok(bytes))
+            }
+            Err(e) => Some(Err(e)),
+        };
+        futures::future::ready(out)
+    }))
+}
+
+/// Reads `[start, end)` from a fill's spool as the fill writes it. The last
+/// byte is held back until the digest is verified, so a client never gets a
+/// complete body that failed verification: on failure its stream errors.
+fn spool_stream(fill: Arc<Fill>, start: u64, end: u64) -> Body {
+    let progress = fill.progress.clone();
+    Box::pin(futures::stream::try_unfold(
+        (fill, progress, start),
+        move |(fill, mut progress, pos)| async move {
+            loop {
+                if pos >= end {
+                    return Ok(None);
+                }
+                let now = progress.borrow_and_update().clone();
+                if let Some(Err(e)) = &now.outcome {
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+                let verified = matches!(now.outcome, Some(Ok(())));
+                let readable = if verified {
+                    now.written
+                } else {
+                    now.written.min(end.saturating_sub(1))
+                };
+                let limit = readable.min(end);
+                if pos < limit {
+                    let len = ((limit - pos) as usize).min(SPOOL_READ);
+                    let spool = Arc::clone(&fill.spool);
+                    let chunk = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0; len];
+                        spool
+                            .as_file()
+                            .read_exact_at(&mut buf, pos)
+                            .map(|()| Bytes::from(buf))
+                    })
+                    .await
+                    .map_err(std::io::Error::other)??;
+                    let next = pos + chunk.len() as u64;
+                    return Ok(Some((chunk, (fill, progress, next))));
+                }
+                if progress.changed().await.is_err() {
+                    return Err(std::io::Error::other("the fill ended unexpectedly"));
+                }
+            }
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RangeSpec;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            RangeSpec::parse("bytes=0-9").and_then(|r| r.resolve(100)),
+            Some((0, 10))
+        );
+        assert_eq!(
+            RangeSpec::parse("bytes=90-").and_then(|r| r.resolve(100)),
+            Some((90, 100))
+        );
+        assert_eq!(
+            RangeSpec::parse("bytes=90-200").and_then(|r| r.resolve(100)),
+            Some((90, 100))
+        );
+        assert_eq!(
+            RangeSpec::parse("bytes=-10").and_then(|r| r.resolve(100)),
+            Some((90, 100))
+        );
+        assert_eq!(
+            RangeSpec::parse("bytes=100-").and_then(|r| r.resolve(100)),
+            None
+        );
+        assert_eq!(
+            RangeSpec::parse("bytes=5-2").and_then(|r| r.resolve(100)),
+            None
+        );
+        assert_eq!(RangeSpec::parse("items=0-1"), None);
+        assert_eq!(RangeSpec::parse("bytes=a-b"), None);
+    }
+}

@@ -1,0 +1,304 @@
+//! Manifests and tags. By digest: served from storage, fetched once on a
+//! miss. By tag: resolved upstream (one HEAD) at most once per freshness
+//! window; when the upstream fails, the cached tag is served, stale.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use driver_core::StorageDriver;
+use reqwest::{Method, StatusCode};
+
+use super::blobs::status_error;
+use super::layout;
+use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// A manifest to serve.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The exact bytes.
+    pub bytes: Bytes,
+    /// Its media type.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: Digest,
+}
+
+/// The manifest store.
+pub struct Manifests {
+    driver: Arc<dyn StorageDriver>,
+    upstream: Arc<Upstream>,
+    freshness: Duration,
+    request_timeout: Duration,
+    /// When each tag was last confirmed upstream.
+    confirmed: Mutex<HashMap<(RepoName, String), Instant>>,
+}
+
+enum Upstreamed {
+    Found(Manifest),
+    /// The upstream could not be asked (unreachable, 5xx, 429): a cached
+    /// answer may be served instead.
+    Unavailable(OciError),
+}
+
+fn read_error(e: driver_core::Error) -> OciError {
+    OciError::new(ErrorCode::Unavailable, format!("storage: {e}"))
+}
+
+impl Manifests {
+    /// A store over `driver` resolving tags at `upstream` at most once per
+    /// `freshness`; upstream manifest requests time out after `request_timeout`.
+    pub fn new(
+        driver: Arc<dyn StorageDriver>,
+        upstream: Arc<Upstream>,
+        freshness: Duration,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            driver,
+            upstream,
+            freshness,
+            request_timeout,
+            confirmed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The manifest `reference` names in `repo`.
+    pub async fn get(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest, OciError> {
+        match reference {
+            Reference::Digest(digest) => match self.cached(digest).await? {
+                Some(m) => Ok(m),
+                None => match self.fetch(repo, &digest.to_string(), Some(digest)).await? {
+                    Upstreamed::Found(m) => Ok(m),
+                    Upstreamed::Unavailable(e) => Err(e),
+                },
+            },
+            Reference::Tag(tag) => self.by_tag(repo, tag).await,
+        }
+    }
+
+    async fn cached(&self, digest: &Digest) -> Result<Option<Manifest>, OciError> {
+        match self.driver.get_content(&layout::blob_data(digest)).await {
+            Ok(bytes) => Ok(Some(Manifest {
+                media_type: oci::manifest_media_type(&bytes),
+                bytes,
+                digest: digest.clone(),
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(read_error(e)),
+        }
+    }
+
+    async fn cached_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Manifest>, OciError> {
+        let link = match self
+            .driver
+            .get_content(&layout::tag_current_link(repo, tag))
+            .await
+        {
+            Ok(link) => link,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(read_error(e)),
+        };
+        let Ok(digest) = Digest::parse(String::from_utf8_lossy(&link).trim()) else {
+            return Ok(None);
+        };
+        self.cached(&digest).await
+    }
+
+    fn is_fresh(&self, repo: &RepoName, tag: &str) -> bool {
+        let confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        confirmed
+            .get(&(repo.clone(), tag.to_owned()))
+            .is_some_and(|t| t.elapsed() < self.freshness)
+    }
+
+    fn confirm(&self, repo: &RepoName, tag: &str) {
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        confirmed.insert((repo.clone(), tag.to_owned()), Instant::now());
+    }
+
+    async fn by_tag(&self, repo: &RepoName, tag: &str) -> Result<Manifest, OciError> {
+        let cached = self.cached_tag(repo, tag).await?;
+        if let Some(m) = &cached {
+            if self.is_fresh(repo, tag) {
+                return Ok(m.clone());
+            }
+        }
+        // One HEAD tells whether the cached digest is still current.
+        if let Some(m) = &cached {
+            match self.head_digest(repo, tag).await {
+                Ok(Some(current)) if current == m.digest => {
+                    self.confirm(repo, tag);
+                    return Ok(m.clone());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%repo, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    return Ok(m.clone());
+                }
+            }
+        }
+        match self.fetch(repo, tag, None).await {
+            Ok(Upstreamed::Found(m)) => {
+                self.store_tag(repo, tag, &m.digest).await?;
+                self.confirm(repo, tag);
+                Ok(m)
+            }
+            Ok(Upstreamed::Unavailable(e)) => match cached {
+                Some(m) => {
+                    tracing::warn!(%repo, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    Ok(m)
+                }
+                None => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The digest the upstream gives for `tag` in answer to HEAD; `Ok(None)`
+    /// when it does not say (or refuses HEAD: GET decides then); `Err` when
+    /// the upstream cannot be asked.
+    async fn head_digest(&self, repo: &RepoName, tag: &str) -> Result<Option<Digest>, OciError> {
+        let response = self
+            .upstream
+            .send(
+                Method::HEAD,
+                repo,
+                &format!("manifests/{tag}"),
+                Some(MANIFEST_ACCEPT),
+                Some(self.request_timeout),
+            )
+            .await
+            .map_err(unavailable)?;
+        let status = response.status();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(status_error(status, tag, ErrorCode::ManifestUnknown));
+        }
+        Ok(response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok()))
+    }
+
+    /// GETs a manifest from upstream, checks its digest (against `expected`,
+    /// and the upstream's `Docker-Content-Digest`), and stores it.
+    async fn fetch(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<Upstreamed, OciError> {
+        let response = match self
+            .upstream
+            .send(
+                Method::GET,
+                repo,
+                &format!("manifests/{reference}"),
+                Some(MANIFEST_ACCEPT),
+                Some(self.request_timeout),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return Ok(Upstreamed::Unavailable(unavailable(e))),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let error = status_error(status, reference, ErrorCode::ManifestUnknown);
+            return if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                Ok(Upstreamed::Unavailable(error))
+            } else {
+                Err(error)
+            };
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > oci::MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(OciError::new(
+                ErrorCode::ManifestInvalid,
+                "the upstream manifest exceeds 4 MiB",
+            ));
+        }
+        let claimed = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok());
+        let bytes = match response.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(Upstreamed::Unavailable(OciError::new(
+                    ErrorCode::Unavailable,
+                    format!("upstream manifest body: {e}"),
+                )));
+            }
+        };
+        if bytes.len() > oci::MAX_MANIFEST_BYTES {
+            return Err(OciError::new(
+                ErrorCode::ManifestInvalid,
+                "the upstream manifest exceeds 4 MiB",
+            ));
+        }
+        let digest = Digest::of(&bytes);
+        for want in expected.into_iter().chain(claimed.as_ref()) {
+            if want != &digest {
+                return Err(OciError::new(
+                    ErrorCode::DigestInvalid,
+                    format!("the upstream sent {digest} for {want}"),
+                ));
+            }
+        }
+        let path = layout::blob_data(&digest);
+        self.driver
+            .put_content(&path, bytes.clone())
+            .await
+            .map_err(read_error)?;
+        self.driver
+            .put_content(
+                &layout::revision_link(repo, &digest),
+                layout::link_content(&digest),
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(Upstreamed::Found(Manifest {
+            media_type: oci::manifest_media_type(&bytes),
+            bytes,
+            digest,
+        }))
+    }
+
+    async fn store_tag(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<(), OciError> {
+        let link = layout::link_content(digest);
+        self.driver
+            .put_content(&layout::tag_index_link(repo, tag, digest), link.clone())
+            .await
+            .map_err(read_error)?;
+        self.driver
+            .put_content(&layout::tag_current_link(repo, tag), link)
+            .await
+            .map_err(read_error)
+    }
+
+    /// The cached tags of `repo`, sorted.
+    pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, OciError> {
+        match self.driver.list(&layout::tags_dir(repo)).await {
+            Ok(paths) => Ok(paths
+                .iter()
+                .filter_map(|p| p.file_name().map(str::to_owned))
+                .collect()),
+            Err(e) if e.is_not_found() => Err(OciError::new(
+                ErrorCode::NameUnknown,
+                format!("repository {repo} is not known here"),
+            )),
+            Err(e) => Err(read_error(e)),
+        }
+    }
+}
+
+fn unavailable(e: UpstreamError) -> OciError {
+    OciError::new(ErrorCode::Unavailable, e.to_string())
+}

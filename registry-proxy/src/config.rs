@@ -1,0 +1,363 @@
+//! Distribution's YAML configuration, overridden by `REGISTRY_*` variables,
+//! into a typed, validated [`Config`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use driver_fs::{FsConfig, Fsync};
+use driver_s3::S3Config;
+use serde::Deserialize;
+use serde_norway::Value;
+
+/// A configuration that cannot be used; `key` is the dotted path at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {key}: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the key (`storage.s3.bucket`), or the file.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn invalid(key: impl Into<String>, reason: impl ToString) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The configuration used when none is given: filesystem storage in
+/// `./data`, listening on 127.0.0.1:5000, Docker Hub upstream.
+pub const EMBEDDED_DEFAULT: &str = "\
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: ./data
+http:
+  addr: 127.0.0.1:5000
+proxy:
+  remoteurl: https://registry-1.docker.io
+";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Distribution's config version (`0.1`); accepted and otherwise unused.
+    pub version: Value,
+    /// Logging.
+    pub log: LogConfig,
+    /// The storage backend.
+    pub storage: StorageConfig,
+    /// The listeners.
+    pub http: HttpConfig,
+    /// The upstream registry.
+    pub proxy: ProxyConfig,
+    /// Distribution's health checks: accepted, not used (`/healthz` on the
+    /// debug listener checks storage).
+    pub health: Value,
+}
+
+/// `log` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info` (default) or `debug`.
+    pub level: String,
+    /// `text` (default) or `json`.
+    pub formatter: String,
+    /// Fields added to every line.
+    pub fields: BTreeMap<String, Value>,
+    /// Distribution's access log switch; accepted, not used.
+    pub accesslog: Value,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            formatter: "text".into(),
+            fields: BTreeMap::new(),
+            accesslog: Value::Null,
+        }
+    }
+}
+
+/// `storage.filesystem`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FsSection {
+    /// The root directory.
+    pub rootdirectory: PathBuf,
+    /// Distribution's thread cap; accepted, not used.
+    pub maxthreads: Option<u32>,
+    /// Ours: `always` (default) or `never`.
+    pub fsync: Option<Fsync>,
+}
+
+/// `storage` section: exactly one of `filesystem`, `s3`, `inmemory`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Local filesystem.
+    pub filesystem: Option<FsSection>,
+    /// S3 or an S3-compatible store.
+    pub s3: Option<S3Config>,
+    /// Process memory (tests, demos).
+    pub inmemory: Option<Value>,
+    /// Distribution's sections that do not apply to a cache; accepted.
+    pub delete: Value,
+    /// Distribution's blob descriptor cache; accepted (ours is built in).
+    pub cache: Value,
+    /// Distribution's upload purging; accepted.
+    pub maintenance: Value,
+    /// Distribution's redirect switch; accepted.
+    pub redirect: Value,
+}
+
+/// Which backend the storage section selects.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// `storage.filesystem`.
+    Filesystem(FsConfig),
+    /// `storage.s3`.
+    S3(Box<S3Config>),
+    /// `storage.inmemory`.
+    InMemory,
+}
+
+/// `http` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address; `:5000` means every interface, as in distribution.
+    pub addr: String,
+    /// The debug listener (metrics, health).
+    pub debug: DebugConfig,
+    /// Headers added to every response (distribution's `http.headers`).
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:5000".into(),
+            debug: DebugConfig::default(),
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// `http.debug` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Listen address of the debug server; none when empty.
+    pub addr: String,
+}
+
+/// `proxy` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The upstream registry.
+    pub remoteurl: String,
+    /// Upstream user name.
+    pub username: Option<String>,
+    /// Upstream password.
+    pub password: Option<String>,
+    /// How long cached content lives (`168h`); `0` keeps it forever.
+    pub ttl: Option<String>,
+    /// Ours: how long a tag resolved upstream is trusted before asking again
+    /// (default `5s`).
+    pub tagfreshness: Option<String>,
+    /// Ours: a fill that receives nothing for this long is abandoned
+    /// (default `60s`).
+    pub filltimeout: Option<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            remoteurl: "https://registry-1.docker.io".into(),
+            username: None,
+            password: None,
+            ttl: None,
+            tagfreshness: None,
+            filltimeout: None,
+        }
+    }
+}
+
+fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some("0") => Ok(Duration::ZERO),
+        Some(v) => humantime::parse_duration(v)
+            .map_err(|e| invalid(key, format!("{v:?} is not a duration: {e}"))),
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the embedded default when `None`) and applies the
+    /// `REGISTRY_*` variables of `env`.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (name, text) = match path {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| invalid(&name, e))?;
+                (name, text)
+            }
+            None => (
+                "the embedded default".to_owned(),
+                EMBEDDED_DEFAULT.to_owned(),
+            ),
+        };
+        let mut tree = serde_norway::from_str::<Value>(&text).map_err(|e| invalid(&name, e))?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("REGISTRY_") else {
+                continue;
+            };
+            let keys: Vec<String> = rest.split('_').map(str::to_lowercase).collect();
+            let value = serde_norway::from_str::<Value>(&value).unwrap_or(Value::String(value));
+            set(&mut tree, &keys, value).map_err(|reason| invalid(format!("${name}"), reason))?;
+        }
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(key, e.into_inner())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.backend()?;
+        self.listen_addr()?;
+        self.debug_addr()?;
+        self.upstream_url()?;
+        self.tag_freshness()?;
+        self.fill_timeout()?;
+        self.ttl()?;
+        if !matches!(self.log.formatter.as_str(), "text" | "json") {
+            return Err(invalid("log.formatter", "expected text or json"));
+        }
+        if !matches!(self.log.level.as_str(), "error" | "warn" | "info" | "debug") {
+            return Err(invalid("log.level", "expected error, warn, info or debug"));
+        }
+        Ok(())
+    }
+
+    /// The selected storage backend.
+    pub fn backend(&self) -> Result<Backend, ConfigError> {
+        let s = &self.storage;
+        match (&s.filesystem, &s.s3, &s.inmemory) {
+            (Some(fs), None, None) => {
+                if fs.rootdirectory.as_os_str().is_empty() {
+                    return Err(invalid("storage.filesystem.rootdirectory", "is required"));
+                }
+                Ok(Backend::Filesystem(FsConfig {
+                    root_directory: fs.rootdirectory.clone(),
+                    fsync: fs.fsync.unwrap_or_default(),
+                }))
+            }
+            (None, Some(s3), None) => {
+                let mut s3 = s3.clone();
+                if s3.endpoint.is_some() {
+                    s3.force_path_style = true;
+                }
+                s3.validate()
+                    .map_err(|e| invalid(format!("storage.s3.{}", e.key), e.reason))?;
+                Ok(Backend::S3(Box::new(s3)))
+            }
+            (None, None, Some(_)) => Ok(Backend::InMemory),
+            (None, None, None) => Err(invalid("storage", "choose one of filesystem, s3, inmemory")),
+            _ => Err(invalid(
+                "storage",
+                "only one of filesystem, s3, inmemory may be set",
+            )),
+        }
+    }
+
+    /// The public listener's address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        parse_addr("http.addr", &self.http.addr)
+    }
+
+    /// The debug listener's address, if configured.
+    pub fn debug_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.http.debug.addr.is_empty() {
+            return Ok(None);
+        }
+        parse_addr("http.debug.addr", &self.http.debug.addr).map(Some)
+    }
+
+    /// The upstream base URL.
+    pub fn upstream_url(&self) -> Result<reqwest::Url, ConfigError> {
+        let url = reqwest::Url::parse(&self.proxy.remoteurl)
+            .map_err(|e| invalid("proxy.remoteurl", e))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid("proxy.remoteurl", "expected an http or https URL"));
+        }
+        Ok(url)
+    }
+
+    /// How long a resolved tag is trusted.
+    pub fn tag_freshness(&self) -> Result<Duration, ConfigError> {
+        duration(
+            "proxy.tagfreshness",
+            self.proxy.tagfreshness.as_deref(),
+            Duration::from_secs(5),
+        )
+    }
+
+    /// How long a fill may receive nothing before it is abandoned.
+    pub fn fill_timeout(&self) -> Result<Duration, ConfigError> {
+        duration(
+            "proxy.filltimeout",
+            self.proxy.filltimeout.as_deref(),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// Lifetime of cached content; zero means forever.
+    pub fn ttl(&self) -> Result<Duration, ConfigError> {
+        duration(
+            "proxy.ttl",
+            self.proxy.ttl.as_deref(),
+            Duration::from_secs(168 * 3600),
+        )
+    }
+}
+
+fn parse_addr(key: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
+    let full = if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_owned()
+    };
+    full.parse()
+        .map_err(|e| invalid(key, format!("{addr:?}: {e}")))
+}
+
+/// Sets `keys` (a path of map keys) in `tree` to `value`, creating maps.
+fn set(tree: &mut Value, keys: &[String], value: Value) -> Result<(), String> {
+    let Some((first, rest)) = keys.split_first() else {
+        *tree = value;
+        return Ok(());
+    };
+    if tree.is_null() {
+        *tree = Value::Mapping(Default::default());
+    }
+    let Value::Mapping(map) = tree else {
+        return Err(format!("{first}: the key above it is not a section"));
+    };
+    let child = map
+        .entry(Value::String(first.clone()))
+        .or_insert(Value::Null);
+    set(child, rest, value)
+}

@@ -1,0 +1,72 @@
+//! registry-proxy: a pull-through cache for OCI and Docker registries whose
+//! storage is any [`StorageDriver`](driver_core::StorageDriver).
+//!
+//! The data path of a pull: [`routes`] parses the request; [`cache`] answers
+//! from storage, or on a miss runs one fill per digest (upstream → verify →
+//! commit) that every waiting client streams from; [`upstream`] talks to the
+//! registry with its auth. Everything below the routes reaches storage only
+//! through `dyn StorageDriver`.
+
+pub mod cache;
+pub mod config;
+pub mod oci;
+pub mod routes;
+pub mod upstream;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use driver_core::StorageDriver;
+
+pub use routes::{app, debug_app};
+
+use crate::cache::blobs::Blobs;
+use crate::cache::manifests::Manifests;
+use crate::upstream::Upstream;
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The storage.
+    pub driver: Arc<dyn StorageDriver>,
+    /// Blobs and their fills.
+    pub blobs: Arc<Blobs>,
+    /// Manifests and tags.
+    pub manifests: Arc<Manifests>,
+}
+
+/// Tunables of [`AppState::new`], from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where fills spool the bytes waiting clients read.
+    pub spool_dir: PathBuf,
+    /// A fill that receives nothing for this long is abandoned.
+    pub fill_timeout: Duration,
+    /// How long a tag resolved upstream is trusted.
+    pub tag_freshness: Duration,
+    /// Timeout of upstream manifest and token requests.
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    /// The state serving `driver`'s content, filling from `upstream`.
+    pub fn new(driver: Arc<dyn StorageDriver>, upstream: Upstream, settings: Settings) -> Self {
+        let upstream = Arc::new(upstream);
+        Self {
+            blobs: Arc::new(Blobs::new(
+                Arc::clone(&driver),
+                Arc::clone(&upstream),
+                settings.spool_dir,
+                settings.fill_timeout,
+            )),
+            manifests: Arc::new(Manifests::new(
+                Arc::clone(&driver),
+                upstream,
+                settings.tag_freshness,
+                settings.request_timeout,
+            )),
+            driver,
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The `registry-proxy` process: command line, logging, signals.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use driver_core::StorageDriver;
+use registry_proxy::config::{Backend, Config};
+use registry_proxy::upstream::Upstream;
+use registry_proxy::{AppState, Settings, app, debug_app};
+use tokio::net::TcpListener;
+
+/// How long in-flight responses may run after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(version, about = "A pull-through cache for OCI and Docker registries")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the cache. Without CONFIG: filesystem storage in ./data,
+    /// 127.0.0.1:5000, upstream https://registry-1.docker.io.
+    Serve {
+        /// A distribution-style config.yml.
+        config: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let Cli {
+        command: Command::Serve { config },
+    } = Cli::parse();
+    let config = match Config::load(config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("registry-proxy: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    match serve(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.formatter == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let (driver, storage): (Arc<dyn StorageDriver>, String) =
+        match config.backend().map_err(|e| e.to_string())? {
+            Backend::Filesystem(fs) => {
+                let where_ = format!("filesystem {}", fs.root_directory.display());
+                (
+                    Arc::new(driver_fs::FsDriver::open(&fs).map_err(|e| e.to_string())?),
+                    where_,
+                )
+            }
+            Backend::S3(s3) => {
+                let where_ = format!("s3 bucket {} root {:?}", s3.bucket, s3.root_directory);
+                (
+                    Arc::new(
+                        driver_s3::S3Driver::new(*s3)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    ),
+                    where_,
+                )
+            }
+            Backend::InMemory => (
+                Arc::new(driver_memory::MemoryDriver::new()),
+                "inmemory".to_owned(),
+            ),
+        };
+    let url = config.upstream_url().map_err(|e| e.to_string())?;
+    let credentials = config
+        .proxy
+        .username
+        .clone()
+        .zip(config.proxy.password.clone());
+    let upstream = Upstream::new(url.clone(), credentials, Duration::from_secs(10));
+    let spool = tempfile::Builder::new()
+        .prefix("registry-proxy-spool")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let settings = Settings {
+        spool_dir: spool.path().to_owned(),
+        fill_timeout: config.fill_timeout().map_err(|e| e.to_string())?,
+        tag_freshness: config.tag_freshness().map_err(|e| e.to_string())?,
+        request_timeout: Duration::from_secs(10),
+    };
+    let state = AppState::new(driver, upstream, settings);
+    let addr = config.listen_addr().map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    if let Some(debug_addr) = config.debug_addr().map_err(|e| e.to_string())? {
+        let debug_listener = TcpListener::bind(debug_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {debug_addr}: {e}"))?;
+        let router = debug_app(state.clone());
+        tokio::spawn(async move { axum::serve(debug_listener, router).await });
+        tracing::info!(%debug_addr, "debug listener");
+    }
+    let mut headers = axum::http::HeaderMap::new();
+    for (name, values) in &config.http.headers {
+        for value in values {
+            if let (Ok(n), Ok(v)) = (
+                axum::http::HeaderName::try_from(name.as_str()),
+                axum::http::HeaderValue::try_from(value.as_str()),
+            ) {
+                headers.append(n, v);
+            }
+        }
+    }
+    let router = app(state).layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| {
+            let headers = headers.clone();
+            async move {
+                response.headers_mut().extend(headers);
+                response
+            }
+        },
+    ));
+    tracing::info!(%addr, storage, upstream = %url, "registry-proxy listening");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    // After the signal, in-flight responses get DRAIN to finish.
+    let _ = stop_rx.await;
+    tracing::info!("shutting down: no new connections, draining");
+    match tokio::time::timeout(DRAIN, server).await {
+        Ok(_) => tracing::info!("stopped"),
+        Err(_) => tracing::warn!("stopped with responses still running after {DRAIN:?}"),
+    }
+    drop(spool);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+}

@@ -1,0 +1,382 @@
+//! The OCI distribution vocabulary: repository names, references, digests,
+//! media types, and the error type rendered as the OCI JSON error body.
+
+use std::fmt;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest as _, Sha256};
+
+/// The longest repository name accepted.
+pub const MAX_NAME_LEN: usize = 255;
+/// Manifests larger than this are refused, as registries do.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// OCI image index.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// OCI image manifest.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker manifest list.
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker image manifest, schema 2.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Every manifest type this proxy asks upstream for.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// A validated repository name such as `library/alpine`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoName(String);
+
+impl RepoName {
+    /// Parses `s`: `/`-separated components of `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`,
+    /// at most [`MAX_NAME_LEN`] bytes.
+    pub fn parse(s: &str) -> Result<Self, OciError> {
+        let valid = !s.is_empty() && s.len() <= MAX_NAME_LEN && s.split('/').all(valid_component);
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(OciError::new(
+                ErrorCode::NameInvalid,
+                format!("invalid repository name {s:?}"),
+            ))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn valid_component(c: &str) -> bool {
+    let bytes = c.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    // Separators: '.', '_', '__', or runs of '-', each between alphanumerics.
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A content digest; only sha256 is accepted (and verified).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    hex: String,
+}
+
+impl Digest {
+    /// Parses `sha256:<64 lowercase hex>`.
+    pub fn parse(s: &str) -> Result<Self, OciError> {
+        let bad = || OciError::new(ErrorCode::DigestInvalid, format!("invalid digest {s:?}"));
+        let (alg, hex) = s.split_once(':').ok_or_else(bad)?;
+        match alg {
+            "sha256"
+                if hex.len() == 64
+                    && hex
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
+                Ok(Self {
+                    hex: hex.to_owned(),
+                })
+            }
+            "sha512" => Err(OciError::new(
+                ErrorCode::Unsupported,
+                "sha512 digests are not supported by this cache",
+            )),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Self::from_hasher(Sha256::new_with_prefix(data))
+    }
+
+    /// The digest a finished hasher computed.
+    pub fn from_hasher(hasher: Sha256) -> Self {
+        Self {
+            hex: hex::encode(hasher.finalize()),
+        }
+    }
+
+    /// The hex part.
+    pub fn hex(&self) -> &str {
+        &self.hex
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.hex)
+    }
+}
+
+/// A manifest reference: a tag or a digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reference {
+    /// `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+    Tag(String),
+    /// A digest.
+    Digest(Digest),
+}
+
+impl Reference {
+    /// Parses a tag or a digest.
+    pub fn parse(s: &str) -> Result<Self, OciError> {
+        if s.contains(':') {
+            return Digest::parse(s).map(Self::Digest);
+        }
+        let bytes = s.as_bytes();
+        let first_ok = bytes
+            .first()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        let rest_ok = bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if first_ok && rest_ok && s.len() <= 128 {
+            Ok(Self::Tag(s.to_owned()))
+        } else {
+            Err(OciError::new(
+                ErrorCode::ManifestInvalid,
+                format!("invalid tag {s:?}"),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tag(t) => f.write_str(t),
+            Self::Digest(d) => d.fmt(f),
+        }
+    }
+}
+
+/// The media type of manifest bytes: their `mediaType` field, or for OCI
+/// documents without one, index or manifest by their shape.
+pub fn manifest_media_type(bytes: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Shape>(bytes) {
+        Ok(Shape {
+            media_type: Some(t),
+            ..
+        }) => t,
+        Ok(Shape {
+            manifests: Some(_), ..
+        }) => OCI_INDEX.to_owned(),
+        _ => OCI_MANIFEST.to_owned(),
+    }
+}
+
+/// The OCI error codes this proxy answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Blob unknown to the registry.
+    BlobUnknown,
+    /// Digest invalid.
+    DigestInvalid,
+    /// Manifest invalid.
+    ManifestInvalid,
+    /// Manifest unknown.
+    ManifestUnknown,
+    /// Invalid repository name.
+    NameInvalid,
+    /// Repository name not known.
+    NameUnknown,
+    /// Requested range not satisfiable.
+    RangeInvalid,
+    /// Authentication required (upstream refused us).
+    Unauthorized,
+    /// Access denied (upstream refused us).
+    Denied,
+    /// The operation is unsupported.
+    Unsupported,
+    /// Too many requests (upstream throttles).
+    TooManyRequests,
+    /// Upstream unreachable or failing, nothing cached.
+    Unavailable,
+}
+
+impl ErrorCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::BlobUnknown => "BLOB_UNKNOWN",
+            Self::DigestInvalid => "DIGEST_INVALID",
+            Self::ManifestInvalid => "MANIFEST_INVALID",
+            Self::ManifestUnknown => "MANIFEST_UNKNOWN",
+            Self::NameInvalid => "NAME_INVALID",
+            Self::NameUnknown => "NAME_UNKNOWN",
+            Self::RangeInvalid => "RANGE_INVALID",
+            Self::Unauthorized => "UNAUTHORIZED",
+            Self::Denied => "DENIED",
+            Self::Unsupported => "UNSUPPORTED",
+            Self::TooManyRequests => "TOOMANYREQUESTS",
+            Self::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Self::BlobUnknown | Self::ManifestUnknown | Self::NameUnknown => StatusCode::NOT_FOUND,
+            Self::DigestInvalid | Self::ManifestInvalid | Self::NameInvalid => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Denied => StatusCode::FORBIDDEN,
+            Self::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// An error answered with the OCI JSON body
+/// `{"errors":[{"code":…,"message":…}]}`. `Display` stays human.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct OciError {
+    /// The code.
+    pub code: ErrorCode,
+    /// A message for people.
+    pub message: String,
+}
+
+impl OciError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+}
+
+impl IntoResponse for OciError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "errors": [{ "code": self.code.as_str(), "message": self.message, "detail": null }]
+        });
+        let mut response = (self.code.status(), body.to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in [
+            "alpine",
+            "library/alpine",
+            "a/b/c/d",
+            "my-app",
+            "my--app",
+            "a.b",
+            "a_b",
+            "a__b",
+            "0",
+        ] {
+            assert!(RepoName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Alpine",
+            "a//b",
+            "/a",
+            "a/",
+            "-a",
+            "a-",
+            "a___b",
+            "a..b",
+            "a/../b",
+            "a%2fb",
+            &"a".repeat(256),
+        ] {
+            assert!(RepoName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn references() {
+        assert_eq!(
+            Reference::parse("latest").expect("tag"),
+            Reference::Tag("latest".into())
+        );
+        assert!(Reference::parse(".hidden").is_err());
+        assert!(Reference::parse(&"t".repeat(129)).is_err());
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(matches!(Reference::parse(&d), Ok(Reference::Digest(_))));
+        assert!(Reference::parse("sha256:abc").is_err());
+        assert!(
+            Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_err(),
+            "uppercase hex"
+        );
+    }
+
+    #[test]
+    fn digest_of_empty() {
+        assert_eq!(
+            Digest::of(b"").to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn media_type_detection() {
+        assert_eq!(
+            manifest_media_type(
+                br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#
+            ),
+            DOCKER_MANIFEST
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"manifests":[]}"#),
+            OCI_INDEX
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"layers":[]}"#),
+            OCI_MANIFEST
+        );
+    }
+}

@@ -1,0 +1,332 @@
+//! The HTTP surface: `pub fn app(state) -> Router`. Parses, dispatches,
+//! renders; nothing clever.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use driver_core::{FileInfo, StoragePath, WalkControl, WalkOptions};
+
+use crate::AppState;
+use crate::cache::blobs::RangeSpec;
+use crate::cache::layout;
+use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
+
+const API_VERSION: &str = "registry/2.0";
+
+/// The router of the public listener.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v2/", get(base).head(base))
+        .route("/v2", get(base).head(base))
+        .route("/v2/{*rest}", any(dispatch))
+        .with_state(state)
+        .layer(axum::middleware::map_response(
+            |mut response: Response| async move {
+                response.headers_mut().insert(
+                    "docker-distribution-api-version",
+                    HeaderValue::from_static(API_VERSION),
+                );
+                response
+            },
+        ))
+}
+
+async fn base() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        "{}",
+    )
+}
+
+/// What a `/v2/<rest>` path asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Catalog,
+    Manifest(RepoName, Reference),
+    Blob(RepoName, Digest),
+    Tags(RepoName),
+}
+
+fn parse_target(rest: &str) -> Result<Target, OciError> {
+    if rest == "_catalog" {
+        return Ok(Target::Catalog);
+    }
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        return Ok(Target::Tags(RepoName::parse(name)?));
+    }
+    if let Some(i) = rest.rfind("/manifests/") {
+        let name = RepoName::parse(&rest[..i])?;
+        return Ok(Target::Manifest(
+            name,
+            Reference::parse(&rest[i + "/manifests/".len()..])?,
+        ));
+    }
+    if rest.contains("/blobs/uploads") {
+        return Err(unsupported());
+    }
+    if let Some(i) = rest.rfind("/blobs/") {
+        let name = RepoName::parse(&rest[..i])?;
+        return Ok(Target::Blob(
+            name,
+            Digest::parse(&rest[i + "/blobs/".len()..])?,
+        ));
+    }
+    Err(OciError::new(
+        ErrorCode::NameInvalid,
+        format!("no such endpoint: /v2/{rest}"),
+    ))
+}
+
+async fn dispatch(
+    State(state): State<AppState>,
+    method: Method,
+    Path(rest): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let target = match parse_target(&rest) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let head = method == Method::HEAD;
+    if method != Method::GET && !head {
+        return unsupported().into_response();
+    }
+    let result = match target {
+        Target::Manifest(repo, reference) => manifest(&state, &repo, &reference, head).await,
+        Target::Blob(repo, digest) => blob(&state, &repo, &digest, &headers, head).await,
+        Target::Tags(repo) => tags(&state, &repo, &query).await,
+        Target::Catalog => catalog(&state, &query).await,
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn unsupported() -> OciError {
+    OciError::new(
+        ErrorCode::Unsupported,
+        "this registry is a pull-through cache: push and delete are not supported",
+    )
+}
+
+async fn manifest(
+    state: &AppState,
+    repo: &RepoName,
+    reference: &Reference,
+    head: bool,
+) -> Result<Response, OciError> {
+    let m = state.manifests.get(repo, reference).await?;
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, &m.media_type)
+        .header(header::CONTENT_LENGTH, m.bytes.len())
+        .header("docker-content-digest", m.digest.to_string())
+        .header(header::ETAG, format!("\"{}\"", m.digest));
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(m.bytes)
+    };
+    builder
+        .body(body)
+        .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))
+}
+
+async fn blob(
+    state: &AppState,
+    repo: &RepoName,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, OciError> {
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(v) => Some(RangeSpec::parse(v).ok_or_else(|| {
+            OciError::new(ErrorCode::RangeInvalid, format!("unsupported range {v:?}"))
+        })?),
+        None => None,
+    };
+    let reply = state.blobs.get(repo, digest, range, head).await?;
+    let (start, end) = reply.range;
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("docker-content-digest", digest.to_string())
+        .header(header::ETAG, format!("\"{digest}\""));
+    builder = if range.is_some() {
+        builder.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{}", end.saturating_sub(1), reply.size),
+        )
+    } else {
+        builder.status(StatusCode::OK)
+    };
+    let body = match reply.body {
+        Some(stream) => Body::from_stream(stream),
+        None => Body::empty(),
+    };
+    builder
+        .body(body)
+        .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))
+}
+
+/// `n` and `last` of a paginated listing applied to sorted `items`; returns
+/// the page and whether more follow.
+fn paginate(
+    items: Vec<String>,
+    query: &HashMap<String, String>,
+) -> Result<(Vec<String>, bool), OciError> {
+    let n = match query.get("n") {
+        Some(n) => Some(
+            n.parse::<usize>()
+                .map_err(|_| OciError::new(ErrorCode::Unsupported, format!("invalid n={n}")))?,
+        ),
+        None => None,
+    };
+    let after: Vec<String> = match query.get("last") {
+        Some(last) => items.into_iter().filter(|i| i > last).collect(),
+        None => items,
+    };
+    match n {
+        Some(n) if after.len() > n => Ok((after[..n].to_vec(), true)),
+        _ => Ok((after, false)),
+    }
+}
+
+fn listing(
+    key: &str,
+    name: Option<&RepoName>,
+    page: Vec<String>,
+    more: bool,
+    path: &str,
+    n: Option<&String>,
+) -> Response {
+    let mut body = serde_json::Map::new();
+    if let Some(name) = name {
+        body.insert("name".into(), name.as_str().into());
+    }
+    let last = page.last().cloned();
+    body.insert(key.into(), page.into());
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::Value::Object(body).to_string(),
+    )
+        .into_response();
+    if let (true, Some(last), Some(n)) = (more, last, n) {
+        if let Ok(link) =
+            HeaderValue::from_str(&format!("<{path}?n={n}&last={last}>; rel=\"next\""))
+        {
+            response.headers_mut().insert(header::LINK, link);
+        }
+    }
+    response
+}
+
+async fn tags(
+    state: &AppState,
+    repo: &RepoName,
+    query: &HashMap<String, String>,
+) -> Result<Response, OciError> {
+    let (page, more) = paginate(state.manifests.tags(repo).await?, query)?;
+    Ok(listing(
+        "tags",
+        Some(repo),
+        page,
+        more,
+        &format!("/v2/{repo}/tags/list"),
+        query.get("n"),
+    ))
+}
+
+/// Repositories with manifests in storage.
+async fn catalog(state: &AppState, query: &HashMap<String, String>) -> Result<Response, OciError> {
+    let root = layout::repositories();
+    let prefix = root.dir_prefix();
+    let mut repos = Vec::new();
+    let mut visit = |info: &FileInfo| {
+        if !info.is_dir {
+            return WalkControl::Continue;
+        }
+        match info.path.file_name() {
+            Some("_manifests") => {
+                if let Some(parent) = info.path.parent() {
+                    repos.push(parent.as_str()[prefix.len()..].to_owned());
+                }
+                WalkControl::SkipDir
+            }
+            Some(name) if name.starts_with('_') => WalkControl::SkipDir,
+            _ => WalkControl::Continue,
+        }
+    };
+    match state
+        .driver
+        .walk(&root, &WalkOptions::default(), &mut visit)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => {
+            return Err(OciError::new(
+                ErrorCode::Unavailable,
+                format!("storage: {e}"),
+            ));
+        }
+    }
+    repos.sort();
+    let (page, more) = paginate(repos, query)?;
+    Ok(listing(
+        "repositories",
+        None,
+        page,
+        more,
+        "/v2/_catalog",
+        query.get("n"),
+    ))
+}
+
+/// The router of the debug listener: `/healthz` says whether storage answers.
+pub fn debug_app(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|State(state): State<AppState>| async move {
+                match state.driver.stat(&StoragePath::root()).await {
+                    Ok(_) => (StatusCode::OK, "ok".to_owned()),
+                    Err(e) if e.is_not_found() => (StatusCode::OK, "ok".to_owned()),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}")),
+                }
+            }),
+        )
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(parse_target("_catalog").expect("catalog"), Target::Catalog);
+        assert!(
+            matches!(parse_target("library/alpine/manifests/3.20"), Ok(Target::Manifest(n, _)) if n.as_str() == "library/alpine")
+        );
+        assert!(
+            matches!(parse_target(&format!("a/b/c/blobs/{d}")), Ok(Target::Blob(n, _)) if n.as_str() == "a/b/c")
+        );
+        assert_eq!(
+            parse_target("x/blobs/uploads/").unwrap_err().code,
+            ErrorCode::Unsupported
+        );
+        assert!(matches!(parse_target("x/tags/list"), Ok(Target::Tags(_))));
+        assert!(parse_target("../etc/manifests/latest").is_err());
+        assert!(parse_target("x/manifests/..").is_err());
+        assert!(parse_target("x/other").is_err());
+    }
+}
