@@ -361,3 +361,154 @@ fn set(tree: &mut Value, keys: &[String], value: Value) -> Result<(), String> {
         .or_insert(Value::Null);
     set(child, rest, value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config.yml registry:2 ships, turned into a proxy as its docs say.
+    const REGISTRY2_PROXY: &str = "\
+version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+proxy:
+  remoteurl: https://registry-1.docker.io
+  username: user
+  password: pass
+  ttl: 168h
+";
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, yaml).expect("write");
+        Config::load(
+            Some(&path),
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    #[test]
+    fn a_registry2_proxy_config_runs_unchanged() {
+        let config = load(REGISTRY2_PROXY, &[]).expect("loads");
+        assert!(
+            matches!(config.backend(), Ok(Backend::Filesystem(fs)) if fs.root_directory == PathBuf::from("/var/lib/registry"))
+        );
+        assert_eq!(
+            config.listen_addr().expect("addr").to_string(),
+            "0.0.0.0:5000"
+        );
+        assert_eq!(config.ttl().expect("ttl"), Duration::from_secs(168 * 3600));
+        assert_eq!(config.proxy.username.as_deref(), Some("user"));
+    }
+
+    #[test]
+    fn the_embedded_default() {
+        let config = Config::load(None, std::iter::empty()).expect("default");
+        assert!(
+            matches!(config.backend(), Ok(Backend::Filesystem(fs)) if fs.root_directory == PathBuf::from("./data"))
+        );
+        assert_eq!(
+            config.listen_addr().expect("addr").to_string(),
+            "127.0.0.1:5000"
+        );
+        assert_eq!(
+            config.upstream_url().expect("url").as_str(),
+            "https://registry-1.docker.io/"
+        );
+        assert_eq!(
+            config.tag_freshness().expect("freshness"),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn environment_overrides_like_distribution() {
+        let yaml = "version: 0.1\nstorage:\n  s3:\n    bucket: from-file\n    region: us-east-1\nproxy:\n  remoteurl: http://upstream:5000\n";
+        let env = [
+            ("REGISTRY_STORAGE_S3_BUCKET", "from-env"),
+            (
+                "REGISTRY_STORAGE_S3_REGIONENDPOINT",
+                "http://127.0.0.1:3900",
+            ),
+            ("REGISTRY_STORAGE_S3_CHUNKSIZE", "6291456"),
+            ("REGISTRY_PROXY_REMOTEURL", "http://other:5000"),
+            ("REGISTRY_HTTP_ADDR", "127.0.0.1:6000"),
+            ("UNRELATED", "x"),
+        ];
+        let config = load(yaml, &env).expect("loads");
+        let Ok(Backend::S3(s3)) = config.backend() else {
+            panic!("s3 expected")
+        };
+        assert_eq!(
+            (s3.bucket.as_str(), s3.chunk_size, s3.force_path_style),
+            ("from-env", 6 << 20, true)
+        );
+        assert_eq!(
+            config.upstream_url().expect("url").as_str(),
+            "http://other:5000/"
+        );
+        assert_eq!(
+            config.listen_addr().expect("addr").to_string(),
+            "127.0.0.1:6000"
+        );
+    }
+
+    #[test]
+    fn bad_keys_are_errors_naming_the_key() {
+        let cases = [
+            (
+                "storage:\n  filesystem:\n    rootdir: /x\n",
+                "storage.filesystem",
+            ),
+            (
+                "storage:\n  inmemory: {}\nproxy:\n  remoteurl: ftp://x\n",
+                "proxy.remoteurl",
+            ),
+            (
+                "storage:\n  inmemory: {}\n  filesystem:\n    rootdirectory: /x\n",
+                "storage",
+            ),
+            (
+                "storage:\n  inmemory: {}\nproxy:\n  ttl: forever\n",
+                "proxy.ttl",
+            ),
+            (
+                "storage:\n  inmemory: {}\nhttp:\n  addr: nowhere\n",
+                "http.addr",
+            ),
+            ("storage:\n  s3:\n    region: x\n", "storage.s3.bucket"),
+            (
+                "storage:\n  s3:\n    bucket: b\n    chunksize: 1024\n",
+                "storage.s3.chunksize",
+            ),
+            ("storage:\n  inmemory: {}\nunknownsection: 1\n", ""),
+        ];
+        for (yaml, key) in cases {
+            let e = load(yaml, &[]).expect_err(yaml);
+            assert!(
+                e.key.starts_with(key),
+                "{yaml}: error names {:?}, expected {key:?}: {e}",
+                e.key
+            );
+            assert!(!e.reason.is_empty());
+        }
+        let e = load("storage:\n  inmemory: {}\nunknownsection: 1\n", &[]).expect_err("unknown");
+        assert!(e.reason.contains("unknownsection"), "{e}");
+    }
+}

@@ -1,0 +1,706 @@
+//! The proxy in process (its router, the in-memory driver) against a small
+//! test upstream that can misbehave in ways a real registry will not: wrong
+//! bytes, short bodies, stalls, error statuses, and each auth scheme.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use bytes::Bytes;
+use driver_core::StorageDriver;
+use driver_memory::MemoryDriver;
+use registry_proxy::cache::layout;
+use registry_proxy::oci::Digest;
+use registry_proxy::upstream::Upstream;
+use registry_proxy::{AppState, Settings, app};
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+const USER: &str = "puller";
+const PASSWORD: &str = "s3cret-pa55";
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Right length, wrong bytes.
+    Corrupt,
+    /// Half the body, then the connection breaks.
+    Truncate,
+    /// Half the body, then nothing.
+    Stall,
+    /// Hold the body until the gate opens.
+    Gate,
+    /// Hold the body until the gate opens, then send wrong bytes.
+    GateCorrupt,
+    /// Answer every request with this status.
+    Status(u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Auth {
+    Anonymous,
+    Basic,
+    Bearer,
+}
+
+/// A registry holding blobs and tagged manifests, counting what it serves.
+struct Fake {
+    blobs: Mutex<HashMap<String, Bytes>>,
+    manifests: Mutex<HashMap<String, Bytes>>,
+    requests: Mutex<Vec<String>>,
+    tokens_issued: AtomicUsize,
+    fault: Mutex<Fault>,
+    auth: Auth,
+    gate: Notify,
+    base: Mutex<String>,
+}
+
+impl Fake {
+    fn count(&self, what: &str) -> usize {
+        self.requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.contains(what))
+            .count()
+    }
+
+    fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().expect("lock") = fault;
+    }
+
+    fn add_blob(&self, data: &[u8]) -> Digest {
+        let digest = Digest::of(data);
+        self.blobs
+            .lock()
+            .expect("lock")
+            .insert(digest.to_string(), Bytes::copy_from_slice(data));
+        digest
+    }
+
+    fn tag(&self, tag: &str, manifest: &[u8]) -> Digest {
+        let digest = Digest::of(manifest);
+        let mut manifests = self.manifests.lock().expect("lock");
+        manifests.insert(tag.to_owned(), Bytes::copy_from_slice(manifest));
+        manifests.insert(digest.to_string(), Bytes::copy_from_slice(manifest));
+        digest
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let basic = format!("Basic {}", base64(&format!("{USER}:{PASSWORD}")));
+        match self.auth {
+            Auth::Anonymous => true,
+            Auth::Basic => auth == basic,
+            Auth::Bearer => auth.starts_with("Bearer token-for-"),
+        }
+    }
+}
+
+fn base64(s: &str) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = s.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+async fn token(
+    State(fake): State<Arc<Fake>>,
+    headers: HeaderMap,
+    query: axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let basic = format!("Basic {}", base64(&format!("{USER}:{PASSWORD}")));
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(basic.as_str())
+    {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    fake.tokens_issued.fetch_add(1, Ordering::SeqCst);
+    let scope = query.get("scope").cloned().unwrap_or_default();
+    axum::Json(serde_json::json!({ "token": format!("token-for-{scope}"), "expires_in": 300 }))
+        .into_response()
+}
+
+async fn serve(
+    State(fake): State<Arc<Fake>>,
+    method: Method,
+    Path(rest): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    fake.requests
+        .lock()
+        .expect("lock")
+        .push(format!("{method} {rest}"));
+    if !fake.authorized(&headers) {
+        let challenge = match fake.auth {
+            Auth::Bearer => format!(
+                r#"Bearer realm="{}/token",service="fake""#,
+                fake.base.lock().expect("lock")
+            ),
+            _ => r#"Basic realm="fake""#.to_owned(),
+        };
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, challenge)],
+        )
+            .into_response();
+    }
+    let fault = *fake.fault.lock().expect("lock");
+    if let Fault::Status(code) = fault {
+        return StatusCode::from_u16(code)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response();
+    }
+    if let Some((_, reference)) = rest.split_once("/manifests/") {
+        let Some(bytes) = fake.manifests.lock().expect("lock").get(reference).cloned() else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let digest = Digest::of(&bytes).to_string();
+        let headers = [
+            (
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.manifest.v1+json".to_owned(),
+            ),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                digest,
+            ),
+        ];
+        let body = if method == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from(bytes.clone())
+        };
+        let mut response = (headers, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, bytes.len().into());
+        return response;
+    }
+    let Some((_, digest)) = rest.split_once("/blobs/") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some(data) = fake.blobs.lock().expect("lock").get(digest).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let len = data.len();
+    let half = data.slice(..len / 2);
+    let body = match fault {
+        Fault::Corrupt => Body::from(vec![0u8; len]),
+        Fault::Truncate => Body::from_stream(futures::stream::iter([
+            Ok(half),
+            Err(std::io::Error::other("cut")),
+        ])),
+        Fault::Stall => Body::from_stream(futures::StreamExt::chain(
+            futures::stream::iter([Ok::<_, std::io::Error>(half)]),
+            futures::stream::pending(),
+        )),
+        Fault::Gate | Fault::GateCorrupt => {
+            let rest = if fault == Fault::Gate {
+                data.slice(len / 2..)
+            } else {
+                Bytes::from(vec![0u8; len - len / 2])
+            };
+            let gated = async move {
+                fake.gate.notified().await;
+                Ok::<_, std::io::Error>(rest)
+            };
+            Body::from_stream(futures::StreamExt::chain(
+                futures::stream::iter([Ok(half)]),
+                futures::stream::once(gated),
+            ))
+        }
+        _ => Body::from(data),
+    };
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, len.into());
+    response
+}
+
+/// A fake upstream on 127.0.0.1 and a proxy (in-memory storage) in front of it.
+struct Setup {
+    fake: Arc<Fake>,
+    driver: Arc<dyn StorageDriver>,
+    state: AppState,
+    _spool: tempfile::TempDir,
+}
+
+async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup {
+    let fake = Arc::new(Fake {
+        blobs: Mutex::default(),
+        manifests: Mutex::default(),
+        requests: Mutex::default(),
+        tokens_issued: AtomicUsize::new(0),
+        fault: Mutex::new(Fault::None),
+        auth,
+        gate: Notify::new(),
+        base: Mutex::default(),
+    });
+    let router = axum::Router::new()
+        .route("/token", get(token))
+        .route("/v2/{*rest}", any(serve))
+        .with_state(Arc::clone(&fake));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    *fake.base.lock().expect("lock") = base.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let spool = tempfile::tempdir().expect("spool");
+    let driver: Arc<dyn StorageDriver> = Arc::new(MemoryDriver::new());
+    let credentials = credentials.then(|| (USER.to_owned(), PASSWORD.to_owned()));
+    let upstream = Upstream::new(
+        base.parse().expect("url"),
+        credentials,
+        Duration::from_secs(2),
+    );
+    let settings = Settings {
+        spool_dir: spool.path().to_owned(),
+        fill_timeout: Duration::from_millis(500),
+        tag_freshness: freshness,
+        request_timeout: Duration::from_secs(2),
+    };
+    let state = AppState::new(Arc::clone(&driver), upstream, settings);
+    Setup {
+        fake,
+        driver,
+        state,
+        _spool: spool,
+    }
+}
+
+async fn setup() -> Setup {
+    setup_with(Auth::Anonymous, false, Duration::from_secs(60)).await
+}
+
+impl Setup {
+    async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)]) -> Response {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        app(self.state.clone())
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible")
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, HeaderMap, Result<Bytes, axum::Error>) {
+        let response = self.send(Method::GET, uri, &[]).await;
+        let (parts, body) = response.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            axum::body::to_bytes(body, 64 << 20).await,
+        )
+    }
+}
+
+fn blob_uri(repo: &str, digest: &Digest) -> String {
+    format!("/v2/{repo}/blobs/{digest}")
+}
+
+fn error_code(body: &[u8]) -> String {
+    let json: serde_json::Value = serde_json::from_slice(body).expect("an OCI error body");
+    json["errors"][0]["code"].as_str().expect("code").to_owned()
+}
+
+#[tokio::test]
+async fn a_miss_is_fetched_once_then_served_from_storage() {
+    let s = setup().await;
+    let data = conformance::random_bytes(1, 3 << 20);
+    let digest = s.fake.add_blob(&data);
+    for _ in 0..2 {
+        let (status, headers, body) = s.get(&blob_uri("team/app", &digest)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers["docker-content-digest"],
+            digest.to_string().as_str()
+        );
+        assert!(body.expect("body") == data);
+    }
+    assert_eq!(s.fake.count("blobs/"), 1, "the second pull went upstream");
+    assert!(
+        s.driver.stat(&layout::blob_data(&digest)).await.is_ok(),
+        "not stored"
+    );
+    assert!(
+        s.driver
+            .stat(&layout::layer_link(
+                &registry_proxy::oci::RepoName::parse("team/app").expect("name"),
+                &digest
+            ))
+            .await
+            .is_ok(),
+        "not linked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_one_upstream_fetch() {
+    let s = Arc::new(setup().await);
+    let data = conformance::random_bytes(2, 2 << 20);
+    let digest = s.fake.add_blob(&data);
+    s.fake.set_fault(Fault::Gate);
+    // Every client gets its response head while the upstream still holds the
+    // body back: streaming, not store-then-serve, and all from one fill.
+    let mut bodies = Vec::new();
+    for _ in 0..8 {
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            s.send(Method::GET, &blob_uri("team/app", &digest), &[]),
+        )
+        .await
+        .expect("a client waited for the whole body before getting headers");
+        assert_eq!(response.status(), StatusCode::OK);
+        bodies.push(tokio::spawn(axum::body::to_bytes(
+            response.into_body(),
+            64 << 20,
+        )));
+    }
+    s.fake.gate.notify_waiters();
+    s.fake.gate.notify_one();
+    for body in bodies {
+        assert!(body.await.expect("task").expect("body") == data);
+    }
+    assert_eq!(
+        s.fake.count("GET team/app/blobs/"),
+        1,
+        "the upstream sent the blob more than once"
+    );
+}
+
+#[tokio::test]
+async fn wrong_bytes_abort_the_response_and_store_nothing() {
+    let s = setup().await;
+    let data = conformance::random_bytes(3, 1 << 20);
+    let digest = s.fake.add_blob(&data);
+    for fault in [Fault::Corrupt, Fault::Truncate, Fault::Stall] {
+        s.fake.set_fault(fault);
+        // Either an error answer, or a 200 whose body breaks off: never a
+        // complete response with bytes that failed verification.
+        let (status, _, body) = s.get(&blob_uri("team/app", &digest)).await;
+        assert!(
+            status != StatusCode::OK || body.is_err(),
+            "{fault:?}: the client got a complete response"
+        );
+        assert!(
+            s.driver.stat(&layout::blob_data(&digest)).await.is_err(),
+            "{fault:?}: a bad blob was stored"
+        );
+    }
+    s.fake.set_fault(Fault::None);
+    let (status, _, body) = s.get(&blob_uri("team/app", &digest)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.expect("body") == data, "a good fetch after failures");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_client_is_cut_off_when_verification_fails() {
+    let s = setup().await;
+    let data = conformance::random_bytes(5, 1 << 20);
+    let digest = s.fake.add_blob(&data);
+    s.fake.set_fault(Fault::GateCorrupt);
+    let response = s
+        .send(Method::GET, &blob_uri("team/app", &digest), &[])
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "headers come before the body is complete"
+    );
+    let body = tokio::spawn(axum::body::to_bytes(response.into_body(), 64 << 20));
+    s.fake.gate.notify_one();
+    assert!(
+        body.await.expect("task").is_err(),
+        "the client received a complete, unverified body"
+    );
+    assert!(
+        s.driver.stat(&layout::blob_data(&digest)).await.is_err(),
+        "a bad blob was stored"
+    );
+}
+
+#[tokio::test]
+async fn ranges_are_served_with_206() {
+    let s = setup().await;
+    let data = conformance::random_bytes(4, 100_000);
+    let digest = s.fake.add_blob(&data);
+    for _ in 0..2 {
+        // First from the fill, then from storage.
+        let response = s
+            .send(
+                Method::GET,
+                &blob_uri("a", &digest),
+                &[("range", "bytes=10-19")],
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            response.headers()[header::CONTENT_RANGE],
+            "bytes 10-19/100000"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        assert_eq!(body, data.slice(10..20));
+    }
+    let response = s
+        .send(
+            Method::GET,
+            &blob_uri("a", &digest),
+            &[("range", "bytes=200000-")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+}
+
+#[tokio::test]
+async fn tags_are_resolved_once_per_freshness_window() {
+    let s = setup().await;
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    let digest = s.fake.tag("v1", manifest);
+    for _ in 0..3 {
+        let (status, headers, body) = s.get("/v2/team/app/manifests/v1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body.expect("body"),
+            &manifest[..],
+            "not the upstream's bytes"
+        );
+        assert_eq!(
+            headers[header::CONTENT_TYPE],
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+        assert_eq!(
+            headers["docker-content-digest"],
+            digest.to_string().as_str()
+        );
+    }
+    assert_eq!(
+        s.fake.count("manifests/"),
+        1,
+        "a fresh tag went upstream again"
+    );
+    let (status, _, _) = s.get(&format!("/v2/team/app/manifests/{digest}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        s.fake.count("manifests/"),
+        1,
+        "a manifest by digest went upstream"
+    );
+}
+
+#[tokio::test]
+async fn stale_tags_are_served_when_the_upstream_fails_and_404_is_404() {
+    let s = setup_with(Auth::Anonymous, false, Duration::ZERO).await;
+    let manifest = br#"{"schemaVersion":2,"manifests":[]}"#;
+    s.fake.tag("v1", manifest);
+    assert_eq!(s.get("/v2/team/app/manifests/v1").await.0, StatusCode::OK);
+    for code in [500, 503, 429] {
+        s.fake.set_fault(Fault::Status(code));
+        let (status, _, body) = s.get("/v2/team/app/manifests/v1").await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "upstream {code}: the cached tag was not served"
+        );
+        assert_eq!(body.expect("body"), &manifest[..]);
+    }
+    s.fake.set_fault(Fault::Status(404));
+    let (status, _, body) = s.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body.expect("body")), "MANIFEST_UNKNOWN");
+    s.fake.set_fault(Fault::Status(503));
+    let (status, _, _) = s.get("/v2/team/app/manifests/never-cached").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_fetched_once_per_repository() {
+    let s = setup_with(Auth::Bearer, true, Duration::from_secs(60)).await;
+    let a = s.fake.add_blob(b"first");
+    let b = s.fake.add_blob(b"second");
+    for digest in [&a, &b] {
+        let (status, _, body) = s.get(&blob_uri("team/app", digest)).await;
+        assert_eq!(status, StatusCode::OK, "{:?}", body);
+    }
+    assert_eq!(
+        s.fake.tokens_issued.load(Ordering::SeqCst),
+        1,
+        "the token was not reused"
+    );
+    let c = s.fake.add_blob(b"third");
+    let (status, _, _) = s.get(&blob_uri("team/other", &c)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        s.fake.tokens_issued.load(Ordering::SeqCst),
+        2,
+        "tokens are per repository"
+    );
+}
+
+#[tokio::test]
+async fn basic_auth_upstreams_work_with_credentials_and_refuse_without() {
+    let s = setup_with(Auth::Basic, true, Duration::from_secs(60)).await;
+    s.fake.tag("v1", br#"{"schemaVersion":2,"layers":[]}"#);
+    assert_eq!(s.get("/v2/team/app/manifests/v1").await.0, StatusCode::OK);
+
+    let anonymous = setup_with(Auth::Basic, false, Duration::from_secs(60)).await;
+    anonymous
+        .fake
+        .tag("v1", br#"{"schemaVersion":2,"layers":[]}"#);
+    let (status, _, body) = anonymous.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&body.expect("body")), "UNAUTHORIZED");
+
+    let wrong = setup_with(Auth::Bearer, true, Duration::from_secs(60)).await;
+    let (status, _, body) = wrong.get("/v2/team/app/manifests/missing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let body = body.expect("body");
+    assert!(
+        !String::from_utf8_lossy(&body).contains(PASSWORD),
+        "a response carried the password"
+    );
+}
+
+#[tokio::test]
+async fn push_delete_and_bad_names_get_oci_errors() {
+    let s = setup().await;
+    let digest = Digest::of(b"x");
+    for (method, uri, status, code) in [
+        (
+            Method::PUT,
+            "/v2/team/app/manifests/v1".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+        ),
+        (
+            Method::POST,
+            "/v2/team/app/blobs/uploads/".to_owned(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+        ),
+        (
+            Method::DELETE,
+            blob_uri("team/app", &digest),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+        ),
+        (
+            Method::GET,
+            "/v2/Team/App/manifests/v1".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            Method::GET,
+            "/v2/a/../b/manifests/v1".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            Method::GET,
+            "/v2/team/app/blobs/sha256:abc".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        ),
+    ] {
+        let response = s.send(method.clone(), &uri, &[]).await;
+        assert_eq!(response.status(), status, "{method} {uri}");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        assert_eq!(error_code(&body), code, "{method} {uri}");
+    }
+    let response = s.send(Method::GET, "/v2/", &[]).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
+    let response = s
+        .send(
+            Method::GET,
+            &format!(
+                "{}?ns=docker.io",
+                blob_uri("team/app", &s.fake.add_blob(b"ns"))
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "containerd's ?ns= must be accepted"
+    );
+}
+
+#[tokio::test]
+async fn tags_list_and_catalog_paginate() {
+    let s = setup().await;
+    for tag in ["a", "b", "c"] {
+        s.fake.tag(
+            tag,
+            format!(r#"{{"schemaVersion":2,"layers":[],"t":"{tag}"}}"#).as_bytes(),
+        );
+        assert_eq!(
+            s.get(&format!("/v2/team/app/manifests/{tag}")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            s.get(&format!("/v2/team/other/manifests/{tag}")).await.0,
+            StatusCode::OK
+        );
+    }
+    let (status, headers, body) = s.get("/v2/team/app/tags/list?n=2").await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"name": "team/app", "tags": ["a", "b"]})
+    );
+    assert_eq!(
+        headers[header::LINK],
+        r#"</v2/team/app/tags/list?n=2&last=b>; rel="next""#
+    );
+    let (_, _, body) = s.get("/v2/team/app/tags/list?n=2&last=b").await;
+    let json: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+    assert_eq!(json["tags"], serde_json::json!(["c"]));
+    let (_, _, body) = s.get("/v2/_catalog").await;
+    let json: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+    assert_eq!(
+        json,
+        serde_json::json!({"repositories": ["team/app", "team/other"]})
+    );
+    let (status, _, body) = s.get("/v2/nobody/tags/list").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body.expect("body")), "NAME_UNKNOWN");
+}
