@@ -407,7 +407,7 @@ proxy:
     fn a_registry2_proxy_config_runs_unchanged() {
         let config = load(REGISTRY2_PROXY, &[]).expect("loads");
         assert!(
-            matches!(config.backend(), Ok(Backend::Filesystem(fs)) if fs.root_directory == PathBuf::from("/var/lib/registry"))
+            matches!(config.backend(), Ok(Backend::Filesystem(fs)) if fs.root_directory == std::path::Path::new("/var/lib/registry"))
         );
         assert_eq!(
             config.listen_addr().expect("addr").to_string(),
@@ -421,7 +421,7 @@ proxy:
     fn the_embedded_default() {
         let config = Config::load(None, std::iter::empty()).expect("default");
         assert!(
-            matches!(config.backend(), Ok(Backend::Filesystem(fs)) if fs.root_directory == PathBuf::from("./data"))
+            matches!(config.backend(), Ok(Backend::Filesystem(fs)) if fs.root_directory == std::path::Path::new("./data"))
         );
         assert_eq!(
             config.listen_addr().expect("addr").to_string(),
