@@ -43,3 +43,18 @@ use_s3_server() {
     . "$S3_STATE_DIR/env"
     echo "S3: $S3_BACKEND at $AWS_ENDPOINT_URL"
 }
+
+# Installs the Debian packages named (by command: package pairs "cmd:pkg")
+# whose command is missing.
+ensure_apt() {
+    local missing=()
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    echo "installing ${missing[*]} with apt-get" >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+}

@@ -7,11 +7,16 @@
 # used (MinIO, AWS, ...). Otherwise a private Garage is started on 127.0.0.1
 # (installed once outside the repository) and stopped afterwards.
 # REQUIRE_S3=1 (set by CI) turns a missing S3 server into a failure.
+#
+# End to end: Debian's docker-registry (upstream) and skopeo (client) are
+# installed with apt-get when missing; REQUIRE_E2E=1 (set by CI) turns their
+# absence into a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_rust
+ensure_apt docker-registry:docker-registry skopeo:skopeo
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -1,0 +1,408 @@
+//! End to end with real parts: Debian's `docker-registry` as the upstream
+//! (anonymous, then behind htpasswd Basic auth), images generated here and
+//! pushed with `skopeo`, pulled with `skopeo` through the `registry-proxy`
+//! binary. Skipped (with the reason printed) when `docker-registry` or
+//! `skopeo` is missing, unless `REQUIRE_E2E=1` (set by CI).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use registry_proxy::oci::Digest;
+use serde_json::json;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether the real parts are here; prints why not (fails under REQUIRE_E2E=1).
+fn parts_available(test: &str) -> bool {
+    let missing: Vec<&str> = ["docker-registry", "skopeo"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("REQUIRE_E2E").as_deref() != Ok("1"),
+        "REQUIRE_E2E=1 but {missing:?} missing"
+    );
+    println!("skipped: {test}: {missing:?} not installed (scripts/test.sh installs them)");
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A server process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_ready(addr: &str, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "server at {addr} exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "server at {addr} did not start: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+fn start(program: &str, args: &[&str], config: &Path, addr: String, dir: &Path) -> Server {
+    let log = dir.join(format!(
+        "{}.log",
+        config
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("server")
+    ));
+    let out = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new(program)
+        .args(args)
+        .arg(config)
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"));
+    wait_ready(&addr, &mut child, &log);
+    Server { child, addr }
+}
+
+/// `docker-registry` on `root`; `extra` is appended to its config.
+fn docker_registry(dir: &Path, name: &str, root: &Path, extra: &str) -> Server {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.join(format!("{name}.yml"));
+    let yaml = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra}",
+        root.display()
+    );
+    std::fs::write(&config, yaml).expect("config");
+    start("docker-registry", &["serve"], &config, addr, dir)
+}
+
+/// The registry-proxy binary with `storage` (a YAML block) in front of `upstream`.
+fn registry_proxy(
+    dir: &Path,
+    storage: &str,
+    upstream: &str,
+    credentials: Option<(&str, &str)>,
+) -> Server {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("proxy.yml");
+    let auth = credentials
+        .map(|(u, p)| format!("  username: {u}\n  password: {p}\n"))
+        .unwrap_or_default();
+    let yaml = format!(
+        "version: 0.1\nstorage:\n{storage}http:\n  addr: {addr}\nproxy:\n  remoteurl: http://{upstream}\n{auth}"
+    );
+    std::fs::write(&config, yaml).expect("config");
+    start(
+        env!("CARGO_BIN_EXE_registry-proxy"),
+        &["serve"],
+        &config,
+        addr,
+        dir,
+    )
+}
+
+fn skopeo(args: &[&str]) {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An OCI layout with one tag `v1`: a single image, or an index of
+/// several platforms; two layers of about 1 MiB per platform.
+fn make_image(dir: &Path, name: &str, seed: u64, platforms: &[&str]) -> PathBuf {
+    let layout = dir.join(name);
+    std::fs::create_dir_all(layout.join("blobs/sha256")).expect("layout");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("oci-layout");
+    let write_blob = |bytes: &[u8]| {
+        let digest = Digest::of(bytes);
+        std::fs::write(layout.join("blobs/sha256").join(digest.hex()), bytes).expect("blob");
+        json!({"digest": digest.to_string(), "size": bytes.len()})
+    };
+    let mut descriptors = Vec::new();
+    for (i, platform) in platforms.iter().enumerate() {
+        let layers: Vec<_> = (0..2u64)
+            .map(|l| {
+                let data = conformance::random_bytes(
+                    seed * 100 + i as u64 * 10 + l,
+                    (1 << 20) + l as usize * 4097,
+                );
+                let mut d = write_blob(&data);
+                d["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
+                d
+            })
+            .collect();
+        let config = json!({"architecture": platform, "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}});
+        let mut c = write_blob(config.to_string().as_bytes());
+        c["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+        let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": c, "layers": layers});
+        let mut m = write_blob(manifest.to_string().as_bytes());
+        m["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+        m["platform"] = json!({"architecture": platform, "os": "linux"});
+        descriptors.push(m);
+    }
+    let mut top = if platforms.len() == 1 {
+        let mut single = descriptors.remove(0);
+        single.as_object_mut().map(|o| o.remove("platform"));
+        single
+    } else {
+        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descriptors});
+        let mut i = write_blob(index.to_string().as_bytes());
+        i["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
+        i
+    };
+    top["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
+    std::fs::write(
+        layout.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": [top]}).to_string(),
+    )
+    .expect("index.json");
+    layout
+}
+
+fn push(layout: &Path, registry: &str, repo: &str, creds: Option<&str>) {
+    let src = format!("oci:{}:v1", layout.display());
+    let dst = format!("docker://{registry}/{repo}:v1");
+    let mut args = vec!["copy", "--all", "--dest-tls-verify=false", &src, &dst];
+    if let Some(c) = creds {
+        args.extend(["--dest-creds", c]);
+    }
+    skopeo(&args);
+}
+
+/// Pulls `reference` (every platform) from `registry` into `dir:out`.
+fn pull(registry: &str, reference: &str, out: &Path, creds: Option<&str>) {
+    let _ = std::fs::remove_dir_all(out);
+    let src = format!("docker://{registry}/{reference}");
+    let dst = format!("dir:{}", out.display());
+    let mut args = vec!["copy", "--all", "--src-tls-verify=false", &src, &dst];
+    if let Some(c) = creds {
+        args.extend(["--src-creds", c]);
+    }
+    skopeo(&args);
+}
+
+/// The files of a `dir:` pull, by name. Checks that every blob file's bytes
+/// match the digest it is named by.
+fn contents(out: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(out).expect("pulled dir") {
+        let entry = entry.expect("entry");
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let bytes = std::fs::read(entry.path()).expect("read");
+        if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            assert_eq!(
+                Digest::of(&bytes).hex(),
+                name,
+                "blob {name} in {} has other bytes",
+                out.display()
+            );
+        }
+        files.insert(name, bytes);
+    }
+    files
+}
+
+/// Pulls `reference` from `registry` and requires exactly the `expected` files.
+fn pull_and_check(
+    expected: &std::collections::BTreeMap<String, Vec<u8>>,
+    registry: &str,
+    reference: &str,
+    out: &Path,
+) {
+    pull(registry, reference, out, None);
+    let got = contents(out);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{reference}: other files"
+    );
+    for (name, bytes) in expected {
+        assert!(
+            got[name] == *bytes,
+            "{reference}: {name} differs from the upstream's"
+        );
+    }
+}
+
+/// What the upstream itself serves for `reference`: the reference for every pull.
+fn upstream_truth(
+    dir: &Path,
+    registry: &str,
+    reference: &str,
+    creds: Option<&str>,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let out = dir.join(format!("truth-{}", reference.replace(['/', ':', '@'], "_")));
+    pull(registry, reference, &out, creds);
+    contents(&out)
+}
+
+#[test]
+fn pull_through_filesystem_cache_with_real_registry_and_skopeo() {
+    if !parts_available("pull_through_filesystem_cache") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
+    push(
+        &make_image(d, "single", 1, &["amd64"]),
+        &upstream.addr,
+        "team/app",
+        None,
+    );
+    push(
+        &make_image(d, "multi", 2, &["amd64", "arm64"]),
+        &upstream.addr,
+        "team/multi",
+        None,
+    );
+    let single = upstream_truth(d, &upstream.addr, "team/app:v1", None);
+    let multi = upstream_truth(d, &upstream.addr, "team/multi:v1", None);
+    assert!(
+        multi
+            .keys()
+            .filter(|k| k.ends_with(".manifest.json"))
+            .count()
+            == 2,
+        "the index lost a platform"
+    );
+
+    let cache = d.join("cache-root");
+    let storage = format!("  filesystem:\n    rootdirectory: {}\n", cache.display());
+    let proxy = registry_proxy(d, &storage, &upstream.addr, None);
+    pull_and_check(&single, &proxy.addr, "team/app:v1", &d.join("out1"));
+    pull_and_check(&multi, &proxy.addr, "team/multi:v1", &d.join("out2"));
+
+    // With the upstream gone, the cache still serves by tag and by digest.
+    drop(upstream);
+    pull_and_check(&single, &proxy.addr, "team/app:v1", &d.join("out3"));
+    let by_digest = format!("team/app@{}", Digest::of(&single["manifest.json"]));
+    pull_and_check(&single, &proxy.addr, &by_digest, &d.join("out4"));
+    pull_and_check(&multi, &proxy.addr, "team/multi:v1", &d.join("out5"));
+
+    // registry:2 reads what registry-proxy cached: same layout.
+    drop(proxy);
+    let reader = docker_registry(d, "reader", &cache, "");
+    pull_and_check(&single, &reader.addr, "team/app:v1", &d.join("out6"));
+    pull_and_check(&multi, &reader.addr, "team/multi:v1", &d.join("out7"));
+}
+
+#[test]
+fn pull_through_a_basic_auth_upstream() {
+    if !parts_available("pull_through_a_basic_auth_upstream") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let hash = bcrypt::hash("pull-secret", 4).expect("bcrypt");
+    std::fs::write(d.join("htpasswd"), format!("puller:{hash}\n")).expect("htpasswd");
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+        d.join("htpasswd").display()
+    );
+    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), &auth);
+    push(
+        &make_image(d, "image", 3, &["amd64"]),
+        &upstream.addr,
+        "private/app",
+        Some("puller:pull-secret"),
+    );
+    let image = upstream_truth(
+        d,
+        &upstream.addr,
+        "private/app:v1",
+        Some("puller:pull-secret"),
+    );
+
+    let storage = format!(
+        "  filesystem:\n    rootdirectory: {}\n",
+        d.join("cache").display()
+    );
+    let proxy = registry_proxy(d, &storage, &upstream.addr, Some(("puller", "pull-secret")));
+    pull_and_check(&image, &proxy.addr, "private/app:v1", &d.join("out"));
+    let log = std::fs::read_to_string(d.join("proxy.log")).expect("proxy log");
+    assert!(!log.contains("pull-secret"), "the password reached the log");
+}
+
+#[test]
+fn pull_through_s3_cache_on_garage() {
+    if !parts_available("pull_through_s3_cache") {
+        return;
+    }
+    let Ok(Some(s3)) = driver_s3::S3Config::from_env() else {
+        assert!(
+            std::env::var("REQUIRE_S3").as_deref() != Ok("1"),
+            "REQUIRE_S3=1 but S3_BUCKET is not set"
+        );
+        println!(
+            "skipped: pull_through_s3_cache: S3_BUCKET is not set (scripts/test.sh starts Garage)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
+    push(
+        &make_image(d, "image", 4, &["amd64", "arm64"]),
+        &upstream.addr,
+        "team/s3app",
+        None,
+    );
+    let image = upstream_truth(d, &upstream.addr, "team/s3app:v1", None);
+    let storage = format!(
+        "  s3:\n    bucket: {}\n    region: {}\n    regionendpoint: {}\n    accesskey: {}\n    secretkey: {}\n    rootdirectory: /e2e-{:016x}\n",
+        s3.bucket,
+        s3.region,
+        s3.endpoint.clone().unwrap_or_default(),
+        s3.access_key.clone().unwrap_or_default(),
+        s3.secret_key.clone().unwrap_or_default(),
+        rand::random::<u64>()
+    );
+    let proxy = registry_proxy(d, &storage, &upstream.addr, None);
+    pull_and_check(&image, &proxy.addr, "team/s3app:v1", &d.join("out1"));
+    drop(upstream);
+    pull_and_check(&image, &proxy.addr, "team/s3app:v1", &d.join("out2"));
+}
