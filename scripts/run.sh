@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# The main job on the embedded default, filesystem storage in ./data.
-# Until the proxy exists, that is the conformance suite of the filesystem
-# driver run against ./data (cases clean up after themselves).
+# The main job on the embedded default: registry-proxy with filesystem
+# storage in ./data, listening on 127.0.0.1:5000, caching Docker Hub.
+# Extra arguments are passed to `registry-proxy serve` (e.g. a config.yml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_rust
-mkdir -p data
-FS_ROOT_DIRECTORY="$PWD/data" cargo test -p driver-fs --test conformance -- "$@"
+exec cargo run --release -p registry-proxy -- serve "$@"
