@@ -67,31 +67,6 @@ pub async fn valid_paths_round_trip(ctx: Ctx) {
     }
 }
 
-/// distribution's invalid paths never become storage paths.
-///
-/// Drivers never see these: paths are parsed once, before any call. The
-/// case pins the grammar every driver relies on (no empty, relative, `..` or
-/// trailing-slash paths).
-pub async fn invalid_path_strings_rejected(_ctx: Ctx) {
-    for bad in [
-        "",
-        "/",
-        "abc",
-        "123.abc",
-        "//bcd",
-        "/abc_123/",
-        "/a/../b",
-        "/a b",
-    ] {
-        let parsed = StoragePath::parse(bad);
-        if bad == "/" {
-            assert!(parsed.expect("root parses").is_root());
-        } else {
-            assert!(parsed.is_err(), "{bad:?} parsed");
-        }
-    }
-}
-
 /// The root is a directory: every file operation rejects it, naming the driver.
 pub async fn root_is_not_a_file(ctx: Ctx) {
     let d = ctx.driver();

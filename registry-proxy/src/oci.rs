@@ -212,6 +212,8 @@ pub enum ErrorCode {
     NameInvalid,
     /// Repository name not known.
     NameUnknown,
+    /// `n` of a paginated listing is not a number.
+    PaginationNumberInvalid,
     /// Requested range not satisfiable.
     RangeInvalid,
     /// Authentication required (upstream refused us).
@@ -235,6 +237,7 @@ impl ErrorCode {
             Self::ManifestUnknown => "MANIFEST_UNKNOWN",
             Self::NameInvalid => "NAME_INVALID",
             Self::NameUnknown => "NAME_UNKNOWN",
+            Self::PaginationNumberInvalid => "PAGINATION_NUMBER_INVALID",
             Self::RangeInvalid => "RANGE_INVALID",
             Self::Unauthorized => "UNAUTHORIZED",
             Self::Denied => "DENIED",
@@ -247,9 +250,10 @@ impl ErrorCode {
     fn status(self) -> StatusCode {
         match self {
             Self::BlobUnknown | Self::ManifestUnknown | Self::NameUnknown => StatusCode::NOT_FOUND,
-            Self::DigestInvalid | Self::ManifestInvalid | Self::NameInvalid => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::DigestInvalid
+            | Self::ManifestInvalid
+            | Self::NameInvalid
+            | Self::PaginationNumberInvalid => StatusCode::BAD_REQUEST,
             Self::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Denied => StatusCode::FORBIDDEN,

@@ -182,10 +182,9 @@ fn paginate(
     query: &HashMap<String, String>,
 ) -> Result<(Vec<String>, bool), OciError> {
     let n = match query.get("n") {
-        Some(n) => Some(
-            n.parse::<usize>()
-                .map_err(|_| OciError::new(ErrorCode::Unsupported, format!("invalid n={n}")))?,
-        ),
+        Some(n) => Some(n.parse::<usize>().map_err(|_| {
+            OciError::new(ErrorCode::PaginationNumberInvalid, format!("invalid n={n}"))
+        })?),
         None => None,
     };
     let after: Vec<String> = match query.get("last") {

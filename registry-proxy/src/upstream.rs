@@ -103,8 +103,8 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// A client for the registry at `base` (`https://registry-1.docker.io`).
-    /// `request_timeout` bounds requests whose answer is small (manifests,
-    /// tokens); blob bodies are bounded by the fill's idle timeout instead.
+    /// `connect_timeout` bounds connecting; each request passes its own
+    /// timeout to [`Upstream::send`] (fills bound blob bodies by idleness).
     pub fn new(
         base: Url,
         credentials: Option<(String, String)>,

@@ -700,6 +700,12 @@ async fn tags_list_and_catalog_paginate() {
         json,
         serde_json::json!({"repositories": ["team/app", "team/other"]})
     );
+    let (status, _, body) = s.get("/v2/team/app/tags/list?n=many").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_code(&body.expect("body")),
+        "PAGINATION_NUMBER_INVALID"
+    );
     let (status, _, body) = s.get("/v2/nobody/tags/list").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&body.expect("body")), "NAME_UNKNOWN");

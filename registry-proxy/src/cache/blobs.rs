@@ -172,7 +172,10 @@ impl Blobs {
                     body,
                 })
             }
-            Ok(_) | Err(_) => self.from_fill(repo, digest, range, head).await,
+            Ok(_) => self.from_fill(repo, digest, range, head).await,
+            Err(e) if e.is_not_found() => self.from_fill(repo, digest, range, head).await,
+            // A failing backend is not a miss: refetching would only fail to store.
+            Err(e) => Err(storage_error(e)),
         }
     }
 
