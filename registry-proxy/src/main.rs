@@ -31,8 +31,11 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+/// Threads for blocking storage calls (file reads and writes). Few are
+/// enough for two cores; more only multiply per-thread memory.
+const BLOCKING_THREADS: usize = 16;
+
+fn main() -> std::process::ExitCode {
     let Cli {
         command: Command::Serve { config },
     } = Cli::parse();
@@ -44,7 +47,18 @@ async fn main() -> std::process::ExitCode {
         }
     };
     init_logging(&config);
-    match serve(config).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -131,6 +145,7 @@ async fn serve(config: Config) -> Result<(), String> {
             }
         }
     }
+    let blobs = Arc::clone(&state.blobs);
     let router = app(state).layer(axum::middleware::map_response(
         move |mut response: axum::response::Response| {
             let headers = headers.clone();
@@ -147,12 +162,19 @@ async fn serve(config: Config) -> Result<(), String> {
         let _ = stop_tx.send(());
     });
     let server = tokio::spawn(async move { server.await });
-    // After the signal, in-flight responses get DRAIN to finish.
+    // After the signal, in-flight responses and fills get DRAIN to finish;
+    // a fill cut short commits nothing.
     let _ = stop_rx.await;
     tracing::info!("shutting down: no new connections, draining");
-    match tokio::time::timeout(DRAIN, server).await {
-        Ok(_) => tracing::info!("stopped"),
-        Err(_) => tracing::warn!("stopped with responses still running after {DRAIN:?}"),
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    let drained = tokio::time::timeout_at(deadline, server).await.is_ok()
+        && tokio::time::timeout_at(deadline, blobs.fills_done())
+            .await
+            .is_ok();
+    if drained {
+        tracing::info!("stopped");
+    } else {
+        tracing::warn!("stopped with responses or fills still running after {DRAIN:?}");
     }
     drop(spool);
     Ok(())

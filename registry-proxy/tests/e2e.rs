@@ -4,20 +4,15 @@
 //! binary. Skipped (with the reason printed) when `docker-registry` or
 //! `skopeo` is missing, unless `REQUIRE_E2E=1` (set by CI).
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use support::{docker_registry, have, push_blob, registry_proxy};
 
 use registry_proxy::oci::Digest;
 use serde_json::json;
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// Whether the real parts are here; prints why not (fails under REQUIRE_E2E=1).
 fn parts_available(test: &str) -> bool {
@@ -34,104 +29,6 @@ fn parts_available(test: &str) -> bool {
     );
     println!("skipped: {test}: {missing:?} not installed (scripts/test.sh installs them)");
     false
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// A server process, killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_ready(addr: &str, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "server at {addr} exited ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "server at {addr} did not start: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
-fn start(program: &str, args: &[&str], config: &Path, addr: String, dir: &Path) -> Server {
-    let log = dir.join(format!(
-        "{}.log",
-        config
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("server")
-    ));
-    let out = std::fs::File::create(&log).expect("log file");
-    let mut child = Command::new(program)
-        .args(args)
-        .arg(config)
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {program}: {e}"));
-    wait_ready(&addr, &mut child, &log);
-    Server { child, addr }
-}
-
-/// `docker-registry` on `root`; `extra` is appended to its config.
-fn docker_registry(dir: &Path, name: &str, root: &Path, extra: &str) -> Server {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = dir.join(format!("{name}.yml"));
-    let yaml = format!(
-        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra}",
-        root.display()
-    );
-    std::fs::write(&config, yaml).expect("config");
-    start("docker-registry", &["serve"], &config, addr, dir)
-}
-
-/// The registry-proxy binary with `storage` (a YAML block) in front of `upstream`.
-fn registry_proxy(
-    dir: &Path,
-    storage: &str,
-    upstream: &str,
-    credentials: Option<(&str, &str)>,
-) -> Server {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = dir.join("proxy.yml");
-    let auth = credentials
-        .map(|(u, p)| format!("  username: {u}\n  password: {p}\n"))
-        .unwrap_or_default();
-    let yaml = format!(
-        "version: 0.1\nstorage:\n{storage}http:\n  addr: {addr}\nproxy:\n  remoteurl: http://{upstream}\n{auth}"
-    );
-    std::fs::write(&config, yaml).expect("config");
-    start(
-        env!("CARGO_BIN_EXE_registry-proxy"),
-        &["serve"],
-        &config,
-        addr,
-        dir,
-    )
 }
 
 fn skopeo(args: &[&str]) {
@@ -405,4 +302,67 @@ fn pull_through_s3_cache_on_garage() {
     pull_and_check(&image, &proxy.addr, "team/s3app:v1", &d.join("out1"));
     drop(upstream);
     pull_and_check(&image, &proxy.addr, "team/s3app:v1", &d.join("out2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_finishes_responses_and_keeps_what_it_filled() {
+    if !parts_available("sigterm_drains") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
+    let upstream_addr = upstream.addr.clone();
+    let client = reqwest::Client::new();
+    let data = conformance::random_bytes(7, 64 << 20);
+    let digest = push_blob(&client, &upstream.addr, "team/big", data).await;
+    let storage = format!(
+        "  filesystem:\n    rootdirectory: {}\n",
+        d.join("cache").display()
+    );
+    let mut proxy = registry_proxy(d, &storage, &upstream_addr, None);
+    let url = format!("http://{}/v2/team/big/blobs/{digest}", proxy.addr);
+    let mut response = client.get(&url).send().await.expect("GET");
+    assert_eq!(response.status(), 200);
+    let mut got = response
+        .chunk()
+        .await
+        .expect("first chunk")
+        .expect("a chunk")
+        .to_vec();
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    // New connections are refused soon after the signal...
+    let refused = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::net::TcpStream::connect(&proxy.addr).is_err()
+    });
+    assert!(refused, "still accepting connections 5 s after SIGTERM");
+    // ...while the response in flight runs to its last byte.
+    while let Some(chunk) = response.chunk().await.expect("body after SIGTERM") {
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(
+        Digest::of(&got),
+        digest,
+        "the drained response was not whole"
+    );
+    let status =
+        tokio::task::block_in_place(|| proxy.wait_exit(std::time::Duration::from_secs(30)));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "no clean exit after draining: {status:?}"
+    );
+
+    // The fill was committed whole: a restart serves it with the upstream gone.
+    drop(upstream);
+    let proxy = registry_proxy(d, &storage, &upstream_addr, None);
+    let url = format!("http://{}/v2/team/big/blobs/{digest}", proxy.addr);
+    let again = client.get(&url).send().await.expect("GET after restart");
+    assert_eq!(again.status(), 200);
+    assert_eq!(Digest::of(&again.bytes().await.expect("body")), digest);
 }

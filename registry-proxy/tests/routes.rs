@@ -346,6 +346,8 @@ async fn a_miss_is_fetched_once_then_served_from_storage() {
         assert!(body.expect("body") == data);
     }
     assert_eq!(s.fake.count("blobs/"), 1, "the second pull went upstream");
+    // The commit may run after the client got its last (verified) byte.
+    s.state.blobs.fills_done().await;
     assert!(
         s.driver.stat(&layout::blob_data(&digest)).await.is_ok(),
         "not stored"
@@ -410,6 +412,7 @@ async fn wrong_bytes_abort_the_response_and_store_nothing() {
             status != StatusCode::OK || body.is_err(),
             "{fault:?}: the client got a complete response"
         );
+        s.state.blobs.fills_done().await;
         assert!(
             s.driver.stat(&layout::blob_data(&digest)).await.is_err(),
             "{fault:?}: a bad blob was stored"
@@ -441,6 +444,7 @@ async fn a_streaming_client_is_cut_off_when_verification_fails() {
         body.await.expect("task").is_err(),
         "the client received a complete, unverified body"
     );
+    s.state.blobs.fills_done().await;
     assert!(
         s.driver.stat(&layout::blob_data(&digest)).await.is_err(),
         "a bad blob was stored"
@@ -470,6 +474,7 @@ async fn ranges_are_served_with_206() {
             .await
             .expect("body");
         assert_eq!(body, data.slice(10..20));
+        s.state.blobs.fills_done().await;
     }
     let response = s
         .send(

@@ -2,26 +2,38 @@
 //! streams from upstream into storage and into a local spool file that every
 //! waiting client reads at its own pace.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::FileExt;
+
+use rustix::buffer::spare_capacity;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use driver_core::{FileWriter, StorageDriver};
+use driver_core::StorageDriver;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::layout;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Bytes a client stream reads from the spool at once.
-const SPOOL_READ: usize = 256 << 10;
+const SPOOL_READ: u64 = 256 << 10;
+
+/// Bytes the storage writer gets at once.
+const STORE_CHUNK: u64 = 1 << 20;
+
+/// The newest bytes of a fill kept in memory, so that clients keeping pace
+/// with the upstream are served without reading the spool back.
+const RECENT_WINDOW: usize = 4 << 20;
+
+/// Bytes received but not yet hashed, at most.
+const HASH_QUEUE: usize = 8 << 20;
 
 /// A body stream for an HTTP response.
 pub type Body = BoxStream<'static, Result<Bytes, std::io::Error>>;
@@ -82,8 +94,50 @@ struct Progress {
     size: Option<u64>,
     /// Bytes in the spool file.
     written: u64,
+    /// Whether all bytes arrived and match the digest (the commit to storage
+    /// may still be running: clients need not wait for it).
+    verified: bool,
     /// `Some(Ok)` once verified and committed; `Some(Err)` when failed.
     outcome: Option<Result<(), OciError>>,
+}
+
+/// The newest received bytes of a fill: whole chunks as the upstream sent
+/// them, covering `[start, start + len)`, at most about [`RECENT_WINDOW`].
+#[derive(Default)]
+struct Recent {
+    start: u64,
+    len: usize,
+    chunks: VecDeque<Bytes>,
+}
+
+impl Recent {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
+        while let Some(front) = self.chunks.front() {
+            if self.len - front.len() < RECENT_WINDOW {
+                break;
+            }
+            self.start += front.len() as u64;
+            self.len -= front.len();
+            self.chunks.pop_front();
+        }
+    }
+
+    /// The bytes from `pos` to the end of the chunk holding it (at most up
+    /// to `limit`), if the window still holds `pos`.
+    fn get(&self, pos: u64, limit: u64) -> Option<Bytes> {
+        let mut end = self.start + self.len as u64;
+        for chunk in self.chunks.iter().rev() {
+            let begin = end - chunk.len() as u64;
+            if pos >= begin && pos < end {
+                let to = end.min(limit);
+                return Some(chunk.slice((pos - begin) as usize..(to - begin) as usize));
+            }
+            end = begin;
+        }
+        None
+    }
 }
 
 /// One fill in progress.
@@ -91,6 +145,8 @@ struct Fill {
     progress: watch::Receiver<Progress>,
     /// The spool file; deleted when the last waiter drops the fill.
     spool: Arc<tempfile::NamedTempFile>,
+    /// The newest bytes, in memory.
+    recent: Mutex<Recent>,
 }
 
 /// The blob store.
@@ -98,6 +154,8 @@ pub struct Blobs {
     driver: Arc<dyn StorageDriver>,
     upstream: Arc<Upstream>,
     fills: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// Notified whenever a fill ends.
+    fill_ended: Notify,
     /// Links known to exist, so that hits do not check them again.
     linked: Mutex<HashSet<(RepoName, Digest)>>,
     spool_dir: PathBuf,
@@ -133,6 +191,7 @@ impl Blobs {
             driver,
             upstream,
             fills: Mutex::new(HashMap::new()),
+            fill_ended: Notify::new(),
             linked: Mutex::new(HashSet::new()),
             spool_dir,
             fill_timeout,
@@ -179,14 +238,22 @@ impl Blobs {
         }
     }
 
+    /// Returns once no fill is running (fills started meanwhile included).
+    pub async fn fills_done(&self) {
+        loop {
+            let ended = self.fill_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if lock(&self.fills).is_empty() {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     async fn ensure_link(&self, repo: &RepoName, digest: &Digest) {
         let key = (repo.clone(), digest.clone());
-        if self
-            .linked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key)
-        {
+        if lock(&self.linked).contains(&key) {
             return;
         }
         let link = layout::layer_link(repo, digest);
@@ -200,10 +267,7 @@ impl Blobs {
                 return;
             }
         }
-        self.linked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key);
+        lock(&self.linked).insert(key);
     }
 
     /// Joins the fill of `digest`, starting it if none runs, and streams from it.
@@ -241,7 +305,7 @@ impl Blobs {
     }
 
     fn fill(self: &Arc<Self>, repo: &RepoName, digest: &Digest) -> Result<Arc<Fill>, OciError> {
-        let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fills = lock(&self.fills);
         if let Some(fill) = fills.get(digest) {
             return Ok(Arc::clone(fill));
         }
@@ -255,25 +319,24 @@ impl Blobs {
         let fill = Arc::new(Fill {
             progress,
             spool: Arc::new(spool),
+            recent: Mutex::default(),
         });
         fills.insert(digest.clone(), Arc::clone(&fill));
-        let (this, repo, digest, spool) = (
+        let (this, repo, digest, running) = (
             Arc::clone(self),
             repo.clone(),
             digest.clone(),
-            Arc::clone(&fill.spool),
+            Arc::clone(&fill),
         );
         // The fill runs on its own task: a client that goes away does not stop it.
         tokio::spawn(async move {
-            let outcome = this.run_fill(&repo, &digest, &spool, &publish).await;
+            let outcome = this.run_fill(&repo, &digest, &running, &publish).await;
             if let Err(e) = &outcome {
                 tracing::warn!(%repo, %digest, error = %e, "blob fill failed");
             }
-            this.fills
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&digest);
+            lock(&this.fills).remove(&digest);
             publish.send_modify(|p| p.outcome = Some(outcome));
+            this.fill_ended.notify_waiters();
         });
         Ok(fill)
     }
@@ -284,7 +347,7 @@ impl Blobs {
         &self,
         repo: &RepoName,
         digest: &Digest,
-        spool: &tempfile::NamedTempFile,
+        fill: &Fill,
         publish: &watch::Sender<Progress>,
     ) -> Result<(), OciError> {
         let response = self
@@ -313,21 +376,39 @@ impl Blobs {
             ));
         };
         publish.send_modify(|p| p.size = Some(size));
-        let path = layout::blob_data(digest);
+        // Clients are served from the spool at the upstream's pace. Storage
+        // only ever sees verified bytes: they are stored after the last one
+        // arrived, while late clients still read the spool.
+        self.receive(response, fill, publish, size, digest).await?;
+        self.store(digest, fill, size).await?;
+        self.ensure_link(repo, digest).await;
+        Ok(())
+    }
+
+    /// Copies the verified spool of `fill` to storage and commits it; on
+    /// any failure nothing becomes visible.
+    async fn store(&self, digest: &Digest, fill: &Fill, size: u64) -> Result<(), OciError> {
         let mut writer = self
             .driver
-            .writer(&path, false)
+            .writer(&layout::blob_data(digest), false)
             .await
             .map_err(storage_error)?;
-        let result = self
-            .copy(response, &mut writer, spool, publish, size, digest)
-            .await;
-        match result {
-            Ok(()) => {
-                writer.commit().await.map_err(storage_error)?;
-                self.ensure_link(repo, digest).await;
-                Ok(())
-            }
+        let mut copied = Ok(());
+        let mut pos = 0;
+        while pos < size && copied.is_ok() {
+            copied = match read_spool(fill, pos, (size - pos).min(STORE_CHUNK)).await {
+                Ok(chunk) => {
+                    pos += chunk.len() as u64;
+                    writer.write(chunk).await.map_err(storage_error)
+                }
+                Err(e) => Err(OciError::new(
+                    ErrorCode::Unavailable,
+                    format!("spool read failed: {e}"),
+                )),
+            };
+        }
+        match copied {
+            Ok(()) => writer.commit().await.map_err(storage_error),
             Err(e) => {
                 let _ = writer.cancel().await;
                 Err(e)
@@ -335,17 +416,26 @@ impl Blobs {
         }
     }
 
-    async fn copy(
+    /// Receives the body into the spool and the in-memory window, queueing
+    /// it for a hashing task; marks the fill verified when every byte arrived
+    /// and matches `digest`.
+    async fn receive(
         &self,
         response: reqwest::Response,
-        writer: &mut Box<dyn FileWriter>,
-        spool: &tempfile::NamedTempFile,
+        fill: &Fill,
         publish: &watch::Sender<Progress>,
         size: u64,
         digest: &Digest,
     ) -> Result<(), OciError> {
+        let (to_hash, mut hashed) = HashQueue::new();
+        let hashing = tokio::spawn(async move {
+            let mut hasher = Sha256::new();
+            while let Some((chunk, _room)) = hashed.recv().await {
+                hasher.update(&chunk);
+            }
+            Digest::from_hasher(hasher)
+        });
         let mut body = response.bytes_stream();
-        let mut hasher = Sha256::new();
         let mut written = 0u64;
         loop {
             let next = tokio::time::timeout(self.fill_timeout, body.next())
@@ -366,12 +456,15 @@ impl Blobs {
                     format!("the upstream sent more than {size} bytes for {digest}"),
                 ));
             }
-            hasher.update(&chunk);
-            spool.as_file().write_all_at(&chunk, written).map_err(|e| {
-                OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
-            })?;
-            writer.write(chunk.clone()).await.map_err(storage_error)?;
+            fill.spool
+                .as_file()
+                .write_all_at(&chunk, written)
+                .map_err(|e| {
+                    OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
+                })?;
+            to_hash.send(chunk.clone()).await;
             written += chunk.len() as u64;
+            lock(&fill.recent).push(chunk);
             publish.send_modify(|p| p.written = written);
         }
         if written != size {
@@ -380,15 +473,69 @@ impl Blobs {
                 format!("the upstream sent {written} of {size} bytes for {digest}"),
             ));
         }
-        let got = Digest::from_hasher(hasher);
+        drop(to_hash);
+        let got = hashing
+            .await
+            .map_err(|e| OciError::new(ErrorCode::Unavailable, format!("hashing failed: {e}")))?;
         if &got != digest {
             return Err(OciError::new(
                 ErrorCode::DigestInvalid,
                 format!("the upstream sent {got} for {digest}"),
             ));
         }
+        publish.send_modify(|p| p.verified = true);
         Ok(())
     }
+}
+
+/// A chunk queued for hashing, holding its share of the queue's room.
+type Queued = (Bytes, OwnedSemaphorePermit);
+
+/// The queue of chunks from a fill's receiver to its hashing task, bounded
+/// to [`HASH_QUEUE`] bytes.
+struct HashQueue {
+    queue: mpsc::UnboundedSender<Queued>,
+    room: Arc<Semaphore>,
+}
+
+impl HashQueue {
+    fn new() -> (Self, mpsc::UnboundedReceiver<Queued>) {
+        let (queue, receive) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(HASH_QUEUE));
+        (Self { queue, room }, receive)
+    }
+
+    /// Queues `chunk`, waiting for room. If the hashing task is gone, the
+    /// chunk is dropped: awaiting that task reports why.
+    async fn send(&self, chunk: Bytes) {
+        let want = chunk.len().clamp(1, HASH_QUEUE) as u32;
+        if let Ok(permit) = Arc::clone(&self.room).acquire_many_owned(want).await {
+            let _ = self.queue.send((chunk, permit));
+        }
+    }
+}
+
+/// Reads `len` bytes at `pos` of the fill's spool (they must be there).
+async fn read_spool(fill: &Fill, pos: u64, len: u64) -> std::io::Result<Bytes> {
+    let spool = Arc::clone(&fill.spool);
+    let want = usize::try_from(len).unwrap_or(usize::MAX);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(want);
+        while buf.len() < want {
+            let at = pos + buf.len() as u64;
+            let read = rustix::io::pread(spool.as_file(), spare_capacity(&mut buf), at)?;
+            if read == 0 {
+                return Err(std::io::Error::other("the spool file is short"));
+            }
+        }
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn storage_error(e: driver_core::Error) -> OciError {
@@ -431,6 +578,7 @@ fn limit(
 /// Reads `[start, end)` from a fill's spool as the fill writes it. The last
 /// byte is held back until the digest is verified, so a client never gets a
 /// complete body that failed verification: on failure its stream errors.
+/// Verified bytes are served even if the commit to storage then fails.
 fn spool_stream(fill: Arc<Fill>, start: u64, end: u64) -> Body {
     let progress = fill.progress.clone();
     Box::pin(futures::stream::try_unfold(
@@ -441,28 +589,25 @@ fn spool_stream(fill: Arc<Fill>, start: u64, end: u64) -> Body {
                     return Ok(None);
                 }
                 let now = progress.borrow_and_update().clone();
-                if let Some(Err(e)) = &now.outcome {
-                    return Err(std::io::Error::other(e.to_string()));
+                match &now.outcome {
+                    Some(Err(e)) if !now.verified => {
+                        return Err(std::io::Error::other(e.to_string()));
+                    }
+                    _ => {}
                 }
-                let verified = matches!(now.outcome, Some(Ok(())));
-                let readable = if verified {
+                let readable = if now.verified {
                     now.written
                 } else {
                     now.written.min(end.saturating_sub(1))
                 };
                 let limit = readable.min(end);
                 if pos < limit {
-                    let len = ((limit - pos) as usize).min(SPOOL_READ);
-                    let spool = Arc::clone(&fill.spool);
-                    let chunk = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0; len];
-                        spool
-                            .as_file()
-                            .read_exact_at(&mut buf, pos)
-                            .map(|()| Bytes::from(buf))
-                    })
-                    .await
-                    .map_err(std::io::Error::other)??;
+                    let recent = lock(&fill.recent).get(pos, limit);
+                    if let Some(chunk) = recent {
+                        let next = pos + chunk.len() as u64;
+                        return Ok(Some((chunk, (fill, progress, next))));
+                    }
+                    let chunk = read_spool(&fill, pos, (limit - pos).min(SPOOL_READ)).await?;
                     let next = pos + chunk.len() as u64;
                     return Ok(Some((chunk, (fill, progress, next))));
                 }
