@@ -57,6 +57,46 @@ pub struct S3Config {
     /// When set, `redirect_url` returns presigned URLs valid this many seconds.
     #[serde(rename = "redirectexpiry")]
     pub redirect_expiry_secs: Option<u64>,
+    /// Session token of temporary credentials; with `access_key`.
+    #[serde(rename = "sessiontoken")]
+    pub session_token: Option<String>,
+    /// With an endpoint given without a scheme: `https` when true (default),
+    /// `http` when false. An endpoint URL with a scheme keeps it.
+    pub secure: bool,
+    /// Signature version 4; the only one supported, so `false` is refused.
+    #[serde(rename = "v4auth")]
+    pub v4_auth: bool,
+    /// Skipping TLS verification is not supported (`true` is refused): add
+    /// the server's certificate authority to the system's trust store.
+    #[serde(rename = "skipverify")]
+    pub skip_verify: bool,
+    /// Server-side encryption of every object written: SSE-S3 (`AES256`),
+    /// or SSE-KMS when `key_id` is set.
+    pub encrypt: bool,
+    /// The KMS key of SSE-KMS; with `encrypt`.
+    #[serde(rename = "keyid")]
+    pub key_id: Option<String>,
+    /// Storage class of every object written (`STANDARD`, the default,
+    /// `REDUCED_REDUNDANCY`, ...); `NONE` sends none (for servers that
+    /// refuse the header).
+    #[serde(rename = "storageclass")]
+    pub storage_class: String,
+    /// Canned ACL of every object written; `private` (the default) sends
+    /// none, as it is S3's default.
+    #[serde(rename = "objectacl")]
+    pub object_acl: String,
+    /// Dual-stack (IPv4 and IPv6) AWS endpoints.
+    #[serde(rename = "usedualstack")]
+    pub use_dual_stack: bool,
+    /// S3 Transfer Acceleration endpoints.
+    pub accelerate: bool,
+    /// Distribution's user agent and AWS SDK log level; accepted, unused
+    /// (logging follows the `log` section).
+    #[serde(rename = "useragent")]
+    pub user_agent: Option<String>,
+    /// See `user_agent`.
+    #[serde(rename = "loglevel")]
+    pub log_level: Option<String>,
 }
 
 impl Default for S3Config {
@@ -76,6 +116,18 @@ impl Default for S3Config {
             copy_concurrency: 16,
             max_attempts: 5,
             redirect_expiry_secs: None,
+            session_token: None,
+            secure: true,
+            v4_auth: true,
+            skip_verify: false,
+            encrypt: false,
+            key_id: None,
+            storage_class: "STANDARD".to_owned(),
+            object_acl: "private".to_owned(),
+            use_dual_stack: false,
+            accelerate: false,
+            user_agent: None,
+            log_level: None,
         }
     }
 }
@@ -159,10 +211,38 @@ impl S3Config {
         if self.access_key.is_some() != self.secret_key.is_some() {
             return Err(invalid("accesskey", "accesskey and secretkey go together"));
         }
+        if !self.v4_auth {
+            return Err(invalid("v4auth", "only signature version 4 is supported"));
+        }
+        if self.skip_verify {
+            return Err(invalid(
+                "skipverify",
+                "skipping TLS verification is not supported; trust the server's CA instead",
+            ));
+        }
+        if self.key_id.is_some() && !self.encrypt {
+            return Err(invalid("keyid", "needs encrypt: true"));
+        }
+        if self.session_token.is_some() && self.access_key.is_none() {
+            return Err(invalid("sessiontoken", "needs accesskey and secretkey"));
+        }
         if self.root_directory.split('/').any(|s| s == "@writers") {
             return Err(invalid("rootdirectory", "may not contain @writers"));
         }
         Ok(())
+    }
+
+    /// The endpoint URL, with the scheme `secure` picks when it has none.
+    pub(crate) fn endpoint_url(&self) -> Option<String> {
+        self.endpoint.as_ref().map(|e| {
+            if e.contains("://") {
+                e.clone()
+            } else if self.secure {
+                format!("https://{e}")
+            } else {
+                format!("http://{e}")
+            }
+        })
     }
 
     pub(crate) fn redirect_expiry(&self) -> Option<Duration> {
@@ -179,6 +259,63 @@ mod tests {
             bucket: "b".into(),
             ..S3Config::default()
         }
+    }
+
+    #[test]
+    fn distribution_keys_are_checked_and_applied() {
+        for (bad, key) in [
+            (
+                S3Config {
+                    v4_auth: false,
+                    ..valid()
+                },
+                "v4auth",
+            ),
+            (
+                S3Config {
+                    skip_verify: true,
+                    ..valid()
+                },
+                "skipverify",
+            ),
+            (
+                S3Config {
+                    key_id: Some("k".into()),
+                    ..valid()
+                },
+                "keyid",
+            ),
+            (
+                S3Config {
+                    session_token: Some("t".into()),
+                    ..valid()
+                },
+                "sessiontoken",
+            ),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().key, key);
+        }
+        let bare = |secure| S3Config {
+            endpoint: Some("minio:9000".into()),
+            secure,
+            ..valid()
+        };
+        assert_eq!(
+            bare(true).endpoint_url().as_deref(),
+            Some("https://minio:9000")
+        );
+        assert_eq!(
+            bare(false).endpoint_url().as_deref(),
+            Some("http://minio:9000")
+        );
+        let full = S3Config {
+            endpoint: Some("http://127.0.0.1:3900".into()),
+            ..valid()
+        };
+        assert_eq!(
+            full.endpoint_url().as_deref(),
+            Some("http://127.0.0.1:3900")
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::{ByteStream as SdkStream, DateTime};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectCannedAcl, ObjectIdentifier,
+    ServerSideEncryption, StorageClass,
+};
 use bytes::Bytes;
 use driver_core::{
     ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, RedirectMethod, Result,
@@ -36,7 +39,50 @@ pub(crate) struct Inner {
     /// Key prefix without leading or trailing `/`; may be empty.
     prefix: String,
     pub(crate) config: S3Config,
+    /// Settings of every object written.
+    pub(crate) object: ObjectSettings,
 }
+
+/// Encryption, storage class and ACL of the objects the driver writes.
+#[derive(Debug, Default)]
+pub(crate) struct ObjectSettings {
+    pub(crate) encryption: Option<ServerSideEncryption>,
+    pub(crate) kms_key: Option<String>,
+    pub(crate) storage_class: Option<StorageClass>,
+    pub(crate) acl: Option<ObjectCannedAcl>,
+}
+
+impl ObjectSettings {
+    fn new(config: &S3Config) -> Self {
+        Self {
+            encryption: config.encrypt.then(|| {
+                if config.key_id.is_some() {
+                    ServerSideEncryption::AwsKms
+                } else {
+                    ServerSideEncryption::Aes256
+                }
+            }),
+            kms_key: config.key_id.clone(),
+            storage_class: (config.storage_class != "NONE")
+                .then(|| StorageClass::from(config.storage_class.as_str())),
+            acl: (config.object_acl != "private")
+                .then(|| ObjectCannedAcl::from(config.object_acl.as_str())),
+        }
+    }
+}
+
+/// Applies [`ObjectSettings`] to a request that creates an object
+/// (`PutObject`, `CreateMultipartUpload`, `CopyObject`: the same setters).
+macro_rules! with_object_settings {
+    ($request:expr, $settings:expr) => {
+        $request
+            .set_server_side_encryption($settings.encryption.clone())
+            .set_ssekms_key_id($settings.kms_key.clone())
+            .set_storage_class($settings.storage_class.clone())
+            .set_acl($settings.acl.clone())
+    };
+}
+pub(crate) use with_object_settings;
 
 fn to_system_time(t: Option<&DateTime>) -> SystemTime {
     t.and_then(|t| SystemTime::try_from(*t).ok())
@@ -119,8 +165,7 @@ impl Inner {
     }
 
     pub(crate) async fn put(&self, key: &str, path: &StoragePath, body: Bytes) -> Result<()> {
-        self.client
-            .put_object()
+        with_object_settings!(self.client.put_object(), self.object)
             .bucket(&self.bucket)
             .key(key)
             .body(SdkStream::from(body))
@@ -275,9 +320,7 @@ impl Inner {
     }
 
     pub(crate) async fn create_upload(&self, key: &str, path: &StoragePath) -> Result<String> {
-        let out = self
-            .client
-            .create_multipart_upload()
+        let out = with_object_settings!(self.client.create_multipart_upload(), self.object)
             .bucket(&self.bucket)
             .key(key)
             .send()
@@ -347,8 +390,7 @@ impl Inner {
         path: &StoragePath,
     ) -> Result<()> {
         if size <= self.config.copy_threshold {
-            self.client
-                .copy_object()
+            with_object_settings!(self.client.copy_object(), self.object)
                 .bucket(&self.bucket)
                 .key(dest)
                 .copy_source(format!("{}/{source}", self.bucket))
@@ -392,7 +434,7 @@ impl S3Driver {
             loader = loader.credentials_provider(Credentials::new(
                 access,
                 secret,
-                None,
+                config.session_token.clone(),
                 None,
                 "registry-proxy config",
             ));
@@ -400,6 +442,8 @@ impl S3Driver {
         let shared = loader.load().await;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(config.force_path_style)
+            .use_dual_stack(config.use_dual_stack)
+            .accelerate(config.accelerate)
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(config.max_attempts)
@@ -409,7 +453,7 @@ impl S3Driver {
             // differ in the flexible checksums they accept.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if let Some(endpoint) = &config.endpoint {
+        if let Some(endpoint) = config.endpoint_url() {
             builder = builder.endpoint_url(endpoint);
         }
         let prefix = config.root_directory.trim_matches('/').to_owned();
@@ -418,6 +462,7 @@ impl S3Driver {
                 client: Client::from_conf(builder.build()),
                 bucket: config.bucket.clone(),
                 prefix,
+                object: ObjectSettings::new(&config),
                 config,
             }),
         })

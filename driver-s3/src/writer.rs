@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use driver_core::{Error, FileWriter, Result, StoragePath, WriterState};
 use tokio::task::JoinSet;
 
-use crate::driver::{Inner, NAME};
+use crate::driver::{Inner, NAME, with_object_settings};
 use crate::error::sdk_error;
 
 /// Object metadata key holding a record's multipart upload id.
@@ -195,9 +195,7 @@ impl S3Writer {
             self.inner.records_prefix(&self.path),
             self.id
         );
-        self.inner
-            .client
-            .put_object()
+        with_object_settings!(self.inner.client.put_object(), self.inner.object)
             .bucket(&self.inner.bucket)
             .key(&key)
             .set_metadata(

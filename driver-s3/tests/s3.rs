@@ -484,3 +484,55 @@ async fn appending_to_a_large_committed_object_copies_whole_chunks() {
     assert_eq!(open_uploads(&driver, &bucket(), &root).await, 0);
     driver.delete(&target).await.expect("cleanup");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_object_settings_and_a_schemeless_endpoint_work() {
+    let Some(config) = common::config_or_skip("distribution_object_settings") else {
+        return;
+    };
+    let witness = witness(&config);
+    let endpoint = config.endpoint.clone().expect("an endpoint");
+    let root = format!("s3-tests/settings-{:016x}", rand::random::<u64>());
+    let driver = S3Driver::new(S3Config {
+        // `secure: false` makes a bare host:port an http endpoint.
+        endpoint: endpoint.strip_prefix("http://").map(str::to_owned),
+        secure: false,
+        encrypt: true,
+        storage_class: "REDUCED_REDUNDANCY".into(),
+        object_acl: "bucket-owner-full-control".into(),
+        root_directory: root.clone(),
+        chunk_size: 5 * MIB as u64,
+        copy_threshold: 6 * MIB as u64,
+        copy_chunk_size: 5 * MIB as u64,
+        ..config
+    })
+    .await
+    .expect("client");
+    let small = random_bytes(1, 1000);
+    driver
+        .put_content(&path("/small"), small.clone())
+        .await
+        .expect("put");
+    let large = random_bytes(2, 11 * MIB);
+    let mut writer = driver
+        .writer(&path("/staged"), false)
+        .await
+        .expect("writer");
+    writer.write(large.clone()).await.expect("write");
+    writer.commit().await.expect("commit");
+    driver
+        .move_file(&path("/staged"), &path("/large"))
+        .await
+        .expect("multipart copy");
+    for (name, want) in [("small", &small), ("large", &large)] {
+        let got = witness
+            .get(&ObjectPath::from(format!("{root}/{name}")))
+            .await
+            .expect("witness get")
+            .bytes()
+            .await
+            .expect("witness body");
+        assert!(got == *want, "{name} differs");
+    }
+    assert_eq!(keys(&witness, &root).await, ["large", "small"]);
+}

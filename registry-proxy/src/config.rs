@@ -176,6 +176,9 @@ pub struct ProxyConfig {
     /// Ours: a fill that receives nothing for this long is abandoned
     /// (default `60s`).
     pub filltimeout: Option<String>,
+    /// Ours: where fills spool blobs while clients stream them (default:
+    /// the system's temporary directory). Each fill needs room for its blob.
+    pub spooldirectory: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -187,6 +190,7 @@ impl Default for ProxyConfig {
             ttl: None,
             tagfreshness: None,
             filltimeout: None,
+            spooldirectory: None,
         }
     }
 }
@@ -415,6 +419,57 @@ proxy:
         );
         assert_eq!(config.ttl().expect("ttl"), Duration::from_secs(168 * 3600));
         assert_eq!(config.proxy.username.as_deref(), Some("user"));
+    }
+
+    /// A registry:2 S3 proxy config using every key distribution documents.
+    const REGISTRY2_S3: &str = "\
+version: 0.1
+storage:
+  s3:
+    accesskey: AKIA
+    secretkey: secret
+    sessiontoken: token
+    region: eu-west-1
+    regionendpoint: minio.internal:9000
+    forcepathstyle: true
+    accelerate: false
+    bucket: registry
+    encrypt: true
+    keyid: alias/registry
+    secure: false
+    skipverify: false
+    v4auth: true
+    chunksize: 10485760
+    multipartcopychunksize: 33554432
+    multipartcopymaxconcurrency: 100
+    multipartcopythresholdsize: 33554432
+    rootdirectory: /registry
+    storageclass: STANDARD
+    objectacl: private
+    useragent: registry-2
+    usedualstack: false
+    loglevel: debug
+  redirect:
+    disable: true
+proxy:
+  remoteurl: https://registry-1.docker.io
+";
+
+    #[test]
+    fn a_registry2_s3_config_runs_unchanged() {
+        let config = load(REGISTRY2_S3, &[]).expect("loads");
+        let Ok(Backend::S3(s3)) = config.backend() else {
+            panic!("not the s3 backend");
+        };
+        assert_eq!(s3.bucket, "registry");
+        assert!(s3.encrypt && !s3.secure);
+        assert_eq!(s3.key_id.as_deref(), Some("alias/registry"));
+        assert_eq!(s3.session_token.as_deref(), Some("token"));
+        assert_eq!(s3.copy_concurrency, 100);
+        let refused = load(&REGISTRY2_S3.replace("v4auth: true", "v4auth: false"), &[])
+            .and_then(|c| c.backend().map(|_| ()))
+            .expect_err("v2 signatures are refused");
+        assert!(refused.to_string().contains("v4auth"), "{refused}");
     }
 
     #[test]

@@ -111,10 +111,20 @@ async fn serve(config: Config) -> Result<(), String> {
         .clone()
         .zip(config.proxy.password.clone());
     let upstream = Upstream::new(url.clone(), credentials, Duration::from_secs(10));
+    let spool_parent = config
+        .proxy
+        .spooldirectory
+        .clone()
+        .unwrap_or_else(std::env::temp_dir);
     let spool = tempfile::Builder::new()
         .prefix("registry-proxy-spool")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+        .tempdir_in(&spool_parent)
+        .map_err(|e| {
+            format!(
+                "proxy.spooldirectory: cannot create a spool directory in {}: {e}",
+                spool_parent.display()
+            )
+        })?;
     let settings = Settings {
         spool_dir: spool.path().to_owned(),
         fill_timeout: config.fill_timeout().map_err(|e| e.to_string())?,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -40,6 +40,10 @@ enum Fault {
     GateCorrupt,
     /// Answer every request with this status.
     Status(u16),
+    /// The right bytes in chunks, without a Content-Length.
+    Chunked,
+    /// Wrong bytes in chunks, without a Content-Length.
+    ChunkedCorrupt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -145,10 +149,43 @@ async fn token(
         .into_response()
 }
 
+/// The upstream's tag list: every tag (they are shared by all repositories
+/// but `nobody`), two per page, after `last=`, with a `Link` to the next.
+fn tag_page(fake: &Fake, repo: &str, query: &str) -> Response {
+    if repo == "nobody" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let last = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("last="))
+        .unwrap_or_default();
+    let mut tags: Vec<String> = fake
+        .manifests
+        .lock()
+        .expect("lock")
+        .keys()
+        .filter(|k| !k.starts_with("sha256:") && k.as_str() > last)
+        .cloned()
+        .collect();
+    tags.sort();
+    let more = tags.len() > 2;
+    tags.truncate(2);
+    let body = serde_json::json!({"name": repo, "tags": tags}).to_string();
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if more {
+        let link = format!("</v2/{repo}/tags/list?n=2&last={}>; rel=\"next\"", tags[1]);
+        response
+            .headers_mut()
+            .insert(header::LINK, link.parse().expect("link"));
+    }
+    response
+}
+
 async fn serve(
     State(fake): State<Arc<Fake>>,
     method: Method,
     Path(rest): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     fake.requests
@@ -174,6 +211,9 @@ async fn serve(
         return StatusCode::from_u16(code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             .into_response();
+    }
+    if let Some(repo) = rest.strip_suffix("/tags/list") {
+        return tag_page(&fake, repo, query.as_deref().unwrap_or_default());
     }
     if let Some((_, reference)) = rest.split_once("/manifests/") {
         let Some(bytes) = fake.manifests.lock().expect("lock").get(reference).cloned() else {
@@ -233,6 +273,18 @@ async fn serve(
                 futures::stream::iter([Ok(half)]),
                 futures::stream::once(gated),
             ))
+        }
+        Fault::Chunked | Fault::ChunkedCorrupt => {
+            let data = if fault == Fault::Chunked {
+                data
+            } else {
+                Bytes::from(vec![1u8; len])
+            };
+            let chunks: Vec<_> = data
+                .chunks(64 << 10)
+                .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+                .collect();
+            return Body::from_stream(futures::stream::iter(chunks)).into_response();
         }
         _ => Body::from(data),
     };
@@ -422,6 +474,36 @@ async fn wrong_bytes_abort_the_response_and_store_nothing() {
     let (status, _, body) = s.get(&blob_uri("team/app", &digest)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.expect("body") == data, "a good fetch after failures");
+}
+
+#[tokio::test]
+async fn a_chunked_upstream_blob_is_served_once_verified() {
+    let s = setup().await;
+    let data = conformance::random_bytes(6, 300_000);
+    let digest = s.fake.add_blob(&data);
+    s.fake.set_fault(Fault::ChunkedCorrupt);
+    let (status, _, _) = s.get(&blob_uri("team/app", &digest)).await;
+    assert_ne!(
+        status,
+        StatusCode::OK,
+        "unverified chunked bytes were served"
+    );
+    s.state.blobs.fills_done().await;
+    assert!(s.driver.stat(&layout::blob_data(&digest)).await.is_err());
+    s.fake.set_fault(Fault::Chunked);
+    let (status, headers, body) = s.get(&blob_uri("team/app", &digest)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_LENGTH], "300000");
+    assert!(body.expect("body") == data);
+    s.state.blobs.fills_done().await;
+    assert_eq!(
+        s.driver
+            .stat(&layout::blob_data(&digest))
+            .await
+            .expect("stored")
+            .size,
+        300_000
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -714,4 +796,19 @@ async fn tags_list_and_catalog_paginate() {
     let (status, _, body) = s.get("/v2/nobody/tags/list").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error_code(&body.expect("body")), "NAME_UNKNOWN");
+
+    // The list is the upstream's (all its pages), not only what was pulled;
+    // when the upstream fails, it is what the cache holds.
+    s.fake
+        .tag("d", br#"{"schemaVersion":2,"layers":[],"t":"d"}"#);
+    let tags = |body: Result<Bytes, _>| {
+        let json: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+        json["tags"].clone()
+    };
+    let (_, _, body) = s.get("/v2/team/app/tags/list").await;
+    assert_eq!(tags(body), serde_json::json!(["a", "b", "c", "d"]));
+    s.fake.set_fault(Fault::Status(503));
+    let (status, _, body) = s.get("/v2/team/app/tags/list").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tags(body), serde_json::json!(["a", "b", "c"]));
 }

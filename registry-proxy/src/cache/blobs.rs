@@ -32,6 +32,13 @@ const STORE_CHUNK: u64 = 1 << 20;
 /// with the upstream are served without reading the spool back.
 const RECENT_WINDOW: usize = 4 << 20;
 
+/// Links remembered as present, at most (about 100 bytes each).
+const MAX_KNOWN_LINKS: usize = 100_000;
+
+/// The largest blob accepted from an upstream that does not announce its
+/// size (a chunked answer): the spool must not grow without bound.
+const MAX_UNANNOUNCED: u64 = 64 << 30;
+
 /// Bytes received but not yet hashed, at most.
 const HASH_QUEUE: usize = 8 << 20;
 
@@ -267,7 +274,12 @@ impl Blobs {
                 return;
             }
         }
-        lock(&self.linked).insert(key);
+        let mut linked = lock(&self.linked);
+        if linked.len() >= MAX_KNOWN_LINKS {
+            // Forgetting only costs a stat per link on its next hit.
+            linked.clear();
+        }
+        linked.insert(key);
     }
 
     /// Joins the fill of `digest`, starting it if none runs, and streams from it.
@@ -368,18 +380,16 @@ impl Blobs {
                 ErrorCode::BlobUnknown,
             ));
         }
-        let size = response.content_length();
-        let Some(size) = size else {
-            return Err(OciError::new(
-                ErrorCode::Unavailable,
-                "the upstream sent a blob without Content-Length",
-            ));
-        };
-        publish.send_modify(|p| p.size = Some(size));
+        // Without a Content-Length (a chunked answer), clients learn the
+        // size, and get the bytes, once the whole blob is verified.
+        let announced = response.content_length();
+        publish.send_modify(|p| p.size = announced);
         // Clients are served from the spool at the upstream's pace. Storage
         // only ever sees verified bytes: they are stored after the last one
         // arrived, while late clients still read the spool.
-        self.receive(response, fill, publish, size, digest).await?;
+        let size = self
+            .receive(response, fill, publish, announced, digest)
+            .await?;
         self.store(digest, fill, size).await?;
         self.ensure_link(repo, digest).await;
         Ok(())
@@ -418,15 +428,17 @@ impl Blobs {
 
     /// Receives the body into the spool and the in-memory window, queueing
     /// it for a hashing task; marks the fill verified when every byte arrived
-    /// and matches `digest`.
+    /// (`announced` of them, if the upstream said) and matches `digest`.
+    /// Returns the size.
     async fn receive(
         &self,
         response: reqwest::Response,
         fill: &Fill,
         publish: &watch::Sender<Progress>,
-        size: u64,
+        announced: Option<u64>,
         digest: &Digest,
-    ) -> Result<(), OciError> {
+    ) -> Result<u64, OciError> {
+        let most = announced.unwrap_or(MAX_UNANNOUNCED);
         let (to_hash, mut hashed) = HashQueue::new();
         let hashing = tokio::spawn(async move {
             let mut hasher = Sha256::new();
@@ -450,10 +462,10 @@ impl Blobs {
             let chunk = chunk.map_err(|e| {
                 OciError::new(ErrorCode::Unavailable, format!("upstream body failed: {e}"))
             })?;
-            if written + chunk.len() as u64 > size {
+            if written + chunk.len() as u64 > most {
                 return Err(OciError::new(
                     ErrorCode::Unavailable,
-                    format!("the upstream sent more than {size} bytes for {digest}"),
+                    format!("the upstream sent more than {most} bytes for {digest}"),
                 ));
             }
             fill.spool
@@ -467,10 +479,10 @@ impl Blobs {
             lock(&fill.recent).push(chunk);
             publish.send_modify(|p| p.written = written);
         }
-        if written != size {
+        if announced.is_some_and(|size| written != size) {
             return Err(OciError::new(
                 ErrorCode::Unavailable,
-                format!("the upstream sent {written} of {size} bytes for {digest}"),
+                format!("the upstream sent {written} of {most} bytes for {digest}"),
             ));
         }
         drop(to_hash);
@@ -483,8 +495,11 @@ impl Blobs {
                 format!("the upstream sent {got} for {digest}"),
             ));
         }
-        publish.send_modify(|p| p.verified = true);
-        Ok(())
+        publish.send_modify(|p| {
+            p.verified = true;
+            p.size = Some(written);
+        });
+        Ok(written)
     }
 }
 

@@ -36,8 +36,9 @@ pub struct Manifests {
     confirmed: Mutex<HashMap<(RepoName, String), Instant>>,
 }
 
-enum Upstreamed {
-    Found(Manifest),
+enum Upstreamed<T = Manifest> {
+    /// The upstream's answer.
+    Found(T),
     /// The upstream could not be asked (unreachable, 5xx, 429): a cached
     /// answer may be served instead.
     Unavailable(OciError),
@@ -173,7 +174,7 @@ impl Manifests {
             .await
             .map_err(unavailable)?;
         let status = response.status();
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        if is_outage(status) {
             return Err(status_error(status, tag, ErrorCode::ManifestUnknown));
         }
         Ok(response
@@ -208,7 +209,7 @@ impl Manifests {
         let status = response.status();
         if !status.is_success() {
             let error = status_error(status, reference, ErrorCode::ManifestUnknown);
-            return if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return if is_outage(status) {
                 Ok(Upstreamed::Unavailable(error))
             } else {
                 Err(error)
@@ -283,8 +284,72 @@ impl Manifests {
             .map_err(read_error)
     }
 
-    /// The cached tags of `repo`, sorted.
+    /// The tags of `repo`, sorted: the upstream's list (every page) when
+    /// the upstream answers, the cached tags when it is unreachable or
+    /// answers 5xx/429.
     pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, OciError> {
+        match self.upstream_tags(repo).await {
+            Ok(Upstreamed::Found(tags)) => Ok(tags),
+            Ok(Upstreamed::Unavailable(e)) => {
+                tracing::warn!(%repo, error = %e, "upstream unavailable; listing the cached tags");
+                self.cached_tags(repo).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn upstream_tags(&self, repo: &RepoName) -> Result<Upstreamed<Vec<String>>, OciError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let mut tags = Vec::new();
+        let mut rest = "tags/list".to_owned();
+        for _ in 0..MAX_TAG_PAGES {
+            let response = match self
+                .upstream
+                .send(Method::GET, repo, &rest, None, Some(self.request_timeout))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return Ok(Upstreamed::Unavailable(unavailable(e))),
+            };
+            let status = response.status();
+            if !status.is_success() {
+                let error = status_error(status, "the tag list", ErrorCode::NameUnknown);
+                return if is_outage(status) {
+                    Ok(Upstreamed::Unavailable(error))
+                } else {
+                    Err(error)
+                };
+            }
+            let next = response
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_page_query);
+            let page: Page = match response.json().await {
+                Ok(p) => p,
+                Err(e) => {
+                    return Ok(Upstreamed::Unavailable(OciError::new(
+                        ErrorCode::Unavailable,
+                        format!("upstream tag list: {e}"),
+                    )));
+                }
+            };
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(query) => rest = format!("tags/list?{query}"),
+                None => break,
+            }
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(Upstreamed::Found(tags))
+    }
+
+    /// The cached tags of `repo`, sorted.
+    async fn cached_tags(&self, repo: &RepoName) -> Result<Vec<String>, OciError> {
         match self.driver.list(&layout::tags_dir(repo)).await {
             Ok(paths) => Ok(paths
                 .iter()
@@ -297,6 +362,27 @@ impl Manifests {
             Err(e) => Err(read_error(e)),
         }
     }
+}
+
+/// Pages of an upstream tag list followed at most.
+const MAX_TAG_PAGES: usize = 100;
+
+/// Whether an upstream status means "try again later" rather than an answer.
+fn is_outage(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The query of the `rel="next"` target of a `Link` header
+/// (`</v2/repo/tags/list?last=x&n=100>; rel="next"` gives `last=x&n=100`).
+fn next_page_query(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        if !params.replace(' ', "").contains("rel=\"next\"") {
+            return None;
+        }
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        target.split_once('?').map(|(_, q)| q.to_owned())
+    })
 }
 
 fn unavailable(e: UpstreamError) -> OciError {
