@@ -2,7 +2,9 @@
 //! proxy of the same upstream, on this machine, in one run:
 //!
 //! - warm 1 MiB blob GETs with `wrk -c64`;
-//! - one cold 256 MiB blob pull, against pulling it straight from the upstream;
+//! - one cold 256 MiB blob pull, against pulling it straight from the upstream
+//!   (the client writes each blob to a file and checks its digest, as
+//!   skopeo and containerd do);
 //! - 8 concurrent cold pulls of one 256 MiB blob: how many times the upstream
 //!   sent its bytes, and the proxy's peak RSS meanwhile.
 //!
@@ -99,8 +101,9 @@ impl Relay {
     }
 }
 
-/// GETs a blob through `addr` and checks its digest as it reads, the way
-/// skopeo and containerd do; returns the seconds taken.
+/// GETs a blob through `addr` the way skopeo and containerd pull one:
+/// written to a (temporary) file and its digest checked as it arrives.
+/// Returns the seconds taken.
 async fn pull(client: &reqwest::Client, addr: &str, digest: &Digest, size: usize) -> f64 {
     let started = Instant::now();
     let response = client
@@ -116,10 +119,12 @@ async fn pull(client: &reqwest::Client, addr: &str, digest: &Digest, size: usize
     let mut body = response.bytes_stream();
     let mut got = 0;
     let mut hasher = Sha256::new();
+    let mut file = tokio::fs::File::from_std(tempfile::tempfile().expect("client file"));
     while let Some(chunk) = body.next().await {
         let chunk = chunk.expect("body");
         got += chunk.len();
         hasher.update(&chunk);
+        file.write_all(&chunk).await.expect("client write");
     }
     assert_eq!(got, size, "pull of {digest} from {addr} was short");
     assert_eq!(
