@@ -15,7 +15,7 @@ pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
 /// The chunk size readers aim for: large enough for throughput, small enough
 /// that a reader holds a bounded amount of memory.
-pub const READ_CHUNK: usize = 256 << 10;
+pub const READ_CHUNK: usize = 1 << 20;
 
 /// What [`StorageDriver::stat`] and [`StorageDriver::walk`] report of a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
