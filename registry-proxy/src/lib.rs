@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod metrics;
 pub mod oci;
 pub mod routes;
 pub mod upstream;
@@ -23,6 +24,7 @@ pub use routes::{app, debug_app};
 
 use crate::cache::blobs::Blobs;
 use crate::cache::manifests::Manifests;
+use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
 /// Everything a request handler needs; cheap to clone.
@@ -34,6 +36,8 @@ pub struct AppState {
     pub blobs: Arc<Blobs>,
     /// Manifests and tags.
     pub manifests: Arc<Manifests>,
+    /// The counters.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Tunables of [`AppState::new`], from the configuration.
@@ -53,20 +57,24 @@ impl AppState {
     /// The state serving `driver`'s content, filling from `upstream`.
     pub fn new(driver: Arc<dyn StorageDriver>, upstream: Upstream, settings: Settings) -> Self {
         let upstream = Arc::new(upstream);
+        let metrics = Arc::new(Metrics::default());
         Self {
             blobs: Arc::new(Blobs::new(
                 Arc::clone(&driver),
                 Arc::clone(&upstream),
                 settings.spool_dir,
                 settings.fill_timeout,
+                Arc::clone(&metrics),
             )),
             manifests: Arc::new(Manifests::new(
                 Arc::clone(&driver),
                 upstream,
                 settings.tag_freshness,
                 settings.request_timeout,
+                Arc::clone(&metrics),
             )),
             driver,
+            metrics,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! renders; nothing clever.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -14,6 +15,7 @@ use driver_core::{FileInfo, StoragePath, WalkControl, WalkOptions};
 use crate::AppState;
 use crate::cache::blobs::RangeSpec;
 use crate::cache::layout;
+use crate::metrics::Kind;
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
 
 const API_VERSION: &str = "registry/2.0";
@@ -130,6 +132,7 @@ async fn manifest(
     let body = if head {
         Body::empty()
     } else {
+        state.metrics.pushed(Kind::Manifest, m.bytes.len() as u64);
         Body::from(m.bytes)
     };
     builder
@@ -166,7 +169,7 @@ async fn blob(
     } else {
         builder.status(StatusCode::OK)
     };
-    let body = match reply.body {
+    let body = match reply.counted_body(Arc::clone(&state.metrics)) {
         Some(stream) => Body::from_stream(stream),
         None => Body::empty(),
     };
@@ -300,6 +303,24 @@ pub fn debug_app(state: AppState) -> Router {
                     Err(e) if e.is_not_found() => (StatusCode::OK, "ok".to_owned()),
                     Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}")),
                 }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(state): State<AppState>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    state.metrics.prometheus(),
+                )
+            }),
+        )
+        .route(
+            "/debug/vars",
+            get(|State(state): State<AppState>| async move {
+                axum::Json(state.metrics.debug_vars())
             }),
         )
         .with_state(state)

@@ -812,3 +812,70 @@ async fn tags_list_and_catalog_paginate() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(tags(body), serde_json::json!(["a", "b", "c"]));
 }
+
+/// GETs `uri` from the debug listener's router.
+async fn debug_get(s: &Setup, uri: &str) -> Bytes {
+    let response = registry_proxy::debug_app(s.state.clone())
+        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+        .await
+        .expect("debug response");
+    assert_eq!(response.status(), StatusCode::OK, "{uri}");
+    axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("debug body")
+}
+
+#[tokio::test]
+async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
+    let s = setup().await;
+    let blob = conformance::random_bytes(8, 200_000);
+    let blob_digest = s.fake.add_blob(&blob);
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    let manifest_digest = s.fake.tag("v1", manifest);
+    let blob_uri = blob_uri("team/app", &blob_digest);
+    // Blobs: a miss, a hit, a HEAD hit, an unknown digest.
+    assert_eq!(s.get(&blob_uri).await.0, StatusCode::OK);
+    s.state.blobs.fills_done().await;
+    assert_eq!(s.get(&blob_uri).await.0, StatusCode::OK);
+    assert_eq!(
+        s.send(Method::HEAD, &blob_uri, &[]).await.status(),
+        StatusCode::OK
+    );
+    let unknown = Digest::of(b"nowhere");
+    assert_eq!(
+        s.get(&format!("/v2/team/app/blobs/{unknown}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // Manifests: a miss by tag, a hit by digest, a HEAD hit by digest.
+    assert_eq!(s.get("/v2/team/app/manifests/v1").await.0, StatusCode::OK);
+    let by_digest = format!("/v2/team/app/manifests/{manifest_digest}");
+    assert_eq!(s.get(&by_digest).await.0, StatusCode::OK);
+    assert_eq!(
+        s.send(Method::HEAD, &by_digest, &[]).await.status(),
+        StatusCode::OK
+    );
+
+    let vars: serde_json::Value =
+        serde_json::from_slice(&debug_get(&s, "/debug/vars").await).expect("json");
+    let (b, m) = (blob.len() as u64, manifest.len() as u64);
+    assert_eq!(
+        vars["registry.proxy.blobs"],
+        serde_json::json!({"Requests": 4, "Hits": 2, "Misses": 1, "BytesPulled": b, "BytesPushed": 2 * b})
+    );
+    assert_eq!(
+        vars["registry.proxy.manifests"],
+        serde_json::json!({"Requests": 3, "Hits": 2, "Misses": 1, "BytesPulled": m, "BytesPushed": 2 * m})
+    );
+    assert_eq!(vars["registry_proxy"]["FillsInFlight"], 0);
+    let text = String::from_utf8(debug_get(&s, "/metrics").await.to_vec()).expect("utf-8");
+    for line in [
+        r#"registry_proxy_requests_total{kind="blob"} 4"#,
+        r#"registry_proxy_hits_total{kind="manifest"} 2"#,
+        &format!(
+            r#"registry_proxy_bytes_pushed_total{{kind="blob"}} {}"#,
+            2 * b
+        ),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+}

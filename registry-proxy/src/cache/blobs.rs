@@ -13,12 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use driver_core::StorageDriver;
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::layout;
+use crate::metrics::{Kind, Metrics};
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -54,6 +55,15 @@ pub struct BlobReply {
     pub range: (u64, u64),
     /// The bytes (absent for HEAD).
     pub body: Option<Body>,
+}
+
+impl BlobReply {
+    /// The body, counting the bytes sent into `metrics`.
+    pub fn counted_body(self, metrics: Arc<Metrics>) -> Option<Body> {
+        self.body.map(|body| -> Body {
+            Box::pin(body.inspect_ok(move |chunk| metrics.pushed(Kind::Blob, chunk.len() as u64)))
+        })
+    }
 }
 
 /// A requested byte range, as in `Range: bytes=start-end` (end inclusive).
@@ -167,6 +177,7 @@ pub struct Blobs {
     linked: Mutex<HashSet<(RepoName, Digest)>>,
     spool_dir: PathBuf,
     fill_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 fn upstream_error(e: UpstreamError) -> OciError {
@@ -193,8 +204,10 @@ impl Blobs {
         upstream: Arc<Upstream>,
         spool_dir: PathBuf,
         fill_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            metrics,
             driver,
             upstream,
             fills: Mutex::new(HashMap::new()),
@@ -214,6 +227,22 @@ impl Blobs {
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<BlobReply, OciError> {
+        let got = self.find(repo, digest, range, head).await;
+        match &got {
+            Ok((_, hit)) => self.metrics.request(Kind::Blob, *hit),
+            Err(_) => self.metrics.failed_request(Kind::Blob),
+        }
+        got.map(|(reply, _)| reply)
+    }
+
+    /// [`Self::get`], and whether storage had the blob.
+    async fn find(
+        self: &Arc<Self>,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+        head: bool,
+    ) -> Result<(BlobReply, bool), OciError> {
         let path = layout::blob_data(digest);
         match self.driver.stat(&path).await {
             Ok(info) if !info.is_dir => {
@@ -232,14 +261,17 @@ impl Blobs {
                         end - start,
                     ))
                 };
-                Ok(BlobReply {
+                let reply = BlobReply {
                     size: info.size,
                     range: (start, end),
                     body,
-                })
+                };
+                Ok((reply, true))
             }
-            Ok(_) => self.from_fill(repo, digest, range, head).await,
-            Err(e) if e.is_not_found() => self.from_fill(repo, digest, range, head).await,
+            Ok(_) => Ok((self.from_fill(repo, digest, range, head).await?, false)),
+            Err(e) if e.is_not_found() => {
+                Ok((self.from_fill(repo, digest, range, head).await?, false))
+            }
             // A failing backend is not a miss: refetching would only fail to store.
             Err(e) => Err(storage_error(e)),
         }
@@ -341,6 +373,7 @@ impl Blobs {
             Arc::clone(&fill),
         );
         // The fill runs on its own task: a client that goes away does not stop it.
+        self.metrics.fill_running(true);
         tokio::spawn(async move {
             let outcome = this.run_fill(&repo, &digest, &running, &publish).await;
             if let Err(e) = &outcome {
@@ -348,6 +381,7 @@ impl Blobs {
             }
             lock(&this.fills).remove(&digest);
             publish.send_modify(|p| p.outcome = Some(outcome));
+            this.metrics.fill_running(false);
             this.fill_ended.notify_waiters();
         });
         Ok(fill)
@@ -474,6 +508,7 @@ impl Blobs {
                 .map_err(|e| {
                     OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
                 })?;
+            self.metrics.pulled(Kind::Blob, chunk.len() as u64);
             to_hash.send(chunk.clone()).await;
             written += chunk.len() as u64;
             lock(&fill.recent).push(chunk);

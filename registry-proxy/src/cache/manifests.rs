@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode};
 
 use super::blobs::status_error;
 use super::layout;
+use crate::metrics::{Kind, Metrics};
 use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -24,6 +25,8 @@ pub struct Manifest {
     pub media_type: String,
     /// Its digest.
     pub digest: Digest,
+    /// Whether it came from the upstream for this request (a miss).
+    pub fetched: bool,
 }
 
 /// The manifest store.
@@ -32,6 +35,7 @@ pub struct Manifests {
     upstream: Arc<Upstream>,
     freshness: Duration,
     request_timeout: Duration,
+    metrics: Arc<Metrics>,
     /// When each tag was last confirmed upstream.
     confirmed: Mutex<HashMap<(RepoName, String), Instant>>,
 }
@@ -56,10 +60,12 @@ impl Manifests {
         upstream: Arc<Upstream>,
         freshness: Duration,
         request_timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             driver,
             upstream,
+            metrics,
             freshness,
             request_timeout,
             confirmed: Mutex::new(HashMap::new()),
@@ -68,6 +74,20 @@ impl Manifests {
 
     /// The manifest `reference` names in `repo`.
     pub async fn get(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest, OciError> {
+        let got = self.find(repo, reference).await;
+        match &got {
+            Ok(m) => {
+                self.metrics.request(Kind::Manifest, !m.fetched);
+                if m.fetched {
+                    self.metrics.pulled(Kind::Manifest, m.bytes.len() as u64);
+                }
+            }
+            Err(_) => self.metrics.failed_request(Kind::Manifest),
+        }
+        got
+    }
+
+    async fn find(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest, OciError> {
         match reference {
             Reference::Digest(digest) => match self.cached(digest).await? {
                 Some(m) => Ok(m),
@@ -83,6 +103,7 @@ impl Manifests {
     async fn cached(&self, digest: &Digest) -> Result<Option<Manifest>, OciError> {
         match self.driver.get_content(&layout::blob_data(digest)).await {
             Ok(bytes) => Ok(Some(Manifest {
+                fetched: false,
                 media_type: oci::manifest_media_type(&bytes),
                 bytes,
                 digest: digest.clone(),
@@ -137,6 +158,7 @@ impl Manifests {
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(%repo, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    self.metrics.stale_serve();
                     return Ok(m.clone());
                 }
             }
@@ -150,6 +172,7 @@ impl Manifests {
             Ok(Upstreamed::Unavailable(e)) => match cached {
                 Some(m) => {
                     tracing::warn!(%repo, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    self.metrics.stale_serve();
                     Ok(m)
                 }
                 None => Err(e),
@@ -266,6 +289,7 @@ impl Manifests {
             .await
             .map_err(read_error)?;
         Ok(Upstreamed::Found(Manifest {
+            fetched: true,
             media_type: oci::manifest_media_type(&bytes),
             bytes,
             digest,
