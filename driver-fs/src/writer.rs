@@ -1,6 +1,7 @@
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -48,7 +49,7 @@ impl FsWriter {
                     .create_dir_all(&dir)
                     .map_err(|e| io_error("mkdir", &path, e))?;
                 if append {
-                    if let Some(latest) = latest_staged(inner, &dir, &path)? {
+                    if let Some((_, latest)) = latest_staged(inner, &dir, &path, None)? {
                         let file = inner
                             .root
                             .open_with(&latest, &append_options(false))
@@ -115,11 +116,27 @@ impl FsWriter {
     }
 
     /// Flushes buffered bytes and, per the fsync policy, syncs the file.
-    async fn flush_and_sync(&mut self) -> Result<()> {
+    /// With `mark_latest` (a close), the file's modification time is also
+    /// set after every other staged file's of the path, even within the
+    /// clock's granularity, so that a resume picks this writer's bytes.
+    async fn flush_and_sync(&mut self, mark_latest: bool) -> Result<()> {
         self.write_through(Bytes::new()).await?;
         let file = Arc::clone(&self.file);
-        let path = self.path.clone();
-        run_blocking(&self.inner, move |inner| inner.sync_file(&file, &path)).await
+        let (path, staged) = (self.path.clone(), self.staged.clone());
+        run_blocking(&self.inner, move |inner| {
+            if mark_latest {
+                let dir = staged.parent().unwrap_or(std::path::Path::new(""));
+                let now = SystemTime::now();
+                let mark = match latest_staged(inner, dir, &path, Some(&staged))? {
+                    Some((other, _)) => now.max(other + Duration::from_micros(1)),
+                    None => now,
+                };
+                file.set_modified(mark)
+                    .map_err(|e| io_error("touch", &path, e))?;
+            }
+            inner.sync_file(&file, &path)
+        })
+        .await
     }
 
     /// Removes the staged file (if `remove_file`) and the staging directory
@@ -134,13 +151,15 @@ impl FsWriter {
     }
 }
 
-/// The most recently modified staged file in `dir`, if any.
+/// The most recently modified staged file in `dir` other than `except`, with
+/// its modification time, if any.
 fn latest_staged(
     inner: &Inner,
     dir: &std::path::Path,
     path: &StoragePath,
-) -> Result<Option<PathBuf>> {
-    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    except: Option<&std::path::Path>,
+) -> Result<Option<(SystemTime, PathBuf)>> {
+    let mut best: Option<(SystemTime, PathBuf)> = None;
     for entry in inner
         .root
         .read_dir(dir)
@@ -151,8 +170,11 @@ fn latest_staged(
         let modified = meta
             .modified()
             .map(|t| t.into_std())
-            .unwrap_or(std::time::UNIX_EPOCH);
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let candidate = dir.join(entry.file_name());
+        if except == Some(candidate.as_path()) {
+            continue;
+        }
         if best
             .as_ref()
             .is_none_or(|(t, p)| (modified, &candidate) > (*t, p))
@@ -160,7 +182,7 @@ fn latest_staged(
             best = Some((modified, candidate));
         }
     }
-    Ok(best.map(|(_, p)| p))
+    Ok(best)
 }
 
 #[async_trait]
@@ -181,14 +203,14 @@ impl FileWriter for FsWriter {
 
     async fn close(&mut self) -> Result<()> {
         self.state.check_open(NAME, &self.path)?;
-        self.flush_and_sync().await?;
+        self.flush_and_sync(true).await?;
         self.state = WriterState::Closed;
         Ok(())
     }
 
     async fn commit(&mut self) -> Result<()> {
         self.state.check_open(NAME, &self.path)?;
-        self.flush_and_sync().await?;
+        self.flush_and_sync(false).await?;
         let (staged, path) = (self.staged.clone(), self.path.clone());
         run_blocking(&self.inner, move |inner| {
             inner.place(&staged, &path)?;

@@ -186,3 +186,33 @@ async fn layout_matches_distribution() {
         b"sha256:abcd"
     );
 }
+
+#[tokio::test]
+async fn the_last_closed_writer_resumes_even_when_clocks_tie() {
+    let dir = TempDir::new().expect("tempdir");
+    let driver = open(dir.path());
+    let target = path("/upload/data");
+    let mut first = driver.writer(&target, false).await.expect("writer");
+    first.write(random_bytes(1, 1949)).await.expect("write");
+    first.close().await.expect("close");
+    // The first writer's staged file looks newer than any clock reading
+    // (a coarse or skewed clock): only the close order may decide.
+    let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    for staging in std::fs::read_dir(dir.path().join("@writers")).expect("staging") {
+        for staged in std::fs::read_dir(staging.expect("dir").path()).expect("staged") {
+            std::fs::File::options()
+                .append(true)
+                .open(staged.expect("file").path())
+                .and_then(|f| f.set_modified(future))
+                .expect("set mtime");
+        }
+    }
+    let mut second = driver.writer(&target, false).await.expect("writer");
+    second.close().await.expect("close an empty writer");
+    let resumed = driver.writer(&target, true).await.expect("resume");
+    assert_eq!(
+        resumed.size(),
+        0,
+        "resumed an older writer than the last closed"
+    );
+}
