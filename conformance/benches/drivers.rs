@@ -18,13 +18,6 @@ use futures::StreamExt;
 const MIB: usize = 1 << 20;
 const RUNS: usize = 3;
 
-fn env_mib(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn path(p: &str) -> StoragePath {
     StoragePath::parse(p).expect("valid path")
 }
@@ -148,8 +141,8 @@ async fn main() {
     if let Ok(root) = std::env::var(RSS_CHILD) {
         return rss_child(&root).await;
     }
-    let stream_bytes = env_mib("BENCH_STREAM_MIB", 256) * MIB;
-    let rss_bytes = env_mib("BENCH_RSS_MIB", 1024) * MIB;
+    let stream_bytes = conformance::env_or("BENCH_STREAM_MIB", 256) * MIB;
+    let rss_bytes = conformance::env_or("BENCH_RSS_MIB", 1024) * MIB;
     let dir = tempfile::Builder::new()
         .prefix("driver-bench")
         .tempdir_in(".")

@@ -25,7 +25,7 @@ mod model;
 mod support;
 
 pub use support::{
-    Case, Ctx, Settings, assert_bytes, expect_kind, failing_cases, random_bytes, read_all,
+    Case, Ctx, Settings, assert_bytes, env_or, expect_kind, failing_cases, random_bytes, read_all,
     run_case, seed,
 };
 

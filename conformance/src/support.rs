@@ -26,16 +26,10 @@ pub struct Settings {
 impl Settings {
     /// Reads the settings from the environment, with defaults.
     pub fn from_env() -> Self {
-        fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
-        }
         Self {
-            large_stream_bytes: var("CONFORMANCE_LARGE_STREAM_BYTES", 1 << 30),
-            concurrent_read_bytes: var("CONFORMANCE_CONCURRENT_READ_BYTES", 128 << 20),
-            model_cases: var("CONFORMANCE_MODEL_CASES", 64),
+            large_stream_bytes: env_or("CONFORMANCE_LARGE_STREAM_BYTES", 1 << 30),
+            concurrent_read_bytes: env_or("CONFORMANCE_CONCURRENT_READ_BYTES", 128 << 20),
+            model_cases: env_or("CONFORMANCE_MODEL_CASES", 64),
         }
     }
 
@@ -201,6 +195,15 @@ pub fn random_bytes(seed: u64, len: usize) -> Bytes {
     let mut data = vec![0; len];
     StdRng::seed_from_u64(seed).fill_bytes(&mut data);
     data.into()
+}
+
+/// The variable `name` parsed as a `T`, or `default` when it is unset or
+/// does not parse (the tuning knobs of the suite and the benchmarks).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A random seed for content.

@@ -6,6 +6,9 @@
 //! `scripts/bench.sh`, which starts Garage. Sizes: `BENCH_S3_MIB` (256),
 //! `BENCH_S3_PART_MIB` (8), `BENCH_S3_SMALL_OPS` (2000).
 
+#[path = "../tests/witness/mod.rs"]
+mod witness;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,20 +17,12 @@ use bytes::Bytes;
 use driver_core::{StorageDriver, StoragePath};
 use driver_s3::{S3Config, S3Driver};
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, WriteMultipart};
 
 const MIB: usize = 1 << 20;
 const IN_FLIGHT: usize = 64;
 const RUNS: usize = 3;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn mbps(bytes: usize, t: Duration) -> f64 {
     bytes as f64 / 1e6 / t.as_secs_f64()
@@ -59,9 +54,9 @@ async fn main() {
         eprintln!("S3_BUCKET is not set: run scripts/bench.sh, which starts Garage");
         std::process::exit(2);
     };
-    let size = env_usize("BENCH_S3_MIB", 256) * MIB;
-    let part = env_usize("BENCH_S3_PART_MIB", 8) * MIB;
-    let small_ops = env_usize("BENCH_S3_SMALL_OPS", 2000);
+    let size = conformance::env_or::<usize>("BENCH_S3_MIB", 256) * MIB;
+    let part = conformance::env_or::<usize>("BENCH_S3_PART_MIB", 8) * MIB;
+    let small_ops = conformance::env_or::<usize>("BENCH_S3_SMALL_OPS", 2000);
     let concurrency = S3Config::default().upload_concurrency;
     let root = format!("bench-{:016x}", rand::random::<u64>());
     let config = S3Config {
@@ -70,18 +65,7 @@ async fn main() {
         ..base.clone()
     };
     let driver = Arc::new(S3Driver::new(config).await.expect("client"));
-    let store = Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(base.endpoint.clone().unwrap_or_default())
-            .with_allow_http(true)
-            .with_region(&base.region)
-            .with_bucket_name(&base.bucket)
-            .with_access_key_id(base.access_key.clone().unwrap_or_default())
-            .with_secret_access_key(base.secret_key.clone().unwrap_or_default())
-            .with_virtual_hosted_style_request(false)
-            .build()
-            .expect("object_store client"),
-    );
+    let store = Arc::new(witness::object_store_client(&base));
     let data = conformance::random_bytes(9, size);
     let block = 256 << 10; // what a network stream hands over at a time
     println!(

@@ -709,3 +709,36 @@ impl StorageDriver for S3Driver {
         Ok(Some(request.uri().to_owned()))
     }
 }
+
+#[cfg(test)]
+mod object_settings_tests {
+    use super::*;
+
+    fn settings(config: S3Config) -> ObjectSettings {
+        ObjectSettings::new(&config)
+    }
+
+    #[test]
+    fn distribution_keys_become_request_settings() {
+        let plain = settings(S3Config::default());
+        assert_eq!(plain.encryption, None);
+        assert_eq!(plain.storage_class, Some(StorageClass::Standard));
+        assert_eq!(plain.acl, None, "private is S3's default: no header");
+        let sse_s3 = settings(S3Config {
+            encrypt: true,
+            ..S3Config::default()
+        });
+        assert_eq!(sse_s3.encryption, Some(ServerSideEncryption::Aes256));
+        let kms = settings(S3Config {
+            encrypt: true,
+            key_id: Some("alias/k".into()),
+            storage_class: "NONE".into(),
+            object_acl: "bucket-owner-full-control".into(),
+            ..S3Config::default()
+        });
+        assert_eq!(kms.encryption, Some(ServerSideEncryption::AwsKms));
+        assert_eq!(kms.kms_key.as_deref(), Some("alias/k"));
+        assert_eq!(kms.storage_class, None, "NONE sends no storage class");
+        assert_eq!(kms.acl, Some(ObjectCannedAcl::BucketOwnerFullControl));
+    }
+}

@@ -2,6 +2,7 @@
 //! an independent S3 client (the `object_store` crate) reading the bucket.
 
 mod common;
+mod witness;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::process::Command;
@@ -13,7 +14,7 @@ use driver_core::{ErrorKind, StorageDriver, StoragePath};
 use driver_s3::{S3Config, S3Driver};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjectPath;
 
 const MIB: usize = 1 << 20;
@@ -28,7 +29,7 @@ async fn setup(test: &str) -> Option<(S3Driver, AmazonS3, String)> {
 async fn setup_with(test: &str, upload_concurrency: usize) -> Option<(S3Driver, AmazonS3, String)> {
     let config = common::config_or_skip(test)?;
     let root = format!("s3-tests/{test}-{:016x}", rand::random::<u64>());
-    let witness = witness(&config);
+    let witness = witness::object_store_client(&config);
     let config = S3Config {
         root_directory: root.clone(),
         chunk_size: 5 * MIB as u64,
@@ -36,19 +37,6 @@ async fn setup_with(test: &str, upload_concurrency: usize) -> Option<(S3Driver, 
         ..config
     };
     Some((S3Driver::new(config).await.expect("client"), witness, root))
-}
-
-fn witness(config: &S3Config) -> AmazonS3 {
-    AmazonS3Builder::new()
-        .with_endpoint(config.endpoint.clone().unwrap_or_default())
-        .with_allow_http(true)
-        .with_region(&config.region)
-        .with_bucket_name(&config.bucket)
-        .with_access_key_id(config.access_key.clone().unwrap_or_default())
-        .with_secret_access_key(config.secret_key.clone().unwrap_or_default())
-        .with_virtual_hosted_style_request(false)
-        .build()
-        .expect("object_store client")
 }
 
 fn path(p: &str) -> StoragePath {
@@ -417,7 +405,7 @@ async fn large_moves_use_multipart_copy() {
         return;
     };
     let root = format!("s3-tests/copy-{:016x}", rand::random::<u64>());
-    let witness = witness(&config);
+    let witness = witness::object_store_client(&config);
     // Objects over 6 MiB are copied in 5 MiB parts.
     let config = S3Config {
         root_directory: root.clone(),
@@ -490,7 +478,7 @@ async fn distribution_object_settings_and_a_schemeless_endpoint_work() {
     let Some(config) = common::config_or_skip("distribution_object_settings") else {
         return;
     };
-    let witness = witness(&config);
+    let witness = witness::object_store_client(&config);
     let endpoint = config.endpoint.clone().expect("an endpoint");
     let root = format!("s3-tests/settings-{:016x}", rand::random::<u64>());
     let driver = S3Driver::new(S3Config {

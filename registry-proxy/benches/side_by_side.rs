@@ -10,7 +10,9 @@
 //!
 //! The upstream is a `docker-registry` behind a byte-counting TCP relay run
 //! by this program. Run with `scripts/bench-proxy.sh` (installs the tools).
-//! `BENCH_COLD_RUNS` (default 3) and `BENCH_WRK_SECONDS` (default 10) tune it.
+//! `BENCH_COLD_RUNS` (default 3) and `BENCH_WRK_SECONDS` (default 10) tune it;
+//! `BENCH_STORAGE` replaces registry-proxy's `storage` block (YAML, indented
+//! two spaces), e.g. to measure it on S3.
 
 // Shared with the end-to-end tests, which use all of it.
 #[allow(dead_code)]
@@ -31,13 +33,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MIB: usize = 1 << 20;
 const COLD_SIZE: usize = 256 * MIB;
 const REPO: &str = "bench/blobs";
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A TCP relay to the upstream that counts the bytes the upstream sends.
 struct Relay {
@@ -189,7 +184,7 @@ struct Blobs {
 
 async fn measure(proxy: &Server, relay: &Relay, blobs: &Blobs) -> Figures {
     let client = reqwest::Client::new();
-    let seconds = setting("BENCH_WRK_SECONDS", 10);
+    let seconds = conformance::env_or("BENCH_WRK_SECONDS", 10);
     pull(&client, &proxy.addr, &blobs.warm, MIB).await;
     relay.settled().await;
     let url = format!("http://{}/v2/{REPO}/blobs/{}", proxy.addr, blobs.warm);
@@ -247,7 +242,7 @@ async fn main() {
     let d = dir.path();
     let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
     let client = reqwest::Client::new();
-    let runs = setting("BENCH_COLD_RUNS", 3);
+    let runs = conformance::env_or("BENCH_COLD_RUNS", 3);
     println!("pushing blobs to the upstream ...");
     let blobs = Blobs {
         warm: push_blob(

@@ -36,15 +36,34 @@ struct KindLabel {
     kind: Kind,
 }
 
-/// The counters of the proxy; cheap to update from any task.
+/// registry:2's counters for one kind of content.
+#[derive(Debug, Clone, Default)]
+struct KindCounters {
+    requests: Counter,
+    hits: Counter,
+    misses: Counter,
+    bytes_pulled: Counter,
+    bytes_pushed: Counter,
+}
+
+impl KindCounters {
+    fn debug_vars(&self) -> serde_json::Value {
+        json!({
+            "Requests": self.requests.get(),
+            "Hits": self.hits.get(),
+            "Misses": self.misses.get(),
+            "BytesPulled": self.bytes_pulled.get(),
+            "BytesPushed": self.bytes_pushed.get(),
+        })
+    }
+}
+
+/// The counters of the proxy; an update is one atomic add.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    requests: Family<KindLabel, Counter>,
-    hits: Family<KindLabel, Counter>,
-    misses: Family<KindLabel, Counter>,
-    bytes_pulled: Family<KindLabel, Counter>,
-    bytes_pushed: Family<KindLabel, Counter>,
+    blobs: KindCounters,
+    manifests: KindCounters,
     fills_in_flight: Gauge,
     stale_serves: Counter,
 }
@@ -52,34 +71,33 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("registry_proxy");
-        let requests = Family::default();
-        let hits = Family::default();
-        let misses = Family::default();
-        let bytes_pulled = Family::default();
-        let bytes_pushed = Family::default();
+        let mut families: Vec<Family<KindLabel, Counter>> = Vec::new();
+        for (name, help) in [
+            ("requests", "Requests (GET and HEAD) by content kind"),
+            ("hits", "Requests answered from storage"),
+            ("misses", "Requests that needed the upstream's content"),
+            ("bytes_pulled", "Content bytes received from the upstream"),
+            ("bytes_pushed", "Content bytes sent to clients"),
+        ] {
+            let family = Family::default();
+            registry.register(name, help, family.clone());
+            families.push(family);
+        }
+        // Each kind's counters are resolved once: clones share the family's
+        // atomics, so an update skips the family's lookup.
+        let kind = |kind| {
+            let counter = |i: usize| families[i].get_or_create(&KindLabel { kind }).clone();
+            KindCounters {
+                requests: counter(0),
+                hits: counter(1),
+                misses: counter(2),
+                bytes_pulled: counter(3),
+                bytes_pushed: counter(4),
+            }
+        };
+        let (blobs, manifests) = (kind(Kind::Blob), kind(Kind::Manifest));
         let fills_in_flight = Gauge::default();
         let stale_serves = Counter::default();
-        registry.register(
-            "requests",
-            "Requests (GET and HEAD) by content kind",
-            requests.clone(),
-        );
-        registry.register("hits", "Requests answered from storage", hits.clone());
-        registry.register(
-            "misses",
-            "Requests that needed the upstream's content",
-            misses.clone(),
-        );
-        registry.register(
-            "bytes_pulled",
-            "Content bytes received from the upstream",
-            bytes_pulled.clone(),
-        );
-        registry.register(
-            "bytes_pushed",
-            "Content bytes sent to clients",
-            bytes_pushed.clone(),
-        );
         registry.register(
             "fills_in_flight",
             "Blob fills from the upstream running now",
@@ -92,45 +110,46 @@ impl Default for Metrics {
         );
         Self {
             registry,
-            requests,
-            hits,
-            misses,
-            bytes_pulled,
-            bytes_pushed,
+            blobs,
+            manifests,
             fills_in_flight,
             stale_serves,
         }
     }
 }
 
-fn get(family: &Family<KindLabel, Counter>, kind: Kind) -> u64 {
-    family.get_or_create(&KindLabel { kind }).get()
-}
-
-fn add(family: &Family<KindLabel, Counter>, kind: Kind, n: u64) {
-    family.get_or_create(&KindLabel { kind }).inc_by(n);
-}
-
 impl Metrics {
+    fn of(&self, kind: Kind) -> &KindCounters {
+        match kind {
+            Kind::Blob => &self.blobs,
+            Kind::Manifest => &self.manifests,
+        }
+    }
+
     /// A request for `kind` content, answered from storage (`hit`) or not.
     pub fn request(&self, kind: Kind, hit: bool) {
-        add(&self.requests, kind, 1);
-        add(if hit { &self.hits } else { &self.misses }, kind, 1);
+        let counters = self.of(kind);
+        counters.requests.inc();
+        if hit {
+            counters.hits.inc();
+        } else {
+            counters.misses.inc();
+        }
     }
 
     /// A request for `kind` content that failed before it could be answered.
     pub fn failed_request(&self, kind: Kind) {
-        add(&self.requests, kind, 1);
+        self.of(kind).requests.inc();
     }
 
     /// `n` bytes of `kind` content received from the upstream.
     pub fn pulled(&self, kind: Kind, n: u64) {
-        add(&self.bytes_pulled, kind, n);
+        self.of(kind).bytes_pulled.inc_by(n);
     }
 
     /// `n` bytes of `kind` content sent to a client.
     pub fn pushed(&self, kind: Kind, n: u64) {
-        add(&self.bytes_pushed, kind, n);
+        self.of(kind).bytes_pushed.inc_by(n);
     }
 
     /// A blob fill started (`true`) or ended (`false`).
@@ -158,18 +177,9 @@ impl Metrics {
     /// registry:2's `/debug/vars` shape, plus our gauges under
     /// `registry_proxy`.
     pub fn debug_vars(&self) -> serde_json::Value {
-        let kind = |kind| {
-            json!({
-                "Requests": get(&self.requests, kind),
-                "Hits": get(&self.hits, kind),
-                "Misses": get(&self.misses, kind),
-                "BytesPulled": get(&self.bytes_pulled, kind),
-                "BytesPushed": get(&self.bytes_pushed, kind),
-            })
-        };
         json!({
-            "registry.proxy.blobs": kind(Kind::Blob),
-            "registry.proxy.manifests": kind(Kind::Manifest),
+            "registry.proxy.blobs": self.blobs.debug_vars(),
+            "registry.proxy.manifests": self.manifests.debug_vars(),
             "registry_proxy": {
                 "FillsInFlight": self.fills_in_flight.get(),
                 "StaleServes": self.stale_serves.get(),
