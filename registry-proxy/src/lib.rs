@@ -12,6 +12,7 @@ pub mod config;
 pub mod metrics;
 pub mod oci;
 pub mod routes;
+pub mod scheduler;
 pub mod upstream;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use routes::{app, debug_app};
 use crate::cache::blobs::Blobs;
 use crate::cache::manifests::Manifests;
 use crate::metrics::Metrics;
+use crate::scheduler::{Clock, LoadError, Options, Scheduler};
 use crate::upstream::Upstream;
 
 /// Everything a request handler needs; cheap to clone.
@@ -38,9 +40,11 @@ pub struct AppState {
     pub manifests: Arc<Manifests>,
     /// The counters.
     pub metrics: Arc<Metrics>,
+    /// Access times and expiry.
+    pub scheduler: Arc<Scheduler>,
 }
 
-/// Tunables of [`AppState::new`], from the configuration.
+/// Tunables of [`AppState::open`], from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Where fills spool the bytes waiting clients read.
@@ -51,19 +55,37 @@ pub struct Settings {
     pub tag_freshness: Duration,
     /// Timeout of upstream manifest and token requests.
     pub request_timeout: Duration,
+    /// Expiry and how often its state is written.
+    pub scheduler: Options,
+    /// The clock of expiries.
+    pub clock: Clock,
 }
 
 impl AppState {
-    /// The state serving `driver`'s content, filling from `upstream`.
-    pub fn new(driver: Arc<dyn StorageDriver>, upstream: Upstream, settings: Settings) -> Self {
+    /// The state serving `driver`'s content, filling from `upstream`: loads
+    /// the scheduler's state and starts its flushes and expiry.
+    pub async fn open(
+        driver: Arc<dyn StorageDriver>,
+        upstream: Upstream,
+        settings: Settings,
+    ) -> Result<Self, LoadError> {
         let upstream = Arc::new(upstream);
         let metrics = Arc::new(Metrics::default());
-        Self {
+        let scheduler = Scheduler::open(
+            Arc::clone(&driver),
+            settings.scheduler,
+            settings.clock,
+            Arc::clone(&metrics),
+        )
+        .await?;
+        scheduler.start();
+        Ok(Self {
             blobs: Arc::new(Blobs::new(
                 Arc::clone(&driver),
                 Arc::clone(&upstream),
                 settings.spool_dir,
                 settings.fill_timeout,
+                Arc::clone(&scheduler),
                 Arc::clone(&metrics),
             )),
             manifests: Arc::new(Manifests::new(
@@ -71,10 +93,12 @@ impl AppState {
                 upstream,
                 settings.tag_freshness,
                 settings.request_timeout,
+                Arc::clone(&scheduler),
                 Arc::clone(&metrics),
             )),
             driver,
             metrics,
-        }
+            scheduler,
+        })
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use driver_core::StorageDriver;
 use registry_proxy::config::{Backend, Config};
+use registry_proxy::scheduler::{Clock, Options};
 use registry_proxy::upstream::Upstream;
 use registry_proxy::{AppState, Settings, app, debug_app};
 use tokio::net::TcpListener;
@@ -30,6 +31,10 @@ enum Command {
         config: Option<PathBuf>,
     },
 }
+
+/// How often the scheduler writes its changes (a crash loses at most this
+/// much of access times).
+const SCHEDULER_FLUSH: Duration = Duration::from_secs(1);
 
 /// Threads for blocking storage calls (file reads and writes). Few are
 /// enough for two cores; more only multiply per-thread memory.
@@ -130,8 +135,24 @@ async fn serve(config: Config) -> Result<(), String> {
         fill_timeout: config.fill_timeout().map_err(|e| e.to_string())?,
         tag_freshness: config.tag_freshness().map_err(|e| e.to_string())?,
         request_timeout: Duration::from_secs(10),
+        scheduler: Options {
+            ttl: config.ttl().map_err(|e| e.to_string())?,
+            flush_interval: SCHEDULER_FLUSH,
+        },
+        clock: Clock::system(),
     };
-    let state = AppState::new(driver, upstream, settings);
+    let state = AppState::open(driver, upstream, settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    let loaded = state.scheduler.loaded();
+    tracing::info!(
+        entries = loaded.entries,
+        segments = loaded.segments,
+        damaged = loaded.damaged,
+        imported = loaded.imported,
+        "scheduler state loaded"
+    );
+    let scheduler = Arc::clone(&state.scheduler);
     let addr = config.listen_addr().map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(addr)
         .await
@@ -185,6 +206,9 @@ async fn serve(config: Config) -> Result<(), String> {
         tracing::info!("stopped");
     } else {
         tracing::warn!("stopped with responses or fills still running after {DRAIN:?}");
+    }
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "could not write the scheduler state");
     }
     drop(spool);
     Ok(())

@@ -161,6 +161,16 @@ impl Metrics {
         }
     }
 
+    /// The scheduler holds `n` entries.
+    pub fn scheduler_entries(&self, n: usize) {
+        let _ = n;
+    }
+
+    /// `entries` expired, freeing `bytes`.
+    pub fn expired(&self, entries: u64, bytes: u64) {
+        let _ = (entries, bytes);
+    }
+
     /// A tag served stale.
     pub fn stale_serve(&self) {
         self.stale_serves.inc();

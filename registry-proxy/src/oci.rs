@@ -126,6 +126,21 @@ impl Digest {
     pub fn hex(&self) -> &str {
         &self.hex
     }
+
+    /// The 32 bytes the hex part spells.
+    pub fn raw(&self) -> [u8; 32] {
+        let mut raw = [0; 32];
+        // `parse` and `from_hasher` only admit 64 hex digits.
+        let _ = hex::decode_to_slice(&self.hex, &mut raw);
+        raw
+    }
+
+    /// The digest whose bytes are `raw`.
+    pub fn from_raw(raw: &[u8; 32]) -> Self {
+        Self {
+            hex: hex::encode(raw),
+        }
+    }
 }
 
 impl fmt::Display for Digest {

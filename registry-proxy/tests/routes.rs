@@ -17,6 +17,7 @@ use driver_core::StorageDriver;
 use driver_memory::MemoryDriver;
 use registry_proxy::cache::layout;
 use registry_proxy::oci::Digest;
+use registry_proxy::scheduler::{Clock, Options};
 use registry_proxy::upstream::Upstream;
 use registry_proxy::{AppState, Settings, app};
 use tokio::sync::Notify;
@@ -337,8 +338,15 @@ async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup
         fill_timeout: Duration::from_millis(500),
         tag_freshness: freshness,
         request_timeout: Duration::from_secs(2),
+        scheduler: Options {
+            ttl: Duration::from_secs(168 * 3600),
+            flush_interval: Duration::from_secs(1),
+        },
+        clock: Clock::system(),
     };
-    let state = AppState::new(Arc::clone(&driver), upstream, settings);
+    let state = AppState::open(Arc::clone(&driver), upstream, settings)
+        .await
+        .expect("state");
     Setup {
         fake,
         driver,

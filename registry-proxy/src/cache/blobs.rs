@@ -2,7 +2,7 @@
 //! streams from upstream into storage and into a local spool file that every
 //! waiting client reads at its own pace.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
 
 use rustix::buffer::spare_capacity;
@@ -21,6 +21,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use super::layout;
 use crate::metrics::{Kind, Metrics};
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
+use crate::scheduler::{EntryKind, Scheduler};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Bytes a client stream reads from the spool at once.
@@ -32,9 +33,6 @@ const STORE_CHUNK: u64 = 1 << 20;
 /// The newest bytes of a fill kept in memory, so that clients keeping pace
 /// with the upstream are served without reading the spool back.
 const RECENT_WINDOW: usize = 4 << 20;
-
-/// Links remembered as present, at most (about 100 bytes each).
-const MAX_KNOWN_LINKS: usize = 100_000;
 
 /// The largest blob accepted from an upstream that does not announce its
 /// size (a chunked answer): the spool must not grow without bound.
@@ -173,8 +171,8 @@ pub struct Blobs {
     fills: Mutex<HashMap<Digest, Arc<Fill>>>,
     /// Notified whenever a fill ends.
     fill_ended: Notify,
-    /// Links known to exist, so that hits do not check them again.
-    linked: Mutex<HashSet<(RepoName, Digest)>>,
+    /// Access times and expiry.
+    scheduler: Arc<Scheduler>,
     spool_dir: PathBuf,
     fill_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -198,12 +196,14 @@ pub fn status_error(status: StatusCode, what: &str, not_found: ErrorCode) -> Oci
 
 impl Blobs {
     /// A store over `driver` filling from `upstream`, spooling misses in
-    /// `spool_dir`, abandoning fills idle for `fill_timeout`.
+    /// `spool_dir`, abandoning fills idle for `fill_timeout`, recording
+    /// accesses in `scheduler`.
     pub fn new(
         driver: Arc<dyn StorageDriver>,
         upstream: Arc<Upstream>,
         spool_dir: PathBuf,
         fill_timeout: Duration,
+        scheduler: Arc<Scheduler>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -212,7 +212,7 @@ impl Blobs {
             upstream,
             fills: Mutex::new(HashMap::new()),
             fill_ended: Notify::new(),
-            linked: Mutex::new(HashSet::new()),
+            scheduler,
             spool_dir,
             fill_timeout,
         }
@@ -243,10 +243,13 @@ impl Blobs {
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<(BlobReply, bool), OciError> {
+        let access = self.scheduler.touch(repo, digest, EntryKind::Blob).await;
         let path = layout::blob_data(digest);
         match self.driver.stat(&path).await {
             Ok(info) if !info.is_dir => {
-                self.ensure_link(repo, digest).await;
+                self.scheduler
+                    .ensure_link(repo, digest, EntryKind::Blob, access.linked)
+                    .await;
                 let (start, end) = resolve(range, info.size)?;
                 let body = if head {
                     None
@@ -288,30 +291,6 @@ impl Blobs {
             }
             ended.await;
         }
-    }
-
-    async fn ensure_link(&self, repo: &RepoName, digest: &Digest) {
-        let key = (repo.clone(), digest.clone());
-        if lock(&self.linked).contains(&key) {
-            return;
-        }
-        let link = layout::layer_link(repo, digest);
-        if self.driver.stat(&link).await.is_err() {
-            if let Err(e) = self
-                .driver
-                .put_content(&link, layout::link_content(digest))
-                .await
-            {
-                tracing::warn!(%repo, %digest, error = %e, "could not link a blob into its repository");
-                return;
-            }
-        }
-        let mut linked = lock(&self.linked);
-        if linked.len() >= MAX_KNOWN_LINKS {
-            // Forgetting only costs a stat per link on its next hit.
-            linked.clear();
-        }
-        linked.insert(key);
     }
 
     /// Joins the fill of `digest`, starting it if none runs, and streams from it.
@@ -425,7 +404,9 @@ impl Blobs {
             .receive(response, fill, publish, announced, digest)
             .await?;
         self.store(digest, fill, size).await?;
-        self.ensure_link(repo, digest).await;
+        self.scheduler
+            .ensure_link(repo, digest, EntryKind::Blob, false)
+            .await;
         Ok(())
     }
 

@@ -16,23 +16,47 @@ fn path(s: String) -> StoragePath {
 
 /// `blobs/sha256/<2 hex>/<hex>/data`: the bytes of a blob or manifest.
 pub fn blob_data(digest: &Digest) -> StoragePath {
+    path(format!("{}/data", blob_dir(digest).as_str()))
+}
+
+/// `blobs/sha256/<2 hex>/<hex>`: the directory holding a blob's data.
+pub fn blob_dir(digest: &Digest) -> StoragePath {
     let hex = digest.hex();
-    path(format!("{ROOT}/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    path(format!("{ROOT}/blobs/sha256/{}/{hex}", &hex[..2]))
+}
+
+/// `repositories/<name>/_layers/sha256/<hex>`: the directory of a layer link.
+pub fn layer_dir(repo: &RepoName, digest: &Digest) -> StoragePath {
+    path(format!(
+        "{ROOT}/repositories/{repo}/_layers/sha256/{}",
+        digest.hex()
+    ))
 }
 
 /// `repositories/<name>/_layers/sha256/<hex>/link`: the blob is in the repository.
 pub fn layer_link(repo: &RepoName, digest: &Digest) -> StoragePath {
+    path(format!("{}/link", layer_dir(repo, digest).as_str()))
+}
+
+/// `repositories/<name>/_manifests/revisions/sha256/<hex>`: the directory
+/// of a revision link.
+pub fn revision_dir(repo: &RepoName, digest: &Digest) -> StoragePath {
     path(format!(
-        "{ROOT}/repositories/{repo}/_layers/sha256/{}/link",
+        "{ROOT}/repositories/{repo}/_manifests/revisions/sha256/{}",
         digest.hex()
     ))
 }
 
 /// `repositories/<name>/_manifests/revisions/sha256/<hex>/link`.
 pub fn revision_link(repo: &RepoName, digest: &Digest) -> StoragePath {
+    path(format!("{}/link", revision_dir(repo, digest).as_str()))
+}
+
+/// `repositories/<name>/_manifests/revisions/sha256`: one directory per
+/// manifest of the repository.
+pub fn revisions_dir(repo: &RepoName) -> StoragePath {
     path(format!(
-        "{ROOT}/repositories/{repo}/_manifests/revisions/sha256/{}/link",
-        digest.hex()
+        "{ROOT}/repositories/{repo}/_manifests/revisions/sha256"
     ))
 }
 
@@ -41,19 +65,29 @@ pub fn tags_dir(repo: &RepoName) -> StoragePath {
     path(format!("{ROOT}/repositories/{repo}/_manifests/tags"))
 }
 
+/// `…/tags/<tag>`: everything about one tag.
+pub fn tag_dir(repo: &RepoName, tag: &str) -> StoragePath {
+    path(format!("{ROOT}/repositories/{repo}/_manifests/tags/{tag}"))
+}
+
 /// `…/tags/<tag>/current/link`: the digest the tag points to.
 pub fn tag_current_link(repo: &RepoName, tag: &str) -> StoragePath {
+    path(format!("{}/current/link", tag_dir(repo, tag).as_str()))
+}
+
+/// `…/tags/<tag>/index/sha256/<hex>`: the directory of a digest the tag
+/// pointed to.
+pub fn tag_index_dir(repo: &RepoName, tag: &str, digest: &Digest) -> StoragePath {
     path(format!(
-        "{ROOT}/repositories/{repo}/_manifests/tags/{tag}/current/link"
+        "{}/index/sha256/{}",
+        tag_dir(repo, tag).as_str(),
+        digest.hex()
     ))
 }
 
 /// `…/tags/<tag>/index/sha256/<hex>/link`: a digest the tag pointed to.
 pub fn tag_index_link(repo: &RepoName, tag: &str, digest: &Digest) -> StoragePath {
-    path(format!(
-        "{ROOT}/repositories/{repo}/_manifests/tags/{tag}/index/sha256/{}/link",
-        digest.hex()
-    ))
+    path(format!("{}/link", tag_index_dir(repo, tag, digest).as_str()))
 }
 
 /// `repositories`: where the catalog is found.

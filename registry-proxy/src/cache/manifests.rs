@@ -14,6 +14,7 @@ use super::blobs::status_error;
 use super::layout;
 use crate::metrics::{Kind, Metrics};
 use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
+use crate::scheduler::{EntryKind, Scheduler};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// A manifest to serve.
@@ -36,6 +37,7 @@ pub struct Manifests {
     freshness: Duration,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
+    scheduler: Arc<Scheduler>,
     /// When each tag was last confirmed upstream.
     confirmed: Mutex<HashMap<(RepoName, String), Instant>>,
 }
@@ -54,18 +56,21 @@ fn read_error(e: driver_core::Error) -> OciError {
 
 impl Manifests {
     /// A store over `driver` resolving tags at `upstream` at most once per
-    /// `freshness`; upstream manifest requests time out after `request_timeout`.
+    /// `freshness`; upstream manifest requests time out after `request_timeout`;
+    /// accesses are recorded in `scheduler`.
     pub fn new(
         driver: Arc<dyn StorageDriver>,
         upstream: Arc<Upstream>,
         freshness: Duration,
         request_timeout: Duration,
+        scheduler: Arc<Scheduler>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             driver,
             upstream,
             metrics,
+            scheduler,
             freshness,
             request_timeout,
             confirmed: Mutex::new(HashMap::new()),
@@ -81,15 +86,57 @@ impl Manifests {
                 if m.fetched {
                     self.metrics.pulled(Kind::Manifest, m.bytes.len() as u64);
                 }
+                self.refresh_references(repo, &m.bytes);
             }
             Err(_) => self.metrics.failed_request(Kind::Manifest),
         }
         got
     }
 
+    /// A manifest's access keeps what it references alive: the blobs it
+    /// names and, for an index, its manifests (those already cached).
+    fn refresh_references(&self, repo: &RepoName, bytes: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Descriptor {
+            digest: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct References {
+            config: Option<Descriptor>,
+            #[serde(default)]
+            layers: Vec<Descriptor>,
+            #[serde(default)]
+            manifests: Vec<Descriptor>,
+        }
+        let Ok(refs) = serde_json::from_slice::<References>(bytes) else {
+            return;
+        };
+        let blobs = refs.config.iter().chain(&refs.layers);
+        let named = blobs
+            .map(|d| (d, EntryKind::Blob))
+            .chain(refs.manifests.iter().map(|d| (d, EntryKind::Manifest)));
+        for (descriptor, kind) in named {
+            if let Ok(digest) = Digest::parse(&descriptor.digest) {
+                self.scheduler.refresh(repo, &digest, kind);
+            }
+        }
+    }
+
+    /// The cached manifest `digest` of `repo`, its access recorded.
+    async fn cached_in(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Manifest>, OciError> {
+        let access = self.scheduler.touch(repo, digest, EntryKind::Manifest).await;
+        let found = self.cached(digest).await?;
+        if found.is_some() {
+            self.scheduler
+                .ensure_link(repo, digest, EntryKind::Manifest, access.linked)
+                .await;
+        }
+        Ok(found)
+    }
+
     async fn find(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest, OciError> {
         match reference {
-            Reference::Digest(digest) => match self.cached(digest).await? {
+            Reference::Digest(digest) => match self.cached_in(repo, digest).await? {
                 Some(m) => Ok(m),
                 None => match self.fetch(repo, &digest.to_string(), Some(digest)).await? {
                     Upstreamed::Found(m) => Ok(m),
@@ -126,7 +173,7 @@ impl Manifests {
         let Ok(digest) = Digest::parse(String::from_utf8_lossy(&link).trim()) else {
             return Ok(None);
         };
-        self.cached(&digest).await
+        self.cached_in(repo, &digest).await
     }
 
     fn is_fresh(&self, repo: &RepoName, tag: &str) -> bool {
@@ -276,18 +323,19 @@ impl Manifests {
                 ));
             }
         }
+        // Recorded first: an expiry of this content in progress finishes
+        // before the bytes are stored again.
+        self.scheduler
+            .touch(repo, &digest, EntryKind::Manifest)
+            .await;
         let path = layout::blob_data(&digest);
         self.driver
             .put_content(&path, bytes.clone())
             .await
             .map_err(read_error)?;
-        self.driver
-            .put_content(
-                &layout::revision_link(repo, &digest),
-                layout::link_content(&digest),
-            )
-            .await
-            .map_err(read_error)?;
+        self.scheduler
+            .ensure_link(repo, &digest, EntryKind::Manifest, false)
+            .await;
         Ok(Upstreamed::Found(Manifest {
             fetched: true,
             media_type: oci::manifest_media_type(&bytes),

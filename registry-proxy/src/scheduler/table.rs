@@ -1,0 +1,402 @@
+//! The scheduler's entries in memory. An entry is about 44 bytes in a slot
+//! array, 5 bytes in the index and 8 bytes (once or twice) in the expiry
+//! heap; adding or refreshing one is O(log n).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+/// Seconds since the Unix epoch.
+pub type Secs = u32;
+
+/// What an entry keeps alive in its repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A blob linked into the repository (its `_layers` link).
+    Blob,
+    /// A manifest of the repository (its revision link and the tags that
+    /// point at it).
+    Manifest,
+}
+
+impl EntryKind {
+    /// The byte the journal stores.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Blob => 0,
+            Self::Manifest => 1,
+        }
+    }
+
+    /// The kind a journal byte (or registry:2's `EntryType`) names.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::Blob),
+            1 => Some(Self::Manifest),
+            _ => None,
+        }
+    }
+}
+
+/// An entry the table hands out: owned, detached from the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The repository name.
+    pub repo: Box<str>,
+    /// The content's sha256.
+    pub digest: [u8; 32],
+    /// What the entry keeps alive.
+    pub kind: EntryKind,
+    /// The last access.
+    pub at: Secs,
+}
+
+const LIVE: u8 = 1;
+const LINKED: u8 = 2;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    digest: [u8; 32],
+    repo: u32,
+    at: Secs,
+    kind: EntryKind,
+    flags: u8,
+}
+
+/// The outcome of [`Table::upsert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upserted {
+    /// The entry did not exist.
+    pub created: bool,
+    /// Its link is known to exist in storage.
+    pub linked: bool,
+    /// Its access time changed (the journal must record it).
+    pub changed: bool,
+}
+
+/// Entries keyed by (repository, digest, kind), ordered by access time.
+///
+/// The index hashes the digest alone (it is already uniformly random), so
+/// every entry of one digest is found by one probe sequence: that answers
+/// "does anything else still use this blob" without a second table.
+#[derive(Default)]
+pub struct Table {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+    /// (access time, slot); items whose slot moved on are skipped lazily.
+    heap: BinaryHeap<Reverse<(Secs, u32)>>,
+    repos: Vec<Box<str>>,
+    repo_index: HashTable<u32>,
+    hasher: std::hash::RandomState,
+    live: usize,
+}
+
+fn digest_hash(digest: &[u8; 32]) -> u64 {
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
+impl Table {
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether there are no live entries.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn repo_id(&mut self, repo: &str) -> u32 {
+        let hash = self.hasher.hash_one(repo);
+        let repos = &self.repos;
+        if let Some(&id) = self
+            .repo_index
+            .find(hash, |&id| &*repos[id as usize] == repo)
+        {
+            return id;
+        }
+        let id = self.repos.len() as u32;
+        self.repos.push(repo.into());
+        let (repos, hasher) = (&self.repos, &self.hasher);
+        self.repo_index
+            .insert_unique(hash, id, |&id| hasher.hash_one(&*repos[id as usize]));
+        id
+    }
+
+    fn known_repo(&self, repo: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(repo);
+        self.repo_index
+            .find(hash, |&id| &*self.repos[id as usize] == repo)
+            .copied()
+    }
+
+    fn find(&self, repo: u32, digest: &[u8; 32], kind: EntryKind) -> Option<u32> {
+        self.index
+            .find(digest_hash(digest), |&i| {
+                let s = &self.slots[i as usize];
+                s.repo == repo && s.kind == kind && s.digest == *digest
+            })
+            .copied()
+    }
+
+    /// Records an access at `at` (never moving an entry's time backwards).
+    pub fn upsert(&mut self, repo: &str, digest: &[u8; 32], kind: EntryKind, at: Secs) -> Upserted {
+        let repo = self.repo_id(repo);
+        if let Some(i) = self.find(repo, digest, kind) {
+            let slot = &mut self.slots[i as usize];
+            let changed = at > slot.at;
+            let linked = slot.flags & LINKED != 0;
+            if changed {
+                slot.at = at;
+                self.push(at, i);
+            }
+            return Upserted {
+                created: false,
+                linked,
+                changed,
+            };
+        }
+        let slot = Slot {
+            digest: *digest,
+            repo,
+            at,
+            kind,
+            flags: LIVE,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slots = &self.slots;
+        self.index.insert_unique(digest_hash(digest), i, |&i| {
+            digest_hash(&slots[i as usize].digest)
+        });
+        self.live += 1;
+        self.push(at, i);
+        Upserted {
+            created: true,
+            linked: false,
+            changed: true,
+        }
+    }
+
+    /// Notes that the entry's link exists in storage.
+    pub fn set_linked(&mut self, repo: &str, digest: &[u8; 32], kind: EntryKind) {
+        if let Some(i) = self
+            .known_repo(repo)
+            .and_then(|r| self.find(r, digest, kind))
+        {
+            self.slots[i as usize].flags |= LINKED;
+        }
+    }
+
+    /// Whether the entry exists.
+    pub fn contains(&self, repo: &str, digest: &[u8; 32], kind: EntryKind) -> bool {
+        self.known_repo(repo)
+            .and_then(|r| self.find(r, digest, kind))
+            .is_some()
+    }
+
+    /// The entry's access time.
+    pub fn access_time(&self, repo: &str, digest: &[u8; 32], kind: EntryKind) -> Option<Secs> {
+        let i = self.find(self.known_repo(repo)?, digest, kind)?;
+        Some(self.slots[i as usize].at)
+    }
+
+    /// Removes an entry; whether it existed.
+    pub fn remove(&mut self, repo: &str, digest: &[u8; 32], kind: EntryKind) -> bool {
+        match self
+            .known_repo(repo)
+            .and_then(|r| self.find(r, digest, kind))
+        {
+            Some(i) => {
+                self.free_slot(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn free_slot(&mut self, i: u32) {
+        let digest = self.slots[i as usize].digest;
+        if let Ok(found) = self.index.find_entry(digest_hash(&digest), |&j| j == i) {
+            found.remove();
+        }
+        self.slots[i as usize].flags = 0;
+        self.free.push(i);
+        self.live -= 1;
+    }
+
+    /// Whether any entry still uses `digest`.
+    pub fn uses(&self, digest: &[u8; 32]) -> bool {
+        self.index
+            .find(digest_hash(digest), |&i| self.slots[i as usize].digest == *digest)
+            .is_some()
+    }
+
+    fn push(&mut self, at: Secs, slot: u32) {
+        self.heap.push(Reverse((at, slot)));
+        // Refreshes leave stale items behind; rebuild once they outnumber
+        // the live ones (amortised O(1) per refresh).
+        if self.heap.len() > 2 * self.live + 1024 {
+            self.heap = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.flags & LIVE != 0)
+                .map(|(i, s)| Reverse((s.at, i as u32)))
+                .collect();
+        }
+    }
+
+    fn is_current(&self, at: Secs, slot: u32) -> bool {
+        let s = &self.slots[slot as usize];
+        s.flags & LIVE != 0 && s.at == at
+    }
+
+    /// The oldest access time of any entry.
+    pub fn oldest(&mut self) -> Option<Secs> {
+        while let Some(&Reverse((at, slot))) = self.heap.peek() {
+            if self.is_current(at, slot) {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Removes and returns the oldest entry if it was accessed at or before
+    /// `cutoff`.
+    pub fn pop_older(&mut self, cutoff: Secs) -> Option<Entry> {
+        let at = self.oldest()?;
+        if at > cutoff {
+            return None;
+        }
+        let Reverse((_, i)) = self.heap.pop()?;
+        let s = self.slots[i as usize];
+        self.free_slot(i);
+        Some(Entry {
+            repo: self.repos[s.repo as usize].clone(),
+            digest: s.digest,
+            kind: s.kind,
+            at,
+        })
+    }
+
+    /// The slot count: [`Self::entries_in`] covers `0..slot_count()`.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The live entries among slots `range`, in no particular order.
+    pub fn entries_in(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (&str, &[u8; 32], EntryKind, Secs)> {
+        let end = range.end.min(self.slots.len());
+        let start = range.start.min(end);
+        self.slots[start..end]
+            .iter()
+            .filter(|s| s.flags & LIVE != 0)
+            .map(|s| (&*self.repos[s.repo as usize], &s.digest, s.kind, s.at))
+    }
+
+    /// Heap bytes the table holds (capacities, not lengths).
+    pub fn allocated_bytes(&self) -> usize {
+        self.slots.capacity() * size_of::<Slot>()
+            + self.free.capacity() * 4
+            + self.index.capacity() * 5
+            + self.heap.capacity() * 8
+            + self.repos.iter().map(|r| r.len() + 16).sum::<usize>()
+            + self.repo_index.capacity() * 5
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn d(n: u8) -> [u8; 32] {
+        let mut d = [0; 32];
+        d[0] = n % 3; // few distinct hashes: collisions are the common case
+        d[31] = n;
+        d
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Upsert(u8, u8, bool, Secs),
+        Remove(u8, u8, bool),
+        Pop(Secs),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3u8, 0..8u8, any::<bool>(), 0..50u32).prop_map(|(r, g, m, t)| Op::Upsert(r, g, m, t)),
+            (0..3u8, 0..8u8, any::<bool>()).prop_map(|(r, g, m)| Op::Remove(r, g, m)),
+            (0..50u32).prop_map(Op::Pop),
+        ]
+    }
+
+    fn kind(manifest: bool) -> EntryKind {
+        if manifest {
+            EntryKind::Manifest
+        } else {
+            EntryKind::Blob
+        }
+    }
+
+    proptest! {
+        /// The table behaves like a map from key to access time whose pops
+        /// return an oldest entry.
+        #[test]
+        fn matches_a_map_model(ops in proptest::collection::vec(op(), 1..400)) {
+            let mut table = Table::default();
+            let mut model: BTreeMap<(String, [u8; 32], u8), Secs> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Upsert(r, g, m, t) => {
+                        let key = (format!("r{r}"), d(g), kind(m).code());
+                        let up = table.upsert(&key.0, &key.1, kind(m), t);
+                        prop_assert_eq!(up.created, !model.contains_key(&key));
+                        let at = model.entry(key).or_insert(t);
+                        *at = (*at).max(t);
+                    }
+                    Op::Remove(r, g, m) => {
+                        let key = (format!("r{r}"), d(g), kind(m).code());
+                        prop_assert_eq!(table.remove(&key.0, &key.1, kind(m)), model.remove(&key).is_some());
+                    }
+                    Op::Pop(cutoff) => {
+                        let oldest = model.values().min().copied();
+                        match table.pop_older(cutoff) {
+                            Some(e) => {
+                                prop_assert_eq!(Some(e.at), oldest);
+                                prop_assert!(e.at <= cutoff);
+                                let key = (e.repo.to_string(), e.digest, e.kind.code());
+                                prop_assert_eq!(model.remove(&key), Some(e.at));
+                            }
+                            None => prop_assert!(oldest.is_none_or(|o| o > cutoff)),
+                        }
+                    }
+                }
+                prop_assert_eq!(table.len(), model.len());
+                for g in 0..8 {
+                    prop_assert_eq!(table.uses(&d(g)), model.keys().any(|k| k.1 == d(g)));
+                }
+            }
+        }
+    }
+}
