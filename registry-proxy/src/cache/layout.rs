@@ -87,7 +87,10 @@ pub fn tag_index_dir(repo: &RepoName, tag: &str, digest: &Digest) -> StoragePath
 
 /// `…/tags/<tag>/index/sha256/<hex>/link`: a digest the tag pointed to.
 pub fn tag_index_link(repo: &RepoName, tag: &str, digest: &Digest) -> StoragePath {
-    path(format!("{}/link", tag_index_dir(repo, tag, digest).as_str()))
+    path(format!(
+        "{}/link",
+        tag_index_dir(repo, tag, digest).as_str()
+    ))
 }
 
 /// `repositories`: where the catalog is found.

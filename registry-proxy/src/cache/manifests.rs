@@ -123,8 +123,15 @@ impl Manifests {
     }
 
     /// The cached manifest `digest` of `repo`, its access recorded.
-    async fn cached_in(&self, repo: &RepoName, digest: &Digest) -> Result<Option<Manifest>, OciError> {
-        let access = self.scheduler.touch(repo, digest, EntryKind::Manifest).await;
+    async fn cached_in(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<Manifest>, OciError> {
+        let access = self
+            .scheduler
+            .touch(repo, digest, EntryKind::Manifest)
+            .await;
         let found = self.cached(digest).await?;
         if found.is_some() {
             self.scheduler

@@ -187,7 +187,8 @@ pub fn segment_path(seq: u64, kind: SegmentKind) -> StoragePath {
         SegmentKind::Snapshot => "snapshot",
     };
     // The name is built from fixed ASCII, so it always parses.
-    StoragePath::parse(&format!("{DIR}/{prefix}-{seq:016x}")).unwrap_or_else(|_| StoragePath::root())
+    StoragePath::parse(&format!("{DIR}/{prefix}-{seq:016x}"))
+        .unwrap_or_else(|_| StoragePath::root())
 }
 
 /// The segments present in storage, ordered by number.
@@ -219,7 +220,10 @@ mod tests {
         let mut table = Table::default();
         assert_eq!(apply("s", &segment, &mut table).expect("applies"), 3);
         assert_eq!(table.len(), 1);
-        assert_eq!(table.access_time("a/b", &[8; 32], EntryKind::Manifest), Some(43));
+        assert_eq!(
+            table.access_time("a/b", &[8; 32], EntryKind::Manifest),
+            Some(43)
+        );
         for cut in [0, 5, 12, segment.len() - 1] {
             let mut t = Table::default();
             assert!(apply("s", &segment[..cut], &mut t).is_err(), "cut at {cut}");
@@ -237,7 +241,10 @@ mod tests {
     fn names_round_trip() {
         for kind in [SegmentKind::Log, SegmentKind::Snapshot] {
             let path = segment_path(0xab, kind);
-            assert_eq!(parse_name(path.file_name().expect("name")), Some((0xab, kind)));
+            assert_eq!(
+                parse_name(path.file_name().expect("name")),
+                Some((0xab, kind))
+            );
         }
         assert_eq!(parse_name("log-12"), None);
         assert_eq!(parse_name("scheduler-state.json"), None);

@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 
 pub use clock::Clock;
 use journal::SegmentKind;
-pub use table::{EntryKind, Secs};
 use table::{Entry, Table};
+pub use table::{EntryKind, Secs};
 
 use crate::cache::layout;
 use crate::metrics::Metrics;
@@ -312,7 +312,13 @@ impl Scheduler {
 
     /// Makes sure the link of an entry exists in storage (a layer link for a
     /// blob, a revision link for a manifest), unless it is `known` to.
-    pub async fn ensure_link(&self, repo: &RepoName, digest: &Digest, kind: EntryKind, known: bool) {
+    pub async fn ensure_link(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        kind: EntryKind,
+        known: bool,
+    ) {
         if known {
             return;
         }
@@ -386,7 +392,8 @@ impl Scheduler {
             let mut records = Vec::new();
             let done = {
                 let inner = lock(&self.inner);
-                for (repo, digest, kind, at) in inner.table.entries_in(slot..slot + SNAPSHOT_SLOTS) {
+                for (repo, digest, kind, at) in inner.table.entries_in(slot..slot + SNAPSHOT_SLOTS)
+                {
                     journal::encode_upsert(&mut records, repo, digest, kind, at);
                 }
                 slot += SNAPSHOT_SLOTS;
@@ -491,7 +498,9 @@ impl Scheduler {
                     Err(e) => {
                         tracing::warn!(repo = %entry.repo, digest = %Digest::from_raw(&entry.digest), error = %e, "expiry failed; trying again later");
                         let at = self.clock.now_secs().saturating_sub(self.ttl) + RETRY;
-                        inner.table.upsert(&entry.repo, &entry.digest, entry.kind, at);
+                        inner
+                            .table
+                            .upsert(&entry.repo, &entry.digest, entry.kind, at);
                         journal::encode_upsert(
                             &mut inner.pending,
                             &entry.repo,
@@ -506,8 +515,7 @@ impl Scheduler {
             drop(inner);
             self.released.notify_waiters();
         }
-        self.metrics
-            .expired(total.entries, total.bytes_freed);
+        self.metrics.expired(total.entries, total.bytes_freed);
         // Wait for deletions other callers started.
         loop {
             let released = self.released.notified();
@@ -545,7 +553,9 @@ impl Scheduler {
         // Names come from requests or from our own journal, both validated.
         if let Ok(repo) = RepoName::parse(&entry.repo) {
             match entry.kind {
-                EntryKind::Blob => delete_missing_ok(&*self.driver, &layout::layer_dir(&repo, &digest)).await?,
+                EntryKind::Blob => {
+                    delete_missing_ok(&*self.driver, &layout::layer_dir(&repo, &digest)).await?
+                }
                 EntryKind::Manifest => {
                     delete_missing_ok(&*self.driver, &layout::revision_dir(&repo, &digest)).await?;
                     self.untag(&repo, &digest).await?;
@@ -574,7 +584,11 @@ impl Scheduler {
         };
         let want = layout::link_content(digest);
         for tag in tags.iter().filter_map(StoragePath::file_name) {
-            match self.driver.get_content(&layout::tag_current_link(repo, tag)).await {
+            match self
+                .driver
+                .get_content(&layout::tag_current_link(repo, tag))
+                .await
+            {
                 Ok(current) if current.trim_ascii() == want => {
                     delete_missing_ok(&*self.driver, &layout::tag_dir(repo, tag)).await?;
                 }

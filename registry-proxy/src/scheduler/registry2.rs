@@ -55,7 +55,10 @@ pub async fn import(
             EntryKind::from_code(entry.entry_type),
             parse_rfc3339(&entry.expiry),
         ) else {
-            tracing::warn!(key = entry.key, "ignoring an unreadable registry:2 scheduler entry");
+            tracing::warn!(
+                key = entry.key,
+                "ignoring an unreadable registry:2 scheduler entry"
+            );
             continue;
         };
         let at = to_secs(expiry).saturating_sub(ttl);
@@ -83,7 +86,10 @@ pub async fn import(
 }
 
 /// The manifests of `repo` (its revision links).
-async fn revisions(driver: &dyn StorageDriver, repo: &RepoName) -> Result<Vec<Digest>, driver_core::Error> {
+async fn revisions(
+    driver: &dyn StorageDriver,
+    repo: &RepoName,
+) -> Result<Vec<Digest>, driver_core::Error> {
     match driver.list(&layout::revisions_dir(repo)).await {
         Ok(paths) => Ok(paths
             .iter()
@@ -108,7 +114,8 @@ fn parse_rfc3339(s: &str) -> Option<SystemTime> {
         _ => return None,
     };
     let (hours, minutes) = offset[1..].split_once(':')?;
-    let offset = Duration::from_secs(hours.parse::<u64>().ok()? * 3600 + minutes.parse::<u64>().ok()? * 60);
+    let offset =
+        Duration::from_secs(hours.parse::<u64>().ok()? * 3600 + minutes.parse::<u64>().ok()? * 60);
     let local = humantime::parse_rfc3339_weak(local).ok()?;
     // Local time = UTC + offset.
     if sign > 0 {

@@ -241,7 +241,9 @@ impl Table {
     /// Whether any entry still uses `digest`.
     pub fn uses(&self, digest: &[u8; 32]) -> bool {
         self.index
-            .find(digest_hash(digest), |&i| self.slots[i as usize].digest == *digest)
+            .find(digest_hash(digest), |&i| {
+                self.slots[i as usize].digest == *digest
+            })
             .is_some()
     }
 
@@ -345,7 +347,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..3u8, 0..8u8, any::<bool>(), 0..50u32).prop_map(|(r, g, m, t)| Op::Upsert(r, g, m, t)),
+            (0..3u8, 0..8u8, any::<bool>(), 0..50u32)
+                .prop_map(|(r, g, m, t)| Op::Upsert(r, g, m, t)),
             (0..3u8, 0..8u8, any::<bool>()).prop_map(|(r, g, m)| Op::Remove(r, g, m)),
             (0..50u32).prop_map(Op::Pop),
         ]
