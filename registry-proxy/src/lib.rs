@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod metered;
 pub mod metrics;
 pub mod oci;
 pub mod routes;
@@ -25,6 +26,7 @@ pub use routes::{app, debug_app};
 
 use crate::cache::blobs::Blobs;
 use crate::cache::manifests::Manifests;
+use crate::metered::Metered;
 use crate::metrics::Metrics;
 use crate::scheduler::{Clock, LoadError, Options, Scheduler};
 use crate::upstream::Upstream;
@@ -69,8 +71,10 @@ impl AppState {
         upstream: Upstream,
         settings: Settings,
     ) -> Result<Self, LoadError> {
-        let upstream = Arc::new(upstream);
         let metrics = Arc::new(Metrics::default());
+        let upstream = Arc::new(upstream.with_metrics(Arc::clone(&metrics)));
+        let driver: Arc<dyn StorageDriver> =
+            Arc::new(Metered::new(driver, Arc::clone(&metrics)));
         let scheduler = Scheduler::open(
             Arc::clone(&driver),
             settings.scheduler,

@@ -1,15 +1,20 @@
 //! What the cache does, for operators: registry:2's proxy counters per
 //! content type (requests, hits, misses, bytes pulled from upstream, bytes
-//! pushed to clients) plus fills in flight and stale serves. Served on the
-//! debug listener as Prometheus text (`/metrics`) and as JSON in registry:2's
-//! shape (`/debug/vars`: `registry.proxy.blobs`, `registry.proxy.manifests`).
+//! pushed to clients); fills in flight and the clients reading them; stale
+//! serves; upstream latency and errors by status; scheduler entries,
+//! expirations and bytes freed; storage latency per driver operation.
+//! Served on the debug listener as Prometheus text (`/metrics`) and as JSON
+//! in registry:2's shape (`/debug/vars`: `registry.proxy.blobs`,
+//! `registry.proxy.manifests`, plus ours under `registry_proxy`).
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
@@ -35,6 +40,25 @@ impl EncodeLabelValue for Kind {
 struct KindLabel {
     kind: Kind,
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    /// The HTTP status code, or `network` when no answer came.
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageLabel {
+    driver: &'static str,
+    op: &'static str,
+}
+
+/// Latency buckets: 0.5 ms to about 16 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// registry:2's counters for one kind of content.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +89,14 @@ pub struct Metrics {
     blobs: KindCounters,
     manifests: KindCounters,
     fills_in_flight: Gauge,
+    fill_clients: Gauge,
     stale_serves: Counter,
+    upstream_latency: Histogram,
+    upstream_errors: Family<StatusLabel, Counter>,
+    scheduler_entries: Gauge,
+    expirations: Counter,
+    bytes_freed: Counter,
+    storage_latency: Histograms<StorageLabel>,
 }
 
 impl Default for Metrics {
@@ -108,12 +139,62 @@ impl Default for Metrics {
             "Tags served from the cache because the upstream was unavailable",
             stale_serves.clone(),
         );
+        let fill_clients = Gauge::default();
+        registry.register(
+            "fill_clients",
+            "Clients reading a blob from a running fill (shared by all of them)",
+            fill_clients.clone(),
+        );
+        let upstream_latency = latency_histogram();
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time from sending an upstream request to its response head",
+            upstream_latency.clone(),
+        );
+        let upstream_errors = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream requests that failed, by status (network: no answer)",
+            upstream_errors.clone(),
+        );
+        let scheduler_entries = Gauge::default();
+        registry.register(
+            "scheduler_entries",
+            "Cached blobs and manifests (per repository) the TTL scheduler tracks",
+            scheduler_entries.clone(),
+        );
+        let expirations = Counter::default();
+        registry.register(
+            "expirations",
+            "Scheduler entries expired",
+            expirations.clone(),
+        );
+        let bytes_freed = Counter::default();
+        registry.register(
+            "bytes_freed",
+            "Bytes of content deleted by expiry",
+            bytes_freed.clone(),
+        );
+        let storage_latency: Histograms<StorageLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "storage_operation_duration_seconds",
+            "Storage driver operations by driver and operation",
+            storage_latency.clone(),
+        );
         Self {
             registry,
             blobs,
             manifests,
             fills_in_flight,
+            fill_clients,
             stale_serves,
+            upstream_latency,
+            upstream_errors,
+            scheduler_entries,
+            expirations,
+            bytes_freed,
+            storage_latency,
         }
     }
 }
@@ -163,12 +244,44 @@ impl Metrics {
 
     /// The scheduler holds `n` entries.
     pub fn scheduler_entries(&self, n: usize) {
-        let _ = n;
+        self.scheduler_entries
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// `entries` expired, freeing `bytes`.
     pub fn expired(&self, entries: u64, bytes: u64) {
-        let _ = (entries, bytes);
+        self.expirations.inc_by(entries);
+        self.bytes_freed.inc_by(bytes);
+    }
+
+    /// A client started (`true`) or stopped (`false`) reading a fill.
+    pub fn fill_client(&self, attached: bool) {
+        if attached {
+            self.fill_clients.inc();
+        } else {
+            self.fill_clients.dec();
+        }
+    }
+
+    /// An upstream request got its answer (or failed) after `took`;
+    /// `status` is `None` when no answer came.
+    pub fn upstream_request(&self, took: Duration, status: Option<u16>) {
+        self.upstream_latency.observe(took.as_secs_f64());
+        let status = match status {
+            Some(code) if code < 400 => return,
+            Some(code) => code.to_string(),
+            None => "network".to_owned(),
+        };
+        self.upstream_errors
+            .get_or_create(&StatusLabel { status })
+            .inc();
+    }
+
+    /// A storage operation `op` of `driver` took `took`.
+    pub fn storage_op(&self, driver: &'static str, op: &'static str, took: Duration) {
+        self.storage_latency
+            .get_or_create(&StorageLabel { driver, op })
+            .observe(took.as_secs_f64());
     }
 
     /// A tag served stale.
@@ -192,7 +305,11 @@ impl Metrics {
             "registry.proxy.manifests": self.manifests.debug_vars(),
             "registry_proxy": {
                 "FillsInFlight": self.fills_in_flight.get(),
+                "FillClients": self.fill_clients.get(),
                 "StaleServes": self.stale_serves.get(),
+                "SchedulerEntries": self.scheduler_entries.get(),
+                "Expirations": self.expirations.get(),
+                "BytesFreed": self.bytes_freed.get(),
             },
         })
     }

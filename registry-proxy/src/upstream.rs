@@ -3,13 +3,14 @@
 //! one refresh on 401. Credentials never appear in errors.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url};
 
+use crate::metrics::Metrics;
 use crate::oci::RepoName;
 
 /// Why an upstream request produced no response.
@@ -91,6 +92,7 @@ pub struct Upstream {
     /// Set once the upstream asked for Basic: credentials are then sent up front.
     basic: AtomicBool,
     tokens: Mutex<HashMap<String, Token>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -121,7 +123,14 @@ impl Upstream {
             credentials,
             basic: AtomicBool::new(false),
             tokens: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Reports request latencies and errors into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The upstream's base URL (for logs: it holds no credentials).
@@ -176,11 +185,18 @@ impl Upstream {
             {
                 request = request.basic_auth(user, Some(password));
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| UpstreamError::Unreachable(describe(&e)))?;
-            if response.status() != StatusCode::UNAUTHORIZED || refreshed {
+            let started = Instant::now();
+            let sent = request.send().await;
+            let status = sent.as_ref().ok().map(|r| r.status());
+            let response = sent.map_err(|e| UpstreamError::Unreachable(describe(&e)));
+            let challenged = status == Some(StatusCode::UNAUTHORIZED) && !refreshed;
+            if !challenged {
+                // A challenge answered with credentials is not an error.
+                self.metrics
+                    .upstream_request(started.elapsed(), status.map(|s| s.as_u16()));
+            }
+            let response = response?;
+            if !challenged {
                 return Ok(response);
             }
             refreshed = true;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use driver_core::StorageDriver;
 use driver_memory::MemoryDriver;
 use registry_proxy::cache::layout;
-use registry_proxy::oci::Digest;
+use registry_proxy::oci::{Digest, RepoName};
 use registry_proxy::scheduler::{Clock, Options};
 use registry_proxy::upstream::Upstream;
 use registry_proxy::{AppState, Settings, app};
@@ -446,6 +446,8 @@ async fn concurrent_misses_share_one_upstream_fetch() {
             64 << 20,
         )));
     }
+    let fill_clients = |vars: serde_json::Value| vars["registry_proxy"]["FillClients"].clone();
+    assert_eq!(fill_clients(debug_vars(&s).await), 8);
     s.fake.gate.notify_waiters();
     s.fake.gate.notify_one();
     for body in bodies {
@@ -456,6 +458,7 @@ async fn concurrent_misses_share_one_upstream_fetch() {
         1,
         "the upstream sent the blob more than once"
     );
+    assert_eq!(fill_clients(debug_vars(&s).await), 0);
 }
 
 #[tokio::test]
@@ -833,6 +836,10 @@ async fn debug_get(s: &Setup, uri: &str) -> Bytes {
         .expect("debug body")
 }
 
+async fn debug_vars(s: &Setup) -> serde_json::Value {
+    serde_json::from_slice(&debug_get(s, "/debug/vars").await).expect("json")
+}
+
 #[tokio::test]
 async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
     let s = setup().await;
@@ -863,8 +870,7 @@ async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
         StatusCode::OK
     );
 
-    let vars: serde_json::Value =
-        serde_json::from_slice(&debug_get(&s, "/debug/vars").await).expect("json");
+    let vars = debug_vars(&s).await;
     let (b, m) = (blob.len() as u64, manifest.len() as u64);
     assert_eq!(
         vars["registry.proxy.blobs"],
@@ -875,7 +881,11 @@ async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
         serde_json::json!({"Requests": 3, "Hits": 2, "Misses": 1, "BytesPulled": m, "BytesPushed": 2 * m})
     );
     assert_eq!(vars["registry_proxy"]["FillsInFlight"], 0);
+    assert_eq!(vars["registry_proxy"]["FillClients"], 0);
+    assert_eq!(vars["registry_proxy"]["SchedulerEntries"], 3);
     let text = String::from_utf8(debug_get(&s, "/metrics").await.to_vec()).expect("utf-8");
+    // Every upstream request is timed; the unknown digest's 404 is an error.
+    let upstream_requests = s.fake.count("GET ") + s.fake.count("HEAD ");
     for line in [
         r#"registry_proxy_requests_total{kind="blob"} 4"#,
         r#"registry_proxy_hits_total{kind="manifest"} 2"#,
@@ -883,7 +893,93 @@ async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
             r#"registry_proxy_bytes_pushed_total{{kind="blob"}} {}"#,
             2 * b
         ),
+        r#"registry_proxy_upstream_errors_total{status="404"} 1"#,
+        &format!("registry_proxy_upstream_request_duration_seconds_count {upstream_requests}"),
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }
+    let stats = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"registry_proxy_storage_operation_duration_seconds_count{driver="inmemory",op="stat"} "#,
+            )
+        })
+        .expect("storage latency of stat");
+    assert!(stats.parse::<u64>().expect("count") >= 4);
+}
+
+/// Moves tokio's clock (and so the scheduler's) forward by `by`.
+async fn travel(by: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn expiry_keeps_what_a_live_manifest_uses_then_frees_it_and_refills() {
+    let s = setup().await;
+    let half = Duration::from_secs(84 * 3600);
+    let layer = conformance::random_bytes(9, 100_000);
+    let layer_digest = s.fake.add_blob(&layer);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[{{"digest":"{layer_digest}","size":100000}}]}}"#
+    );
+    let manifest_digest = s.fake.tag("v1", manifest.as_bytes());
+    let layer_uri = blob_uri("team/app", &layer_digest);
+    assert_eq!(s.get("/v2/team/app/manifests/v1").await.0, StatusCode::OK);
+    assert_eq!(s.get(&layer_uri).await.0, StatusCode::OK);
+    s.state.blobs.fills_done().await;
+    assert_eq!(s.state.scheduler.len(), 2);
+
+    // A client that has the layer pulls only the manifest: that keeps the
+    // layer alive too.
+    travel(half).await;
+    let by_digest = format!("/v2/team/app/manifests/{manifest_digest}");
+    assert_eq!(s.get(&by_digest).await.0, StatusCode::OK);
+    travel(half + Duration::from_secs(1)).await;
+    assert_eq!(s.state.scheduler.expire_due().await.entries, 0);
+    assert!(
+        s.driver
+            .stat(&layout::blob_data(&layer_digest))
+            .await
+            .is_ok()
+    );
+
+    // The background expirer may get there first: expire_due also waits
+    // for its deletions, and the counters tell what was done.
+    travel(half).await;
+    s.state.scheduler.expire_due().await;
+    for gone in [
+        layout::blob_data(&layer_digest),
+        layout::blob_data(&manifest_digest),
+        layout::tag_current_link(&RepoName::parse("team/app").expect("name"), "v1"),
+    ] {
+        assert!(
+            s.driver.stat(&gone).await.is_err(),
+            "{gone} survived expiry"
+        );
+    }
+    let vars = debug_vars(&s).await;
+    assert_eq!(vars["registry_proxy"]["SchedulerEntries"], 0);
+    assert_eq!(vars["registry_proxy"]["Expirations"], 2);
+    assert_eq!(
+        vars["registry_proxy"]["BytesFreed"],
+        100_000 + manifest.len() as u64
+    );
+
+    // Pulled again: fetched once more from the upstream and served whole.
+    let fetched = s.fake.count(&format!("blobs/{layer_digest}"));
+    let (status, _, body) = s.get(&layer_uri).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.expect("body"), layer);
+    s.state.blobs.fills_done().await;
+    assert_eq!(s.fake.count(&format!("blobs/{layer_digest}")), fetched + 1);
+    assert_eq!(s.get("/v2/team/app/manifests/v1").await.0, StatusCode::OK);
+    assert!(
+        s.driver
+            .stat(&layout::blob_data(&layer_digest))
+            .await
+            .is_ok()
+    );
 }

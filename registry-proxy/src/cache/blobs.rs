@@ -155,6 +155,22 @@ impl Recent {
     }
 }
 
+/// A client reading a fill, counted in the metrics while it lives.
+struct FillClient(Arc<Metrics>);
+
+impl FillClient {
+    fn attach(metrics: &Arc<Metrics>) -> Self {
+        metrics.fill_client(true);
+        Self(Arc::clone(metrics))
+    }
+}
+
+impl Drop for FillClient {
+    fn drop(&mut self) {
+        self.0.fill_client(false);
+    }
+}
+
 /// One fill in progress.
 struct Fill {
     progress: watch::Receiver<Progress>,
@@ -302,6 +318,7 @@ impl Blobs {
         head: bool,
     ) -> Result<BlobReply, OciError> {
         let fill = self.fill(repo, digest)?;
+        let client = FillClient::attach(&self.metrics);
         let mut progress = fill.progress.clone();
         // Wait until the size is known (or the fill failed).
         let size = loop {
@@ -319,7 +336,12 @@ impl Blobs {
             }
         };
         let (start, end) = resolve(range, size)?;
-        let body = (!head).then(|| spool_stream(Arc::clone(&fill), start, end));
+        let body = (!head).then(|| -> Body {
+            // The client counts as reading the fill until its body is dropped.
+            Box::pin(spool_stream(Arc::clone(&fill), start, end).inspect(move |_| {
+                let _ = &client;
+            }))
+        });
         Ok(BlobReply {
             size,
             range: (start, end),
