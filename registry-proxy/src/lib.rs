@@ -73,8 +73,7 @@ impl AppState {
     ) -> Result<Self, LoadError> {
         let metrics = Arc::new(Metrics::default());
         let upstream = Arc::new(upstream.with_metrics(Arc::clone(&metrics)));
-        let driver: Arc<dyn StorageDriver> =
-            Arc::new(Metered::new(driver, Arc::clone(&metrics)));
+        let driver: Arc<dyn StorageDriver> = Arc::new(Metered::new(driver, Arc::clone(&metrics)));
         let scheduler = Scheduler::open(
             Arc::clone(&driver),
             settings.scheduler,

@@ -89,7 +89,13 @@ impl StorageDriver for Metered {
     }
 
     async fn delete(&self, path: &StoragePath) -> Result<()> {
-        timed(&self.metrics, self.name(), "delete", self.inner.delete(path)).await
+        timed(
+            &self.metrics,
+            self.name(),
+            "delete",
+            self.inner.delete(path),
+        )
+        .await
     }
 
     async fn walk(

@@ -36,6 +36,39 @@ pub fn app(state: AppState) -> Router {
                 response
             },
         ))
+        .layer(axum::middleware::from_fn(request_span))
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Runs each request in a span carrying its id (the client's `X-Request-Id`
+/// when it sent a sane one, else a new random one), which every log line of
+/// the request (and of a fill it starts) then shows; the response echoes it.
+async fn request_span(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned);
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+    if let Ok(value) = HeaderValue::try_from(id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
 }
 
 async fn base() -> impl IntoResponse {

@@ -3,8 +3,8 @@
 //! one refresh on 401. Credentials never appear in errors.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, HeaderMap, WWW_AUTHENTICATE};

@@ -983,3 +983,32 @@ async fn expiry_keeps_what_a_live_manifest_uses_then_frees_it_and_refills() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn every_response_carries_its_request_id() {
+    let s = setup().await;
+    let response = s.send(Method::GET, "/v2/", &[]).await;
+    let id = response.headers()["x-request-id"].to_str().expect("ascii");
+    assert!(
+        id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let other = s.send(Method::GET, "/v2/", &[]).await;
+    assert_ne!(other.headers()["x-request-id"], id, "ids repeat");
+    let echoed = s
+        .send(
+            Method::GET,
+            "/v2/x/manifests/v1",
+            &[("x-request-id", "ci-run-42.a")],
+        )
+        .await;
+    assert_eq!(echoed.headers()["x-request-id"], "ci-run-42.a");
+    let refused = s
+        .send(
+            Method::GET,
+            "/v2/",
+            &[("x-request-id", "bad id; drop table")],
+        )
+        .await;
+    assert_ne!(refused.headers()["x-request-id"], "bad id; drop table");
+}

@@ -338,9 +338,11 @@ impl Blobs {
         let (start, end) = resolve(range, size)?;
         let body = (!head).then(|| -> Body {
             // The client counts as reading the fill until its body is dropped.
-            Box::pin(spool_stream(Arc::clone(&fill), start, end).inspect(move |_| {
-                let _ = &client;
-            }))
+            Box::pin(
+                spool_stream(Arc::clone(&fill), start, end).inspect(move |_| {
+                    let _ = &client;
+                }),
+            )
         });
         Ok(BlobReply {
             size,
@@ -375,16 +377,21 @@ impl Blobs {
         );
         // The fill runs on its own task: a client that goes away does not stop it.
         self.metrics.fill_running(true);
-        tokio::spawn(async move {
-            let outcome = this.run_fill(&repo, &digest, &running, &publish).await;
-            if let Err(e) = &outcome {
-                tracing::warn!(%repo, %digest, error = %e, "blob fill failed");
-            }
-            lock(&this.fills).remove(&digest);
-            publish.send_modify(|p| p.outcome = Some(outcome));
-            this.metrics.fill_running(false);
-            this.fill_ended.notify_waiters();
-        });
+        // It logs in the span of the request that started it.
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let outcome = this.run_fill(&repo, &digest, &running, &publish).await;
+                if let Err(e) = &outcome {
+                    tracing::warn!(%repo, %digest, error = %e, "blob fill failed");
+                }
+                lock(&this.fills).remove(&digest);
+                publish.send_modify(|p| p.outcome = Some(outcome));
+                this.metrics.fill_running(false);
+                this.fill_ended.notify_waiters();
+            },
+            span,
+        ));
         Ok(fill)
     }
 
