@@ -1,0 +1,298 @@
+//! The TTL scheduler at scale, persisting on driver-fs in a temporary
+//! directory. Prints each figure next to its target:
+//!
+//! - adds, then refreshes, of `BENCH_ENTRIES` (default 1,000,000) entries
+//!   per second, each phase ending with its changes written;
+//! - memory per entry (the table's allocations, and the process's RSS
+//!   growth);
+//! - reload of the state after a restart;
+//! - `BENCH_DUE` (default 100,000) entries, each with its blob and link
+//!   files, due at the same moment: how long their expiry takes and the
+//!   longest a request (touch + stat + read of live content) waited meanwhile.
+//!
+//! The reference in the same run: one rewrite of the whole state in
+//! registry:2's format (`/scheduler-state.json`, JSON), which registry:2
+//! repeats for every flush of changes. Run with `scripts/bench-scheduler.sh`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use conformance::env_or;
+use driver_core::{StorageDriver, StoragePath};
+use driver_fs::{FsConfig, FsDriver};
+use registry_proxy::cache::layout;
+use registry_proxy::metrics::Metrics;
+use registry_proxy::oci::{Digest, RepoName};
+use registry_proxy::scheduler::{Clock, EntryKind, Options, Scheduler};
+
+const TTL: Duration = Duration::from_secs(3600);
+const REPOS: usize = 1000;
+
+/// A well-spread 32-byte digest for entry `i`.
+fn digest(i: u64) -> Digest {
+    let mut raw = [0; 32];
+    let mut x = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    for chunk in raw.chunks_mut(8) {
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    Digest::from_raw(&raw)
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+async fn open(driver: &Arc<dyn StorageDriver>, clock: Clock) -> Arc<Scheduler> {
+    let scheduler = Scheduler::open(
+        Arc::clone(driver),
+        Options {
+            ttl: TTL,
+            flush_interval: Duration::from_secs(1),
+        },
+        clock,
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .expect("open");
+    scheduler.start();
+    scheduler
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+async fn touch_all(scheduler: &Scheduler, repos: &[RepoName], n: u64) -> f64 {
+    let started = Instant::now();
+    for i in 0..n {
+        scheduler
+            .touch(&repos[i as usize % REPOS], &digest(i), EntryKind::Blob)
+            .await;
+    }
+    scheduler.flush().await.expect("flush");
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let entries: u64 = env_or("BENCH_ENTRIES", 1_000_000);
+    let due: u64 = env_or("BENCH_DUE", 100_000);
+    let dir = tempfile::tempdir().expect("dir");
+    let driver: Arc<dyn StorageDriver> = Arc::new(
+        FsDriver::open(&FsConfig {
+            root_directory: dir.path().to_owned(),
+            ..FsConfig::default()
+        })
+        .expect("fs"),
+    );
+    let repos: Vec<RepoName> = (0..REPOS)
+        .map(|r| RepoName::parse(&format!("bench/team-{}/app-{r}", r % 37)).expect("name"))
+        .collect();
+    println!(
+        "scheduler benchmark: {entries} entries on driver-fs ({})",
+        dir.path().display()
+    );
+
+    // Adds, on a clock a minute behind, so the refreshes below change times.
+    let earlier = Clock::starting_at(SystemTime::now() - Duration::from_secs(60));
+    let scheduler = open(&driver, earlier).await;
+    let adds = touch_all(&scheduler, &repos, entries).await;
+    scheduler.shutdown().await.expect("shutdown");
+    drop(scheduler);
+
+    // Reload, as after a restart.
+    let rss_before = rss_bytes();
+    let started = Instant::now();
+    let scheduler = open(&driver, Clock::system()).await;
+    let reload = started.elapsed();
+    assert_eq!(scheduler.len() as u64, entries, "entries lost on reload");
+
+    let refreshes = touch_all(&scheduler, &repos, entries).await;
+    let table = scheduler.allocated_bytes() as f64 / entries as f64;
+    let rss = rss_bytes().saturating_sub(rss_before) as f64 / entries as f64;
+
+    // The reference: registry:2 rewrites its whole state per flush.
+    let started = Instant::now();
+    let mut state = serde_json::Map::new();
+    let expiry = humantime::format_rfc3339_nanos(SystemTime::now() + TTL).to_string();
+    for i in 0..entries {
+        let key = format!("{}@{}", repos[i as usize % REPOS], digest(i));
+        state.insert(
+            key.clone(),
+            serde_json::json!({"Key": key, "ExpiryData": expiry, "EntryType": 0}),
+        );
+    }
+    let json = serde_json::to_vec(&state).expect("json");
+    drop(state);
+    driver
+        .put_content(
+            &StoragePath::parse("/scheduler-state.json").expect("path"),
+            json.into(),
+        )
+        .await
+        .expect("put");
+    let rewrite = started.elapsed();
+    scheduler.shutdown().await.expect("shutdown");
+    drop(scheduler);
+
+    println!(
+        "  adds:       {adds:>12.0}/s (target >= 200,000/s: {})",
+        verdict(adds >= 200_000.0)
+    );
+    println!(
+        "  refreshes:  {refreshes:>12.0}/s (target >= 200,000/s: {})",
+        verdict(refreshes >= 200_000.0)
+    );
+    println!(
+        "  memory:     {table:>12.0} B/entry in the table, {rss:.0} B/entry of RSS growth (target <= 200: {})",
+        verdict(table.max(rss) <= 200.0)
+    );
+    println!(
+        "  reload:     {:>12.2} s (target <= 2 s: {})",
+        reload.as_secs_f64(),
+        verdict(reload <= Duration::from_secs(2))
+    );
+    let ours = entries as f64 / refreshes;
+    println!(
+        "  reference:  one registry:2-style rewrite of the whole state (it does one per flush): \
+         {:.2} s; our {entries} refreshes, written: {ours:.2} s ({:.1}x less)",
+        rewrite.as_secs_f64(),
+        rewrite.as_secs_f64() / ours
+    );
+
+    expire_at_once(due, &repos).await;
+}
+
+/// `due` entries with their files, all due now; a request loop measures
+/// how long requests wait while they expire.
+async fn expire_at_once(due: u64, repos: &[RepoName]) {
+    let dir = tempfile::tempdir().expect("dir");
+    let driver: Arc<dyn StorageDriver> = Arc::new(
+        FsDriver::open(&FsConfig {
+            root_directory: dir.path().to_owned(),
+            ..FsConfig::default()
+        })
+        .expect("fs"),
+    );
+    let content = Bytes::from_static(&[7; 512]);
+    let setup = Instant::now();
+    futures::future::join_all((0..4).map(|part| {
+        let driver = Arc::clone(&driver);
+        let content = content.clone();
+        async move {
+            for i in (part..due).step_by(4) {
+                let (repo, d) = (&repos[i as usize % REPOS], digest(i));
+                driver
+                    .put_content(&layout::blob_data(&d), content.clone())
+                    .await
+                    .expect("blob");
+                driver
+                    .put_content(&layout::layer_link(repo, &d), layout::link_content(&d))
+                    .await
+                    .expect("link");
+            }
+        }
+    }))
+    .await;
+    // Accessed two TTLs ago (all in the same second or two), so all due now.
+    let long_ago = Clock::starting_at(SystemTime::now() - 2 * TTL);
+    let old = open(&driver, long_ago).await;
+    for i in 0..due {
+        old.touch(&repos[i as usize % REPOS], &digest(i), EntryKind::Blob)
+            .await;
+    }
+    old.shutdown().await.expect("shutdown");
+    drop(old);
+    // Live content the requests read meanwhile.
+    let live = Digest::of(b"live");
+    driver
+        .put_content(&layout::blob_data(&live), content.clone())
+        .await
+        .expect("live");
+    println!(
+        "  ({due} due entries with their files set up in {:.1} s)",
+        setup.elapsed().as_secs_f64()
+    );
+
+    let scheduler = open(&driver, Clock::system()).await;
+    let started = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let requests = tokio::spawn({
+        let (scheduler, driver, done) = (
+            Arc::clone(&scheduler),
+            Arc::clone(&driver),
+            Arc::clone(&done),
+        );
+        let repo = RepoName::parse("bench/live").expect("name");
+        async move {
+            let mut waits = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            while !done.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let began = Instant::now();
+                scheduler.touch(&repo, &live, EntryKind::Blob).await;
+                driver.stat(&layout::blob_data(&live)).await.expect("stat");
+                driver
+                    .get_content(&layout::blob_data(&live))
+                    .await
+                    .expect("read");
+                waits.push(began.elapsed());
+            }
+            waits
+        }
+    });
+    // The expirer started at open; this joins it and returns when nothing
+    // due is left.
+    scheduler.expire_due().await;
+    assert_eq!(scheduler.len(), 1, "only the live entry is left");
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let mut waits = requests.await.expect("requests");
+    waits.sort();
+    let worst = waits.last().copied().unwrap_or_default();
+    let p99 = waits[(waits.len() * 99 / 100).min(waits.len().saturating_sub(1))];
+    let left = std::fs::read_dir(dir.path().join("docker/registry/v2/blobs/sha256"))
+        .map(|d| {
+            d.flat_map(|e| e.ok())
+                .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
+                .count()
+        })
+        .unwrap_or(0);
+    println!(
+        "  expiry:     {due} due at once expired in {:.2} s ({:.0}/s), {} blobs left of {}",
+        took.as_secs_f64(),
+        due as f64 / took.as_secs_f64(),
+        left,
+        due + 1
+    );
+    println!(
+        "  requests meanwhile: {} served, p99 {:.1} ms, worst {:.1} ms (target <= 50 ms: {})",
+        waits.len(),
+        p99.as_secs_f64() * 1e3,
+        worst.as_secs_f64() * 1e3,
+        verdict(worst <= Duration::from_millis(50))
+    );
+    scheduler.shutdown().await.expect("shutdown");
+}
