@@ -63,11 +63,23 @@ impl FsWriter {
                     }
                 }
                 let staged = dir.join(nonce());
-                let file = inner
-                    .root
-                    .open_with(&staged, &append_options(true))
-                    .map_err(|e| io_error("create", &path, e))?
-                    .into_std();
+                // Another writer of the path that ends removes the staging
+                // directory once it looks empty, possibly between the mkdir
+                // above and this create: make it again then.
+                let mut attempts = 0;
+                let file = loop {
+                    match inner.root.open_with(&staged, &append_options(true)) {
+                        Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 8 => {
+                            attempts += 1;
+                            inner
+                                .root
+                                .create_dir_all(&dir)
+                                .map_err(|e| io_error("mkdir", &path, e))?;
+                        }
+                        opened => break opened.map_err(|e| io_error("create", &path, e))?,
+                    }
+                }
+                .into_std();
                 if !append {
                     return Ok((staged, file, 0));
                 }
