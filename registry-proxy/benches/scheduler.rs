@@ -72,6 +72,16 @@ async fn open(driver: &Arc<dyn StorageDriver>, clock: Clock) -> Arc<Scheduler> {
     scheduler
 }
 
+fn fs_driver(root: &std::path::Path) -> Arc<dyn StorageDriver> {
+    Arc::new(
+        FsDriver::open(&FsConfig {
+            root_directory: root.to_owned(),
+            ..FsConfig::default()
+        })
+        .expect("fs"),
+    )
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
@@ -100,13 +110,7 @@ async fn run() {
     let entries: u64 = env_or("BENCH_ENTRIES", 1_000_000);
     let due: u64 = env_or("BENCH_DUE", 100_000);
     let dir = tempfile::tempdir().expect("dir");
-    let driver: Arc<dyn StorageDriver> = Arc::new(
-        FsDriver::open(&FsConfig {
-            root_directory: dir.path().to_owned(),
-            ..FsConfig::default()
-        })
-        .expect("fs"),
-    );
+    let driver = fs_driver(dir.path());
     let repos: Vec<RepoName> = (0..REPOS)
         .map(|r| RepoName::parse(&format!("bench/team-{}/app-{r}", r % 37)).expect("name"))
         .collect();
@@ -189,13 +193,7 @@ async fn run() {
 /// how long requests wait while they expire.
 async fn expire_at_once(due: u64, repos: &[RepoName]) {
     let dir = tempfile::tempdir().expect("dir");
-    let driver: Arc<dyn StorageDriver> = Arc::new(
-        FsDriver::open(&FsConfig {
-            root_directory: dir.path().to_owned(),
-            ..FsConfig::default()
-        })
-        .expect("fs"),
-    );
+    let driver = fs_driver(dir.path());
     let content = Bytes::from_static(&[7; 512]);
     let setup = Instant::now();
     futures::future::join_all((0..4).map(|part| {
