@@ -158,25 +158,29 @@ impl Scheduler {
         let segments = journal::list(driver.as_ref()).await?;
         let mut loaded = Loaded::default();
         // The newest intact snapshot, then the logs after it.
-        let mut base = None;
+        let (mut base, mut snapshot_bytes, mut log_bytes, mut logs) = (None, 0, 0, 0);
         for &(seq, kind) in segments.iter().rev() {
             if kind != SegmentKind::Snapshot {
                 continue;
             }
             match read_segment(driver.as_ref(), seq, kind, &mut table).await? {
-                true => {
-                    base = Some(seq);
+                Some(size) => {
+                    (base, snapshot_bytes) = (Some(seq), size);
                     loaded.segments += 1;
                     break;
                 }
-                false => loaded.damaged += 1,
+                None => loaded.damaged += 1,
             }
         }
         for &(seq, kind) in &segments {
             if kind == SegmentKind::Log && base.is_none_or(|b| seq > b) {
                 match read_segment(driver.as_ref(), seq, kind, &mut table).await? {
-                    true => loaded.segments += 1,
-                    false => loaded.damaged += 1,
+                    Some(size) => {
+                        log_bytes += size;
+                        logs += 1;
+                        loaded.segments += 1;
+                    }
+                    None => loaded.damaged += 1,
                 }
             }
         }
@@ -197,10 +201,10 @@ impl Scheduler {
             }),
             persisted: tokio::sync::Mutex::new(Persisted {
                 next_seq: segments.last().map_or(1, |&(seq, _)| seq + 1),
-                logs: segments.len(),
+                logs,
                 segments,
-                log_bytes: 0,
-                snapshot_bytes: 0,
+                log_bytes,
+                snapshot_bytes,
                 retry: Vec::new(),
             }),
             ttl,
@@ -614,24 +618,25 @@ async fn delete_missing_ok(
     }
 }
 
-/// Applies one segment to `table`; `false` (logged) when it is damaged.
+/// Applies one segment to `table`; its size, or `None` (logged) when it is
+/// damaged.
 async fn read_segment(
     driver: &dyn StorageDriver,
     seq: u64,
     kind: SegmentKind,
     table: &mut Table,
-) -> Result<bool, driver_core::Error> {
+) -> Result<Option<u64>, driver_core::Error> {
     let path = journal::segment_path(seq, kind);
     let bytes = match driver.get_content(&path).await {
         Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e),
     };
     match journal::apply(path.as_str(), &bytes, table) {
-        Ok(_) => Ok(true),
+        Ok(_) => Ok(Some(bytes.len() as u64)),
         Err(e) => {
             tracing::warn!(error = %e, "skipping a damaged scheduler segment");
-            Ok(false)
+            Ok(None)
         }
     }
 }
