@@ -26,7 +26,7 @@ mod support;
 
 pub use support::{
     Case, Ctx, Settings, assert_bytes, env_or, expect_kind, failing_cases, random_bytes, read_all,
-    run_case, seed,
+    run_case, seed, skip,
 };
 
 /// Calls `$callback!` with the name of every case; the one list of cases.

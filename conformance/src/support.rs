@@ -197,6 +197,17 @@ pub fn random_bytes(seed: u64, len: usize) -> Bytes {
     data.into()
 }
 
+/// Reports that `test` cannot run here, and why. Fails instead when the
+/// variable `require` (`REQUIRE_S3`, `REQUIRE_E2E`, set by CI) is `1`, so CI
+/// never passes by skipping.
+pub fn skip(test: &str, require: &str, why: &str) {
+    assert!(
+        std::env::var(require).as_deref() != Ok("1"),
+        "{require}=1 but {test} cannot run: {why}"
+    );
+    println!("skipped: {test}: {why}");
+}
+
 /// The variable `name` parsed as a `T`, or `default` when it is unset or
 /// does not parse (the tuning knobs of the suite and the benchmarks).
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {

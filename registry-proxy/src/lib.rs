@@ -17,7 +17,7 @@ pub mod scheduler;
 pub mod upstream;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use driver_core::StorageDriver;
@@ -30,6 +30,29 @@ use crate::metered::Metered;
 use crate::metrics::Metrics;
 use crate::scheduler::{Clock, LoadError, Options, Scheduler};
 use crate::upstream::Upstream;
+
+/// Locks `mutex`, carrying on past a poisoned lock: no holder leaves the
+/// data half-changed across a panic point.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The first `Some` that `check` gives, checked again each time `changed`
+/// is notified (a notification between two checks is not lost).
+pub(crate) async fn wait_until<T>(
+    changed: &tokio::sync::Notify,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(found) = check() {
+            return found;
+        }
+        notified.await;
+    }
+}
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]

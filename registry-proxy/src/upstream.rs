@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::{ACCEPT, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url};
 
+use crate::lock;
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
 
@@ -149,7 +150,7 @@ impl Upstream {
     }
 
     fn cached_token(&self, scope: &str) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let tokens = lock(&self.tokens);
         tokens
             .get(scope)
             .filter(|t| t.expires > Instant::now())
@@ -267,7 +268,7 @@ impl Upstream {
         // Renew a little early; 60 s is the documented default lifetime.
         let lifetime =
             Duration::from_secs(answer.expires_in.unwrap_or(60).saturating_sub(5).max(1));
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tokens = lock(&self.tokens);
         tokens.insert(
             scope.to_owned(),
             Token {

@@ -8,12 +8,10 @@ use driver_s3::S3Config;
 pub fn config_or_skip(test: &str) -> Option<S3Config> {
     let config = S3Config::from_env().expect("S3 environment");
     if config.is_none() {
-        assert!(
-            std::env::var("REQUIRE_S3").as_deref() != Ok("1"),
-            "REQUIRE_S3=1 but S3_BUCKET is not set: start a server with scripts/s3-server.sh"
-        );
-        println!(
-            "skipped: {test}: S3_BUCKET is not set (scripts/test.sh starts Garage and sets it)"
+        conformance::skip(
+            test,
+            "REQUIRE_S3",
+            "S3_BUCKET is not set (scripts/test.sh starts Garage and sets it)",
         );
     }
     config

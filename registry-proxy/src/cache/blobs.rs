@@ -23,6 +23,7 @@ use crate::metrics::{Kind, Metrics};
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
 use crate::upstream::{Upstream, UpstreamError};
+use crate::{lock, wait_until};
 
 /// Bytes a client stream reads from the spool at once.
 const SPOOL_READ: u64 = 256 << 10;
@@ -298,15 +299,10 @@ impl Blobs {
 
     /// Returns once no fill is running (fills started meanwhile included).
     pub async fn fills_done(&self) {
-        loop {
-            let ended = self.fill_ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if lock(&self.fills).is_empty() {
-                return;
-            }
-            ended.await;
-        }
+        wait_until(&self.fill_ended, || {
+            lock(&self.fills).is_empty().then_some(())
+        })
+        .await;
     }
 
     /// Joins the fill of `digest`, starting it if none runs, and streams from it.
@@ -591,10 +587,6 @@ async fn read_spool(fill: &Fill, pos: u64, len: u64) -> std::io::Result<Bytes> {
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn storage_error(e: driver_core::Error) -> OciError {

@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode};
 
 use super::blobs::status_error;
 use super::layout;
+use crate::lock;
 use crate::metrics::{Kind, Metrics};
 use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
@@ -184,14 +185,14 @@ impl Manifests {
     }
 
     fn is_fresh(&self, repo: &RepoName, tag: &str) -> bool {
-        let confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        let confirmed = lock(&self.confirmed);
         confirmed
             .get(&(repo.clone(), tag.to_owned()))
             .is_some_and(|t| t.elapsed() < self.freshness)
     }
 
     fn confirm(&self, repo: &RepoName, tag: &str) {
-        let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut confirmed = lock(&self.confirmed);
         confirmed.insert((repo.clone(), tag.to_owned()), Instant::now());
     }
 

@@ -37,6 +37,7 @@ pub use table::{EntryKind, Secs};
 use crate::cache::layout;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, RepoName};
+use crate::{lock, wait_until};
 
 /// Entries expired under the lock at once; requests wait at most for one batch.
 const BATCH: usize = 256;
@@ -138,10 +139,6 @@ pub struct Scheduler {
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     loaded: Loaded,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Scheduler {
@@ -277,28 +274,24 @@ impl Scheduler {
     }
 
     async fn record(&self, repo: &str, digest: &[u8; 32], kind: EntryKind, at: Secs) -> Access {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            {
-                let mut inner = lock(&self.inner);
-                if !inner.expiring.contains_key(digest) {
-                    let up = inner.table.upsert(repo, digest, kind, at);
-                    if up.changed {
-                        journal::encode_upsert(&mut inner.pending, repo, digest, kind, at);
-                    }
-                    if up.created {
-                        self.metrics.scheduler_entries(inner.table.len());
-                    }
-                    return Access {
-                        created: up.created,
-                        linked: up.linked,
-                    };
-                }
+        wait_until(&self.released, || {
+            let mut inner = lock(&self.inner);
+            if inner.expiring.contains_key(digest) {
+                return None;
             }
-            released.await;
-        }
+            let up = inner.table.upsert(repo, digest, kind, at);
+            if up.changed {
+                journal::encode_upsert(&mut inner.pending, repo, digest, kind, at);
+            }
+            if up.created {
+                self.metrics.scheduler_entries(inner.table.len());
+            }
+            Some(Access {
+                created: up.created,
+                linked: up.linked,
+            })
+        })
+        .await
     }
 
     /// Refreshes the entry of `digest` as `kind` in `repo` if it exists (a
@@ -521,15 +514,11 @@ impl Scheduler {
         }
         self.metrics.expired(total.entries, total.bytes_freed);
         // Wait for deletions other callers started.
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if lock(&self.inner).expiring.is_empty() {
-                return total;
-            }
-            released.await;
-        }
+        wait_until(&self.released, || {
+            lock(&self.inner).expiring.is_empty().then_some(())
+        })
+        .await;
+        total
     }
 
     /// Takes up to [`BATCH`] due entries out of the table, marking their
