@@ -222,7 +222,17 @@ impl Config {
                 EMBEDDED_DEFAULT.to_owned(),
             ),
         };
-        let mut tree = serde_norway::from_str::<Value>(&text).map_err(|e| invalid(&name, e))?;
+        Self::parse(&name, &text, env)
+    }
+
+    /// Parses the YAML `text` (named `name` in errors) and applies the
+    /// `REGISTRY_*` variables of `env`.
+    pub fn parse(
+        name: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut tree = serde_norway::from_str::<Value>(text).map_err(|e| invalid(name, e))?;
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("REGISTRY_") else {
                 continue;

@@ -212,6 +212,33 @@ pub fn manifest_media_type(bytes: &[u8]) -> String {
     }
 }
 
+/// The digests a manifest references, each with `true` for a manifest (an
+/// index's children) and `false` for a blob (config and layers). Bytes
+/// that are not a manifest reference nothing; malformed digests are left
+/// out.
+pub fn manifest_references(bytes: &[u8]) -> Vec<(Digest, bool)> {
+    #[derive(serde::Deserialize)]
+    struct Descriptor {
+        digest: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct References {
+        config: Option<Descriptor>,
+        #[serde(default)]
+        layers: Vec<Descriptor>,
+        #[serde(default)]
+        manifests: Vec<Descriptor>,
+    }
+    let Ok(refs) = serde_json::from_slice::<References>(bytes) else {
+        return Vec::new();
+    };
+    let blobs = refs.config.iter().chain(&refs.layers).map(|d| (d, false));
+    blobs
+        .chain(refs.manifests.iter().map(|d| (d, true)))
+        .filter_map(|(d, is_manifest)| Some((Digest::parse(&d.digest).ok()?, is_manifest)))
+        .collect()
+}
+
 /// The OCI error codes this proxy answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {

@@ -38,7 +38,7 @@ pub struct Challenge {
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
-    if scheme.is_empty() {
+    if !is_token(scheme) {
         return None;
     }
     let mut params = HashMap::new();
@@ -49,8 +49,12 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
         }
         let key: String =
             std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
-        if key.trim().is_empty() {
+        let key = key.trim();
+        if key.is_empty() {
             break;
+        }
+        if !is_token(key) {
+            return None;
         }
         if chars.next() != Some('=') {
             return None;
@@ -71,12 +75,19 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
                 .trim()
                 .to_owned();
         }
-        params.insert(key.trim().to_ascii_lowercase(), value);
+        params.insert(key.to_ascii_lowercase(), value);
     }
     Some(Challenge {
         scheme: scheme.to_ascii_lowercase(),
         params,
     })
+}
+
+/// An HTTP token (RFC 9110 `tchar`s), as auth schemes and parameter names are.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A cached bearer token.
@@ -333,5 +344,16 @@ mod tests {
         );
         assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
         assert!(parse_challenge("").is_none());
+    }
+
+    /// Found by `fuzz/` (challenge): a scheme or parameter name that is not
+    /// an HTTP token is refused instead of being half-lowercased.
+    #[test]
+    fn refuses_schemes_and_names_that_are_not_tokens() {
+        let fuzzed = String::from_utf8_lossy(b"\xd1\xa4a\x17sk\xf2is\xff#").into_owned();
+        assert!(parse_challenge(&fuzzed).is_none());
+        assert!(parse_challenge("Bëarer realm=x").is_none());
+        assert!(parse_challenge("Bearer re alm=x").is_none());
+        assert!(parse_challenge("Bearer re\u{e9}alm=x").is_none());
     }
 }

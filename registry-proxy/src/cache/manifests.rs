@@ -97,29 +97,13 @@ impl Manifests {
     /// A manifest's access keeps what it references alive: the blobs it
     /// names and, for an index, its manifests (those already cached).
     fn refresh_references(&self, repo: &RepoName, bytes: &[u8]) {
-        #[derive(serde::Deserialize)]
-        struct Descriptor {
-            digest: String,
-        }
-        #[derive(serde::Deserialize)]
-        struct References {
-            config: Option<Descriptor>,
-            #[serde(default)]
-            layers: Vec<Descriptor>,
-            #[serde(default)]
-            manifests: Vec<Descriptor>,
-        }
-        let Ok(refs) = serde_json::from_slice::<References>(bytes) else {
-            return;
-        };
-        let blobs = refs.config.iter().chain(&refs.layers);
-        let named = blobs
-            .map(|d| (d, EntryKind::Blob))
-            .chain(refs.manifests.iter().map(|d| (d, EntryKind::Manifest)));
-        for (descriptor, kind) in named {
-            if let Ok(digest) = Digest::parse(&descriptor.digest) {
-                self.scheduler.refresh(repo, &digest, kind);
-            }
+        for (digest, is_manifest) in oci::manifest_references(bytes) {
+            let kind = if is_manifest {
+                EntryKind::Manifest
+            } else {
+                EntryKind::Blob
+            };
+            self.scheduler.refresh(repo, &digest, kind);
         }
     }
 
