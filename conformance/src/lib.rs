@@ -21,6 +21,7 @@
 //! run it against deliberately broken drivers to show each fault is caught.
 
 pub mod cases;
+pub mod exclusive;
 mod model;
 mod support;
 

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,6 +32,7 @@ enum Fault {
     StatDirAsFile,
     MissingIsBackendError,
     PastEndReadsEmpty,
+    PurgeIgnoresCutoff,
 }
 
 #[derive(Debug)]
@@ -154,6 +156,15 @@ impl StorageDriver for Broken {
             }
         }
         self.inner.delete(path).await
+    }
+
+    async fn purge_writers(&self, before: SystemTime) -> Result<u64> {
+        let before = if self.has(Fault::PurgeIgnoresCutoff) {
+            SystemTime::now() + Duration::from_secs(86_400)
+        } else {
+            before
+        };
+        self.inner.purge_writers(before).await
     }
 
     async fn walk(
@@ -296,6 +307,26 @@ broken! {
 
 /// The wrapper without a fault passes everything: the failures above come
 /// from the faults, not from the wrapper.
+/// The purge check runs on a driver of its own, outside the case list.
+#[tokio::test]
+async fn purge_ignoring_its_cutoff_is_caught() {
+    let check = |fault| {
+        tokio::spawn(async move {
+            let driver = Broken {
+                inner: MemoryDriver::new(),
+                fault,
+                reads: Arc::default(),
+            };
+            conformance::exclusive::purge_writers(&driver).await;
+        })
+    };
+    assert!(check(Fault::None).await.is_ok(), "the clean wrapper passes");
+    assert!(
+        check(Fault::PurgeIgnoresCutoff).await.is_err(),
+        "a purge of fresh writers went unnoticed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_wrapper_passes() {
     assert_eq!(failures(Fault::None).await, Vec::<&str>::new());

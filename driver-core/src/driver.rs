@@ -192,6 +192,18 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
         let _ = (path, method);
         Ok(None)
     }
+
+    /// Removes every uncommitted writer whose last sign of life came before
+    /// `before`, with its staged bytes, and returns how many it removed.
+    ///
+    /// These are writers closed and never resumed, and writers whose process
+    /// died (a crash leaves them behind). A writer's sign of life is its
+    /// creation or its last close; drivers may also count writes, but need
+    /// not, so `before` must lie further back than any live writer's age. An
+    /// open writer that is purged fails on its next call; committed files
+    /// are never touched. Other temporary leftovers of interrupted
+    /// operations that are older than `before` go too.
+    async fn purge_writers(&self, before: SystemTime) -> Result<u64>;
 }
 
 /// A streaming writer returned by [`StorageDriver::writer`].

@@ -408,4 +408,52 @@ impl StorageDriver for FsDriver {
         }
         Ok(())
     }
+
+    async fn purge_writers(&self, before: SystemTime) -> Result<u64> {
+        self.run(move |inner| inner.purge(before)).await
+    }
+}
+
+impl Inner {
+    /// Removes staged writer files and temporary puts last modified before
+    /// `before`, and the staging directories they leave empty.
+    fn purge(&self, before: SystemTime) -> Result<u64> {
+        let root = StoragePath::root();
+        let root = &root;
+        let fail = |op: &'static str| move |e: io::Error| io_error(op, root, e);
+        let mut purged = 0;
+        let mut dirs = vec![PathBuf::from(TMP_DIR)];
+        for entry in self.root.read_dir(WRITERS_DIR).map_err(fail("list"))? {
+            dirs.push(Path::new(WRITERS_DIR).join(entry.map_err(fail("list"))?.file_name()));
+        }
+        for dir in &dirs {
+            let entries = match self.root.read_dir(dir) {
+                Ok(entries) => entries,
+                // Emptied and removed by its last writer meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(fail("list")(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(fail("list"))?;
+                let file = dir.join(entry.file_name());
+                let stale = match entry.metadata() {
+                    Ok(meta) => modified(&meta) < before,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(fail("stat")(e)),
+                };
+                if stale {
+                    match self.root.remove_file(&file) {
+                        Ok(()) => purged += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(fail("delete")(e)),
+                    }
+                }
+            }
+            if dir.starts_with(WRITERS_DIR) {
+                // Fails harmlessly while a writer still stages there.
+                let _ = self.root.remove_dir(dir);
+            }
+        }
+        Ok(purged)
+    }
 }

@@ -24,3 +24,17 @@ async fn driver() -> Option<(Arc<dyn StorageDriver>, Option<TempDir>)> {
 }
 
 conformance::conformance_tests!(driver);
+
+/// On a root of its own; the staging directories are gone afterwards.
+#[tokio::test]
+async fn purge_writers() {
+    let dir = TempDir::new().expect("temporary directory");
+    let config = FsConfig {
+        root_directory: dir.path().to_owned(),
+        ..FsConfig::default()
+    };
+    let driver = FsDriver::open(&config).expect("open the filesystem driver");
+    conformance::exclusive::purge_writers(&driver).await;
+    let staged = std::fs::read_dir(dir.path().join("@writers")).expect("@writers");
+    assert_eq!(staged.count(), 0, "no staging directory is left");
+}

@@ -28,6 +28,8 @@ pub(crate) struct Staged {
     pub(crate) data: Rope,
     /// `Some(n)` once closed, `n` ordering closes; only closed writers resume.
     pub(crate) closed_seq: Option<u64>,
+    /// The last sign of life: creation, a write or a close.
+    pub(crate) touched: SystemTime,
 }
 
 #[derive(Default)]
@@ -197,6 +199,7 @@ impl StorageDriver for MemoryDriver {
         let (id, size) = match (append, resumable) {
             (true, Some(s)) => {
                 s.closed_seq = None;
+                s.touched = SystemTime::now();
                 (s.id, s.data.len())
             }
             (true, None) => {
@@ -213,6 +216,7 @@ impl StorageDriver for MemoryDriver {
                         id,
                         data,
                         closed_seq: None,
+                        touched: SystemTime::now(),
                     });
                 (id, size)
             }
@@ -221,6 +225,7 @@ impl StorageDriver for MemoryDriver {
                     id,
                     data: Rope::default(),
                     closed_seq: None,
+                    touched: SystemTime::now(),
                 });
                 (id, 0)
             }
@@ -231,6 +236,18 @@ impl StorageDriver for MemoryDriver {
             id,
             size,
         )))
+    }
+
+    async fn purge_writers(&self, before: SystemTime) -> Result<u64> {
+        let mut state = self.lock();
+        let mut purged = 0;
+        state.staged.retain(|_, writers| {
+            let count = writers.len();
+            writers.retain(|w| w.touched >= before);
+            purged += (count - writers.len()) as u64;
+            !writers.is_empty()
+        });
+        Ok(purged)
     }
 
     async fn list(&self, path: &StoragePath) -> Result<Vec<StoragePath>> {

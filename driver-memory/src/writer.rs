@@ -1,4 +1,5 @@
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -60,6 +61,7 @@ impl MemoryWriter {
         let seq = state.seq();
         let mut staged = self.take(&mut state)?;
         staged.closed_seq = Some(seq);
+        staged.touched = SystemTime::now();
         state
             .staged
             .entry(self.path.as_str().to_owned())
@@ -81,6 +83,7 @@ impl FileWriter for MemoryWriter {
             .ok_or_else(|| self.vanished())?;
         self.size += data.len() as u64;
         staged.data.push(data);
+        staged.touched = SystemTime::now();
         Ok(())
     }
 
@@ -105,6 +108,7 @@ impl FileWriter for MemoryWriter {
                 id: self.id,
                 data,
                 closed_seq: None,
+                touched: SystemTime::now(),
             };
             state
                 .staged

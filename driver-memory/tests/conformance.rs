@@ -10,3 +10,8 @@ async fn driver() -> Option<(Arc<dyn StorageDriver>, ())> {
 }
 
 conformance::conformance_tests!(driver);
+
+#[tokio::test]
+async fn purge_writers() {
+    conformance::exclusive::purge_writers(&MemoryDriver::new()).await;
+}

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{ConfigError, MAX_SINGLE_COPY, S3Config};
 use crate::error::{is_not_found, sdk_error};
 use crate::reader::body_stream;
-use crate::writer::S3Writer;
+use crate::writer::{S3Writer, UPLOAD_ID};
 
 pub(crate) const NAME: &str = "s3";
 /// Directory (under the root directory) of writer records; `@` cannot occur
@@ -672,6 +672,76 @@ impl StorageDriver for S3Driver {
             return Err(Error::not_found(NAME, from));
         }
         Ok(())
+    }
+
+    async fn purge_writers(&self, before: SystemTime) -> Result<u64> {
+        let root = StoragePath::root();
+        let inner = &self.inner;
+        // Records: stale ones go; the uploads of fresh ones stay.
+        let records = format!("{}{WRITERS_DIR}/", inner.dir_key(&root));
+        let (mut stale, mut recorded, mut live) = (Vec::new(), Vec::new(), Vec::new());
+        let mut pages = std::pin::pin!(inner.list_pages(&records, None, None));
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_error("list", &root, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let upload = match inner
+                    .client
+                    .head_object()
+                    .bucket(&inner.bucket)
+                    .key(key)
+                    .send()
+                    .await
+                {
+                    Ok(head) => head.metadata().and_then(|m| m.get(UPLOAD_ID)).cloned(),
+                    Err(e) if is_not_found(&e) => continue,
+                    Err(e) => return Err(sdk_error("stat", &root, e)),
+                };
+                if to_system_time(object.last_modified()) < before {
+                    stale.push(key.to_owned());
+                    recorded.extend(upload);
+                } else {
+                    live.extend(upload);
+                }
+            }
+        }
+        let mut purged = stale.len() as u64;
+        inner.delete_batch(stale, &root).await?;
+        // Uploads: those of stale records, and old ones no record names (a
+        // crash between creating an upload and recording it).
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = inner
+                .client
+                .list_multipart_uploads()
+                .bucket(&inner.bucket)
+                .prefix(inner.dir_key(&root))
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("list uploads", &root, e))?;
+            for upload in page.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                let id = id.to_owned();
+                let old = to_system_time(upload.initiated()) < before;
+                if recorded.contains(&id) || (old && !live.contains(&id)) {
+                    inner.abort_upload(key, &id, &root).await?;
+                    purged += u64::from(!recorded.contains(&id));
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(purged)
     }
 
     async fn redirect_url(

@@ -12,7 +12,7 @@ use crate::driver::{Inner, NAME, with_object_settings};
 use crate::error::sdk_error;
 
 /// Object metadata key holding a record's multipart upload id.
-const UPLOAD_ID: &str = "upload-id";
+pub(crate) const UPLOAD_ID: &str = "upload-id";
 
 /// A streaming writer.
 ///

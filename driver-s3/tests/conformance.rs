@@ -25,3 +25,28 @@ async fn driver() -> Option<(Arc<dyn StorageDriver>, ())> {
 }
 
 conformance::conformance_tests!(driver);
+
+/// Under a root directory of its own: the purge covers the whole root.
+#[tokio::test]
+async fn purge_writers() {
+    let Some(config) = common::config_or_skip("purge_writers") else {
+        return;
+    };
+    let config = S3Config {
+        root_directory: format!("purge-{:016x}", rand::random::<u64>()),
+        chunk_size: 5 << 20,
+        ..config
+    };
+    let (bucket, root) = (config.bucket.clone(), config.root_directory.clone());
+    let driver = S3Driver::new(config).await.expect("client");
+    conformance::exclusive::purge_writers(&driver).await;
+    let uploads = driver
+        .client()
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .prefix(format!("{root}/"))
+        .send()
+        .await
+        .expect("list uploads");
+    assert!(uploads.uploads().is_empty(), "uploads left: {uploads:?}");
+}

@@ -62,6 +62,7 @@ async fn open(driver: &Arc<dyn StorageDriver>, clock: Clock) -> Arc<Scheduler> {
         Options {
             ttl: TTL,
             flush_interval: Duration::from_secs(1),
+            purge: None,
         },
         clock,
         Arc::new(Metrics::default()),

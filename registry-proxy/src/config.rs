@@ -11,6 +11,8 @@ use driver_s3::S3Config;
 use serde::Deserialize;
 use serde_norway::Value;
 
+use crate::scheduler::Purge;
+
 /// A configuration that cannot be used; `key` is the dotted path at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {key}: {reason}")]
@@ -111,10 +113,47 @@ pub struct StorageConfig {
     pub delete: Value,
     /// Distribution's blob descriptor cache; accepted (ours is built in).
     pub cache: Value,
-    /// Distribution's upload purging; accepted.
-    pub maintenance: Value,
+    /// Distribution's maintenance: `uploadpurging` removes abandoned
+    /// writers; `readonly` is accepted.
+    pub maintenance: Maintenance,
     /// Distribution's redirect switch; accepted.
     pub redirect: Value,
+}
+
+/// `storage.maintenance`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Maintenance {
+    /// Removal of writers left behind by interrupted fills.
+    pub uploadpurging: UploadPurging,
+    /// Distribution's read-only switch; accepted (a cache never takes pushes).
+    pub readonly: Value,
+}
+
+/// `storage.maintenance.uploadpurging`: at start and every `interval`,
+/// writers idle for longer than `age` are removed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadPurging {
+    /// On unless `false`.
+    pub enabled: bool,
+    /// Idle time after which a writer is abandoned (default `1h`).
+    pub age: Option<String>,
+    /// How often to look (default `1h`).
+    pub interval: Option<String>,
+    /// Distribution's dry run: nothing is removed (purging is off).
+    pub dryrun: bool,
+}
+
+impl Default for UploadPurging {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            age: None,
+            interval: None,
+            dryrun: false,
+        }
+    }
 }
 
 /// Which backend the storage section selects.
@@ -257,6 +296,7 @@ impl Config {
         self.tag_freshness()?;
         self.fill_timeout()?;
         self.ttl()?;
+        self.upload_purging()?;
         if !matches!(self.log.formatter.as_str(), "text" | "json") {
             return Err(invalid("log.formatter", "expected text or json"));
         }
@@ -336,6 +376,23 @@ impl Config {
             self.proxy.filltimeout.as_deref(),
             Duration::from_secs(60),
         )
+    }
+
+    /// Removal of abandoned writers, `None` when disabled (or a dry run).
+    pub fn upload_purging(&self) -> Result<Option<Purge>, ConfigError> {
+        let section = &self.storage.maintenance.uploadpurging;
+        let hour = Duration::from_secs(3600);
+        let key = "storage.maintenance.uploadpurging";
+        let age = duration(&format!("{key}.age"), section.age.as_deref(), hour)?;
+        let interval = duration(
+            &format!("{key}.interval"),
+            section.interval.as_deref(),
+            hour,
+        )?;
+        if interval.is_zero() {
+            return Err(invalid(format!("{key}.interval"), "must be more than 0"));
+        }
+        Ok((section.enabled && !section.dryrun).then_some(Purge { age, interval }))
     }
 
     /// Lifetime of cached content; zero means forever.
@@ -461,6 +518,14 @@ storage:
     loglevel: debug
   redirect:
     disable: true
+  maintenance:
+    uploadpurging:
+      enabled: true
+      age: 168h
+      interval: 24h
+      dryrun: false
+    readonly:
+      enabled: false
 proxy:
   remoteurl: https://registry-1.docker.io
 ";
@@ -476,6 +541,16 @@ proxy:
         assert_eq!(s3.key_id.as_deref(), Some("alias/registry"));
         assert_eq!(s3.session_token.as_deref(), Some("token"));
         assert_eq!(s3.copy_concurrency, 100);
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert_eq!(
+            config.upload_purging().expect("purging"),
+            Some(Purge {
+                age: hours(168),
+                interval: hours(24)
+            })
+        );
+        let dry = load(&REGISTRY2_S3.replace("dryrun: false", "dryrun: true"), &[]);
+        assert_eq!(dry.expect("loads").upload_purging().expect("purging"), None);
         let refused = load(&REGISTRY2_S3.replace("v4auth: true", "v4auth: false"), &[])
             .and_then(|c| c.backend().map(|_| ()))
             .expect_err("v2 signatures are refused");
@@ -485,6 +560,15 @@ proxy:
     #[test]
     fn the_embedded_default() {
         let config = Config::load(None, std::iter::empty()).expect("default");
+        let hour = Duration::from_secs(3600);
+        let purge = config.upload_purging().expect("purging");
+        assert_eq!(
+            purge,
+            Some(Purge {
+                age: hour,
+                interval: hour
+            })
+        );
         assert!(
             matches!(config.backend(), Ok(Backend::Filesystem(fs)) if fs.root_directory == std::path::Path::new("./data"))
         );

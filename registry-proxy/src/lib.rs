@@ -104,6 +104,8 @@ impl AppState {
             Arc::clone(&metrics),
         )
         .await?;
+        // Leftovers of a crash go before anything new is staged.
+        scheduler.purge_writers().await;
         scheduler.start();
         Ok(Self {
             blobs: Arc::new(Blobs::new(

@@ -116,28 +116,28 @@ async fn serve(config: Config) -> Result<(), String> {
         .clone()
         .zip(config.proxy.password.clone());
     let upstream = Upstream::new(url.clone(), credentials, Duration::from_secs(10));
-    let spool_parent = config
+    let spool_dir = config
         .proxy
         .spooldirectory
         .clone()
         .unwrap_or_else(std::env::temp_dir);
-    let spool = tempfile::Builder::new()
-        .prefix("registry-proxy-spool")
-        .tempdir_in(&spool_parent)
-        .map_err(|e| {
-            format!(
-                "proxy.spooldirectory: cannot create a spool directory in {}: {e}",
-                spool_parent.display()
-            )
-        })?;
+    // Spool files are unnamed, so a crash leaves none behind; check now
+    // that the directory takes them.
+    tempfile::tempfile_in(&spool_dir).map_err(|e| {
+        format!(
+            "proxy.spooldirectory: cannot create spool files in {}: {e}",
+            spool_dir.display()
+        )
+    })?;
     let settings = Settings {
-        spool_dir: spool.path().to_owned(),
+        spool_dir,
         fill_timeout: config.fill_timeout().map_err(|e| e.to_string())?,
         tag_freshness: config.tag_freshness().map_err(|e| e.to_string())?,
         request_timeout: Duration::from_secs(10),
         scheduler: Options {
             ttl: config.ttl().map_err(|e| e.to_string())?,
             flush_interval: SCHEDULER_FLUSH,
+            purge: config.upload_purging().map_err(|e| e.to_string())?,
         },
         clock: Clock::system(),
     };
@@ -210,7 +210,6 @@ async fn serve(config: Config) -> Result<(), String> {
     if let Err(e) = scheduler.shutdown().await {
         tracing::warn!(error = %e, "could not write the scheduler state");
     }
-    drop(spool);
     Ok(())
 }
 

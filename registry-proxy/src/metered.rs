@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -115,6 +115,11 @@ impl StorageDriver for Metered {
     ) -> Result<Option<String>> {
         let work = self.inner.redirect_url(path, method);
         timed(&self.metrics, self.name(), "redirect_url", work).await
+    }
+
+    async fn purge_writers(&self, before: SystemTime) -> Result<u64> {
+        let work = self.inner.purge_writers(before);
+        timed(&self.metrics, self.name(), "purge_writers", work).await
     }
 }
 

@@ -96,6 +96,7 @@ pub struct Metrics {
     scheduler_entries: Gauge,
     expirations: Counter,
     bytes_freed: Counter,
+    writers_purged: Counter,
     storage_latency: Histograms<StorageLabel>,
 }
 
@@ -175,6 +176,12 @@ impl Default for Metrics {
             "Bytes of content deleted by expiry",
             bytes_freed.clone(),
         );
+        let writers_purged = Counter::default();
+        registry.register(
+            "writers_purged",
+            "Abandoned storage writers removed (leftovers of interrupted fills)",
+            writers_purged.clone(),
+        );
         let storage_latency: Histograms<StorageLabel> =
             Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -194,6 +201,7 @@ impl Default for Metrics {
             scheduler_entries,
             expirations,
             bytes_freed,
+            writers_purged,
             storage_latency,
         }
     }
@@ -254,6 +262,11 @@ impl Metrics {
         self.bytes_freed.inc_by(bytes);
     }
 
+    /// `n` abandoned writers were removed.
+    pub fn writers_purged(&self, n: u64) {
+        self.writers_purged.inc_by(n);
+    }
+
     /// A client started (`true`) or stopped (`false`) reading a fill.
     pub fn fill_client(&self, attached: bool) {
         if attached {
@@ -310,6 +323,7 @@ impl Metrics {
                 "SchedulerEntries": self.scheduler_entries.get(),
                 "Expirations": self.expirations.get(),
                 "BytesFreed": self.bytes_freed.get(),
+                "WritersPurged": self.writers_purged.get(),
             },
         })
     }

@@ -341,6 +341,7 @@ async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup
         scheduler: Options {
             ttl: Duration::from_secs(168 * 3600),
             flush_interval: Duration::from_secs(1),
+            purge: None,
         },
         clock: Clock::system(),
     };

@@ -46,6 +46,7 @@ async fn open_at(driver: &Arc<dyn StorageDriver>, ttl: Duration, clock: Clock) -
         Options {
             ttl,
             flush_interval: Duration::from_secs(1),
+            purge: None,
         },
         clock,
         Arc::new(Metrics::default()),

@@ -175,8 +175,9 @@ impl Drop for FillClient {
 /// One fill in progress.
 struct Fill {
     progress: watch::Receiver<Progress>,
-    /// The spool file; deleted when the last waiter drops the fill.
-    spool: Arc<tempfile::NamedTempFile>,
+    /// The spool file, unnamed (deleted when the last waiter drops the
+    /// fill, and by the OS when the process dies).
+    spool: Arc<std::fs::File>,
     /// The newest bytes, in memory.
     recent: Mutex<Recent>,
 }
@@ -352,7 +353,7 @@ impl Blobs {
         if let Some(fill) = fills.get(digest) {
             return Ok(Arc::clone(fill));
         }
-        let spool = tempfile::NamedTempFile::new_in(&self.spool_dir).map_err(|e| {
+        let spool = tempfile::tempfile_in(&self.spool_dir).map_err(|e| {
             OciError::new(
                 ErrorCode::Unavailable,
                 format!("cannot create a spool file: {e}"),
@@ -507,12 +508,9 @@ impl Blobs {
                     format!("the upstream sent more than {most} bytes for {digest}"),
                 ));
             }
-            fill.spool
-                .as_file()
-                .write_all_at(&chunk, written)
-                .map_err(|e| {
-                    OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
-                })?;
+            fill.spool.write_all_at(&chunk, written).map_err(|e| {
+                OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
+            })?;
             self.metrics.pulled(Kind::Blob, chunk.len() as u64);
             to_hash.send(chunk.clone()).await;
             written += chunk.len() as u64;
@@ -578,7 +576,7 @@ async fn read_spool(fill: &Fill, pos: u64, len: u64) -> std::io::Result<Bytes> {
         let mut buf = Vec::with_capacity(want);
         while buf.len() < want {
             let at = pos + buf.len() as u64;
-            let read = rustix::io::pread(spool.as_file(), spare_capacity(&mut buf), at)?;
+            let read = rustix::io::pread(&*spool, spare_capacity(&mut buf), at)?;
             if read == 0 {
                 return Err(std::io::Error::other("the spool file is short"));
             }

@@ -67,6 +67,18 @@ pub struct Options {
     pub ttl: Duration,
     /// How often changes are written to storage.
     pub flush_interval: Duration,
+    /// Removal of abandoned writers; `None` turns it off.
+    pub purge: Option<Purge>,
+}
+
+/// Removal of writers left behind by fills a crash cut short (their staged
+/// bytes, S3 multipart uploads): distribution's `uploadpurging`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purge {
+    /// Writers idle for longer than this are abandoned.
+    pub age: Duration,
+    /// How often to look for them (and once at start).
+    pub interval: Duration,
 }
 
 /// What [`Scheduler::touch`] found.
@@ -132,6 +144,7 @@ pub struct Scheduler {
     persisted: tokio::sync::Mutex<Persisted>,
     ttl: Secs,
     flush_interval: Duration,
+    purge: Option<Purge>,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// Notified whenever an expiry of some content finished.
@@ -206,6 +219,7 @@ impl Scheduler {
             }),
             ttl,
             flush_interval: options.flush_interval,
+            purge: options.purge,
             clock,
             metrics,
             released: Notify::new(),
@@ -251,6 +265,49 @@ impl Scheduler {
         if self.ttl > 0 {
             let this = Arc::clone(self);
             tasks.push(tokio::spawn(async move { this.expiry_loop().await }));
+        }
+        if let Some(purge) = self.purge {
+            let this = Arc::clone(self);
+            tasks.push(tokio::spawn(async move {
+                this.purge_loop(purge.interval).await
+            }));
+        }
+    }
+
+    /// Removes the writers idle for longer than the purge age: what fills
+    /// cut short by a crash left in storage. Returns how many went.
+    pub async fn purge_writers(&self) -> u64 {
+        let Some(purge) = self.purge else {
+            return 0;
+        };
+        let before = self
+            .clock
+            .now()
+            .checked_sub(purge.age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        match self.driver.purge_writers(before).await {
+            Ok(purged) => {
+                if purged > 0 {
+                    tracing::info!(purged, "removed abandoned writers");
+                }
+                self.metrics.writers_purged(purged);
+                purged
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purging abandoned writers failed");
+                0
+            }
+        }
+    }
+
+    async fn purge_loop(&self, interval: Duration) {
+        let mut stopped = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+            self.purge_writers().await;
         }
     }
 
