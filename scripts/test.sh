@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: formatting, lints, unit tests, the
 # conformance suite against every driver (driver-s3 on a real S3 server), the
-# broken-driver checks and driver-s3's own tests.
+# broken-driver checks, driver-s3's own tests, the proxy's route, crash,
+# fault and end-to-end tests, and every fuzz target for FUZZ_SECONDS.
 #
 # S3: with S3_BUCKET (and the AWS_* variables) already set, that server is
 # used (MinIO, AWS, ...). Otherwise a private Garage is started on 127.0.0.1
@@ -22,3 +23,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 use_s3_server
 cargo test --workspace
+
+# Every fuzz target, briefly (FUZZ_SECONDS each, 30 by default; the README
+# says how to run them for longer).
+FUZZ_SECONDS=${FUZZ_SECONDS:-30} scripts/fuzz.sh

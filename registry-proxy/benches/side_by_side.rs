@@ -14,7 +14,7 @@
 //! `BENCH_STORAGE` replaces registry-proxy's `storage` block (YAML, indented
 //! two spaces), e.g. to measure it on S3.
 
-// Shared with the end-to-end tests, which use all of it.
+// Shared by the test binaries and the side-by-side benchmark; each uses a part.
 #[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;

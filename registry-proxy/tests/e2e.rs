@@ -4,6 +4,8 @@
 //! binary. Skipped (with the reason printed) when `docker-registry` or
 //! `skopeo` is missing, unless `REQUIRE_E2E=1` (set by CI).
 
+// Shared by the test binaries and the side-by-side benchmark; each uses a part.
+#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};

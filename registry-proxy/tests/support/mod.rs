@@ -31,12 +31,20 @@ pub struct Server {
     child: Child,
     /// Where it listens, `127.0.0.1:PORT`.
     pub addr: String,
+    /// Its debug listener, if it has one.
+    pub debug: Option<String>,
 }
 
 impl Server {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the process with SIGKILL, as a crash or the OOM killer would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Waits up to `within` for the process to exit by itself.
@@ -54,8 +62,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -99,7 +106,11 @@ pub fn start(program: &str, args: &[&str], config: &Path, addr: String, dir: &Pa
         .spawn()
         .unwrap_or_else(|e| panic!("start {program}: {e}"));
     wait_ready(&addr, &mut child, &log);
-    Server { child, addr }
+    Server {
+        child,
+        addr,
+        debug: None,
+    }
 }
 
 /// `docker-registry` on `root`; `extra` is appended to its config.
@@ -126,17 +137,41 @@ pub fn registry_proxy(
     let auth = credentials
         .map(|(u, p)| format!("  username: {u}\n  password: {p}\n"))
         .unwrap_or_default();
+    let debug = format!("127.0.0.1:{}", free_port());
     let yaml = format!(
-        "version: 0.1\nstorage:\n{storage}http:\n  addr: {addr}\nproxy:\n  remoteurl: http://{upstream}\n{auth}"
+        "version: 0.1\nstorage:\n{storage}http:\n  addr: {addr}\n  debug:\n    addr: {debug}\nproxy:\n  remoteurl: http://{upstream}\n{auth}"
     );
     std::fs::write(&config, yaml).expect("config");
-    start(
+    let mut server = start(
         env!("CARGO_BIN_EXE_registry-proxy"),
         &["serve"],
         &config,
         addr,
         dir,
-    )
+    );
+    server.debug = Some(debug);
+    server
+}
+
+/// `/debug/vars` of a registry-proxy started by [`registry_proxy`].
+pub async fn debug_vars(proxy: &Server) -> serde_json::Value {
+    let debug = proxy.debug.as_deref().expect("a debug listener");
+    reqwest::get(format!("http://{debug}/debug/vars"))
+        .await
+        .expect("GET /debug/vars")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+/// Waits until `proxy` runs no fill: a client has its last byte before the
+/// fill has stored the blob.
+pub async fn fills_settled(proxy: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while debug_vars(proxy).await["registry_proxy"]["FillsInFlight"] != 0 {
+        assert!(Instant::now() < deadline, "fills still running after 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Pushes `data` as a blob of `repo` to the registry at `addr` (monolithic
@@ -170,4 +205,108 @@ pub async fn push_blob(
         .expect("finish upload");
     assert_eq!(done.status(), 201, "finish upload");
     digest
+}
+
+/// An image pushed by [`push_image`]: its manifest and the blobs it names.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The repository.
+    pub repo: String,
+    /// The manifest's digest (tagged `v1`).
+    pub manifest: Digest,
+    /// Config then layers.
+    pub blobs: Vec<Digest>,
+}
+
+/// Pushes an OCI image with random layers of `layer_sizes` bytes (seeded
+/// by `seed`) as `repo:v1` to the registry at `addr`.
+pub async fn push_image(
+    client: &reqwest::Client,
+    addr: &str,
+    repo: &str,
+    seed: u64,
+    layer_sizes: &[usize],
+) -> Image {
+    let config = bytes::Bytes::from(format!(
+        r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"seed":{seed}}}"#
+    ));
+    let mut blobs = vec![push_blob(client, addr, repo, config.clone()).await];
+    let mut descriptors = Vec::new();
+    for (i, &layer_bytes) in layer_sizes.iter().enumerate() {
+        let data = conformance::random_bytes(seed * 1000 + i as u64, layer_bytes);
+        let digest = push_blob(client, addr, repo, data).await;
+        descriptors.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest.to_string(),
+            "size": layer_bytes,
+        }));
+        blobs.push(digest);
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": registry_proxy::oci::OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": blobs[0].to_string(),
+            "size": config.len(),
+        },
+        "layers": descriptors,
+    }))
+    .expect("manifest");
+    let put = client
+        .put(format!("http://{addr}/v2/{repo}/manifests/v1"))
+        .header("content-type", registry_proxy::oci::OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .expect("put manifest");
+    assert_eq!(put.status(), 201, "put manifest");
+    Image {
+        repo: repo.to_owned(),
+        manifest: Digest::of(&manifest),
+        blobs,
+    }
+}
+
+/// Pulls `image` by its tag from the registry at `addr` as a client does:
+/// the manifest, then every blob it names, each checked against its digest.
+/// Returns the bytes received, or what went wrong.
+pub async fn pull_image(
+    client: &reqwest::Client,
+    addr: &str,
+    image: &Image,
+) -> Result<u64, String> {
+    let get = |url: String| async move {
+        let response = client
+            .get(&url)
+            .header("accept", registry_proxy::oci::MANIFEST_ACCEPT)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("GET {url}: {}", response.status()));
+        }
+        response
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: body: {e}"))
+    };
+    let base = format!("http://{addr}/v2/{}", image.repo);
+    let manifest = get(format!("{base}/manifests/v1")).await?;
+    if Digest::of(&manifest) != image.manifest {
+        return Err(format!("{}:v1: wrong manifest", image.repo));
+    }
+    let mut received = manifest.len() as u64;
+    for (digest, _) in registry_proxy::oci::manifest_references(&manifest) {
+        let blob = get(format!("{base}/blobs/{digest}")).await?;
+        if Digest::of(&blob) != digest {
+            return Err(format!(
+                "{}: blob {digest}: wrong bytes ({} B)",
+                image.repo,
+                blob.len()
+            ));
+        }
+        received += blob.len() as u64;
+    }
+    Ok(received)
 }
