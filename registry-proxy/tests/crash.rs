@@ -29,7 +29,7 @@ const LAYERS: [usize; 2] = [1 << 20, 6 << 20];
 /// Where the cache keeps its content, seen from outside the proxy.
 enum Backing {
     Fs(PathBuf),
-    S3(S3Config),
+    S3(Box<S3Config>),
 }
 
 impl Backing {
@@ -61,7 +61,7 @@ impl Backing {
                 })
                 .expect("fs driver"),
             ),
-            Self::S3(s3) => Arc::new(S3Driver::new(s3.clone()).await.expect("s3 driver")),
+            Self::S3(s3) => Arc::new(S3Driver::new((**s3).clone()).await.expect("s3 driver")),
         }
     }
 
@@ -73,7 +73,7 @@ impl Backing {
                 .map(|d| count_files(&root.join(d)))
                 .sum(),
             Self::S3(s3) => {
-                let driver = S3Driver::new(s3.clone()).await.expect("s3 driver");
+                let driver = S3Driver::new((**s3).clone()).await.expect("s3 driver");
                 let client = driver.client();
                 let prefix = format!("{}/", s3.root_directory);
                 let uploads = client
@@ -226,5 +226,5 @@ async fn kill_9_during_cold_pulls_on_s3() {
         chunk_size: 5 << 20,
         ..s3
     };
-    crash_during_cold_pulls("kill_9_s3", Backing::S3(s3)).await;
+    crash_during_cold_pulls("kill_9_s3", Backing::S3(Box::new(s3))).await;
 }
