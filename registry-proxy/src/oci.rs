@@ -315,6 +315,9 @@ pub struct OciError {
     pub code: ErrorCode,
     /// A message for people.
     pub message: String,
+    /// When the client may try again (a `Retry-After` value passed on
+    /// from the upstream's 429 or 503).
+    pub retry_after: Option<HeaderValue>,
 }
 
 impl OciError {
@@ -323,6 +326,7 @@ impl OciError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -342,6 +346,9 @@ impl IntoResponse for OciError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(after) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, after);
+        }
         response
     }
 }

@@ -2,6 +2,10 @@
 //! test upstream that can misbehave in ways a real registry will not: wrong
 //! bytes, short bodies, stalls, error statuses, and each auth scheme.
 
+// Shared by the test binaries and the side-by-side benchmark; each uses a part.
+#[allow(dead_code)]
+mod support;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,12 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
 use driver_core::StorageDriver;
-use driver_memory::MemoryDriver;
+use registry_proxy::AppState;
 use registry_proxy::cache::layout;
 use registry_proxy::oci::{Digest, RepoName};
-use registry_proxy::scheduler::{Clock, Options};
-use registry_proxy::upstream::Upstream;
-use registry_proxy::{AppState, Settings, app};
+use support::InProcess;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
@@ -301,7 +303,7 @@ struct Setup {
     fake: Arc<Fake>,
     driver: Arc<dyn StorageDriver>,
     state: AppState,
-    _spool: tempfile::TempDir,
+    proxy: InProcess,
 }
 
 async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup {
@@ -325,34 +327,13 @@ async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     *fake.base.lock().expect("lock") = base.clone();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let spool = tempfile::tempdir().expect("spool");
-    let driver: Arc<dyn StorageDriver> = Arc::new(MemoryDriver::new());
     let credentials = credentials.then(|| (USER.to_owned(), PASSWORD.to_owned()));
-    let upstream = Upstream::new(
-        base.parse().expect("url"),
-        credentials,
-        Duration::from_secs(2),
-    );
-    let settings = Settings {
-        spool_dir: spool.path().to_owned(),
-        fill_timeout: Duration::from_millis(500),
-        tag_freshness: freshness,
-        request_timeout: Duration::from_secs(2),
-        scheduler: Options {
-            ttl: Duration::from_secs(168 * 3600),
-            flush_interval: Duration::from_secs(1),
-            purge: None,
-        },
-        clock: Clock::system(),
-    };
-    let state = AppState::open(Arc::clone(&driver), upstream, settings)
-        .await
-        .expect("state");
+    let proxy = InProcess::open(&base, credentials, freshness).await;
     Setup {
         fake,
-        driver,
-        state,
-        _spool: spool,
+        driver: Arc::clone(&proxy.driver),
+        state: proxy.state.clone(),
+        proxy,
     }
 }
 
@@ -362,24 +343,11 @@ async fn setup() -> Setup {
 
 impl Setup {
     async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)]) -> Response {
-        let mut request = Request::builder().method(method).uri(uri);
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        app(self.state.clone())
-            .oneshot(request.body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible")
+        self.proxy.send(method, uri, headers).await
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, HeaderMap, Result<Bytes, axum::Error>) {
-        let response = self.send(Method::GET, uri, &[]).await;
-        let (parts, body) = response.into_parts();
-        (
-            parts.status,
-            parts.headers,
-            axum::body::to_bytes(body, 64 << 20).await,
-        )
+        self.proxy.get(uri).await
     }
 }
 

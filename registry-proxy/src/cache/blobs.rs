@@ -200,8 +200,10 @@ fn upstream_error(e: UpstreamError) -> OciError {
     OciError::new(ErrorCode::Unavailable, e.to_string())
 }
 
-/// Maps an upstream status that is not a success.
-pub fn status_error(status: StatusCode, what: &str, not_found: ErrorCode) -> OciError {
+/// Maps an upstream answer that is not a success; a 429 or 503 passes its
+/// `Retry-After` on, so that clients back off as the upstream asked.
+pub fn status_error(response: &reqwest::Response, what: &str, not_found: ErrorCode) -> OciError {
+    let status = response.status();
     let code = match status {
         StatusCode::NOT_FOUND => not_found,
         StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
@@ -209,7 +211,18 @@ pub fn status_error(status: StatusCode, what: &str, not_found: ErrorCode) -> Oci
         StatusCode::TOO_MANY_REQUESTS => ErrorCode::TooManyRequests,
         _ => ErrorCode::Unavailable,
     };
-    OciError::new(code, format!("upstream answered {status} for {what}"))
+    let mut error = OciError::new(code, format!("upstream answered {status} for {what}"));
+    if matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    ) {
+        error.retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .filter(|v| v.len() <= 64)
+            .cloned();
+    }
+    error
 }
 
 impl Blobs {
@@ -413,7 +426,7 @@ impl Blobs {
             .map_err(upstream_error)?;
         if !response.status().is_success() {
             return Err(status_error(
-                response.status(),
+                &response,
                 &format!("blob {digest}"),
                 ErrorCode::BlobUnknown,
             ));

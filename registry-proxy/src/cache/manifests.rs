@@ -237,7 +237,7 @@ impl Manifests {
             .map_err(unavailable)?;
         let status = response.status();
         if is_outage(status) {
-            return Err(status_error(status, tag, ErrorCode::ManifestUnknown));
+            return Err(status_error(&response, tag, ErrorCode::ManifestUnknown));
         }
         Ok(response
             .headers()
@@ -270,7 +270,7 @@ impl Manifests {
         };
         let status = response.status();
         if !status.is_success() {
-            let error = status_error(status, reference, ErrorCode::ManifestUnknown);
+            let error = status_error(&response, reference, ErrorCode::ManifestUnknown);
             return if is_outage(status) {
                 Ok(Upstreamed::Unavailable(error))
             } else {
@@ -380,7 +380,7 @@ impl Manifests {
             };
             let status = response.status();
             if !status.is_success() {
-                let error = status_error(status, "the tag list", ErrorCode::NameUnknown);
+                let error = status_error(&response, "the tag list", ErrorCode::NameUnknown);
                 return if is_outage(status) {
                     Ok(Upstreamed::Unavailable(error))
                 } else {

@@ -310,3 +310,89 @@ pub async fn pull_image(
     }
     Ok(received)
 }
+
+/// A proxy in this process: in-memory storage, `upstream` (a base URL),
+/// fills abandoned after 500 ms of silence, tags trusted for `freshness`.
+pub struct InProcess {
+    /// The proxy's state; `registry_proxy::app(state)` serves it.
+    pub state: registry_proxy::AppState,
+    /// Its storage.
+    pub driver: std::sync::Arc<dyn driver_core::StorageDriver>,
+    _spool: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// Opens the proxy in front of `upstream`.
+    pub async fn open(
+        upstream: &str,
+        credentials: Option<(String, String)>,
+        freshness: Duration,
+    ) -> Self {
+        use registry_proxy::scheduler::{Clock, Options};
+        let spool = tempfile::tempdir().expect("spool");
+        let driver: std::sync::Arc<dyn driver_core::StorageDriver> =
+            std::sync::Arc::new(driver_memory::MemoryDriver::new());
+        let upstream = registry_proxy::upstream::Upstream::new(
+            upstream.parse().expect("url"),
+            credentials,
+            Duration::from_secs(2),
+        );
+        let settings = registry_proxy::Settings {
+            spool_dir: spool.path().to_owned(),
+            fill_timeout: Duration::from_millis(500),
+            tag_freshness: freshness,
+            request_timeout: Duration::from_secs(2),
+            scheduler: Options {
+                ttl: Duration::from_secs(168 * 3600),
+                flush_interval: Duration::from_secs(1),
+                purge: None,
+            },
+            clock: Clock::system(),
+        };
+        let state =
+            registry_proxy::AppState::open(std::sync::Arc::clone(&driver), upstream, settings)
+                .await
+                .expect("state");
+        Self {
+            state,
+            driver,
+            _spool: spool,
+        }
+    }
+
+    /// Sends one request through the router.
+    pub async fn send(
+        &self,
+        method: axum::http::Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> axum::response::Response {
+        use tower::ServiceExt;
+        let mut request = axum::http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        registry_proxy::app(self.state.clone())
+            .oneshot(request.body(axum::body::Body::empty()).expect("request"))
+            .await
+            .expect("infallible")
+    }
+
+    /// GETs `uri`: status, headers and the whole body (or its error).
+    pub async fn get(
+        &self,
+        uri: &str,
+    ) -> (
+        axum::http::StatusCode,
+        axum::http::HeaderMap,
+        Result<bytes::Bytes, axum::Error>,
+    ) {
+        let response = self.send(axum::http::Method::GET, uri, &[]).await;
+        let (parts, body) = response.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            axum::body::to_bytes(body, 64 << 20).await,
+        )
+    }
+}

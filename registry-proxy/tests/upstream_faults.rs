@@ -1,0 +1,342 @@
+//! An upstream that misbehaves at the HTTP and TCP level, written by hand
+//! on a raw socket because a real server (or axum) will not: bodies shorter
+//! or longer than their Content-Length, a stall mid-body, connection
+//! resets, 429 with Retry-After, 500 and 503, and a failing token service.
+//! For each fault the proxy answers the miss with an error (or a body that
+//! breaks off), stores nothing, keeps serving what it had cached, and
+//! fills the blob once the upstream behaves again.
+
+// Shared by the test binaries and the side-by-side benchmark; each uses a part.
+#[allow(dead_code)]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use registry_proxy::cache::layout;
+use registry_proxy::oci::{Digest, OCI_MANIFEST};
+use support::InProcess;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Content-Length is the blob's size; half of it comes, then the
+    /// connection closes.
+    Short,
+    /// Content-Length is half the blob's size; the whole blob comes.
+    Long,
+    /// Half the body, then silence with the connection open.
+    Stall,
+    /// The connection is reset after the request arrives.
+    Reset,
+    /// This status, with `Retry-After: 7` on 429 and 503.
+    Status(u16),
+    /// Bearer auth whose token endpoint answers 500.
+    TokenFails,
+}
+
+/// The upstream: content by path, and the fault of the moment.
+struct Upstream {
+    content: Mutex<HashMap<String, (Bytes, &'static str)>>,
+    fault: Mutex<Fault>,
+    addr: String,
+}
+
+impl Upstream {
+    async fn start() -> Arc<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let upstream = Arc::new(Self {
+            content: Mutex::default(),
+            fault: Mutex::new(Fault::None),
+            addr: listener.local_addr().expect("addr").to_string(),
+        });
+        let serving = Arc::clone(&upstream);
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(Arc::clone(&serving).connection(socket));
+            }
+        });
+        upstream
+    }
+
+    fn add(&self, path: &str, body: Bytes, content_type: &'static str) {
+        self.content
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned(), (body, content_type));
+    }
+
+    fn set(&self, fault: Fault) {
+        *self.fault.lock().expect("lock") = fault;
+    }
+
+    /// Answers requests on one connection until a fault ends it.
+    async fn connection(self: Arc<Self>, mut socket: TcpStream) {
+        loop {
+            let Some(head) = read_head(&mut socket).await else {
+                return;
+            };
+            let mut words = head.split_whitespace();
+            let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let path = target.split('?').next().unwrap_or_default().to_owned();
+            let authorized = head
+                .to_ascii_lowercase()
+                .contains("authorization: bearer good");
+            let fault = *self.fault.lock().expect("lock");
+            let found = self.content.lock().expect("lock").get(&path).cloned();
+            if fault == Fault::TokenFails && path == "/token" {
+                let _ = socket
+                    .write_all(&response(500, &[], b"token service down"))
+                    .await;
+                continue;
+            }
+            if fault == Fault::TokenFails && !authorized {
+                let challenge = format!(
+                    "Bearer realm=\"http://{}/token\",service=\"faulty\"",
+                    self.addr
+                );
+                let _ = socket
+                    .write_all(&response(401, &[("www-authenticate", &challenge)], b""))
+                    .await;
+                continue;
+            }
+            let Some((body, content_type)) = found else {
+                let _ = socket.write_all(&response(404, &[], b"")).await;
+                continue;
+            };
+            let len = body.len();
+            let headers = |length: usize| {
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {length}\r\ndocker-content-digest: {}\r\n\r\n",
+                    Digest::of(&body)
+                )
+                .into_bytes()
+            };
+            let head_only = method == "HEAD";
+            match fault {
+                Fault::None | Fault::TokenFails => {
+                    let mut answer = headers(len);
+                    if !head_only {
+                        answer.extend_from_slice(&body);
+                    }
+                    if socket.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+                Fault::Status(code) => {
+                    let retry: &[(&str, &str)] = if matches!(code, 429 | 503) {
+                        &[("retry-after", "7")]
+                    } else {
+                        &[]
+                    };
+                    let _ = socket.write_all(&response(code, retry, b"")).await;
+                }
+                Fault::Short | Fault::Long | Fault::Stall => {
+                    let (announced, sent) = match fault {
+                        Fault::Short | Fault::Stall => (len, &body[..len / 2]),
+                        _ => (len / 2, &body[..]),
+                    };
+                    let mut answer = headers(announced);
+                    answer.extend_from_slice(sent);
+                    let _ = socket.write_all(&answer).await;
+                    if fault == Fault::Stall {
+                        // Silence, until the proxy gives up and closes.
+                        let mut rest = [0u8; 1];
+                        let _ = socket.read(&mut rest).await;
+                    }
+                    return;
+                }
+                Fault::Reset => {
+                    // A zero linger makes the close a reset; it never blocks.
+                    #[allow(deprecated)]
+                    let _ = socket.set_linger(Some(Duration::ZERO));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads one request head (bodies are never sent to an upstream).
+async fn read_head(socket: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if socket.read(&mut byte).await.ok()? == 0 || head.len() > 64 << 10 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).ok()
+}
+
+fn response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} Fault\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+fn error_code(body: &[u8]) -> String {
+    let json: serde_json::Value = serde_json::from_slice(body).expect("an OCI error body");
+    json["errors"][0]["code"].as_str().expect("code").to_owned()
+}
+
+/// Runs one fault: caches an image, then asks for an uncached blob while
+/// the upstream misbehaves.
+async fn check(fault: Fault) {
+    let upstream = Upstream::start().await;
+    // Tags are checked upstream on every request, so the fault is met.
+    let proxy = InProcess::open(&format!("http://{}", upstream.addr), None, Duration::ZERO).await;
+    let cached = conformance::random_bytes(1, 1 << 20);
+    let cached_digest = Digest::of(&cached);
+    let manifest = Bytes::from(
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cached_digest.to_string(), "size": cached.len()},
+            "layers": [],
+        })
+        .to_string(),
+    );
+    upstream.add(
+        &format!("/v2/team/app/blobs/{cached_digest}"),
+        cached.clone(),
+        "application/octet-stream",
+    );
+    upstream.add("/v2/team/app/manifests/v1", manifest.clone(), OCI_MANIFEST);
+    let missing = conformance::random_bytes(2, 2 << 20);
+    let missing_digest = Digest::of(&missing);
+    upstream.add(
+        &format!("/v2/team/app/blobs/{missing_digest}"),
+        missing.clone(),
+        "application/octet-stream",
+    );
+    let cached_uri = format!("/v2/team/app/blobs/{cached_digest}");
+    let missing_uri = format!("/v2/team/app/blobs/{missing_digest}");
+
+    let (status, _, body) = proxy.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(
+        (status, body.expect("body")),
+        (StatusCode::OK, manifest.clone())
+    );
+    let (status, _, body) = proxy.get(&cached_uri).await;
+    assert_eq!(
+        (status, body.expect("body")),
+        (StatusCode::OK, cached.clone())
+    );
+
+    upstream.set(fault);
+    let (status, headers, body) = proxy.get(&missing_uri).await;
+    match body {
+        Ok(body) if status == StatusCode::OK => {
+            panic!("{fault:?}: a complete 200 of {} bytes", body.len())
+        }
+        Ok(body) => {
+            let code = error_code(&body);
+            let expected = match fault {
+                Fault::Status(429) => (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS"),
+                _ => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            };
+            assert_eq!((status, code.as_str()), expected, "{fault:?}");
+            if matches!(fault, Fault::Status(429 | 503)) {
+                assert_eq!(
+                    headers["retry-after"], "7",
+                    "{fault:?}: Retry-After passed on"
+                );
+            }
+        }
+        // A 200 whose body breaks off: the client never gets unverified bytes.
+        Err(_) => assert_eq!(status, StatusCode::OK, "{fault:?}"),
+    }
+    proxy.state.blobs.fills_done().await;
+    assert!(
+        proxy
+            .driver
+            .stat(&layout::blob_data(&missing_digest))
+            .await
+            .is_err(),
+        "{fault:?}: something was stored"
+    );
+    // What was cached is still served, the tag from its cached copy.
+    let (status, _, body) = proxy.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(
+        (status, body.expect("body")),
+        (StatusCode::OK, manifest),
+        "{fault:?}: cached tag"
+    );
+    let (status, _, body) = proxy.get(&cached_uri).await;
+    assert_eq!(
+        (status, body.expect("body")),
+        (StatusCode::OK, cached),
+        "{fault:?}: cached blob"
+    );
+
+    upstream.set(Fault::None);
+    let (status, _, body) = proxy.get(&missing_uri).await;
+    assert_eq!(
+        (status, body.expect("body")),
+        (StatusCode::OK, missing),
+        "{fault:?}: recovery"
+    );
+    proxy.state.blobs.fills_done().await;
+    assert!(
+        proxy
+            .driver
+            .stat(&layout::blob_data(&missing_digest))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shorter_than_its_content_length() {
+    check(Fault::Short).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_its_content_length() {
+    check(Fault::Long).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_mid_body_times_the_fill_out() {
+    check(Fault::Stall).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_resets() {
+    check(Fault::Reset).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_passes_retry_after_on() {
+    check(Fault::Status(429)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_server_errors() {
+    check(Fault::Status(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_unavailable_passes_retry_after_on() {
+    check(Fault::Status(503)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_service() {
+    check(Fault::TokenFails).await;
+}
