@@ -11,6 +11,8 @@ use sha2::{Digest as _, Sha256};
 pub const MAX_NAME_LEN: usize = 255;
 /// Manifests larger than this are refused, as registries do.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// Largest total of request header names and values accepted.
+pub const MAX_HEADER_BYTES: usize = 16 << 10;
 
 /// OCI image index.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -268,6 +270,8 @@ pub enum ErrorCode {
     TooManyRequests,
     /// Upstream unreachable or failing, nothing cached.
     Unavailable,
+    /// The request's headers exceed [`MAX_HEADER_BYTES`].
+    HeadersTooLarge,
 }
 
 impl ErrorCode {
@@ -286,6 +290,7 @@ impl ErrorCode {
             Self::Unsupported => "UNSUPPORTED",
             Self::TooManyRequests => "TOOMANYREQUESTS",
             Self::Unavailable => "UNAVAILABLE",
+            Self::HeadersTooLarge => "SIZE_INVALID",
         }
     }
 
@@ -302,6 +307,7 @@ impl ErrorCode {
             Self::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 }

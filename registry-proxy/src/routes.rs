@@ -37,6 +37,29 @@ pub fn app(state: AppState) -> Router {
             },
         ))
         .layer(axum::middleware::from_fn(request_span))
+        .layer(axum::middleware::from_fn(limit_headers))
+}
+
+/// Refuses requests whose headers add up to more than
+/// [`MAX_HEADER_BYTES`](crate::oci::MAX_HEADER_BYTES) with an OCI error
+/// (far larger ones are refused by the HTTP server itself, with a bare 431).
+async fn limit_headers(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if size > crate::oci::MAX_HEADER_BYTES {
+        return OciError::new(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "the request headers are {size} bytes; at most {} are accepted",
+                crate::oci::MAX_HEADER_BYTES
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 const REQUEST_ID: &str = "x-request-id";

@@ -730,6 +730,89 @@ async fn push_delete_and_bad_names_get_oci_errors() {
     );
 }
 
+/// Names that try to leave their directory (plain or percent-encoded),
+/// giant headers and manifests over 4 MiB get OCI errors; nothing reaches
+/// storage or the upstream.
+#[tokio::test]
+async fn hostile_input_gets_oci_errors() {
+    let s = setup().await;
+    let digest = Digest::of(b"x");
+    for (uri, status, code) in [
+        ("/v2/a%2F..%2Fb/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/%2e%2e/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/team/%2E%2E/app/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/team%5C..%5Capp/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/team%00/app/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2//etc/manifests/v1", 400, "NAME_INVALID"),
+        (
+            "/v2/team/app/manifests/..%2F..%2Fetc",
+            400,
+            "MANIFEST_INVALID",
+        ),
+        ("/v2/team/app/manifests/v1%2F..", 400, "MANIFEST_INVALID"),
+        (
+            "/v2/team/app/blobs/sha256:..%2F..%2Fdata",
+            400,
+            "DIGEST_INVALID",
+        ),
+        ("/v2/team/app/blobs/sha256%3A..", 400, "DIGEST_INVALID"),
+    ] {
+        let response = s.send(Method::GET, uri, &[]).await;
+        assert_eq!(response.status().as_u16(), status, "{uri}");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        assert_eq!(error_code(&body), code, "{uri}");
+    }
+    let filler = "x".repeat(20 << 10);
+    let response = s
+        .send(
+            Method::GET,
+            &blob_uri("team/app", &digest),
+            &[("x-filler", &filler)],
+        )
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    assert_eq!(error_code(&body), "SIZE_INVALID");
+
+    let giant = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": registry_proxy::oci::OCI_MANIFEST,
+        "annotations": {"padding": "p".repeat(5 << 20)},
+    })
+    .to_string();
+    s.fake.tag("giant", giant.as_bytes());
+    let (status, _, body) = s.get("/v2/team/app/manifests/giant").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body.expect("body")), "MANIFEST_INVALID");
+    assert_eq!(
+        s.fake.count("GET "),
+        1,
+        "only the giant manifest's GET reached the upstream"
+    );
+    let mut stored = Vec::new();
+    s.driver
+        .walk(
+            &driver_core::StoragePath::root(),
+            &driver_core::WalkOptions::default(),
+            &mut |info| {
+                if !info.path.as_str().starts_with("/registry-proxy/") {
+                    stored.push(info.path.to_string());
+                }
+                driver_core::WalkControl::Continue
+            },
+        )
+        .await
+        .ok();
+    assert_eq!(stored, Vec::<String>::new(), "nothing was stored");
+}
+
 #[tokio::test]
 async fn tags_list_and_catalog_paginate() {
     let s = setup().await;

@@ -11,6 +11,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ enum Fault {
 struct Upstream {
     content: Mutex<HashMap<String, (Bytes, &'static str)>>,
     fault: Mutex<Fault>,
+    /// Good answers come chunked, without a Content-Length.
+    chunked: AtomicBool,
     addr: String,
 }
 
@@ -53,6 +56,7 @@ impl Upstream {
         let upstream = Arc::new(Self {
             content: Mutex::default(),
             fault: Mutex::new(Fault::None),
+            chunked: AtomicBool::new(false),
             addr: listener.local_addr().expect("addr").to_string(),
         });
         let serving = Arc::clone(&upstream);
@@ -119,6 +123,21 @@ impl Upstream {
             };
             let head_only = method == "HEAD";
             match fault {
+                Fault::None | Fault::TokenFails if self.chunked.load(Ordering::SeqCst) => {
+                    let mut answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+                    )
+                    .into_bytes();
+                    for chunk in body.chunks(64 << 10) {
+                        answer.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                        answer.extend_from_slice(chunk);
+                        answer.extend_from_slice(b"\r\n");
+                    }
+                    answer.extend_from_slice(b"0\r\n\r\n");
+                    if socket.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
                 Fault::None | Fault::TokenFails => {
                     let mut answer = headers(len);
                     if !head_only {
@@ -339,4 +358,37 @@ async fn service_unavailable_passes_retry_after_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_token_service() {
     check(Fault::TokenFails).await;
+}
+
+/// A manifest without a Content-Length is read up to 4 MiB and refused
+/// beyond, never held whole; a small one passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_manifest_over_4_mib_is_refused() {
+    let upstream = Upstream::start().await;
+    upstream.chunked.store(true, Ordering::SeqCst);
+    let proxy = InProcess::open(&format!("http://{}", upstream.addr), None, Duration::ZERO).await;
+    let manifest = |padding: usize| {
+        Bytes::from(
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "annotations": {"padding": "p".repeat(padding)},
+            })
+            .to_string(),
+        )
+    };
+    upstream.add(
+        "/v2/team/app/manifests/giant",
+        manifest(5 << 20),
+        OCI_MANIFEST,
+    );
+    upstream.add("/v2/team/app/manifests/small", manifest(10), OCI_MANIFEST);
+    let (status, _, body) = proxy.get("/v2/team/app/manifests/giant").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body.expect("body")), "MANIFEST_INVALID");
+    let (status, _, body) = proxy.get("/v2/team/app/manifests/small").await;
+    assert_eq!(
+        (status, body.expect("body")),
+        (StatusCode::OK, manifest(10))
+    );
 }

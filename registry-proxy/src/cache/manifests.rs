@@ -254,7 +254,7 @@ impl Manifests {
         reference: &str,
         expected: Option<&Digest>,
     ) -> Result<Upstreamed, OciError> {
-        let response = match self
+        let mut response = match self
             .upstream
             .send(
                 Method::GET,
@@ -277,35 +277,42 @@ impl Manifests {
                 Err(error)
             };
         }
+        let too_large = || {
+            OciError::new(
+                ErrorCode::ManifestInvalid,
+                "the upstream manifest exceeds 4 MiB",
+            )
+        };
         if response
             .content_length()
             .is_some_and(|n| n > oci::MAX_MANIFEST_BYTES as u64)
         {
-            return Err(OciError::new(
-                ErrorCode::ManifestInvalid,
-                "the upstream manifest exceeds 4 MiB",
-            ));
+            return Err(too_large());
         }
         let claimed = response
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Digest::parse(v).ok());
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                return Ok(Upstreamed::Unavailable(OciError::new(
-                    ErrorCode::Unavailable,
-                    format!("upstream manifest body: {e}"),
-                )));
+        // Read chunk by chunk: an answer without a Content-Length is cut off
+        // at the limit instead of being held whole in memory.
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if bytes.len() + chunk.len() > oci::MAX_MANIFEST_BYTES => {
+                    return Err(too_large());
+                }
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    return Ok(Upstreamed::Unavailable(OciError::new(
+                        ErrorCode::Unavailable,
+                        format!("upstream manifest body: {e}"),
+                    )));
+                }
             }
-        };
-        if bytes.len() > oci::MAX_MANIFEST_BYTES {
-            return Err(OciError::new(
-                ErrorCode::ManifestInvalid,
-                "the upstream manifest exceeds 4 MiB",
-            ));
         }
+        let bytes = Bytes::from(bytes);
         let digest = Digest::of(&bytes);
         for want in expected.into_iter().chain(claimed.as_ref()) {
             if want != &digest {
