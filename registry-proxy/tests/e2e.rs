@@ -256,14 +256,82 @@ fn pull_through_a_basic_auth_upstream() {
         Some("puller:pull-secret"),
     );
 
+    // Debug logs: the most a log can say.
     let storage = format!(
-        "  filesystem:\n    rootdirectory: {}\n",
+        "  filesystem:\n    rootdirectory: {}\nlog:\n  level: debug\n",
         d.join("cache").display()
     );
     let proxy = registry_proxy(d, &storage, &upstream.addr, Some(("puller", "pull-secret")));
     pull_and_check(&image, &proxy.addr, "private/app:v1", &d.join("out"));
+    // Every kind of answer: hits, misses of unknown content, a bad name, the
+    // metrics; then a proxy with a wrong password (the upstream refuses it).
+    let mut seen = answers(&proxy, "private/app");
     let log = std::fs::read_to_string(d.join("proxy.log")).expect("proxy log");
-    assert!(!log.contains("pull-secret"), "the password reached the log");
+    drop(proxy);
+    let wrong = registry_proxy(
+        d,
+        &storage,
+        &upstream.addr,
+        Some(("puller", "wrong-secret")),
+    );
+    seen.push_str(&answers(&wrong, "private/app"));
+    let refused = seen.contains("UNAUTHORIZED") || seen.contains("DENIED");
+    assert!(refused, "the wrong password was not refused: {seen}");
+    drop(wrong);
+    seen.push_str(&log);
+    seen.push_str(&std::fs::read_to_string(d.join("proxy.log")).expect("proxy log"));
+    // The passwords, and the Basic headers they make (base64 of user:password).
+    for secret in [
+        "pull-secret",
+        "wrong-secret",
+        "cHVsbGVyOnB1bGwtc2VjcmV0",
+        "cHVsbGVyOndyb25nLXNlY3JldA",
+    ] {
+        assert!(
+            !seen.contains(secret),
+            "{secret} appeared in a response, a metric or the log"
+        );
+    }
+}
+
+/// Status lines, headers and bodies of a range of requests to `proxy`
+/// about `repo`, and its `/metrics` and `/debug/vars`, as one text.
+fn answers(proxy: &support::Server, repo: &str) -> String {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let missing = Digest::of(b"not there");
+    let public = [
+        format!("/v2/{repo}/manifests/v1"),
+        format!("/v2/{repo}/manifests/nope"),
+        format!("/v2/{repo}/blobs/{missing}"),
+        format!("/v2/{repo}/tags/list"),
+        "/v2/Bad..Name/manifests/v1".to_owned(),
+        "/v2/_catalog".to_owned(),
+    ];
+    let debug = proxy.debug.clone().expect("debug listener");
+    let urls = public
+        .iter()
+        .map(|p| format!("http://{}{p}", proxy.addr))
+        .chain(["/metrics", "/debug/vars"].map(|p| format!("http://{debug}{p}")));
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        // The debug endpoints live on their own listener only.
+        for path in ["/metrics", "/debug/vars", "/healthz"] {
+            let url = format!("http://{}{path}", proxy.addr);
+            let status = client.get(&url).send().await.expect("request").status();
+            assert_eq!(status, 404, "{url} is served on the public listener");
+        }
+        let mut seen = String::new();
+        for url in urls {
+            let response = client.get(&url).send().await.expect("request");
+            seen.push_str(&format!(
+                "{url} {}\n{:?}\n",
+                response.status(),
+                response.headers()
+            ));
+            seen.push_str(&response.text().await.unwrap_or_default());
+        }
+        seen
+    })
 }
 
 #[test]
