@@ -23,8 +23,10 @@
 pub mod cases;
 pub mod exclusive;
 mod model;
+mod server;
 mod support;
 
+pub use server::PrivateS3;
 pub use support::{
     Case, Ctx, Settings, assert_bytes, env_or, expect_kind, failing_cases, random_bytes, read_all,
     run_case, seed, skip,

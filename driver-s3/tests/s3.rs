@@ -4,12 +4,10 @@
 mod common;
 mod witness;
 
-use std::path::{Path as FsPath, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use conformance::random_bytes;
+use conformance::{PrivateS3, random_bytes};
 use driver_core::{ErrorKind, StorageDriver, StoragePath};
 use driver_s3::{S3Config, S3Driver};
 use futures::{StreamExt, TryStreamExt};
@@ -307,49 +305,18 @@ async fn five_thousand_keys_list_walk_and_delete() {
     driver.delete(&path("/manysuffix")).await.expect("cleanup");
 }
 
-/// A private Garage started with the repository's script, for stopping it.
-struct Server {
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn script() -> PathBuf {
-        FsPath::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-server.sh")
-    }
-
-    fn run(&self, action: &str) {
-        let status = Command::new(Self::script())
-            .args([action, &self.dir.path().display().to_string()])
-            .status()
-            .expect("run s3-server.sh");
-        assert!(status.success(), "s3-server.sh {action} failed");
-    }
-
-    fn config(&self) -> S3Config {
-        let env = std::fs::read_to_string(self.dir.path().join("env")).expect("server env");
-        let value = |name: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-                .map(str::to_owned)
-                .expect("variable in env")
-        };
-        S3Config {
-            bucket: value("S3_BUCKET"),
-            region: value("AWS_REGION"),
-            endpoint: Some(value("AWS_ENDPOINT_URL")),
-            access_key: Some(value("AWS_ACCESS_KEY_ID")),
-            secret_key: Some(value("AWS_SECRET_ACCESS_KEY")),
-            force_path_style: true,
-            chunk_size: 5 * MIB as u64,
-            max_attempts: 2,
-            ..S3Config::default()
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.run("stop");
+/// The driver's configuration for a private server.
+fn private_config(server: &PrivateS3) -> S3Config {
+    S3Config {
+        bucket: server.var("S3_BUCKET"),
+        region: server.var("AWS_REGION"),
+        endpoint: Some(server.var("AWS_ENDPOINT_URL")),
+        access_key: Some(server.var("AWS_ACCESS_KEY_ID")),
+        secret_key: Some(server.var("AWS_SECRET_ACCESS_KEY")),
+        force_path_style: true,
+        chunk_size: 5 * MIB as u64,
+        max_attempts: 2,
+        ..S3Config::default()
     }
 }
 
@@ -359,11 +326,10 @@ async fn server_stopped_mid_write_fails_cleanly_and_recovers() {
     if common::config_or_skip("server_stopped_mid_write").is_none() {
         return;
     }
-    let server = Server {
-        dir: tempfile::tempdir().expect("tempdir"),
-    };
-    server.run("start");
-    let driver = S3Driver::new(server.config()).await.expect("client");
+    let server = PrivateS3::start();
+    let driver = S3Driver::new(private_config(&server))
+        .await
+        .expect("client");
     let target = path("/outage/blob");
     let data = random_bytes(6, 17 * MIB);
 

@@ -20,81 +20,17 @@
 mod support;
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use registry_proxy::oci::Digest;
 use sha2::{Digest as _, Sha256};
-use support::{Server, docker_registry, have, push_blob, registry_proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::{Relay, Server, docker_registry, have, push_blob, registry_proxy};
+use tokio::io::AsyncWriteExt;
 
 const MIB: usize = 1 << 20;
 const COLD_SIZE: usize = 256 * MIB;
 const REPO: &str = "bench/blobs";
-
-/// A TCP relay to the upstream that counts the bytes the upstream sends.
-struct Relay {
-    addr: String,
-    sent: Arc<AtomicU64>,
-}
-
-impl Relay {
-    async fn start(upstream: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind relay");
-        let addr = listener.local_addr().expect("relay addr").to_string();
-        let sent = Arc::new(AtomicU64::new(0));
-        let (counter, upstream) = (Arc::clone(&sent), upstream.to_owned());
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (counter, upstream) = (Arc::clone(&counter), upstream.clone());
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    let (mut client_rx, mut client_tx) = client.into_split();
-                    let (mut server_rx, mut server_tx) = server.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
-                        let _ = server_tx.shutdown().await;
-                    });
-                    let mut buf = vec![0; 256 << 10];
-                    while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
-                        counter.fetch_add(n as u64, Ordering::Relaxed);
-                        if client_tx.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    up.abort();
-                });
-            }
-        });
-        Self { addr, sent }
-    }
-
-    fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    /// Waits until the upstream has sent nothing for a second (a proxy may
-    /// keep fetching after its client is served), then returns the count.
-    async fn settled(&self) -> u64 {
-        let mut last = self.sent();
-        let mut quiet_since = Instant::now();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline && quiet_since.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = self.sent();
-            if now != last {
-                (last, quiet_since) = (now, Instant::now());
-            }
-        }
-        last
-    }
-}
 
 /// GETs a blob through `addr` the way skopeo and containerd pull one:
 /// written to a (temporary) file and its digest checked as it arrives.

@@ -14,11 +14,11 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use driver_core::{StorageDriver, StoragePath, WalkControl, WalkOptions};
+use driver_core::StorageDriver;
 use driver_s3::{S3Config, S3Driver};
-use registry_proxy::oci::Digest;
 use support::{
     Image, docker_registry, fills_settled, have, pull_image, push_image, registry_proxy,
+    verify_stored_blobs,
 };
 
 const IMAGES: usize = 50;
@@ -109,35 +109,6 @@ fn count_files(dir: &Path) -> usize {
             })
             .sum()
     })
-}
-
-/// Reads every blob in storage and checks it against the digest it is
-/// stored under; returns how many there are.
-async fn verify_stored_blobs(driver: &dyn StorageDriver) -> usize {
-    let blobs = StoragePath::parse("/docker/registry/v2/blobs").expect("path");
-    let mut data = Vec::new();
-    let walked = driver
-        .walk(&blobs, &WalkOptions::default(), &mut |info| {
-            if !info.is_dir && info.path.as_str().ends_with("/data") {
-                data.push(info.path.clone());
-            }
-            WalkControl::Continue
-        })
-        .await;
-    if let Err(e) = walked {
-        assert!(e.is_not_found(), "walk blobs: {e}");
-    }
-    for path in &data {
-        let hex = path.as_str().rsplit('/').nth(1).expect("digest directory");
-        let bytes = driver.get_content(path).await.expect("read a stored blob");
-        assert_eq!(
-            Digest::of(&bytes).hex(),
-            hex,
-            "{path} holds {} bytes that are not its digest's",
-            bytes.len()
-        );
-    }
-    data.len()
 }
 
 async fn pull_all(proxy: &str, images: &[Image]) -> Vec<Result<u64, String>> {
