@@ -6,7 +6,12 @@
 //!   (the client writes each blob to a file and checks its digest, as
 //!   skopeo and containerd do);
 //! - 8 concurrent cold pulls of one 256 MiB blob: how many times the upstream
-//!   sent its bytes, and the proxy's peak RSS meanwhile.
+//!   sent its bytes, and the proxy's peak RSS meanwhile;
+//! - `skopeo copy` of a 5-layer image (5 x 8 MiB), cold then warm, against
+//!   pulling it straight from the upstream;
+//! - manifest GETs by tag with `wrk -c64`, and how many requests for the
+//!   tag reached the upstream meanwhile (from the upstream's log);
+//! - the warm blob served as a static file by nginx, the machine's limit.
 //!
 //! The upstream is a `docker-registry` behind a byte-counting TCP relay run
 //! by this program. Run with `scripts/bench-proxy.sh` (installs the tools).
@@ -25,12 +30,16 @@ use std::time::Instant;
 use futures::StreamExt;
 use registry_proxy::oci::Digest;
 use sha2::{Digest as _, Sha256};
-use support::{Relay, Server, docker_registry, have, push_blob, registry_proxy};
+use support::{
+    Relay, Server, docker_registry, have, push_blob, push_image, registry_proxy, start, status_mib,
+};
 use tokio::io::AsyncWriteExt;
 
 const MIB: usize = 1 << 20;
 const COLD_SIZE: usize = 256 * MIB;
 const REPO: &str = "bench/blobs";
+/// The 5-layer image pulled with skopeo and asked for by tag.
+const IMAGE: &str = "bench/five";
 
 /// GETs a blob through `addr` the way skopeo and containerd pull one:
 /// written to a (temporary) file and its digest checked as it arrives.
@@ -71,21 +80,12 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// `field` of /proc/PID/status, in MiB.
-fn status_mib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("status field");
-    kib / 1024.0
-}
-
-/// `wrk -c64` on one URL: requests per second and the p99 latency.
-fn wrk(url: &str, seconds: u64) -> (f64, String) {
+/// `wrk -c64` on one URL (with `headers`): requests per second and the
+/// p99 latency.
+fn wrk(url: &str, seconds: u64, headers: &[&str]) -> (f64, String) {
     let out = Command::new("wrk")
         .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", url])
+        .args(headers.iter().flat_map(|h| ["-H", h]))
         .output()
         .expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -106,6 +106,11 @@ fn wrk(url: &str, seconds: u64) -> (f64, String) {
 struct Figures {
     warm_rps: f64,
     warm_p99: String,
+    manifest_rps: f64,
+    manifest_upstream_requests: usize,
+    skopeo_cold: f64,
+    skopeo_warm: f64,
+    peak_rss_mib: f64,
     cold_seconds: f64,
     cold_upstream_copies: f64,
     concurrent_upstream_copies: f64,
@@ -118,13 +123,42 @@ struct Blobs {
     concurrent: Digest,
 }
 
-async fn measure(proxy: &Server, relay: &Relay, blobs: &Blobs) -> Figures {
+/// The URL path of the warm blob.
+fn warm_path(blobs: &Blobs) -> String {
+    format!("/v2/{REPO}/blobs/{}", blobs.warm)
+}
+
+/// `skopeo copy` of the 5-layer image from `addr` into a new directory,
+/// in seconds.
+fn skopeo_pull(addr: &str, out: &std::path::Path) -> f64 {
+    let _ = std::fs::remove_dir_all(out);
+    let started = Instant::now();
+    let status = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/{IMAGE}:v1"))
+        .arg(format!("dir:{}", out.display()))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run skopeo");
+    assert!(status.success(), "skopeo copy from {addr} failed");
+    started.elapsed().as_secs_f64()
+}
+
+/// Requests for the image's tag in the upstream's log so far.
+fn upstream_tag_requests(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(&format!("\"/v2/{IMAGE}/manifests/v1\""))
+        .count()
+}
+
+async fn measure(proxy: &Server, relay: &Relay, blobs: &Blobs, dir: &std::path::Path) -> Figures {
     let client = reqwest::Client::new();
     let seconds = conformance::env_or("BENCH_WRK_SECONDS", 10);
     pull(&client, &proxy.addr, &blobs.warm, MIB).await;
     relay.settled().await;
-    let url = format!("http://{}/v2/{REPO}/blobs/{}", proxy.addr, blobs.warm);
-    let (warm_rps, warm_p99) = tokio::task::block_in_place(|| wrk(&url, seconds));
+    let url = format!("http://{}{}", proxy.addr, warm_path(blobs));
+    let (warm_rps, warm_p99) = tokio::task::block_in_place(|| wrk(&url, seconds, &[]));
 
     let mut cold = Vec::new();
     let mut cold_copies = Vec::new();
@@ -134,7 +168,18 @@ async fn measure(proxy: &Server, relay: &Relay, blobs: &Blobs) -> Figures {
         cold_copies.push((relay.settled().await - before) as f64 / COLD_SIZE as f64);
     }
 
+    let out = dir.join("skopeo-out");
+    let skopeo_cold = tokio::task::block_in_place(|| skopeo_pull(&proxy.addr, &out));
+    let skopeo_warm = tokio::task::block_in_place(|| skopeo_pull(&proxy.addr, &out));
+    let log = dir.join("upstream.log");
+    let tag_requests = upstream_tag_requests(&log);
+    let url = format!("http://{}/v2/{IMAGE}/manifests/v1", proxy.addr);
+    let accept = format!("Accept: {}", registry_proxy::oci::MANIFEST_ACCEPT);
+    let (manifest_rps, _) = tokio::task::block_in_place(|| wrk(&url, seconds, &[&accept]));
+    let manifest_upstream_requests = upstream_tag_requests(&log) - tag_requests;
+
     let pid = proxy.pid();
+    let peak_rss_mib = status_mib(pid, "VmHWM:");
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset peak RSS");
     let before = relay.sent();
     let pulls: Vec<_> = (0..8)
@@ -151,6 +196,11 @@ async fn measure(proxy: &Server, relay: &Relay, blobs: &Blobs) -> Figures {
     Figures {
         warm_rps,
         warm_p99,
+        manifest_rps,
+        manifest_upstream_requests,
+        skopeo_cold,
+        skopeo_warm,
+        peak_rss_mib,
         cold_seconds: median(cold),
         cold_upstream_copies: median(cold_copies),
         concurrent_upstream_copies,
@@ -168,7 +218,7 @@ fn verdict(ok: bool) -> &'static str {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    for tool in ["docker-registry", "wrk"] {
+    for tool in ["docker-registry", "wrk", "nginx", "skopeo"] {
         assert!(
             have(tool),
             "{tool} is not installed: run scripts/bench-proxy.sh, which installs it"
@@ -205,6 +255,7 @@ async fn main() {
         )
         .await,
     };
+    push_image(&client, &upstream.addr, IMAGE, 5, &[8 * MIB; 5]).await;
     let relay = Relay::start(&upstream.addr).await;
 
     let mut direct = Vec::new();
@@ -212,6 +263,9 @@ async fn main() {
         direct.push(pull(&client, &relay.addr, digest, COLD_SIZE).await);
     }
     let direct = median(direct);
+    let skopeo_direct =
+        tokio::task::block_in_place(|| skopeo_pull(&relay.addr, &d.join("skopeo-direct")));
+    let nginx = nginx_warm(d, &blobs).await;
 
     println!("measuring registry-proxy ...");
     let ours = {
@@ -222,18 +276,45 @@ async fn main() {
             )
         });
         let proxy = registry_proxy(d, &storage, &relay.addr, None);
-        measure(&proxy, &relay, &blobs).await
+        measure(&proxy, &relay, &blobs, d).await
     };
     println!("measuring docker-registry as a proxy ...");
     let theirs = {
         let extra = format!("proxy:\n  remoteurl: http://{}\n", relay.addr);
         let proxy = docker_registry(d, "theirs", &d.join("theirs-root"), &extra);
-        measure(&proxy, &relay, &blobs).await
+        measure(&proxy, &relay, &blobs, d).await
     };
-    print_figures(&ours, &theirs, direct);
+    print_figures(&ours, &theirs, direct, nginx, skopeo_direct);
 }
 
-fn print_figures(ours: &Figures, theirs: &Figures, direct: f64) {
+/// nginx serving the warm blob as a static file at the same URL path: what
+/// this machine can serve at all. Returns its `wrk` rate.
+async fn nginx_warm(dir: &std::path::Path, blobs: &Blobs) -> f64 {
+    println!("measuring nginx on the same blob file ...");
+    let root = dir.join("nginx");
+    let file = root.join(warm_path(blobs).trim_start_matches('/'));
+    std::fs::create_dir_all(file.parent().expect("parent")).expect("nginx root");
+    std::fs::write(&file, conformance::random_bytes(1, MIB)).expect("blob file");
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let config = dir.join("nginx.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "daemon off;\nuser root;\nworker_processes auto;\npid {0}/nginx.pid;\nerror_log {0}/nginx-error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  sendfile on;\n  client_body_temp_path {0}/tmp;\n  proxy_temp_path {0}/tmp;\n  fastcgi_temp_path {0}/tmp;\n  uwsgi_temp_path {0}/tmp;\n  scgi_temp_path {0}/tmp;\n  server {{\n    listen {addr};\n    root {1};\n  }}\n}}\n",
+            dir.display(),
+            root.display()
+        ),
+    )
+    .expect("nginx.conf");
+    let nginx = start("nginx", &["-e", "stderr", "-c"], &config, addr.clone(), dir);
+    let url = format!("http://{addr}{}", warm_path(blobs));
+    let seconds = conformance::env_or("BENCH_WRK_SECONDS", 10);
+    let (rps, _) = tokio::task::block_in_place(|| wrk(&url, seconds, &[]));
+    drop(nginx);
+    rps
+}
+
+fn print_figures(ours: &Figures, theirs: &Figures, direct: f64, nginx: f64, skopeo_direct: f64) {
     println!();
     row(
         "figure",
@@ -255,6 +336,45 @@ fn print_figures(ours: &Figures, theirs: &Figures, direct: f64) {
         "  p99 latency",
         ours.warm_p99.clone(),
         theirs.warm_p99.clone(),
+        String::new(),
+    );
+    row(
+        "  share of nginx on the same file",
+        format!("{:.2}", ours.warm_rps / nginx),
+        format!("{:.2}", theirs.warm_rps / nginx),
+        format!("(nginx {nginx:.0} req/s)"),
+    );
+    row(
+        "manifest by tag, wrk -c64 (req/s)",
+        format!("{:.0}", ours.manifest_rps),
+        format!("{:.0}", theirs.manifest_rps),
+        format!("{:.2}x", ours.manifest_rps / theirs.manifest_rps),
+    );
+    row(
+        "  upstream requests for the tag meanwhile",
+        ours.manifest_upstream_requests.to_string(),
+        theirs.manifest_upstream_requests.to_string(),
+        String::new(),
+    );
+    row(
+        "skopeo pull, 5 x 8 MiB layers, cold (s)",
+        format!("{:.2}", ours.skopeo_cold),
+        format!("{:.2}", theirs.skopeo_cold),
+        format!(
+            "{:.2}x (direct {skopeo_direct:.2} s)",
+            ours.skopeo_cold / theirs.skopeo_cold
+        ),
+    );
+    row(
+        "  warm (s)",
+        format!("{:.2}", ours.skopeo_warm),
+        format!("{:.2}", theirs.skopeo_warm),
+        format!("{:.2}x", ours.skopeo_warm / theirs.skopeo_warm),
+    );
+    row(
+        "peak RSS up to here (MiB)",
+        format!("{:.1}", ours.peak_rss_mib),
+        format!("{:.1}", theirs.peak_rss_mib),
         String::new(),
     );
     row(

@@ -15,22 +15,15 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use registry_proxy::oci::Digest;
-use support::{docker_registry, have, pull_image, push_blob, push_image, registry_proxy};
+use support::{
+    docker_registry, have, pull_image, push_blob, push_image, registry_proxy, status_mib,
+};
 
 const CLIENTS: usize = 500;
 const IMAGES: usize = 20;
 const COLD_BLOBS: usize = 3000;
 /// Peak RSS the proxy may reach.
 const RSS_LIMIT_MIB: f64 = 512.0;
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_clients_mixed_hits_and_misses() {
@@ -132,7 +125,7 @@ async fn five_hundred_clients_mixed_hits_and_misses() {
             failures.push(e);
         }
     }
-    let peak = peak_rss_mib(proxy.pid());
+    let peak = status_mib(proxy.pid(), "VmHWM:");
     let (requests, bytes) = (
         requests.load(Ordering::Relaxed),
         bytes.load(Ordering::Relaxed),
