@@ -144,11 +144,12 @@ fn skopeo_pull(addr: &str, out: &std::path::Path) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Requests for the image's tag in the upstream's log so far.
+/// Requests for the image's tag (GET or HEAD) in the upstream's access
+/// log so far.
 fn upstream_tag_requests(log: &std::path::Path) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
-        .matches(&format!("\"/v2/{IMAGE}/manifests/v1\""))
+        .matches(&format!(" /v2/{IMAGE}/manifests/v1 HTTP/"))
         .count()
 }
 
