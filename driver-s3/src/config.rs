@@ -155,7 +155,13 @@ impl S3Config {
     /// `S3_BUCKET`, `S3_ROOT_DIRECTORY` and `S3_CHUNK_SIZE`; `None` when
     /// `S3_BUCKET` is unset. With an endpoint, path-style addressing is on.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// As [`Self::from_env`], with the variables looked up by `lookup`
+    /// (an S3 server's environment file, say).
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        let var = |name: &str| lookup(name).filter(|v| !v.is_empty());
         let Some(bucket) = var("S3_BUCKET") else {
             return Ok(None);
         };

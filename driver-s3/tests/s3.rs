@@ -307,16 +307,11 @@ async fn five_thousand_keys_list_walk_and_delete() {
 
 /// The driver's configuration for a private server.
 fn private_config(server: &PrivateS3) -> S3Config {
+    let config = S3Config::from_vars(|name| server.var(name)).expect("server env");
     S3Config {
-        bucket: server.var("S3_BUCKET"),
-        region: server.var("AWS_REGION"),
-        endpoint: Some(server.var("AWS_ENDPOINT_URL")),
-        access_key: Some(server.var("AWS_ACCESS_KEY_ID")),
-        secret_key: Some(server.var("AWS_SECRET_ACCESS_KEY")),
-        force_path_style: true,
         chunk_size: 5 * MIB as u64,
         max_attempts: 2,
-        ..S3Config::default()
+        ..config.expect("a bucket")
     }
 }
 

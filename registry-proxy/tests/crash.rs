@@ -39,15 +39,7 @@ impl Backing {
         let purge = "  maintenance:\n    uploadpurging:\n      age: 0s\n      interval: 24h\n";
         let backend = match self {
             Self::Fs(root) => format!("  filesystem:\n    rootdirectory: {}\n", root.display()),
-            Self::S3(s3) => format!(
-                "  s3:\n    bucket: {}\n    region: {}\n    regionendpoint: {}\n    accesskey: {}\n    secretkey: {}\n    rootdirectory: {}\n    chunksize: 5242880\n",
-                s3.bucket,
-                s3.region,
-                s3.endpoint.clone().unwrap_or_default(),
-                s3.access_key.clone().unwrap_or_default(),
-                s3.secret_key.clone().unwrap_or_default(),
-                s3.root_directory,
-            ),
+            Self::S3(s3) => support::s3_storage_yaml(s3, &["chunksize: 5242880"]),
         };
         backend + purge
     }

@@ -357,15 +357,11 @@ fn pull_through_s3_cache_on_garage() {
         None,
     );
     let image = upstream_truth(d, &upstream.addr, "team/s3app:v1", None);
-    let storage = format!(
-        "  s3:\n    bucket: {}\n    region: {}\n    regionendpoint: {}\n    accesskey: {}\n    secretkey: {}\n    rootdirectory: /e2e-{:016x}\n",
-        s3.bucket,
-        s3.region,
-        s3.endpoint.clone().unwrap_or_default(),
-        s3.access_key.clone().unwrap_or_default(),
-        s3.secret_key.clone().unwrap_or_default(),
-        rand::random::<u64>()
-    );
+    let s3 = driver_s3::S3Config {
+        root_directory: format!("e2e-{:016x}", rand::random::<u64>()),
+        ..s3
+    };
+    let storage = support::s3_storage_yaml(&s3, &[]);
     let proxy = registry_proxy(d, &storage, &upstream.addr, None);
     pull_and_check(&image, &proxy.addr, "team/s3app:v1", &d.join("out1"));
     drop(upstream);

@@ -197,14 +197,10 @@ async fn an_s3_server_stopped_mid_fill_then_restarted() {
         conformance::random_bytes(2, 12 << 20),
     )
     .await;
-    let storage = format!(
-        "  s3:\n    bucket: {}\n    region: {}\n    regionendpoint: {}\n    accesskey: {}\n    secretkey: {}\n    chunksize: 5242880\n    maxattempts: 2\n",
-        s3.var("S3_BUCKET"),
-        s3.var("AWS_REGION"),
-        s3.var("AWS_ENDPOINT_URL"),
-        s3.var("AWS_ACCESS_KEY_ID"),
-        s3.var("AWS_SECRET_ACCESS_KEY"),
-    );
+    let config = driver_s3::S3Config::from_vars(|name| s3.var(name))
+        .expect("server env")
+        .expect("a bucket");
+    let storage = support::s3_storage_yaml(&config, &["chunksize: 5242880", "maxattempts: 2"]);
     // Through a relay that can hold the upstream's bytes: the outage must
     // come after the fill started (a miss with S3 already down fails at
     // its first look into storage).
@@ -234,17 +230,7 @@ async fn an_s3_server_stopped_mid_fill_then_restarted() {
     );
 
     s3.run("start");
-    let driver = driver_s3::S3Driver::new(driver_s3::S3Config {
-        bucket: s3.var("S3_BUCKET"),
-        region: s3.var("AWS_REGION"),
-        endpoint: Some(s3.var("AWS_ENDPOINT_URL")),
-        access_key: Some(s3.var("AWS_ACCESS_KEY_ID")),
-        secret_key: Some(s3.var("AWS_SECRET_ACCESS_KEY")),
-        force_path_style: true,
-        ..Default::default()
-    })
-    .await
-    .expect("s3 driver");
+    let driver = driver_s3::S3Driver::new(config).await.expect("s3 driver");
     assert!(
         driver.stat(&layout::blob_data(&filled)).await.is_err(),
         "the fill cut off by the outage is visible"

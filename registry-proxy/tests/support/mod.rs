@@ -516,3 +516,23 @@ pub fn status_mib(pid: u32, field: &str) -> f64 {
         .expect("status field");
     kib / 1024.0
 }
+
+/// The `storage` block (YAML, indented two spaces) of `s3`'s bucket, root
+/// directory and credentials, with `extra` keys (`key: value` lines).
+pub fn s3_storage_yaml(s3: &driver_s3::S3Config, extra: &[&str]) -> String {
+    let mut yaml = format!(
+        "  s3:\n    bucket: {}\n    region: {}\n    regionendpoint: {}\n    accesskey: {}\n    secretkey: {}\n",
+        s3.bucket,
+        s3.region,
+        s3.endpoint.clone().unwrap_or_default(),
+        s3.access_key.clone().unwrap_or_default(),
+        s3.secret_key.clone().unwrap_or_default(),
+    );
+    if !s3.root_directory.is_empty() {
+        yaml.push_str(&format!("    rootdirectory: {}\n", s3.root_directory));
+    }
+    for line in extra {
+        yaml.push_str(&format!("    {line}\n"));
+    }
+    yaml
+}
