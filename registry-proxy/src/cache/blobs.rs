@@ -542,7 +542,8 @@ impl Blobs {
             .map_err(|e| OciError::new(ErrorCode::Unavailable, format!("hashing failed: {e}")))?;
         if &got != digest {
             return Err(OciError::new(
-                ErrorCode::DigestInvalid,
+                // The upstream is at fault, and a retry may succeed.
+                ErrorCode::Unavailable,
                 format!("the upstream sent {got} for {digest}"),
             ));
         }

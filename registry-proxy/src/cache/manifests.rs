@@ -317,7 +317,8 @@ impl Manifests {
         for want in expected.into_iter().chain(claimed.as_ref()) {
             if want != &digest {
                 return Err(OciError::new(
-                    ErrorCode::DigestInvalid,
+                    // The upstream is at fault, and a retry may succeed.
+                    ErrorCode::Unavailable,
                     format!("the upstream sent {digest} for {want}"),
                 ));
             }
