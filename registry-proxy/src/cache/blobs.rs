@@ -306,8 +306,13 @@ impl Blobs {
             Err(e) if e.is_not_found() => {
                 Ok((self.from_fill(repo, digest, range, head).await?, false))
             }
-            // A failing backend is not a miss: refetching would only fail to store.
-            Err(e) => Err(storage_error(e)),
+            // Storage is failing: the client is served from the upstream
+            // (one fill per digest, whose store fails and is logged) rather
+            // than refused while the upstream could answer.
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "storage failing; serving the blob from upstream");
+                Ok((self.from_fill(repo, digest, range, head).await?, false))
+            }
         }
     }
 
