@@ -584,6 +584,34 @@ async fn tags_are_resolved_once_per_freshness_window() {
     );
 }
 
+/// Concurrent requests for a tag that needs resolving share one upstream
+/// resolution (a `wrk -c64` on a tag sent 64 HEADs per freshness window
+/// before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_for_a_tag_resolve_it_once() {
+    let s = Arc::new(setup().await);
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    s.fake.tag("v1", manifest);
+    let requests: Vec<_> = (0..32)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.get("/v2/team/app/manifests/v1").await })
+        })
+        .collect();
+    for request in requests {
+        let (status, _, body) = request.await.expect("task");
+        assert_eq!(
+            (status, body.expect("body")),
+            (StatusCode::OK, Bytes::from_static(manifest))
+        );
+    }
+    assert_eq!(
+        s.fake.count("manifests/v1"),
+        1,
+        "the tag was resolved more than once"
+    );
+}
+
 #[tokio::test]
 async fn stale_tags_are_served_when_the_upstream_fails_and_404_is_404() {
     let s = setup_with(Auth::Anonymous, false, Duration::ZERO).await;

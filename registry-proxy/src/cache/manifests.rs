@@ -40,8 +40,14 @@ pub struct Manifests {
     metrics: Arc<Metrics>,
     scheduler: Arc<Scheduler>,
     /// When each tag was last confirmed upstream.
-    confirmed: Mutex<HashMap<(RepoName, String), Instant>>,
+    confirmed: Mutex<HashMap<TagKey, Instant>>,
+    /// One turn per tag being resolved upstream: concurrent requests for a
+    /// stale tag wait for one resolution instead of each asking.
+    resolving: Mutex<HashMap<TagKey, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// A tag of a repository.
+type TagKey = (RepoName, String);
 
 enum Upstreamed<T = Manifest> {
     /// The upstream's answer.
@@ -75,6 +81,7 @@ impl Manifests {
             freshness,
             request_timeout,
             confirmed: Mutex::new(HashMap::new()),
+            resolving: Mutex::new(HashMap::new()),
         }
     }
 
@@ -181,12 +188,40 @@ impl Manifests {
     }
 
     async fn by_tag(&self, repo: &RepoName, tag: &str) -> Result<Manifest, OciError> {
-        let cached = self.cached_tag(repo, tag).await?;
-        if let Some(m) = &cached {
-            if self.is_fresh(repo, tag) {
-                return Ok(m.clone());
-            }
+        if let Some(m) = self.fresh_tag(repo, tag).await? {
+            return Ok(m);
         }
+        let key = (repo.clone(), tag.to_owned());
+        let turn = Arc::clone(lock(&self.resolving).entry(key.clone()).or_default());
+        let resolved = {
+            let _turn = turn.lock().await;
+            self.resolve_tag(repo, tag).await
+        };
+        let mut resolving = lock(&self.resolving);
+        // The map's reference and ours: nobody else waits for this turn.
+        if Arc::strong_count(&turn) <= 2 {
+            resolving.remove(&key);
+        }
+        resolved
+    }
+
+    /// The cached manifest of `tag` if it was confirmed upstream within the
+    /// freshness window.
+    async fn fresh_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Manifest>, OciError> {
+        if !self.is_fresh(repo, tag) {
+            return Ok(None);
+        }
+        self.cached_tag(repo, tag).await
+    }
+
+    /// Resolves `tag` upstream (one at a time per tag): unless a request
+    /// before this one just did, one HEAD confirms the cached manifest, or
+    /// a GET fetches the new one; an unavailable upstream serves the cache.
+    async fn resolve_tag(&self, repo: &RepoName, tag: &str) -> Result<Manifest, OciError> {
+        if let Some(m) = self.fresh_tag(repo, tag).await? {
+            return Ok(m);
+        }
+        let cached = self.cached_tag(repo, tag).await?;
         // One HEAD tells whether the cached digest is still current.
         if let Some(m) = &cached {
             match self.head_digest(repo, tag).await {
