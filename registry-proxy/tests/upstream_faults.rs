@@ -320,44 +320,25 @@ async fn check(fault: Fault) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_shorter_than_its_content_length() {
-    check(Fault::Short).await;
+/// One test per fault, each against an upstream and a proxy of its own.
+macro_rules! fault_tests {
+    ($($name:ident: $fault:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            check($fault).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_longer_than_its_content_length() {
-    check(Fault::Long).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stall_mid_body_times_the_fill_out() {
-    check(Fault::Stall).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_resets() {
-    check(Fault::Reset).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_requests_passes_retry_after_on() {
-    check(Fault::Status(429)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn internal_server_errors() {
-    check(Fault::Status(500)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_unavailable_passes_retry_after_on() {
-    check(Fault::Status(503)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_token_service() {
-    check(Fault::TokenFails).await;
+fault_tests! {
+    a_body_shorter_than_its_content_length: Fault::Short;
+    a_body_longer_than_its_content_length: Fault::Long;
+    a_stall_mid_body_times_the_fill_out: Fault::Stall;
+    connection_resets: Fault::Reset;
+    too_many_requests_passes_retry_after_on: Fault::Status(429);
+    internal_server_errors: Fault::Status(500);
+    service_unavailable_passes_retry_after_on: Fault::Status(503);
+    a_failing_token_service: Fault::TokenFails;
 }
 
 /// A manifest without a Content-Length is read up to 4 MiB and refused
