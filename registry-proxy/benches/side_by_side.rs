@@ -321,7 +321,13 @@ async fn nginx_warm(dir: &std::path::Path, blobs: &Blobs) -> f64 {
     let url = format!("http://{addr}{}", warm_path(blobs));
     let seconds = conformance::env_or("BENCH_WRK_SECONDS", 10);
     let (rps, _) = tokio::task::block_in_place(|| wrk(&url, seconds, &[]));
-    drop(nginx);
+    // SIGTERM, so that the master takes its workers along (a SIGKILL of
+    // the master, as a drop does, leaves them running).
+    let mut nginx = nginx;
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.pid().to_string()])
+        .status();
+    nginx.wait_exit(std::time::Duration::from_secs(10));
     rps
 }
 
