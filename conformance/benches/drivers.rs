@@ -147,11 +147,7 @@ async fn main() {
         .prefix("driver-bench")
         .tempdir_in(".")
         .expect("tempdir");
-    let fs = FsDriver::open(&FsConfig {
-        root_directory: dir.path().to_owned(),
-        ..FsConfig::default()
-    })
-    .expect("open");
+    let fs = FsDriver::open(&FsConfig::at(dir.path())).expect("open");
 
     println!("driver benchmarks (median of {RUNS} runs)");
     let memory_read = bench_driver(Arc::new(MemoryDriver::new()), stream_bytes).await;
@@ -202,11 +198,7 @@ const RSS_CHILD: &str = "BENCH_RSS_CHILD_ROOT";
 
 /// Reads `/bench/rss` once and prints how far it raised the peak RSS.
 async fn rss_child(root: &str) {
-    let fs = FsDriver::open(&FsConfig {
-        root_directory: root.into(),
-        ..FsConfig::default()
-    })
-    .expect("open");
+    let fs = FsDriver::open(&FsConfig::at(root)).expect("open");
     let big = path("/bench/rss");
     let (before, _) = rss_kib();
     let n = read_stream(&fs, &big).await;

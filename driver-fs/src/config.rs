@@ -55,6 +55,14 @@ impl FsConfig {
     /// Variable naming the fsync policy (`always` or `never`).
     pub const ENV_FSYNC: &'static str = "FS_FSYNC";
 
+    /// The default configuration rooted at `root`.
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root_directory: root.into(),
+            ..Self::default()
+        }
+    }
+
     /// The configuration from `FS_ROOT_DIRECTORY` and `FS_FSYNC`, or `None`
     /// when `FS_ROOT_DIRECTORY` is unset.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
@@ -73,8 +81,8 @@ impl FsConfig {
             }
         };
         Ok(Some(Self {
-            root_directory: PathBuf::from(root),
             fsync,
+            ..Self::at(root)
         }))
     }
 }

@@ -12,10 +12,7 @@ async fn driver() -> Option<(Arc<dyn StorageDriver>, Option<TempDir>)> {
         Some(config) => (config, None),
         None => {
             let dir = TempDir::new().expect("temporary directory");
-            let config = FsConfig {
-                root_directory: dir.path().to_owned(),
-                ..FsConfig::default()
-            };
+            let config = FsConfig::at(dir.path());
             (config, Some(dir))
         }
     };
@@ -29,11 +26,7 @@ conformance::conformance_tests!(driver);
 #[tokio::test]
 async fn purge_writers() {
     let dir = TempDir::new().expect("temporary directory");
-    let config = FsConfig {
-        root_directory: dir.path().to_owned(),
-        ..FsConfig::default()
-    };
-    let driver = FsDriver::open(&config).expect("open the filesystem driver");
+    let driver = FsDriver::open(&FsConfig::at(dir.path())).expect("open the filesystem driver");
     conformance::exclusive::purge_writers(&driver).await;
     let staged = std::fs::read_dir(dir.path().join("@writers")).expect("@writers");
     assert_eq!(staged.count(), 0, "no staging directory is left");

@@ -74,13 +74,7 @@ async fn open(driver: &Arc<dyn StorageDriver>, clock: Clock) -> Arc<Scheduler> {
 }
 
 fn fs_driver(root: &std::path::Path) -> Arc<dyn StorageDriver> {
-    Arc::new(
-        FsDriver::open(&FsConfig {
-            root_directory: root.to_owned(),
-            ..FsConfig::default()
-        })
-        .expect("fs"),
-    )
+    Arc::new(FsDriver::open(&FsConfig::at(root)).expect("fs"))
 }
 
 fn verdict(ok: bool) -> &'static str {

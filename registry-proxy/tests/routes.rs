@@ -17,11 +17,9 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
-use driver_core::StorageDriver;
-use registry_proxy::AppState;
 use registry_proxy::cache::layout;
 use registry_proxy::oci::{Digest, RepoName};
-use support::InProcess;
+use support::{InProcess, error_code};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
@@ -299,11 +297,18 @@ async fn serve(
 }
 
 /// A fake upstream on 127.0.0.1 and a proxy (in-memory storage) in front of it.
+/// Derefs to the proxy (`state`, `driver`, `send`, `get`).
 struct Setup {
     fake: Arc<Fake>,
-    driver: Arc<dyn StorageDriver>,
-    state: AppState,
     proxy: InProcess,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = InProcess;
+
+    fn deref(&self) -> &InProcess {
+        &self.proxy
+    }
 }
 
 async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup {
@@ -329,35 +334,15 @@ async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup
     tokio::spawn(async move { axum::serve(listener, router).await });
     let credentials = credentials.then(|| (USER.to_owned(), PASSWORD.to_owned()));
     let proxy = InProcess::open(&base, credentials, freshness).await;
-    Setup {
-        fake,
-        driver: Arc::clone(&proxy.driver),
-        state: proxy.state.clone(),
-        proxy,
-    }
+    Setup { fake, proxy }
 }
 
 async fn setup() -> Setup {
     setup_with(Auth::Anonymous, false, Duration::from_secs(60)).await
 }
 
-impl Setup {
-    async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)]) -> Response {
-        self.proxy.send(method, uri, headers).await
-    }
-
-    async fn get(&self, uri: &str) -> (StatusCode, HeaderMap, Result<Bytes, axum::Error>) {
-        self.proxy.get(uri).await
-    }
-}
-
 fn blob_uri(repo: &str, digest: &Digest) -> String {
     format!("/v2/{repo}/blobs/{digest}")
-}
-
-fn error_code(body: &[u8]) -> String {
-    let json: serde_json::Value = serde_json::from_slice(body).expect("an OCI error body");
-    json["errors"][0]["code"].as_str().expect("code").to_owned()
 }
 
 #[tokio::test]
@@ -837,7 +822,7 @@ async fn hostile_input_gets_oci_errors() {
             },
         )
         .await
-        .ok();
+        .expect("walk the storage");
     assert_eq!(stored, Vec::<String>::new(), "nothing was stored");
 }
 

@@ -64,13 +64,7 @@ fn memory() -> Arc<dyn StorageDriver> {
 }
 
 fn fs(dir: &std::path::Path) -> Arc<dyn StorageDriver> {
-    Arc::new(
-        FsDriver::open(&FsConfig {
-            root_directory: dir.to_owned(),
-            ..FsConfig::default()
-        })
-        .expect("fs driver"),
-    )
+    Arc::new(FsDriver::open(&FsConfig::at(dir)).expect("fs driver"))
 }
 
 /// Stores `content` as a blob linked into `repo`, as a fill does.

@@ -39,15 +39,6 @@ async fn get_blob_at(addr: &str, repo: &str, digest: &Digest) -> Result<Bytes, (
     }
 }
 
-/// Waits until `proxy` runs a fill.
-async fn wait_for_fill(proxy: &Server) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while support::debug_vars(proxy).await["registry_proxy"]["FillsInFlight"] == 0 {
-        assert!(std::time::Instant::now() < deadline, "no fill started");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
-
 /// A complete answer must be the blob; an error must be OCI JSON.
 fn check_answer(what: &str, digest: &Digest, answer: &Result<Bytes, (u16, String)>) {
     match answer {
@@ -108,11 +99,7 @@ async fn a_full_filesystem_refuses_new_blobs_keeps_serving_and_recovers() {
     let root = mounted.0.join("root");
     let storage = format!("  filesystem:\n    rootdirectory: {}\n", root.display());
     let proxy = registry_proxy(d, &storage, &upstream.addr, None);
-    let fs = driver_fs::FsDriver::open(&driver_fs::FsConfig {
-        root_directory: root.clone(),
-        ..Default::default()
-    })
-    .expect("fs driver");
+    let fs = driver_fs::FsDriver::open(&driver_fs::FsConfig::at(&root)).expect("fs driver");
 
     for digest in &blobs[..2] {
         let answer = get_blob(&proxy, "full/app", digest).await;
@@ -215,7 +202,7 @@ async fn an_s3_server_stopped_mid_fill_then_restarted() {
         let (proxy, filled) = (proxy.addr.clone(), filled.clone());
         async move { get_blob_at(&proxy, "s3/app", &filled).await }
     });
-    wait_for_fill(&proxy).await;
+    support::wait_for_fills(&proxy, |running| running > 0, "a fill started").await;
     s3.run("stop");
     relay.hold(false);
     let answer = pending.await.expect("task");

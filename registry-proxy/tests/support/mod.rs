@@ -167,14 +167,26 @@ pub async fn debug_vars(proxy: &Server) -> serde_json::Value {
         .expect("JSON")
 }
 
+/// Waits (up to 60 s) until `proxy`'s count of running fills satisfies
+/// `done`.
+pub async fn wait_for_fills(proxy: &Server, done: impl Fn(u64) -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = debug_vars(proxy).await["registry_proxy"]["FillsInFlight"]
+            .as_u64()
+            .expect("FillsInFlight");
+        if done(running) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: still not so after 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until `proxy` runs no fill: a client has its last byte before the
 /// fill has stored the blob.
 pub async fn fills_settled(proxy: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while debug_vars(proxy).await["registry_proxy"]["FillsInFlight"] != 0 {
-        assert!(Instant::now() < deadline, "fills still running after 60 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_fills(proxy, |running| running == 0, "fills done").await;
 }
 
 /// Pushes `data` as a blob of `repo` to the registry at `addr` (monolithic
@@ -535,4 +547,10 @@ pub fn s3_storage_yaml(s3: &driver_s3::S3Config, extra: &[&str]) -> String {
         yaml.push_str(&format!("    {line}\n"));
     }
     yaml
+}
+
+/// The `code` of the first error in an OCI error body.
+pub fn error_code(body: &[u8]) -> String {
+    let json: serde_json::Value = serde_json::from_slice(body).expect("an OCI error body");
+    json["errors"][0]["code"].as_str().expect("code").to_owned()
 }
