@@ -23,6 +23,7 @@ use conformance::env_or;
 use driver_core::{StorageDriver, StoragePath};
 use driver_fs::{FsConfig, FsDriver};
 use registry_proxy::cache::layout;
+use registry_proxy::cache::layout::RepoKey;
 use registry_proxy::metrics::Metrics;
 use registry_proxy::oci::{Digest, RepoName};
 use registry_proxy::scheduler::{Clock, EntryKind, Options, Scheduler};
@@ -61,6 +62,7 @@ async fn open(driver: &Arc<dyn StorageDriver>, clock: Clock) -> Arc<Scheduler> {
         Arc::clone(driver),
         Options {
             ttl: TTL,
+            namespace_ttls: Default::default(),
             flush_interval: Duration::from_secs(1),
             purge: None,
         },
@@ -81,7 +83,7 @@ fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
 
-async fn touch_all(scheduler: &Scheduler, repos: &[RepoName], n: u64) -> f64 {
+async fn touch_all(scheduler: &Scheduler, repos: &[RepoKey], n: u64) -> f64 {
     let started = Instant::now();
     for i in 0..n {
         scheduler
@@ -106,8 +108,9 @@ async fn run() {
     let due: u64 = env_or("BENCH_DUE", 100_000);
     let dir = tempfile::tempdir().expect("dir");
     let driver = fs_driver(dir.path());
-    let repos: Vec<RepoName> = (0..REPOS)
+    let repos: Vec<RepoKey> = (0..REPOS)
         .map(|r| RepoName::parse(&format!("bench/team-{}/app-{r}", r % 37)).expect("name"))
+        .map(|name| RepoKey::new(None, &name))
         .collect();
     println!(
         "scheduler benchmark: {entries} entries on driver-fs ({})",
@@ -186,7 +189,7 @@ async fn run() {
 
 /// `due` entries with their files, all due now; a request loop measures
 /// how long requests wait while they expire.
-async fn expire_at_once(due: u64, repos: &[RepoName]) {
+async fn expire_at_once(due: u64, repos: &[RepoKey]) {
     let dir = tempfile::tempdir().expect("dir");
     let driver = fs_driver(dir.path());
     let content = Bytes::from_static(&[7; 512]);
@@ -238,7 +241,7 @@ async fn expire_at_once(due: u64, repos: &[RepoName]) {
             Arc::clone(&driver),
             Arc::clone(&done),
         );
-        let repo = RepoName::parse("bench/live").expect("name");
+        let repo = RepoKey::new(None, &RepoName::parse("bench/live").expect("name"));
         async move {
             let mut waits = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_millis(2));

@@ -11,6 +11,8 @@ use driver_s3::S3Config;
 use serde::Deserialize;
 use serde_norway::Value;
 
+use crate::auth::Htpasswd;
+use crate::namespace::{self, NamespaceSpec, Sharing};
 use crate::scheduler::Purge;
 
 /// A configuration that cannot be used; `key` is the dotted path at fault.
@@ -55,8 +57,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The listeners.
     pub http: HttpConfig,
-    /// The upstream registry.
+    /// The upstream registries.
     pub proxy: ProxyConfig,
+    /// Client authentication.
+    pub auth: AuthConfig,
     /// Distribution's health checks: accepted, not used (`/healthz` on the
     /// debug listener checks storage).
     pub health: Value,
@@ -197,18 +201,68 @@ pub struct DebugConfig {
     pub addr: String,
 }
 
-/// `proxy` section.
-#[derive(Debug, Clone, Deserialize)]
+/// `auth` section: registry:2's `htpasswd` (other schemes are refused).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ProxyConfig {
+pub struct AuthConfig {
+    /// Basic authentication against an htpasswd file of bcrypt hashes.
+    pub htpasswd: Option<HtpasswdConfig>,
+}
+
+/// `auth.htpasswd`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HtpasswdConfig {
+    /// The realm of the challenge.
+    pub realm: String,
+    /// The htpasswd file (`htpasswd -Bbn user password` lines).
+    pub path: PathBuf,
+}
+
+/// `proxy.upstreams[]`: one namespace.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamEntry {
+    /// Its name: the registry host containerd sends as `?ns=`, also the
+    /// path prefix selecting it (`docker.io`, `ghcr.io`, `localhost:5000`).
+    pub namespace: String,
     /// The upstream registry.
     pub remoteurl: String,
     /// Upstream user name.
     pub username: Option<String>,
     /// Upstream password.
     pub password: Option<String>,
+    /// How long its content lives unaccessed; default `proxy.ttl`.
+    pub ttl: Option<String>,
+    /// `shared` (default) or `isolated`.
+    pub sharing: Option<String>,
+    /// The users allowed to pull through it (needs `auth.htpasswd`);
+    /// default: every client.
+    pub users: Option<Vec<String>>,
+    /// Whether requests naming no namespace go here.
+    pub default: bool,
+}
+
+/// `proxy` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The upstream registry of registry:2's single namespace (Docker Hub
+    /// when neither it nor `upstreams` is set).
+    pub remoteurl: Option<String>,
+    /// Upstream user name.
+    pub username: Option<String>,
+    /// Upstream password.
+    pub password: Option<String>,
     /// How long cached content lives (`168h`); `0` keeps it forever.
     pub ttl: Option<String>,
+    /// Ours: the name of `remoteurl`'s namespace (default: its host, with
+    /// Docker Hub's API host named `docker.io`).
+    pub namespace: Option<String>,
+    /// Ours: the users allowed to pull through `remoteurl`'s namespace.
+    pub users: Option<Vec<String>>,
+    /// Ours: more upstreams, one namespace each.
+    pub upstreams: Vec<UpstreamEntry>,
     /// Ours: how long a tag resolved upstream is trusted before asking again
     /// (default `5s`).
     pub tagfreshness: Option<String>,
@@ -218,20 +272,6 @@ pub struct ProxyConfig {
     /// Ours: where fills spool blobs while clients stream them (default:
     /// the system's temporary directory). Each fill needs room for its blob.
     pub spooldirectory: Option<PathBuf>,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        Self {
-            remoteurl: "https://registry-1.docker.io".into(),
-            username: None,
-            password: None,
-            ttl: None,
-            tagfreshness: None,
-            filltimeout: None,
-            spooldirectory: None,
-        }
-    }
 }
 
 fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
@@ -292,7 +332,8 @@ impl Config {
         self.backend()?;
         self.listen_addr()?;
         self.debug_addr()?;
-        self.upstream_url()?;
+        self.namespaces()?;
+        self.client_auth()?;
         self.tag_freshness()?;
         self.fill_timeout()?;
         self.ttl()?;
@@ -350,14 +391,103 @@ impl Config {
         parse_addr("http.debug.addr", &self.http.debug.addr).map(Some)
     }
 
-    /// The upstream base URL.
-    pub fn upstream_url(&self) -> Result<reqwest::Url, ConfigError> {
-        let url = reqwest::Url::parse(&self.proxy.remoteurl)
-            .map_err(|e| invalid("proxy.remoteurl", e))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(invalid("proxy.remoteurl", "expected an http or https URL"));
+    /// The namespaces: `proxy.remoteurl`'s (stored where registry:2
+    /// stores), then `proxy.upstreams` in order. Errors name the entry.
+    pub fn namespaces(&self) -> Result<Vec<NamespaceSpec>, ConfigError> {
+        let proxy = &self.proxy;
+        let mut specs = Vec::new();
+        if proxy.remoteurl.is_some() || proxy.upstreams.is_empty() {
+            let remote = proxy
+                .remoteurl
+                .as_deref()
+                .unwrap_or("https://registry-1.docker.io");
+            let mut spec = NamespaceSpec::single(
+                upstream_url("proxy.remoteurl", remote)?,
+                proxy.username.clone().zip(proxy.password.clone()),
+            );
+            if let Some(name) = &proxy.namespace {
+                if !namespace::valid_name(name) {
+                    return Err(invalid("proxy.namespace", bad_name(name)));
+                }
+                spec.name = name.clone();
+            }
+            spec.users = self.users("proxy.users", proxy.users.as_ref())?;
+            spec.default = !proxy.upstreams.iter().any(|u| u.default);
+            specs.push(spec);
         }
-        Ok(url)
+        for (i, entry) in proxy.upstreams.iter().enumerate() {
+            let key = |field: &str| format!("proxy.upstreams[{i}] ({}).{field}", entry.namespace);
+            if !namespace::valid_name(&entry.namespace) {
+                return Err(invalid(key("namespace"), bad_name(&entry.namespace)));
+            }
+            if specs
+                .iter()
+                .any(|s: &NamespaceSpec| s.name == entry.namespace)
+            {
+                return Err(invalid(key("namespace"), "is configured twice"));
+            }
+            let sharing = match entry.sharing.as_deref() {
+                None | Some("shared") => Sharing::Shared,
+                Some("isolated") => Sharing::Isolated,
+                Some(other) => {
+                    return Err(invalid(
+                        key("sharing"),
+                        format!("unknown policy {other:?}; expected shared or isolated"),
+                    ));
+                }
+            };
+            let ttl = match entry.ttl.as_deref() {
+                Some(ttl) => Some(duration(&key("ttl"), Some(ttl), Duration::ZERO)?),
+                None => None,
+            };
+            specs.push(NamespaceSpec {
+                name: entry.namespace.clone(),
+                remote: upstream_url(&key("remoteurl"), &entry.remoteurl)?,
+                credentials: entry.username.clone().zip(entry.password.clone()),
+                ttl,
+                sharing,
+                users: self.users(&key("users"), entry.users.as_ref())?,
+                plain: false,
+                default: entry.default,
+            });
+        }
+        if specs.iter().filter(|s| s.default).count() > 1 {
+            return Err(invalid(
+                "proxy.upstreams",
+                "more than one entry is the default",
+            ));
+        }
+        Ok(specs)
+    }
+
+    /// A namespace's allowed users, which need client authentication.
+    fn users(
+        &self,
+        key: &str,
+        users: Option<&Vec<String>>,
+    ) -> Result<Option<Vec<String>>, ConfigError> {
+        if users.is_some() && self.auth.htpasswd.is_none() {
+            return Err(invalid(key, "allowed users need auth.htpasswd"));
+        }
+        Ok(users.cloned())
+    }
+
+    /// Client authentication, when `auth.htpasswd` is set (its file read).
+    pub fn client_auth(&self) -> Result<Option<Htpasswd>, ConfigError> {
+        let Some(section) = &self.auth.htpasswd else {
+            return Ok(None);
+        };
+        if section.path.as_os_str().is_empty() {
+            return Err(invalid("auth.htpasswd.path", "is required"));
+        }
+        let realm = if section.realm.is_empty() {
+            "registry-proxy"
+        } else {
+            &section.realm
+        };
+        Htpasswd::load(realm, &section.path)
+            .map(Some)
+            .map_err(|e| invalid("auth.htpasswd.path", e))
     }
 
     /// How long a resolved tag is trusted.
@@ -403,6 +533,19 @@ impl Config {
             Duration::from_secs(168 * 3600),
         )
     }
+}
+
+fn bad_name(name: &str) -> String {
+    format!("{name:?} is not a registry host name (lowercase host, optional :port)")
+}
+
+/// An upstream base URL (http or https with a host).
+fn upstream_url(key: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(key, e))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(invalid(key, "expected an http or https URL"));
+    }
+    Ok(parsed)
 }
 
 fn parse_addr(key: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
@@ -576,10 +719,14 @@ proxy:
             config.listen_addr().expect("addr").to_string(),
             "127.0.0.1:5000"
         );
+        let namespaces = config.namespaces().expect("namespaces");
+        assert_eq!(namespaces.len(), 1);
         assert_eq!(
-            config.upstream_url().expect("url").as_str(),
+            namespaces[0].remote.as_str(),
             "https://registry-1.docker.io/"
         );
+        assert_eq!(namespaces[0].name, "docker.io");
+        assert!(namespaces[0].plain && namespaces[0].default);
         assert_eq!(
             config.tag_freshness().expect("freshness"),
             Duration::from_secs(5)
@@ -609,7 +756,7 @@ proxy:
             ("from-env", 6 << 20, true)
         );
         assert_eq!(
-            config.upstream_url().expect("url").as_str(),
+            config.namespaces().expect("namespaces")[0].remote.as_str(),
             "http://other:5000/"
         );
         assert_eq!(

@@ -4,13 +4,17 @@
 //! The data path of a pull: [`routes`] parses the request; [`cache`] answers
 //! from storage, or on a miss runs one fill per digest (upstream → verify →
 //! commit) that every waiting client streams from; [`upstream`] talks to the
-//! registry with its auth. Everything below the routes reaches storage only
-//! through `dyn StorageDriver`.
+//! registry with its auth; [`namespace`] picks the upstream, its storage
+//! directory and its sharing policy; [`auth`] authenticates clients.
+//! Everything below the routes reaches storage only through
+//! `dyn StorageDriver`.
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod metered;
 pub mod metrics;
+pub mod namespace;
 pub mod oci;
 pub mod routes;
 pub mod scheduler;
@@ -24,12 +28,13 @@ use driver_core::StorageDriver;
 
 pub use routes::{app, debug_app};
 
+use crate::auth::Htpasswd;
 use crate::cache::blobs::Blobs;
 use crate::cache::manifests::Manifests;
 use crate::metered::Metered;
 use crate::metrics::Metrics;
+use crate::namespace::{NamespaceSpec, Namespaces};
 use crate::scheduler::{Clock, LoadError, Options, Scheduler};
-use crate::upstream::Upstream;
 
 /// Locks `mutex`, carrying on past a poisoned lock: no holder leaves the
 /// data half-changed across a panic point.
@@ -67,6 +72,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Access times and expiry.
     pub scheduler: Arc<Scheduler>,
+    /// The upstreams, and how requests select them.
+    pub namespaces: Arc<Namespaces>,
+    /// Client authentication, when configured.
+    pub auth: Option<Arc<Htpasswd>>,
 }
 
 /// Tunables of [`AppState::open`], from the configuration.
@@ -78,8 +87,11 @@ pub struct Settings {
     pub fill_timeout: Duration,
     /// How long a tag resolved upstream is trusted.
     pub tag_freshness: Duration,
-    /// Timeout of upstream manifest and token requests.
+    /// Timeout of upstream connections, and of manifest, token and proof
+    /// requests.
     pub request_timeout: Duration,
+    /// Client authentication; `None`: every client may pull.
+    pub auth: Option<Arc<Htpasswd>>,
     /// Expiry and how often its state is written.
     pub scheduler: Options,
     /// The clock of expiries.
@@ -87,19 +99,26 @@ pub struct Settings {
 }
 
 impl AppState {
-    /// The state serving `driver`'s content, filling from `upstream`: loads
-    /// the scheduler's state and starts its flushes and expiry.
+    /// The state serving `driver`'s content, filling from the upstreams of
+    /// `namespaces`: loads the scheduler's state and starts its flushes and
+    /// expiry.
     pub async fn open(
         driver: Arc<dyn StorageDriver>,
-        upstream: Upstream,
+        namespaces: &[NamespaceSpec],
         settings: Settings,
     ) -> Result<Self, LoadError> {
         let metrics = Arc::new(Metrics::default());
-        let upstream = Arc::new(upstream.with_metrics(Arc::clone(&metrics)));
         let driver: Arc<dyn StorageDriver> = Arc::new(Metered::new(driver, Arc::clone(&metrics)));
+        let mut options = settings.scheduler;
+        options.namespace_ttls = Namespaces::ttls(namespaces);
+        let namespaces = Arc::new(Namespaces::new(
+            namespaces,
+            &metrics,
+            settings.request_timeout,
+        ));
         let scheduler = Scheduler::open(
             Arc::clone(&driver),
-            settings.scheduler,
+            options,
             settings.clock,
             Arc::clone(&metrics),
         )
@@ -110,7 +129,6 @@ impl AppState {
         Ok(Self {
             blobs: Arc::new(Blobs::new(
                 Arc::clone(&driver),
-                Arc::clone(&upstream),
                 settings.spool_dir,
                 settings.fill_timeout,
                 Arc::clone(&scheduler),
@@ -118,7 +136,6 @@ impl AppState {
             )),
             manifests: Arc::new(Manifests::new(
                 Arc::clone(&driver),
-                upstream,
                 settings.tag_freshness,
                 settings.request_timeout,
                 Arc::clone(&scheduler),
@@ -127,6 +144,8 @@ impl AppState {
             driver,
             metrics,
             scheduler,
+            namespaces,
+            auth: settings.auth,
         })
     }
 }

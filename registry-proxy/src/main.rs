@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use driver_core::StorageDriver;
 use registry_proxy::config::{Backend, Config};
 use registry_proxy::scheduler::{Clock, Options};
-use registry_proxy::upstream::Upstream;
 use registry_proxy::{AppState, Settings, app, debug_app};
 use tokio::net::TcpListener;
 
@@ -109,13 +108,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 "inmemory".to_owned(),
             ),
         };
-    let url = config.upstream_url().map_err(|e| e.to_string())?;
-    let credentials = config
-        .proxy
-        .username
-        .clone()
-        .zip(config.proxy.password.clone());
-    let upstream = Upstream::new(url.clone(), credentials, Duration::from_secs(10));
+    let namespaces = config.namespaces().map_err(|e| e.to_string())?;
     let spool_dir = config
         .proxy
         .spooldirectory
@@ -134,14 +127,19 @@ async fn serve(config: Config) -> Result<(), String> {
         fill_timeout: config.fill_timeout().map_err(|e| e.to_string())?,
         tag_freshness: config.tag_freshness().map_err(|e| e.to_string())?,
         request_timeout: Duration::from_secs(10),
+        auth: config
+            .client_auth()
+            .map_err(|e| e.to_string())?
+            .map(Arc::new),
         scheduler: Options {
             ttl: config.ttl().map_err(|e| e.to_string())?,
+            namespace_ttls: Default::default(),
             flush_interval: SCHEDULER_FLUSH,
             purge: config.upload_purging().map_err(|e| e.to_string())?,
         },
         clock: Clock::system(),
     };
-    let state = AppState::open(driver, upstream, settings)
+    let state = AppState::open(driver, &namespaces, settings)
         .await
         .map_err(|e| e.to_string())?;
     let loaded = state.scheduler.loaded();
@@ -152,6 +150,14 @@ async fn serve(config: Config) -> Result<(), String> {
         imported = loaded.imported,
         "scheduler state loaded"
     );
+    for ns in state.namespaces.iter() {
+        tracing::info!(
+            namespace = %ns.name,
+            upstream = %ns.upstream.base(),
+            sharing = ?ns.sharing,
+            "namespace"
+        );
+    }
     let scheduler = Arc::clone(&state.scheduler);
     let addr = config.listen_addr().map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(addr)
@@ -186,7 +192,7 @@ async fn serve(config: Config) -> Result<(), String> {
             }
         },
     ));
-    tracing::info!(%addr, storage, upstream = %url, "registry-proxy listening");
+    tracing::info!(%addr, storage, "registry-proxy listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown_signal().await;

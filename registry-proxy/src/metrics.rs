@@ -1,13 +1,16 @@
 //! What the cache does, for operators: registry:2's proxy counters per
-//! content type (requests, hits, misses, bytes pulled from upstream, bytes
-//! pushed to clients); fills in flight and the clients reading them; stale
+//! namespace and content type (requests, hits, misses, bytes pulled from
+//! upstream, bytes pushed to clients), proofs of access and denials per
+//! namespace; fills in flight and the clients reading them; stale
 //! serves; upstream latency and errors by status; scheduler entries,
 //! expirations and bytes freed; storage latency per driver operation.
 //! Served on the debug listener as Prometheus text (`/metrics`) and as JSON
 //! in registry:2's shape (`/debug/vars`: `registry.proxy.blobs`,
-//! `registry.proxy.manifests`, plus ours under `registry_proxy`).
+//! `registry.proxy.manifests` summed over namespaces, plus ours under
+//! `registry_proxy`, with each namespace's counters).
 
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -37,8 +40,14 @@ impl EncodeLabelValue for Kind {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
+struct ContentLabel {
+    namespace: String,
     kind: Kind,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabel {
+    namespace: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,12 +91,69 @@ impl KindCounters {
     }
 }
 
-/// The counters of the proxy; an update is one atomic add.
+/// One namespace's counters; an update is one atomic add.
+#[derive(Debug, Default)]
+pub struct NamespaceMetrics {
+    blobs: KindCounters,
+    manifests: KindCounters,
+    proofs: Counter,
+    denials: Counter,
+}
+
+impl NamespaceMetrics {
+    fn of(&self, kind: Kind) -> &KindCounters {
+        match kind {
+            Kind::Blob => &self.blobs,
+            Kind::Manifest => &self.manifests,
+        }
+    }
+
+    /// A request for `kind` content, answered from storage (`hit`) or not.
+    pub fn request(&self, kind: Kind, hit: bool) {
+        let counters = self.of(kind);
+        counters.requests.inc();
+        if hit {
+            counters.hits.inc();
+        } else {
+            counters.misses.inc();
+        }
+    }
+
+    /// A request for `kind` content that failed before it could be answered.
+    pub fn failed_request(&self, kind: Kind) {
+        self.of(kind).requests.inc();
+    }
+
+    /// `n` bytes of `kind` content received from the upstream.
+    pub fn pulled(&self, kind: Kind, n: u64) {
+        self.of(kind).bytes_pulled.inc_by(n);
+    }
+
+    /// `n` bytes of `kind` content sent to a client.
+    pub fn pushed(&self, kind: Kind, n: u64) {
+        self.of(kind).bytes_pushed.inc_by(n);
+    }
+
+    /// The upstream was asked to prove access to a stored blob.
+    pub fn proof(&self) {
+        self.proofs.inc();
+    }
+
+    /// A request was refused: a client not allowed, or an upstream that
+    /// denied a proof of access.
+    pub fn denial(&self) {
+        self.denials.inc();
+    }
+}
+
+/// The counters of the proxy.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    blobs: KindCounters,
-    manifests: KindCounters,
+    content: Vec<Family<ContentLabel, Counter>>,
+    proofs: Family<NamespaceLabel, Counter>,
+    denials: Family<NamespaceLabel, Counter>,
+    namespaces: Mutex<Vec<(String, Arc<NamespaceMetrics>)>>,
     fills_in_flight: Gauge,
     fill_clients: Gauge,
     stale_serves: Counter,
@@ -103,9 +169,12 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("registry_proxy");
-        let mut families: Vec<Family<KindLabel, Counter>> = Vec::new();
+        let mut content: Vec<Family<ContentLabel, Counter>> = Vec::new();
         for (name, help) in [
-            ("requests", "Requests (GET and HEAD) by content kind"),
+            (
+                "requests",
+                "Requests (GET and HEAD) by namespace and content kind",
+            ),
             ("hits", "Requests answered from storage"),
             ("misses", "Requests that needed the upstream's content"),
             ("bytes_pulled", "Content bytes received from the upstream"),
@@ -113,21 +182,20 @@ impl Default for Metrics {
         ] {
             let family = Family::default();
             registry.register(name, help, family.clone());
-            families.push(family);
+            content.push(family);
         }
-        // Each kind's counters are resolved once: clones share the family's
-        // atomics, so an update skips the family's lookup.
-        let kind = |kind| {
-            let counter = |i: usize| families[i].get_or_create(&KindLabel { kind }).clone();
-            KindCounters {
-                requests: counter(0),
-                hits: counter(1),
-                misses: counter(2),
-                bytes_pulled: counter(3),
-                bytes_pushed: counter(4),
-            }
-        };
-        let (blobs, manifests) = (kind(Kind::Blob), kind(Kind::Manifest));
+        let proofs = Family::<NamespaceLabel, Counter>::default();
+        registry.register(
+            "proofs",
+            "Upstream requests proving an isolated namespace's access to a stored blob",
+            proofs.clone(),
+        );
+        let denials = Family::<NamespaceLabel, Counter>::default();
+        registry.register(
+            "denials",
+            "Requests refused: client not allowed, or access not proven upstream",
+            denials.clone(),
+        );
         let fills_in_flight = Gauge::default();
         let stale_serves = Counter::default();
         registry.register(
@@ -191,8 +259,10 @@ impl Default for Metrics {
         );
         Self {
             registry,
-            blobs,
-            manifests,
+            content,
+            proofs,
+            denials,
+            namespaces: Mutex::new(Vec::new()),
             fills_in_flight,
             fill_clients,
             stale_serves,
@@ -208,37 +278,39 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    fn of(&self, kind: Kind) -> &KindCounters {
-        match kind {
-            Kind::Blob => &self.blobs,
-            Kind::Manifest => &self.manifests,
+    /// The counters of namespace `name`, labelled with it (the same
+    /// counters each time for one name). They are resolved once: clones
+    /// share the families' atomics, so an update skips the label lookup.
+    pub fn namespace(&self, name: &str) -> Arc<NamespaceMetrics> {
+        let mut namespaces = crate::lock(&self.namespaces);
+        if let Some((_, found)) = namespaces.iter().find(|(n, _)| n == name) {
+            return Arc::clone(found);
         }
-    }
-
-    /// A request for `kind` content, answered from storage (`hit`) or not.
-    pub fn request(&self, kind: Kind, hit: bool) {
-        let counters = self.of(kind);
-        counters.requests.inc();
-        if hit {
-            counters.hits.inc();
-        } else {
-            counters.misses.inc();
-        }
-    }
-
-    /// A request for `kind` content that failed before it could be answered.
-    pub fn failed_request(&self, kind: Kind) {
-        self.of(kind).requests.inc();
-    }
-
-    /// `n` bytes of `kind` content received from the upstream.
-    pub fn pulled(&self, kind: Kind, n: u64) {
-        self.of(kind).bytes_pulled.inc_by(n);
-    }
-
-    /// `n` bytes of `kind` content sent to a client.
-    pub fn pushed(&self, kind: Kind, n: u64) {
-        self.of(kind).bytes_pushed.inc_by(n);
+        let kind = |kind| {
+            let label = ContentLabel {
+                namespace: name.to_owned(),
+                kind,
+            };
+            let counter = |i: usize| self.content[i].get_or_create(&label).clone();
+            KindCounters {
+                requests: counter(0),
+                hits: counter(1),
+                misses: counter(2),
+                bytes_pulled: counter(3),
+                bytes_pushed: counter(4),
+            }
+        };
+        let label = NamespaceLabel {
+            namespace: name.to_owned(),
+        };
+        let made = Arc::new(NamespaceMetrics {
+            blobs: kind(Kind::Blob),
+            manifests: kind(Kind::Manifest),
+            proofs: self.proofs.get_or_create(&label).clone(),
+            denials: self.denials.get_or_create(&label).clone(),
+        });
+        namespaces.push((name.to_owned(), Arc::clone(&made)));
+        made
     }
 
     /// A blob fill started (`true`) or ended (`false`).
@@ -313,10 +385,36 @@ impl Metrics {
     /// registry:2's `/debug/vars` shape, plus our gauges under
     /// `registry_proxy`.
     pub fn debug_vars(&self) -> serde_json::Value {
+        let namespaces = crate::lock(&self.namespaces);
+        let total = |kind| {
+            let sum = KindCounters::default();
+            for (_, ns) in namespaces.iter() {
+                let c = ns.of(kind);
+                sum.requests.inc_by(c.requests.get());
+                sum.hits.inc_by(c.hits.get());
+                sum.misses.inc_by(c.misses.get());
+                sum.bytes_pulled.inc_by(c.bytes_pulled.get());
+                sum.bytes_pushed.inc_by(c.bytes_pushed.get());
+            }
+            sum.debug_vars()
+        };
+        let by_namespace: serde_json::Map<String, serde_json::Value> = namespaces
+            .iter()
+            .map(|(name, ns)| {
+                let vars = json!({
+                    "blobs": ns.blobs.debug_vars(),
+                    "manifests": ns.manifests.debug_vars(),
+                    "Proofs": ns.proofs.get(),
+                    "Denials": ns.denials.get(),
+                });
+                (name.clone(), vars)
+            })
+            .collect();
         json!({
-            "registry.proxy.blobs": self.blobs.debug_vars(),
-            "registry.proxy.manifests": self.manifests.debug_vars(),
+            "registry.proxy.blobs": total(Kind::Blob),
+            "registry.proxy.manifests": total(Kind::Manifest),
             "registry_proxy": {
+                "Namespaces": by_namespace,
                 "FillsInFlight": self.fills_in_flight.get(),
                 "FillClients": self.fill_clients.get(),
                 "StaleServes": self.stale_serves.get(),

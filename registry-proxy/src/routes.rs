@@ -1,5 +1,5 @@
-//! The HTTP surface: `pub fn app(state) -> Router`. Parses, dispatches,
-//! renders; nothing clever.
+//! The HTTP surface: `pub fn app(state) -> Router`. Authenticates, routes
+//! to a namespace, parses, dispatches, renders; nothing clever.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,9 +13,11 @@ use axum::routing::{any, get};
 use driver_core::{FileInfo, StoragePath, WalkControl, WalkOptions};
 
 use crate::AppState;
+use crate::auth::Unauthenticated;
 use crate::cache::blobs::RangeSpec;
 use crate::cache::layout;
 use crate::metrics::Kind;
+use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
 
 const API_VERSION: &str = "registry/2.0";
@@ -94,12 +96,64 @@ async fn request_span(request: axum::extract::Request, next: axum::middleware::N
     response
 }
 
-async fn base() -> impl IntoResponse {
+async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorize(&state, None, &headers).await {
+        return refused;
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         "{}",
     )
+        .into_response()
+}
+
+/// Authenticates the client when client authentication is on (401 with a
+/// Basic challenge when it fails) and checks that the client may pull
+/// through `ns` (403 `DENIED` when not).
+async fn authorize(
+    state: &AppState,
+    ns: Option<&Namespace>,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    let user = match &state.auth {
+        None => None,
+        Some(auth) => match auth.check(headers.get(header::AUTHORIZATION)).await {
+            Ok(user) => Some(user),
+            Err(why) => {
+                let message = match why {
+                    Unauthenticated::Missing => "authentication required",
+                    Unauthenticated::Wrong => {
+                        tracing::info!(
+                            namespace = ns.map(|n| n.name.as_str()),
+                            "wrong user name or password"
+                        );
+                        if let Some(ns) = ns {
+                            ns.metrics.denial();
+                        }
+                        "wrong user name or password"
+                    }
+                };
+                let mut response = OciError::new(ErrorCode::Unauthorized, message).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, auth.challenge());
+                return Err(response);
+            }
+        },
+    };
+    if let Some(ns) = ns {
+        if !ns.allows(user.as_deref()) {
+            tracing::info!(namespace = %ns.name, user, "user not allowed in the namespace");
+            ns.metrics.denial();
+            return Err(OciError::new(
+                ErrorCode::Denied,
+                format!("not allowed to pull through namespace {}", ns.name),
+            )
+            .into_response());
+        }
+    }
+    Ok(())
 }
 
 /// What a `/v2/<rest>` path asks for.
@@ -144,11 +198,22 @@ fn parse_target(rest: &str) -> Result<Target, OciError> {
 async fn dispatch(
     State(state): State<AppState>,
     method: Method,
-    Path(rest): Path<String>,
+    Path(path): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let target = match parse_target(&rest) {
+    let (ns, rest) = match state
+        .namespaces
+        .route(query.get("ns").map(String::as_str), &path)
+    {
+        Ok(routed) => routed,
+        Err(e) => return e.into_response(),
+    };
+    let ns = Arc::clone(ns);
+    if let Err(refused) = authorize(&state, Some(&ns), &headers).await {
+        return refused;
+    }
+    let target = match parse_target(rest) {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -156,13 +221,24 @@ async fn dispatch(
     if method != Method::GET && !head {
         return unsupported().into_response();
     }
+    let list = Listing {
+        query: &query,
+        path: format!("/v2/{path}"),
+    };
     let result = match target {
-        Target::Manifest(repo, reference) => manifest(&state, &repo, &reference, head).await,
-        Target::Blob(repo, digest) => blob(&state, &repo, &digest, &headers, head).await,
-        Target::Tags(repo) => tags(&state, &repo, &query).await,
-        Target::Catalog => catalog(&state, &query).await,
+        Target::Manifest(repo, reference) => manifest(&state, &ns, &repo, &reference, head).await,
+        Target::Blob(repo, digest) => blob(&state, &ns, &repo, &digest, &headers, head).await,
+        Target::Tags(repo) => tags(&state, &ns, &repo, &list).await,
+        Target::Catalog => catalog(&state, &ns, &list).await,
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// What a paginated listing needs of its request.
+struct Listing<'a> {
+    query: &'a HashMap<String, String>,
+    /// The request's path, for the `Link` to the next page.
+    path: String,
 }
 
 fn unsupported() -> OciError {
@@ -174,11 +250,12 @@ fn unsupported() -> OciError {
 
 async fn manifest(
     state: &AppState,
+    ns: &Namespace,
     repo: &RepoName,
     reference: &Reference,
     head: bool,
 ) -> Result<Response, OciError> {
-    let m = state.manifests.get(repo, reference).await?;
+    let m = state.manifests.get(ns, repo, reference).await?;
     let builder = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, &m.media_type)
@@ -188,7 +265,7 @@ async fn manifest(
     let body = if head {
         Body::empty()
     } else {
-        state.metrics.pushed(Kind::Manifest, m.bytes.len() as u64);
+        ns.metrics.pushed(Kind::Manifest, m.bytes.len() as u64);
         Body::from(m.bytes)
     };
     builder
@@ -198,6 +275,7 @@ async fn manifest(
 
 async fn blob(
     state: &AppState,
+    ns: &Arc<Namespace>,
     repo: &RepoName,
     digest: &Digest,
     headers: &HeaderMap,
@@ -209,7 +287,7 @@ async fn blob(
         })?),
         None => None,
     };
-    let reply = state.blobs.get(repo, digest, range, head).await?;
+    let reply = state.blobs.get(ns, repo, digest, range, head).await?;
     let (start, end) = reply.range;
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -225,7 +303,7 @@ async fn blob(
     } else {
         builder.status(StatusCode::OK)
     };
-    let body = match reply.counted_body(Arc::clone(&state.metrics)) {
+    let body = match reply.counted_body(Arc::clone(&ns.metrics)) {
         Some(stream) => Body::from_stream(stream),
         None => Body::empty(),
     };
@@ -256,14 +334,15 @@ fn paginate(
     }
 }
 
+/// A page of a listing as JSON, with a `Link` to the next page when more
+/// follow (keeping the request's path and `ns`).
 fn listing(
     key: &str,
     name: Option<&RepoName>,
-    page: Vec<String>,
-    more: bool,
-    path: &str,
-    n: Option<&String>,
-) -> Response {
+    items: Vec<String>,
+    request: &Listing<'_>,
+) -> Result<Response, OciError> {
+    let (page, more) = paginate(items, request.query)?;
     let mut body = serde_json::Map::new();
     if let Some(name) = name {
         body.insert("name".into(), name.as_str().into());
@@ -276,35 +355,43 @@ fn listing(
         serde_json::Value::Object(body).to_string(),
     )
         .into_response();
-    if let (true, Some(last), Some(n)) = (more, last, n) {
+    if let (true, Some(last), Some(n)) = (more, last, request.query.get("n")) {
+        let ns = request
+            .query
+            .get("ns")
+            .map(|ns| format!("ns={ns}&"))
+            .unwrap_or_default();
+        let path = &request.path;
         if let Ok(link) =
-            HeaderValue::from_str(&format!("<{path}?n={n}&last={last}>; rel=\"next\""))
+            HeaderValue::from_str(&format!("<{path}?{ns}n={n}&last={last}>; rel=\"next\""))
         {
             response.headers_mut().insert(header::LINK, link);
         }
     }
-    response
+    Ok(response)
 }
 
 async fn tags(
     state: &AppState,
+    ns: &Namespace,
     repo: &RepoName,
-    query: &HashMap<String, String>,
+    request: &Listing<'_>,
 ) -> Result<Response, OciError> {
-    let (page, more) = paginate(state.manifests.tags(repo).await?, query)?;
-    Ok(listing(
+    listing(
         "tags",
         Some(repo),
-        page,
-        more,
-        &format!("/v2/{repo}/tags/list"),
-        query.get("n"),
-    ))
+        state.manifests.tags(ns, repo).await?,
+        request,
+    )
 }
 
-/// Repositories with manifests in storage.
-async fn catalog(state: &AppState, query: &HashMap<String, String>) -> Result<Response, OciError> {
-    let root = layout::repositories();
+/// The namespace's repositories with manifests in storage.
+async fn catalog(
+    state: &AppState,
+    ns: &Namespace,
+    request: &Listing<'_>,
+) -> Result<Response, OciError> {
+    let root = layout::repositories(ns.dir());
     let prefix = root.dir_prefix();
     let mut repos = Vec::new();
     let mut visit = |info: &FileInfo| {
@@ -337,15 +424,7 @@ async fn catalog(state: &AppState, query: &HashMap<String, String>) -> Result<Re
         }
     }
     repos.sort();
-    let (page, more) = paginate(repos, query)?;
-    Ok(listing(
-        "repositories",
-        None,
-        page,
-        more,
-        "/v2/_catalog",
-        query.get("n"),
-    ))
+    listing("repositories", None, repos, request)
 }
 
 /// The router of the debug listener: `/healthz` says whether storage answers.

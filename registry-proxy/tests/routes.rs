@@ -369,7 +369,7 @@ async fn a_miss_is_fetched_once_then_served_from_storage() {
     assert!(
         s.driver
             .stat(&layout::layer_link(
-                &registry_proxy::oci::RepoName::parse("team/app").expect("name"),
+                &layout::RepoKey::new(None, &RepoName::parse("team/app").expect("name")),
                 &digest
             ))
             .await
@@ -726,21 +726,17 @@ async fn push_delete_and_bad_names_get_oci_errors() {
         response.headers()["docker-distribution-api-version"],
         "registry/2.0"
     );
-    let response = s
-        .send(
-            Method::GET,
-            &format!(
-                "{}?ns=docker.io",
-                blob_uri("team/app", &s.fake.add_blob(b"ns"))
-            ),
-            &[],
-        )
-        .await;
-    assert_eq!(
-        response.status(),
-        StatusCode::OK,
-        "containerd's ?ns= must be accepted"
-    );
+    // containerd's ?ns= names the namespace: the upstream's host here.
+    let uri = blob_uri("team/app", &s.fake.add_blob(b"ns"));
+    let ns = s.state.namespaces.default_namespace().name.clone();
+    let response = s.send(Method::GET, &format!("{uri}?ns={ns}"), &[]).await;
+    assert_eq!(response.status(), StatusCode::OK, "?ns={ns}");
+    let response = s.send(Method::GET, &format!("{uri}?ns=quay.io"), &[]).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    assert_eq!(error_code(&body), "NAME_UNKNOWN");
 }
 
 /// Names that try to leave their directory (plain or percent-encoded),
@@ -951,11 +947,12 @@ async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
     let text = String::from_utf8(debug_get(&s, "/metrics").await.to_vec()).expect("utf-8");
     // Every upstream request is timed; the unknown digest's 404 is an error.
     let upstream_requests = s.fake.count("GET ") + s.fake.count("HEAD ");
+    let ns = s.state.namespaces.default_namespace().name.clone();
     for line in [
-        r#"registry_proxy_requests_total{kind="blob"} 4"#,
-        r#"registry_proxy_hits_total{kind="manifest"} 2"#,
+        &format!(r#"registry_proxy_requests_total{{namespace="{ns}",kind="blob"}} 4"#),
+        &format!(r#"registry_proxy_hits_total{{namespace="{ns}",kind="manifest"}} 2"#),
         &format!(
-            r#"registry_proxy_bytes_pushed_total{{kind="blob"}} {}"#,
+            r#"registry_proxy_bytes_pushed_total{{namespace="{ns}",kind="blob"}} {}"#,
             2 * b
         ),
         r#"registry_proxy_upstream_errors_total{status="404"} 1"#,
@@ -1018,7 +1015,10 @@ async fn expiry_keeps_what_a_live_manifest_uses_then_frees_it_and_refills() {
     for gone in [
         layout::blob_data(&layer_digest),
         layout::blob_data(&manifest_digest),
-        layout::tag_current_link(&RepoName::parse("team/app").expect("name"), "v1"),
+        layout::tag_current_link(
+            &layout::RepoKey::new(None, &RepoName::parse("team/app").expect("name")),
+            "v1",
+        ),
     ] {
         assert!(
             s.driver.stat(&gone).await.is_err(),

@@ -1,6 +1,7 @@
 //! The TTL scheduler against real drivers (memory, filesystem, S3 on a real
 //! server). Time is tokio's, paused only to jump it forward: no sleeps.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use driver_core::{StorageDriver, StoragePath};
 use driver_fs::{FsConfig, FsDriver};
 use driver_memory::MemoryDriver;
 use registry_proxy::cache::layout;
+use registry_proxy::cache::layout::RepoKey;
 use registry_proxy::metrics::Metrics;
 use registry_proxy::oci::{Digest, RepoName};
 use registry_proxy::scheduler::journal;
@@ -41,10 +43,21 @@ async fn open(driver: &Arc<dyn StorageDriver>, ttl: Duration) -> Arc<Scheduler> 
 }
 
 async fn open_at(driver: &Arc<dyn StorageDriver>, ttl: Duration, clock: Clock) -> Arc<Scheduler> {
+    open_with(driver, ttl, HashMap::new(), clock).await
+}
+
+/// A scheduler whose namespaces stored in directories live `namespace_ttls`.
+async fn open_with(
+    driver: &Arc<dyn StorageDriver>,
+    ttl: Duration,
+    namespace_ttls: HashMap<String, Duration>,
+    clock: Clock,
+) -> Arc<Scheduler> {
     Scheduler::open(
         Arc::clone(driver),
         Options {
             ttl,
+            namespace_ttls,
             flush_interval: Duration::from_secs(1),
             purge: None,
         },
@@ -55,8 +68,8 @@ async fn open_at(driver: &Arc<dyn StorageDriver>, ttl: Duration, clock: Clock) -
     .expect("open")
 }
 
-fn repo(name: &str) -> RepoName {
-    RepoName::parse(name).expect("name")
+fn repo(name: &str) -> RepoKey {
+    RepoKey::new(None, &RepoName::parse(name).expect("name"))
 }
 
 fn memory() -> Arc<dyn StorageDriver> {
@@ -68,7 +81,7 @@ fn fs(dir: &std::path::Path) -> Arc<dyn StorageDriver> {
 }
 
 /// Stores `content` as a blob linked into `repo`, as a fill does.
-async fn store_blob(driver: &Arc<dyn StorageDriver>, repo: &RepoName, content: &[u8]) -> Digest {
+async fn store_blob(driver: &Arc<dyn StorageDriver>, repo: &RepoKey, content: &[u8]) -> Digest {
     let digest = Digest::of(content);
     driver
         .put_content(&layout::blob_data(&digest), Bytes::copy_from_slice(content))
@@ -78,7 +91,7 @@ async fn store_blob(driver: &Arc<dyn StorageDriver>, repo: &RepoName, content: &
     digest
 }
 
-async fn link(driver: &Arc<dyn StorageDriver>, repo: &RepoName, digest: &Digest) {
+async fn link(driver: &Arc<dyn StorageDriver>, repo: &RepoKey, digest: &Digest) {
     driver
         .put_content(
             &layout::layer_link(repo, digest),

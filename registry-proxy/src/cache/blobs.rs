@@ -1,6 +1,8 @@
 //! Blobs: served from storage on a hit; on a miss, one fill per digest
 //! streams from upstream into storage and into a local spool file that every
-//! waiting client reads at its own pace.
+//! waiting client reads at its own pace. Blob bytes are shared by every
+//! namespace; an isolated namespace is served stored bytes (or joins
+//! another namespace's fill) only once its upstream proved access.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
@@ -19,10 +21,11 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::layout;
-use crate::metrics::{Kind, Metrics};
+use crate::metrics::{Kind, Metrics, NamespaceMetrics};
+use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::UpstreamError;
 use crate::{lock, wait_until};
 
 /// Bytes a client stream reads from the spool at once.
@@ -58,7 +61,7 @@ pub struct BlobReply {
 
 impl BlobReply {
     /// The body, counting the bytes sent into `metrics`.
-    pub fn counted_body(self, metrics: Arc<Metrics>) -> Option<Body> {
+    pub fn counted_body(self, metrics: Arc<NamespaceMetrics>) -> Option<Body> {
         self.body.map(|body| -> Body {
             Box::pin(body.inspect_ok(move |chunk| metrics.pushed(Kind::Blob, chunk.len() as u64)))
         })
@@ -174,6 +177,8 @@ impl Drop for FillClient {
 
 /// One fill in progress.
 struct Fill {
+    /// The namespace whose upstream it pulls from.
+    namespace: Arc<Namespace>,
     progress: watch::Receiver<Progress>,
     /// The spool file, unnamed (deleted when the last waiter drops the
     /// fill, and by the OS when the process dies).
@@ -185,7 +190,6 @@ struct Fill {
 /// The blob store.
 pub struct Blobs {
     driver: Arc<dyn StorageDriver>,
-    upstream: Arc<Upstream>,
     fills: Mutex<HashMap<Digest, Arc<Fill>>>,
     /// Notified whenever a fill ends.
     fill_ended: Notify,
@@ -226,12 +230,11 @@ pub fn status_error(response: &reqwest::Response, what: &str, not_found: ErrorCo
 }
 
 impl Blobs {
-    /// A store over `driver` filling from `upstream`, spooling misses in
-    /// `spool_dir`, abandoning fills idle for `fill_timeout`, recording
-    /// accesses in `scheduler`.
+    /// A store over `driver`, spooling misses in `spool_dir`, abandoning
+    /// fills idle for `fill_timeout` (and proofs of access unanswered for
+    /// as long), recording accesses in `scheduler`.
     pub fn new(
         driver: Arc<dyn StorageDriver>,
-        upstream: Arc<Upstream>,
         spool_dir: PathBuf,
         fill_timeout: Duration,
         scheduler: Arc<Scheduler>,
@@ -240,7 +243,6 @@ impl Blobs {
         Self {
             metrics,
             driver,
-            upstream,
             fills: Mutex::new(HashMap::new()),
             fill_ended: Notify::new(),
             scheduler,
@@ -249,19 +251,20 @@ impl Blobs {
         }
     }
 
-    /// Serves `digest` in `repo`: `range` (if any) of its bytes, or only its
-    /// size when `head`.
+    /// Serves `digest` in `repo` of namespace `ns`: `range` (if any) of its
+    /// bytes, or only its size when `head`.
     pub async fn get(
         self: &Arc<Self>,
+        ns: &Arc<Namespace>,
         repo: &RepoName,
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<BlobReply, OciError> {
-        let got = self.find(repo, digest, range, head).await;
+        let got = self.find(ns, repo, digest, range, head).await;
         match &got {
-            Ok((_, hit)) => self.metrics.request(Kind::Blob, *hit),
-            Err(_) => self.metrics.failed_request(Kind::Blob),
+            Ok((_, hit)) => ns.metrics.request(Kind::Blob, *hit),
+            Err(_) => ns.metrics.failed_request(Kind::Blob),
         }
         got.map(|(reply, _)| reply)
     }
@@ -269,17 +272,28 @@ impl Blobs {
     /// [`Self::get`], and whether storage had the blob.
     async fn find(
         self: &Arc<Self>,
+        ns: &Arc<Namespace>,
         repo: &RepoName,
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<(BlobReply, bool), OciError> {
-        let access = self.scheduler.touch(repo, digest, EntryKind::Blob).await;
+        let key = ns.repo(repo);
+        let access = self.scheduler.touch(&key, digest, EntryKind::Blob).await;
         let path = layout::blob_data(digest);
         match self.driver.stat(&path).await {
             Ok(info) if !info.is_dir => {
+                let linked = access.linked
+                    || (ns.isolated()
+                        && self
+                            .scheduler
+                            .link_exists(&key, digest, EntryKind::Blob)
+                            .await);
+                if ns.isolated() && !linked {
+                    self.prove(ns, repo, digest).await?;
+                }
                 self.scheduler
-                    .ensure_link(repo, digest, EntryKind::Blob, access.linked)
+                    .ensure_link(&key, digest, EntryKind::Blob, linked)
                     .await;
                 let (start, end) = resolve(range, info.size)?;
                 let body = if head {
@@ -302,18 +316,61 @@ impl Blobs {
                 };
                 Ok((reply, true))
             }
-            Ok(_) => Ok((self.from_fill(repo, digest, range, head).await?, false)),
+            Ok(_) => Ok((self.from_fill(ns, repo, digest, range, head).await?, false)),
             Err(e) if e.is_not_found() => {
-                Ok((self.from_fill(repo, digest, range, head).await?, false))
+                Ok((self.from_fill(ns, repo, digest, range, head).await?, false))
             }
             // Storage is failing: the client is served from the upstream
             // (one fill per digest, whose store fails and is logged) rather
             // than refused while the upstream could answer.
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "storage failing; serving the blob from upstream");
-                Ok((self.from_fill(repo, digest, range, head).await?, false))
+                Ok((self.from_fill(ns, repo, digest, range, head).await?, false))
             }
         }
+    }
+
+    /// Asks the upstream of isolated namespace `ns` whether `repo` has
+    /// `digest` (one HEAD with its credentials), and records a yes as the
+    /// repository's link to the blob. A no is the upstream's answer as an
+    /// OCI error.
+    async fn prove(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<(), OciError> {
+        ns.metrics.proof();
+        let response = ns
+            .upstream
+            .send(
+                Method::HEAD,
+                repo,
+                &format!("blobs/{digest}"),
+                None,
+                Some(self.fill_timeout),
+            )
+            .await
+            .map_err(upstream_error)?;
+        if !response.status().is_success() {
+            let status = response.status();
+            if matches!(
+                status,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+            ) {
+                ns.metrics.denial();
+            }
+            tracing::info!(namespace = %ns.name, %repo, %digest, %status, "access to a stored blob not proven");
+            return Err(status_error(
+                &response,
+                &format!("blob {digest}"),
+                ErrorCode::BlobUnknown,
+            ));
+        }
+        self.scheduler
+            .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
+            .await;
+        Ok(())
     }
 
     /// Returns once no fill is running (fills started meanwhile included).
@@ -324,15 +381,21 @@ impl Blobs {
         .await;
     }
 
-    /// Joins the fill of `digest`, starting it if none runs, and streams from it.
+    /// Joins the fill of `digest`, starting it if none runs, and streams
+    /// from it. An isolated namespace joins another namespace's fill only
+    /// once its own upstream proved access.
     async fn from_fill(
         self: &Arc<Self>,
+        ns: &Arc<Namespace>,
         repo: &RepoName,
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
     ) -> Result<BlobReply, OciError> {
-        let fill = self.fill(repo, digest)?;
+        let fill = self.fill(ns, repo, digest)?;
+        if ns.isolated() && !Arc::ptr_eq(&fill.namespace, ns) {
+            self.prove(ns, repo, digest).await?;
+        }
         let client = FillClient::attach(&self.metrics);
         let mut progress = fill.progress.clone();
         // Wait until the size is known (or the fill failed).
@@ -366,7 +429,12 @@ impl Blobs {
         })
     }
 
-    fn fill(self: &Arc<Self>, repo: &RepoName, digest: &Digest) -> Result<Arc<Fill>, OciError> {
+    fn fill(
+        self: &Arc<Self>,
+        ns: &Arc<Namespace>,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Arc<Fill>, OciError> {
         let mut fills = lock(&self.fills);
         if let Some(fill) = fills.get(digest) {
             return Ok(Arc::clone(fill));
@@ -379,6 +447,7 @@ impl Blobs {
         })?;
         let (publish, progress) = watch::channel(Progress::default());
         let fill = Arc::new(Fill {
+            namespace: Arc::clone(ns),
             progress,
             spool: Arc::new(spool),
             recent: Mutex::default(),
@@ -399,7 +468,8 @@ impl Blobs {
         tokio::spawn(async move {
             let outcome = this.run_fill(&repo, &digest, &running, &publish).await;
             if let Err(e) = &outcome {
-                span.in_scope(|| tracing::warn!(%repo, %digest, error = %e, "blob fill failed"));
+                let ns = &running.namespace.name;
+                span.in_scope(|| tracing::warn!(namespace = %ns, %repo, %digest, error = %e, "blob fill failed"));
             }
             lock(&this.fills).remove(&digest);
             publish.send_modify(|p| p.outcome = Some(outcome));
@@ -418,7 +488,8 @@ impl Blobs {
         fill: &Fill,
         publish: &watch::Sender<Progress>,
     ) -> Result<(), OciError> {
-        let response = self
+        let ns = &fill.namespace;
+        let response = ns
             .upstream
             .send(
                 Method::GET,
@@ -448,7 +519,7 @@ impl Blobs {
             .await?;
         self.store(digest, fill, size).await?;
         self.scheduler
-            .ensure_link(repo, digest, EntryKind::Blob, false)
+            .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
             .await;
         Ok(())
     }
@@ -529,7 +600,9 @@ impl Blobs {
             fill.spool.write_all_at(&chunk, written).map_err(|e| {
                 OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
             })?;
-            self.metrics.pulled(Kind::Blob, chunk.len() as u64);
+            fill.namespace
+                .metrics
+                .pulled(Kind::Blob, chunk.len() as u64);
             to_hash.send(chunk.clone()).await;
             written += chunk.len() as u64;
             lock(&fill.recent).push(chunk);

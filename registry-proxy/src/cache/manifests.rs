@@ -1,6 +1,8 @@
 //! Manifests and tags. By digest: served from storage, fetched once on a
 //! miss. By tag: resolved upstream (one HEAD) at most once per freshness
-//! window; when the upstream fails, the cached tag is served, stale.
+//! window; when the upstream fails, the cached tag is served, stale. Tags
+//! and links are per namespace; an isolated namespace is served a stored
+//! manifest only once it came through that namespace.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,12 +13,13 @@ use driver_core::StorageDriver;
 use reqwest::{Method, StatusCode};
 
 use super::blobs::status_error;
-use super::layout;
+use super::layout::{self, RepoKey};
 use crate::lock;
 use crate::metrics::{Kind, Metrics};
+use crate::namespace::Namespace;
 use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::UpstreamError;
 
 /// A manifest to serve.
 #[derive(Debug, Clone)]
@@ -34,7 +37,6 @@ pub struct Manifest {
 /// The manifest store.
 pub struct Manifests {
     driver: Arc<dyn StorageDriver>,
-    upstream: Arc<Upstream>,
     freshness: Duration,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -47,7 +49,7 @@ pub struct Manifests {
 }
 
 /// A tag of a repository.
-type TagKey = (RepoName, String);
+type TagKey = (RepoKey, String);
 
 enum Upstreamed<T = Manifest> {
     /// The upstream's answer.
@@ -62,12 +64,11 @@ fn read_error(e: driver_core::Error) -> OciError {
 }
 
 impl Manifests {
-    /// A store over `driver` resolving tags at `upstream` at most once per
+    /// A store over `driver` resolving tags upstream at most once per
     /// `freshness`; upstream manifest requests time out after `request_timeout`;
     /// accesses are recorded in `scheduler`.
     pub fn new(
         driver: Arc<dyn StorageDriver>,
-        upstream: Arc<Upstream>,
         freshness: Duration,
         request_timeout: Duration,
         scheduler: Arc<Scheduler>,
@@ -75,7 +76,6 @@ impl Manifests {
     ) -> Self {
         Self {
             driver,
-            upstream,
             metrics,
             scheduler,
             freshness,
@@ -85,25 +85,30 @@ impl Manifests {
         }
     }
 
-    /// The manifest `reference` names in `repo`.
-    pub async fn get(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest, OciError> {
-        let got = self.find(repo, reference).await;
+    /// The manifest `reference` names in `repo` of namespace `ns`.
+    pub async fn get(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Manifest, OciError> {
+        let got = self.find(ns, repo, reference).await;
         match &got {
             Ok(m) => {
-                self.metrics.request(Kind::Manifest, !m.fetched);
+                ns.metrics.request(Kind::Manifest, !m.fetched);
                 if m.fetched {
-                    self.metrics.pulled(Kind::Manifest, m.bytes.len() as u64);
+                    ns.metrics.pulled(Kind::Manifest, m.bytes.len() as u64);
                 }
-                self.refresh_references(repo, &m.bytes);
+                self.refresh_references(&ns.repo(repo), &m.bytes);
             }
-            Err(_) => self.metrics.failed_request(Kind::Manifest),
+            Err(_) => ns.metrics.failed_request(Kind::Manifest),
         }
         got
     }
 
     /// A manifest's access keeps what it references alive: the blobs it
     /// names and, for an index, its manifests (those already cached).
-    fn refresh_references(&self, repo: &RepoName, bytes: &[u8]) {
+    fn refresh_references(&self, repo: &RepoKey, bytes: &[u8]) {
         for (digest, is_manifest) in oci::manifest_references(bytes) {
             let kind = if is_manifest {
                 EntryKind::Manifest
@@ -114,35 +119,56 @@ impl Manifests {
         }
     }
 
-    /// The cached manifest `digest` of `repo`, its access recorded.
+    /// The cached manifest `digest` of `repo` in `ns`, its access recorded.
+    /// An isolated namespace finds only the manifests linked into its
+    /// repository (they came through its upstream).
     async fn cached_in(
         &self,
+        ns: &Namespace,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Option<Manifest>, OciError> {
+        let key = ns.repo(repo);
         let access = self
             .scheduler
-            .touch(repo, digest, EntryKind::Manifest)
+            .touch(&key, digest, EntryKind::Manifest)
             .await;
+        let linked = access.linked
+            || (ns.isolated()
+                && self
+                    .scheduler
+                    .link_exists(&key, digest, EntryKind::Manifest)
+                    .await);
+        if ns.isolated() && !linked {
+            return Ok(None);
+        }
         let found = self.cached(digest).await?;
         if found.is_some() {
             self.scheduler
-                .ensure_link(repo, digest, EntryKind::Manifest, access.linked)
+                .ensure_link(&key, digest, EntryKind::Manifest, linked)
                 .await;
         }
         Ok(found)
     }
 
-    async fn find(&self, repo: &RepoName, reference: &Reference) -> Result<Manifest, OciError> {
+    async fn find(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Manifest, OciError> {
         match reference {
-            Reference::Digest(digest) => match self.cached_in(repo, digest).await? {
+            Reference::Digest(digest) => match self.cached_in(ns, repo, digest).await? {
                 Some(m) => Ok(m),
-                None => match self.fetch(repo, &digest.to_string(), Some(digest)).await? {
+                None => match self
+                    .fetch(ns, repo, &digest.to_string(), Some(digest))
+                    .await?
+                {
                     Upstreamed::Found(m) => Ok(m),
                     Upstreamed::Unavailable(e) => Err(e),
                 },
             },
-            Reference::Tag(tag) => self.by_tag(repo, tag).await,
+            Reference::Tag(tag) => self.by_tag(ns, repo, tag).await,
         }
     }
 
@@ -159,10 +185,15 @@ impl Manifests {
         }
     }
 
-    async fn cached_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Manifest>, OciError> {
+    async fn cached_tag(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<Manifest>, OciError> {
         let link = match self
             .driver
-            .get_content(&layout::tag_current_link(repo, tag))
+            .get_content(&layout::tag_current_link(&ns.repo(repo), tag))
             .await
         {
             Ok(link) => link,
@@ -172,30 +203,35 @@ impl Manifests {
         let Ok(digest) = Digest::parse(String::from_utf8_lossy(&link).trim()) else {
             return Ok(None);
         };
-        self.cached_in(repo, &digest).await
+        self.cached_in(ns, repo, &digest).await
     }
 
-    fn is_fresh(&self, repo: &RepoName, tag: &str) -> bool {
+    fn is_fresh(&self, repo: &RepoKey, tag: &str) -> bool {
         let confirmed = lock(&self.confirmed);
         confirmed
             .get(&(repo.clone(), tag.to_owned()))
             .is_some_and(|t| t.elapsed() < self.freshness)
     }
 
-    fn confirm(&self, repo: &RepoName, tag: &str) {
+    fn confirm(&self, repo: &RepoKey, tag: &str) {
         let mut confirmed = lock(&self.confirmed);
         confirmed.insert((repo.clone(), tag.to_owned()), Instant::now());
     }
 
-    async fn by_tag(&self, repo: &RepoName, tag: &str) -> Result<Manifest, OciError> {
-        if let Some(m) = self.fresh_tag(repo, tag).await? {
+    async fn by_tag(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Manifest, OciError> {
+        if let Some(m) = self.fresh_tag(ns, repo, tag).await? {
             return Ok(m);
         }
-        let key = (repo.clone(), tag.to_owned());
+        let key = (ns.repo(repo), tag.to_owned());
         let turn = Arc::clone(lock(&self.resolving).entry(key.clone()).or_default());
         let resolved = {
             let _turn = turn.lock().await;
-            self.resolve_tag(repo, tag).await
+            self.resolve_tag(ns, repo, tag).await
         };
         let mut resolving = lock(&self.resolving);
         // The map's reference and ours: nobody else waits for this turn.
@@ -207,45 +243,56 @@ impl Manifests {
 
     /// The cached manifest of `tag` if it was confirmed upstream within the
     /// freshness window.
-    async fn fresh_tag(&self, repo: &RepoName, tag: &str) -> Result<Option<Manifest>, OciError> {
-        if !self.is_fresh(repo, tag) {
+    async fn fresh_tag(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<Manifest>, OciError> {
+        if !self.is_fresh(&ns.repo(repo), tag) {
             return Ok(None);
         }
-        self.cached_tag(repo, tag).await
+        self.cached_tag(ns, repo, tag).await
     }
 
     /// Resolves `tag` upstream (one at a time per tag): unless a request
     /// before this one just did, one HEAD confirms the cached manifest, or
     /// a GET fetches the new one; an unavailable upstream serves the cache.
-    async fn resolve_tag(&self, repo: &RepoName, tag: &str) -> Result<Manifest, OciError> {
-        if let Some(m) = self.fresh_tag(repo, tag).await? {
+    async fn resolve_tag(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Manifest, OciError> {
+        if let Some(m) = self.fresh_tag(ns, repo, tag).await? {
             return Ok(m);
         }
-        let cached = self.cached_tag(repo, tag).await?;
+        let key = ns.repo(repo);
+        let cached = self.cached_tag(ns, repo, tag).await?;
         // One HEAD tells whether the cached digest is still current.
         if let Some(m) = &cached {
-            match self.head_digest(repo, tag).await {
+            match self.head_digest(ns, repo, tag).await {
                 Ok(Some(current)) if current == m.digest => {
-                    self.confirm(repo, tag);
+                    self.confirm(&key, tag);
                     return Ok(m.clone());
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(%repo, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    tracing::warn!(%key, tag, error = %e, "upstream unavailable; serving the cached tag");
                     self.metrics.stale_serve();
                     return Ok(m.clone());
                 }
             }
         }
-        match self.fetch(repo, tag, None).await {
+        match self.fetch(ns, repo, tag, None).await {
             Ok(Upstreamed::Found(m)) => {
-                self.store_tag(repo, tag, &m.digest).await?;
-                self.confirm(repo, tag);
+                self.store_tag(&key, tag, &m.digest).await?;
+                self.confirm(&key, tag);
                 Ok(m)
             }
             Ok(Upstreamed::Unavailable(e)) => match cached {
                 Some(m) => {
-                    tracing::warn!(%repo, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    tracing::warn!(%key, tag, error = %e, "upstream unavailable; serving the cached tag");
                     self.metrics.stale_serve();
                     Ok(m)
                 }
@@ -258,8 +305,13 @@ impl Manifests {
     /// The digest the upstream gives for `tag` in answer to HEAD; `Ok(None)`
     /// when it does not say (or refuses HEAD: GET decides then); `Err` when
     /// the upstream cannot be asked.
-    async fn head_digest(&self, repo: &RepoName, tag: &str) -> Result<Option<Digest>, OciError> {
-        let response = self
+    async fn head_digest(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        tag: &str,
+    ) -> Result<Option<Digest>, OciError> {
+        let response = ns
             .upstream
             .send(
                 Method::HEAD,
@@ -285,11 +337,12 @@ impl Manifests {
     /// and the upstream's `Docker-Content-Digest`), and stores it.
     async fn fetch(
         &self,
+        ns: &Namespace,
         repo: &RepoName,
         reference: &str,
         expected: Option<&Digest>,
     ) -> Result<Upstreamed, OciError> {
-        let mut response = match self
+        let mut response = match ns
             .upstream
             .send(
                 Method::GET,
@@ -360,8 +413,9 @@ impl Manifests {
         }
         // Recorded first: an expiry of this content in progress finishes
         // before the bytes are stored again.
+        let key = ns.repo(repo);
         self.scheduler
-            .touch(repo, &digest, EntryKind::Manifest)
+            .touch(&key, &digest, EntryKind::Manifest)
             .await;
         let path = layout::blob_data(&digest);
         self.driver
@@ -369,7 +423,7 @@ impl Manifests {
             .await
             .map_err(read_error)?;
         self.scheduler
-            .ensure_link(repo, &digest, EntryKind::Manifest, false)
+            .ensure_link(&key, &digest, EntryKind::Manifest, false)
             .await;
         Ok(Upstreamed::Found(Manifest {
             fetched: true,
@@ -379,7 +433,7 @@ impl Manifests {
         }))
     }
 
-    async fn store_tag(&self, repo: &RepoName, tag: &str, digest: &Digest) -> Result<(), OciError> {
+    async fn store_tag(&self, repo: &RepoKey, tag: &str, digest: &Digest) -> Result<(), OciError> {
         let link = layout::link_content(digest);
         self.driver
             .put_content(&layout::tag_index_link(repo, tag, digest), link.clone())
@@ -394,18 +448,23 @@ impl Manifests {
     /// The tags of `repo`, sorted: the upstream's list (every page) when
     /// the upstream answers, the cached tags when it is unreachable or
     /// answers 5xx/429.
-    pub async fn tags(&self, repo: &RepoName) -> Result<Vec<String>, OciError> {
-        match self.upstream_tags(repo).await {
+    pub async fn tags(&self, ns: &Namespace, repo: &RepoName) -> Result<Vec<String>, OciError> {
+        match self.upstream_tags(ns, repo).await {
             Ok(Upstreamed::Found(tags)) => Ok(tags),
             Ok(Upstreamed::Unavailable(e)) => {
-                tracing::warn!(%repo, error = %e, "upstream unavailable; listing the cached tags");
-                self.cached_tags(repo).await
+                let key = ns.repo(repo);
+                tracing::warn!(%key, error = %e, "upstream unavailable; listing the cached tags");
+                self.cached_tags(&key).await
             }
             Err(e) => Err(e),
         }
     }
 
-    async fn upstream_tags(&self, repo: &RepoName) -> Result<Upstreamed<Vec<String>>, OciError> {
+    async fn upstream_tags(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+    ) -> Result<Upstreamed<Vec<String>>, OciError> {
         #[derive(serde::Deserialize)]
         struct Page {
             tags: Option<Vec<String>>,
@@ -413,7 +472,7 @@ impl Manifests {
         let mut tags = Vec::new();
         let mut rest = "tags/list".to_owned();
         for _ in 0..MAX_TAG_PAGES {
-            let response = match self
+            let response = match ns
                 .upstream
                 .send(Method::GET, repo, &rest, None, Some(self.request_timeout))
                 .await
@@ -456,7 +515,7 @@ impl Manifests {
     }
 
     /// The cached tags of `repo`, sorted.
-    async fn cached_tags(&self, repo: &RepoName) -> Result<Vec<String>, OciError> {
+    async fn cached_tags(&self, repo: &RepoKey) -> Result<Vec<String>, OciError> {
         match self.driver.list(&layout::tags_dir(repo)).await {
             Ok(paths) => Ok(paths
                 .iter()

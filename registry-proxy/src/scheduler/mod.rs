@@ -32,11 +32,11 @@ use tokio::task::JoinHandle;
 pub use clock::Clock;
 use journal::SegmentKind;
 use table::{Entry, Table};
-pub use table::{EntryKind, Secs};
+pub use table::{EntryKind, Secs, Ttls};
 
-use crate::cache::layout;
+use crate::cache::layout::{self, RepoKey};
 use crate::metrics::Metrics;
-use crate::oci::{Digest, RepoName};
+use crate::oci::Digest;
 use crate::{lock, wait_until};
 
 /// Entries expired under the lock at once; requests wait at most for one batch.
@@ -60,11 +60,14 @@ const MAX_LOGS: usize = 4096;
 const RETRY: Secs = 60;
 
 /// How the scheduler behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Content not accessed for this long expires; zero disables expiry
     /// (access times are still kept).
     pub ttl: Duration,
+    /// The lifetime of the content of namespaces stored in a directory of
+    /// their own, by directory; others live `ttl`.
+    pub namespace_ttls: HashMap<String, Duration>,
     /// How often changes are written to storage.
     pub flush_interval: Duration,
     /// Removal of abandoned writers; `None` turns it off.
@@ -142,7 +145,8 @@ pub struct Scheduler {
     driver: Arc<dyn StorageDriver>,
     inner: Mutex<Inner>,
     persisted: tokio::sync::Mutex<Persisted>,
-    ttl: Secs,
+    /// The shortest lifetime; `None` when nothing ever expires.
+    shortest_ttl: Option<Secs>,
     flush_interval: Duration,
     purge: Option<Purge>,
     clock: Clock,
@@ -163,8 +167,17 @@ impl Scheduler {
         clock: Clock,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, LoadError> {
-        let ttl = Secs::try_from(options.ttl.as_secs()).unwrap_or(Secs::MAX);
-        let mut table = Table::default();
+        let secs = |d: Duration| Secs::try_from(d.as_secs()).unwrap_or(Secs::MAX);
+        let ttls = Ttls {
+            default: secs(options.ttl),
+            namespaces: options
+                .namespace_ttls
+                .iter()
+                .map(|(dir, ttl)| (dir.clone(), secs(*ttl)))
+                .collect(),
+        };
+        let (ttl, shortest_ttl) = (ttls.default, ttls.shortest());
+        let mut table = Table::new(ttls);
         let segments = journal::list(driver.as_ref()).await?;
         let mut loaded = Loaded::default();
         // The newest intact snapshot, then the logs after it.
@@ -217,7 +230,7 @@ impl Scheduler {
                 snapshot_bytes,
                 retry: Vec::new(),
             }),
-            ttl,
+            shortest_ttl,
             flush_interval: options.flush_interval,
             purge: options.purge,
             clock,
@@ -250,19 +263,19 @@ impl Scheduler {
     }
 
     /// The last access of an entry, if it exists.
-    pub fn access_time(&self, repo: &RepoName, digest: &Digest, kind: EntryKind) -> Option<Secs> {
+    pub fn access_time(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) -> Option<Secs> {
         lock(&self.inner)
             .table
             .access_time(repo.as_str(), &digest.raw(), kind)
     }
 
-    /// Runs the flusher and (unless the TTL is zero) the expirer in the
-    /// background until [`Self::shutdown`].
+    /// Runs the flusher and (unless no content ever expires) the expirer in
+    /// the background until [`Self::shutdown`].
     pub fn start(self: &Arc<Self>) {
         let mut tasks = lock(&self.tasks);
         let this = Arc::clone(self);
         tasks.push(tokio::spawn(async move { this.flush_loop().await }));
-        if self.ttl > 0 {
+        if self.shortest_ttl.is_some() {
             let this = Arc::clone(self);
             tasks.push(tokio::spawn(async move { this.expiry_loop().await }));
         }
@@ -325,7 +338,7 @@ impl Scheduler {
     /// Records an access of `digest` as `kind` in `repo` now, creating the
     /// entry if needed. If the content is being deleted by an expiry, waits
     /// until the deletion is over (the caller then finds it absent).
-    pub async fn touch(&self, repo: &RepoName, digest: &Digest, kind: EntryKind) -> Access {
+    pub async fn touch(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) -> Access {
         self.record(repo.as_str(), &digest.raw(), kind, self.clock.now_secs())
             .await
     }
@@ -353,7 +366,7 @@ impl Scheduler {
 
     /// Refreshes the entry of `digest` as `kind` in `repo` if it exists (a
     /// manifest's access keeps the content it references alive).
-    pub fn refresh(&self, repo: &RepoName, digest: &Digest, kind: EntryKind) {
+    pub fn refresh(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) {
         let raw = digest.raw();
         let mut inner = lock(&self.inner);
         if inner.table.contains(repo.as_str(), &raw, kind) && !inner.expiring.contains_key(&raw) {
@@ -364,22 +377,30 @@ impl Scheduler {
         }
     }
 
+    /// Whether the link of an entry exists in storage (noted in the entry,
+    /// so that [`Self::touch`] reports it linked from then on).
+    pub async fn link_exists(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) -> bool {
+        if self
+            .driver
+            .stat(&link_path(repo, digest, kind))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        lock(&self.inner)
+            .table
+            .set_linked(repo.as_str(), &digest.raw(), kind);
+        true
+    }
+
     /// Makes sure the link of an entry exists in storage (a layer link for a
     /// blob, a revision link for a manifest), unless it is `known` to.
-    pub async fn ensure_link(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        kind: EntryKind,
-        known: bool,
-    ) {
+    pub async fn ensure_link(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind, known: bool) {
         if known {
             return;
         }
-        let link = match kind {
-            EntryKind::Blob => layout::layer_link(repo, digest),
-            EntryKind::Manifest => layout::revision_link(repo, digest),
-        };
+        let link = link_path(repo, digest, kind);
         if self.driver.stat(&link).await.is_err() {
             if let Err(e) = self
                 .driver
@@ -500,13 +521,16 @@ impl Scheduler {
     async fn expiry_loop(&self) {
         let mut stopped = self.stop.subscribe();
         loop {
-            let oldest = lock(&self.inner).table.oldest();
-            let wake = match oldest {
-                Some(at) => self.clock.instant_at(at.saturating_add(self.ttl)),
-                // Anything added from now on is due a TTL from now at the earliest.
-                None => self
-                    .clock
-                    .instant_at(self.clock.now_secs().saturating_add(self.ttl)),
+            let next = lock(&self.inner).table.next_due();
+            let wake = match next {
+                Some(due) => self.clock.instant_at(due),
+                // Anything added from now on is due the shortest TTL from
+                // now at the earliest.
+                None => self.clock.instant_at(
+                    self.clock
+                        .now_secs()
+                        .saturating_add(self.shortest_ttl.unwrap_or(Secs::MAX)),
+                ),
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
@@ -520,7 +544,7 @@ impl Scheduler {
     /// other callers started are finished too.
     pub async fn expire_due(&self) -> Expired {
         let mut total = Expired::default();
-        if self.ttl == 0 {
+        if self.shortest_ttl.is_none() {
             return total;
         }
         loop {
@@ -551,7 +575,8 @@ impl Scheduler {
                     }
                     Err(e) => {
                         tracing::warn!(repo = %entry.repo, digest = %Digest::from_raw(&entry.digest), error = %e, "expiry failed; trying again later");
-                        let at = self.clock.now_secs().saturating_sub(self.ttl) + RETRY;
+                        let ttl = inner.table.ttl_of(&entry.repo);
+                        let at = self.clock.now_secs().saturating_sub(ttl) + RETRY;
                         inner
                             .table
                             .upsert(&entry.repo, &entry.digest, entry.kind, at);
@@ -582,11 +607,11 @@ impl Scheduler {
     /// content as being deleted; `true` where no other entry uses the
     /// content, so its bytes go too.
     fn take_due(&self) -> Vec<(Entry, bool)> {
-        let cutoff = self.clock.now_secs().checked_sub(self.ttl);
+        let now = self.clock.now_secs();
         let mut inner = lock(&self.inner);
         let mut batch = Vec::new();
         while batch.len() < BATCH {
-            let Some(entry) = cutoff.and_then(|c| inner.table.pop_older(c)) else {
+            let Some(entry) = inner.table.pop_due(now) else {
                 break;
             };
             journal::encode_remove(&mut inner.pending, &entry.repo, &entry.digest, entry.kind);
@@ -601,7 +626,7 @@ impl Scheduler {
     async fn delete(&self, entry: &Entry, data: bool) -> Result<u64, driver_core::Error> {
         let digest = Digest::from_raw(&entry.digest);
         // Names come from requests or from our own journal, both validated.
-        if let Ok(repo) = RepoName::parse(&entry.repo) {
+        if let Some(repo) = RepoKey::parse(&entry.repo) {
             match entry.kind {
                 EntryKind::Blob => {
                     delete_missing_ok(&*self.driver, &layout::layer_dir(&repo, &digest)).await?
@@ -626,7 +651,7 @@ impl Scheduler {
 
     /// Removes `digest` from the tags of `repo`: its index entries, and the
     /// tags currently pointing at it.
-    async fn untag(&self, repo: &RepoName, digest: &Digest) -> Result<(), driver_core::Error> {
+    async fn untag(&self, repo: &RepoKey, digest: &Digest) -> Result<(), driver_core::Error> {
         let tags = match self.driver.list(&layout::tags_dir(repo)).await {
             Ok(tags) => tags,
             Err(e) if e.is_not_found() => return Ok(()),
@@ -651,6 +676,15 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+}
+
+/// The link that puts content of `kind` into `repo`: a layer link for a
+/// blob, a revision link for a manifest.
+fn link_path(repo: &RepoKey, digest: &Digest, kind: EntryKind) -> StoragePath {
+    match kind {
+        EntryKind::Blob => layout::layer_link(repo, digest),
+        EntryKind::Manifest => layout::revision_link(repo, digest),
     }
 }
 

@@ -13,6 +13,7 @@ use super::clock::to_secs;
 use super::journal;
 use super::table::{EntryKind, Secs, Table};
 use crate::cache::layout;
+use crate::cache::layout::RepoKey;
 use crate::oci::{Digest, RepoName};
 
 const STATE: &str = "/scheduler-state.json";
@@ -69,6 +70,8 @@ pub async fn import(
         let Ok(repo) = RepoName::parse(name) else {
             continue;
         };
+        // registry:2's repositories are those of the plain namespace.
+        let repo = RepoKey::new(None, &repo);
         let digests = match digest.map(Digest::parse) {
             Some(Ok(d)) => vec![d],
             Some(Err(_)) => continue,
@@ -88,7 +91,7 @@ pub async fn import(
 /// The manifests of `repo` (its revision links).
 async fn revisions(
     driver: &dyn StorageDriver,
-    repo: &RepoName,
+    repo: &RepoKey,
 ) -> Result<Vec<Digest>, driver_core::Error> {
     match driver.list(&layout::revisions_dir(repo)).await {
         Ok(paths) => Ok(paths

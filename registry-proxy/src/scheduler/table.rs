@@ -3,7 +3,7 @@
 //! heap; adding or refreshing one is O(log n).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
@@ -76,7 +76,52 @@ pub struct Upserted {
     pub changed: bool,
 }
 
-/// Entries keyed by (repository, digest, kind), ordered by access time.
+/// How long entries live unaccessed, in seconds; zero is forever.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ttls {
+    /// The lifetime in registry:2's namespace and any other not listed.
+    pub default: Secs,
+    /// Lifetimes by namespace directory.
+    pub namespaces: HashMap<String, Secs>,
+}
+
+impl Ttls {
+    /// Every entry lives `ttl`.
+    pub fn uniform(ttl: Secs) -> Self {
+        Self {
+            default: ttl,
+            namespaces: HashMap::new(),
+        }
+    }
+
+    /// The lifetime of the entries of the repository keyed `repo`.
+    pub fn of(&self, repo: &str) -> Secs {
+        crate::cache::layout::namespace_dir_of(repo)
+            .and_then(|dir| self.namespaces.get(dir))
+            .copied()
+            .unwrap_or(self.default)
+    }
+
+    /// The shortest lifetime that is not forever.
+    pub fn shortest(&self) -> Option<Secs> {
+        std::iter::once(self.default)
+            .chain(self.namespaces.values().copied())
+            .filter(|&t| t > 0)
+            .min()
+    }
+}
+
+/// When an entry accessed at `at` falls due under `ttl` (never: `Secs::MAX`).
+fn due(at: Secs, ttl: Secs) -> Secs {
+    if ttl == 0 {
+        Secs::MAX
+    } else {
+        at.saturating_add(ttl)
+    }
+}
+
+/// Entries keyed by (repository, digest, kind), ordered by the time they
+/// fall due (access time plus their namespace's lifetime).
 ///
 /// The index hashes the digest alone (it is already uniformly random), so
 /// every entry of one digest is found by one probe sequence: that answers
@@ -86,9 +131,12 @@ pub struct Table {
     slots: Vec<Slot>,
     free: Vec<u32>,
     index: HashTable<u32>,
-    /// (access time, slot); items whose slot moved on are skipped lazily.
+    /// (due time, slot); items whose slot moved on are skipped lazily.
     heap: BinaryHeap<Reverse<(Secs, u32)>>,
     repos: Vec<Box<str>>,
+    /// The lifetime of each repository's entries.
+    repo_ttls: Vec<Secs>,
+    ttls: Ttls,
     repo_index: HashTable<u32>,
     hasher: std::hash::RandomState,
     live: usize,
@@ -101,6 +149,19 @@ fn digest_hash(digest: &[u8; 32]) -> u64 {
 }
 
 impl Table {
+    /// An empty table whose entries live `ttls`.
+    pub fn new(ttls: Ttls) -> Self {
+        Self {
+            ttls,
+            ..Self::default()
+        }
+    }
+
+    /// The lifetime of the entries of `repo`.
+    pub fn ttl_of(&self, repo: &str) -> Secs {
+        self.ttls.of(repo)
+    }
+
     /// Live entries.
     pub fn len(&self) -> usize {
         self.live
@@ -122,6 +183,7 @@ impl Table {
         }
         let id = self.repos.len() as u32;
         self.repos.push(repo.into());
+        self.repo_ttls.push(self.ttls.of(repo));
         let (repos, hasher) = (&self.repos, &self.hasher);
         self.repo_index
             .insert_unique(hash, id, |&id| hasher.hash_one(&*repos[id as usize]));
@@ -153,7 +215,7 @@ impl Table {
             let linked = slot.flags & LINKED != 0;
             if changed {
                 slot.at = at;
-                self.push(at, i);
+                self.push(i);
             }
             return Upserted {
                 created: false,
@@ -183,7 +245,7 @@ impl Table {
             digest_hash(&slots[i as usize].digest)
         });
         self.live += 1;
-        self.push(at, i);
+        self.push(i);
         Upserted {
             created: true,
             linked: false,
@@ -247,8 +309,18 @@ impl Table {
             .is_some()
     }
 
-    fn push(&mut self, at: Secs, slot: u32) {
-        self.heap.push(Reverse((at, slot)));
+    /// When the entry in `slot` falls due.
+    fn due_of(&self, slot: &Slot) -> Secs {
+        due(slot.at, self.repo_ttls[slot.repo as usize])
+    }
+
+    fn push(&mut self, slot: u32) {
+        let due = self.due_of(&self.slots[slot as usize]);
+        if due == Secs::MAX {
+            // Never due: an entry living forever stays out of the heap.
+            return;
+        }
+        self.heap.push(Reverse((due, slot)));
         // Refreshes leave stale items behind; rebuild once they outnumber
         // the live ones (amortised O(1) per refresh).
         if self.heap.len() > 2 * self.live + 1024 {
@@ -256,33 +328,32 @@ impl Table {
                 .slots
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.flags & LIVE != 0)
-                .map(|(i, s)| Reverse((s.at, i as u32)))
+                .filter(|(_, s)| s.flags & LIVE != 0 && self.due_of(s) != Secs::MAX)
+                .map(|(i, s)| Reverse((self.due_of(s), i as u32)))
                 .collect();
         }
     }
 
-    fn is_current(&self, at: Secs, slot: u32) -> bool {
+    fn is_current(&self, due: Secs, slot: u32) -> bool {
         let s = &self.slots[slot as usize];
-        s.flags & LIVE != 0 && s.at == at
+        s.flags & LIVE != 0 && self.due_of(s) == due
     }
 
-    /// The oldest access time of any entry.
-    pub fn oldest(&mut self) -> Option<Secs> {
-        while let Some(&Reverse((at, slot))) = self.heap.peek() {
-            if self.is_current(at, slot) {
-                return Some(at);
+    /// The earliest time an entry falls due, if any ever does.
+    pub fn next_due(&mut self) -> Option<Secs> {
+        while let Some(&Reverse((due, slot))) = self.heap.peek() {
+            if self.is_current(due, slot) {
+                return Some(due);
             }
             self.heap.pop();
         }
         None
     }
 
-    /// Removes and returns the oldest entry if it was accessed at or before
-    /// `cutoff`.
-    pub fn pop_older(&mut self, cutoff: Secs) -> Option<Entry> {
-        let at = self.oldest()?;
-        if at > cutoff {
+    /// Removes and returns an entry that is due at `now`, the earliest first.
+    pub fn pop_due(&mut self, now: Secs) -> Option<Entry> {
+        let due = self.next_due()?;
+        if due > now {
             return None;
         }
         let Reverse((_, i)) = self.heap.pop()?;
@@ -292,7 +363,7 @@ impl Table {
             repo: self.repos[s.repo as usize].clone(),
             digest: s.digest,
             kind: s.kind,
-            at,
+            at: s.at,
         })
     }
 
@@ -321,6 +392,7 @@ impl Table {
             + self.index.capacity() * 5
             + self.heap.capacity() * 8
             + self.repos.iter().map(|r| r.len() + 16).sum::<usize>()
+            + self.repo_ttls.capacity() * 4
             + self.repo_index.capacity() * 5
     }
 }
@@ -345,12 +417,27 @@ mod tests {
         Pop(Secs),
     }
 
+    /// Repositories `r0` and `r1` live 10 s; `r2`, in namespace `x`, 25 s.
+    fn repo(r: u8) -> String {
+        if r == 2 {
+            "_namespaces/x/r2".to_owned()
+        } else {
+            format!("r{r}")
+        }
+    }
+
+    fn ttls() -> Ttls {
+        let mut ttls = Ttls::uniform(10);
+        ttls.namespaces.insert("x".into(), 25);
+        ttls
+    }
+
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (0..3u8, 0..8u8, any::<bool>(), 0..50u32)
                 .prop_map(|(r, g, m, t)| Op::Upsert(r, g, m, t)),
             (0..3u8, 0..8u8, any::<bool>()).prop_map(|(r, g, m)| Op::Remove(r, g, m)),
-            (0..50u32).prop_map(Op::Pop),
+            (0..80u32).prop_map(Op::Pop),
         ]
     }
 
@@ -364,34 +451,36 @@ mod tests {
 
     proptest! {
         /// The table behaves like a map from key to access time whose pops
-        /// return an oldest entry.
+        /// return an entry due earliest, under its namespace's lifetime.
         #[test]
         fn matches_a_map_model(ops in proptest::collection::vec(op(), 1..400)) {
-            let mut table = Table::default();
+            let ttls = ttls();
+            let mut table = Table::new(ttls.clone());
             let mut model: BTreeMap<(String, [u8; 32], u8), Secs> = BTreeMap::new();
             for op in ops {
                 match op {
                     Op::Upsert(r, g, m, t) => {
-                        let key = (format!("r{r}"), d(g), kind(m).code());
+                        let key = (repo(r), d(g), kind(m).code());
                         let up = table.upsert(&key.0, &key.1, kind(m), t);
                         prop_assert_eq!(up.created, !model.contains_key(&key));
                         let at = model.entry(key).or_insert(t);
                         *at = (*at).max(t);
                     }
                     Op::Remove(r, g, m) => {
-                        let key = (format!("r{r}"), d(g), kind(m).code());
+                        let key = (repo(r), d(g), kind(m).code());
                         prop_assert_eq!(table.remove(&key.0, &key.1, kind(m)), model.remove(&key).is_some());
                     }
-                    Op::Pop(cutoff) => {
-                        let oldest = model.values().min().copied();
-                        match table.pop_older(cutoff) {
+                    Op::Pop(now) => {
+                        let earliest = model.iter().map(|(k, at)| at + ttls.of(&k.0)).min();
+                        match table.pop_due(now) {
                             Some(e) => {
-                                prop_assert_eq!(Some(e.at), oldest);
-                                prop_assert!(e.at <= cutoff);
+                                let due = e.at + ttls.of(&e.repo);
+                                prop_assert_eq!(Some(due), earliest);
+                                prop_assert!(due <= now);
                                 let key = (e.repo.to_string(), e.digest, e.kind.code());
                                 prop_assert_eq!(model.remove(&key), Some(e.at));
                             }
-                            None => prop_assert!(oldest.is_none_or(|o| o > cutoff)),
+                            None => prop_assert!(earliest.is_none_or(|o| o > now)),
                         }
                     }
                 }

@@ -347,25 +347,26 @@ impl InProcess {
         let spool = tempfile::tempdir().expect("spool");
         let driver: std::sync::Arc<dyn driver_core::StorageDriver> =
             std::sync::Arc::new(driver_memory::MemoryDriver::new());
-        let upstream = registry_proxy::upstream::Upstream::new(
+        let namespace = registry_proxy::namespace::NamespaceSpec::single(
             upstream.parse().expect("url"),
             credentials,
-            Duration::from_secs(2),
         );
         let settings = registry_proxy::Settings {
             spool_dir: spool.path().to_owned(),
             fill_timeout: Duration::from_millis(500),
             tag_freshness: freshness,
             request_timeout: Duration::from_secs(2),
+            auth: None,
             scheduler: Options {
                 ttl: Duration::from_secs(168 * 3600),
+                namespace_ttls: Default::default(),
                 flush_interval: Duration::from_secs(1),
                 purge: None,
             },
             clock: Clock::system(),
         };
         let state =
-            registry_proxy::AppState::open(std::sync::Arc::clone(&driver), upstream, settings)
+            registry_proxy::AppState::open(std::sync::Arc::clone(&driver), &[namespace], settings)
                 .await
                 .expect("state");
         Self {

@@ -1,0 +1,345 @@
+//! Namespaces: one per upstream registry, each with its own credentials,
+//! lifetime, content-sharing policy and allowed users. Blob bytes are
+//! stored once whatever the namespaces using them; repositories, tags and
+//! links are kept per namespace (see [`RepoKey`]).
+//!
+//! A request selects its namespace by containerd's `?ns=<host>`, else by a
+//! path prefix (`/v2/<namespace>/<repository>/…`), else it goes to the
+//! default namespace.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cache::layout::RepoKey;
+use crate::metrics::{Metrics, NamespaceMetrics};
+use crate::oci::{ErrorCode, OciError, RepoName};
+use crate::upstream::Upstream;
+
+/// Which stored blobs a namespace is served (containerd's content sharing
+/// policy between namespaces).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharing {
+    /// Any blob in storage, without asking the upstream: saves bandwidth.
+    #[default]
+    Shared,
+    /// Only blobs the namespace's upstream gave it or confirmed it has,
+    /// with the namespace's credentials: proof of access, once per
+    /// repository and blob.
+    Isolated,
+}
+
+/// What a namespace is made of, from the configuration.
+#[derive(Debug, Clone)]
+pub struct NamespaceSpec {
+    /// The name clients select it by: a registry host, `docker.io`,
+    /// `ghcr.io`, `localhost:5000`.
+    pub name: String,
+    /// The upstream's base URL.
+    pub remote: reqwest::Url,
+    /// Upstream user and password.
+    pub credentials: Option<(String, String)>,
+    /// Lifetime of its content; `None`: the proxy's `ttl`.
+    pub ttl: Option<Duration>,
+    /// Its content-sharing policy.
+    pub sharing: Sharing,
+    /// The users allowed to pull through it; `None`: every client (every
+    /// authenticated one when client authentication is on).
+    pub users: Option<Vec<String>>,
+    /// Whether it is stored where registry:2 keeps repositories (the
+    /// namespace of a plain `proxy.remoteurl` config), rather than in a
+    /// directory of its own.
+    pub plain: bool,
+    /// Whether requests that name no namespace go to it.
+    pub default: bool,
+}
+
+impl NamespaceSpec {
+    /// The one namespace of a registry:2 config: `remote`, shared, stored
+    /// where registry:2 stores, the default.
+    pub fn single(remote: reqwest::Url, credentials: Option<(String, String)>) -> Self {
+        Self {
+            name: name_of_url(&remote),
+            remote,
+            credentials,
+            ttl: None,
+            sharing: Sharing::Shared,
+            users: None,
+            plain: true,
+            default: true,
+        }
+    }
+}
+
+/// The name of the namespace an upstream URL gives when none is
+/// configured: its host and port, with Docker Hub's API host named
+/// `docker.io`, as containerd's `?ns=` names it.
+pub fn name_of_url(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    let name = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    };
+    if name == "registry-1.docker.io" || name == "index.docker.io" {
+        "docker.io".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Whether `name` can name a namespace: a lowercase host name or address
+/// with an optional port.
+pub fn valid_name(name: &str) -> bool {
+    let (host, port) = match name.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (name, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    name.len() <= 255
+        && host.split('.').all(label_ok)
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The storage directory of namespace `name` (`:` is not a storage path
+/// character; `_` is in no valid name, so the mapping is one to one).
+fn dir_of(name: &str) -> String {
+    name.replace(':', "_")
+}
+
+/// One namespace.
+#[derive(Debug)]
+pub struct Namespace {
+    /// The name clients select it by.
+    pub name: String,
+    /// Its storage directory; `None` where registry:2 keeps repositories.
+    dir: Option<String>,
+    /// Its upstream.
+    pub upstream: Arc<Upstream>,
+    /// Its content-sharing policy.
+    pub sharing: Sharing,
+    users: Option<HashSet<String>>,
+    /// Its counters.
+    pub metrics: Arc<NamespaceMetrics>,
+}
+
+impl Namespace {
+    /// The storage key of its repository `name`.
+    pub fn repo(&self, name: &RepoName) -> RepoKey {
+        RepoKey::new(self.dir.as_deref(), name)
+    }
+
+    /// Its storage directory (`None`: registry:2's place).
+    pub fn dir(&self) -> Option<&str> {
+        self.dir.as_deref()
+    }
+
+    /// Whether `user` may pull through it.
+    pub fn allows(&self, user: Option<&str>) -> bool {
+        match (&self.users, user) {
+            (None, _) => true,
+            (Some(users), Some(user)) => users.contains(user),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Whether it must prove access before serving stored content.
+    pub fn isolated(&self) -> bool {
+        self.sharing == Sharing::Isolated
+    }
+}
+
+/// Every namespace, and which one is the default.
+#[derive(Debug)]
+pub struct Namespaces {
+    list: Vec<Arc<Namespace>>,
+    default: usize,
+}
+
+impl Namespaces {
+    /// The namespaces of `specs` (validated by the configuration), their
+    /// upstreams connecting within `connect_timeout` and reporting into
+    /// `metrics`. The default is the spec marked so, else the first.
+    pub fn new(specs: &[NamespaceSpec], metrics: &Arc<Metrics>, connect_timeout: Duration) -> Self {
+        let list = specs
+            .iter()
+            .map(|spec| {
+                let upstream = Upstream::new(
+                    spec.remote.clone(),
+                    spec.credentials.clone(),
+                    connect_timeout,
+                )
+                .with_metrics(Arc::clone(metrics));
+                Arc::new(Namespace {
+                    name: spec.name.clone(),
+                    dir: (!spec.plain).then(|| dir_of(&spec.name)),
+                    upstream: Arc::new(upstream),
+                    sharing: spec.sharing,
+                    users: spec.users.as_ref().map(|u| u.iter().cloned().collect()),
+                    metrics: metrics.namespace(&spec.name),
+                })
+            })
+            .collect();
+        Self {
+            list,
+            default: specs.iter().position(|s| s.default).unwrap_or(0),
+        }
+    }
+
+    /// The lifetimes of the namespaces stored in directories of their own
+    /// that have one, by directory (the scheduler's option).
+    pub fn ttls(specs: &[NamespaceSpec]) -> HashMap<String, Duration> {
+        specs
+            .iter()
+            .filter(|s| !s.plain)
+            .filter_map(|s| s.ttl.map(|ttl| (dir_of(&s.name), ttl)))
+            .collect()
+    }
+
+    /// Every namespace, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Namespace>> {
+        self.list.iter()
+    }
+
+    /// The namespace named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Namespace>> {
+        self.list.iter().find(|ns| ns.name == name)
+    }
+
+    /// The namespace of requests that name none.
+    pub fn default_namespace(&self) -> &Arc<Namespace> {
+        &self.list[self.default]
+    }
+
+    /// The namespace a request selects, and the rest of its path: `ns` (a
+    /// `?ns=` value) if given, else a leading path component naming a
+    /// namespace, else the default. An unknown `ns` is `NAME_UNKNOWN`.
+    pub fn route<'a>(
+        &self,
+        ns: Option<&str>,
+        rest: &'a str,
+    ) -> Result<(&Arc<Namespace>, &'a str), OciError> {
+        if let Some(name) = ns {
+            return match self.get(name) {
+                Some(found) => Ok((found, rest)),
+                None => Err(OciError::new(
+                    ErrorCode::NameUnknown,
+                    format!("no namespace {name:?} is configured here"),
+                )),
+            };
+        }
+        if let Some((first, after)) = rest.split_once('/') {
+            if let Some(found) = self.get(first) {
+                return Ok((found, after));
+            }
+        }
+        Ok((self.default_namespace(), rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, plain: bool) -> NamespaceSpec {
+        NamespaceSpec {
+            name: name.into(),
+            plain,
+            default: plain,
+            ..NamespaceSpec::single("http://127.0.0.1:1".parse().expect("url"), None)
+        }
+    }
+
+    #[test]
+    fn names() {
+        for ok in [
+            "docker.io",
+            "ghcr.io",
+            "localhost:5000",
+            "127.0.0.1:5001",
+            "a",
+        ] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Docker.io",
+            "a..b",
+            "-a.io",
+            "a.io:",
+            "a.io:123456",
+            "a/b",
+            "a_b",
+            "a.io:x",
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        let url = |s: &str| reqwest::Url::parse(s).expect("url");
+        assert_eq!(
+            name_of_url(&url("https://registry-1.docker.io")),
+            "docker.io"
+        );
+        assert_eq!(
+            name_of_url(&url("http://127.0.0.1:5001/")),
+            "127.0.0.1:5001"
+        );
+        assert_eq!(name_of_url(&url("https://GHCR.io")), "ghcr.io");
+    }
+
+    #[test]
+    fn routing() {
+        let metrics = Arc::new(Metrics::default());
+        let all = Namespaces::new(
+            &[spec("docker.io", true), spec("localhost:5000", false)],
+            &metrics,
+            Duration::from_secs(1),
+        );
+        let route = |ns, rest| {
+            all.route(ns, rest)
+                .map(|(n, r)| (n.name.clone(), r.to_owned()))
+                .map_err(|e| e.code)
+        };
+        let ok = |n: &str, r: &str| Ok((n.to_owned(), r.to_owned()));
+        assert_eq!(
+            route(None, "library/a/manifests/1"),
+            ok("docker.io", "library/a/manifests/1")
+        );
+        assert_eq!(
+            route(None, "localhost:5000/a/manifests/1"),
+            ok("localhost:5000", "a/manifests/1")
+        );
+        assert_eq!(
+            route(None, "docker.io/library/a/blobs/x"),
+            ok("docker.io", "library/a/blobs/x")
+        );
+        assert_eq!(
+            route(Some("localhost:5000"), "a/manifests/1"),
+            ok("localhost:5000", "a/manifests/1")
+        );
+        // `?ns=` wins: the path is the repository as it is.
+        assert_eq!(
+            route(Some("docker.io"), "localhost:5000/a"),
+            ok("docker.io", "localhost:5000/a")
+        );
+        assert_eq!(
+            route(Some("quay.io"), "a/manifests/1"),
+            Err(ErrorCode::NameUnknown)
+        );
+        let key = all
+            .get("localhost:5000")
+            .expect("ns")
+            .repo(&RepoName::parse("a").expect("name"));
+        assert_eq!(key.namespace_dir(), Some("localhost_5000"));
+        assert_eq!(all.default_namespace().dir(), None);
+    }
+}
