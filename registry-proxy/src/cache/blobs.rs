@@ -361,11 +361,14 @@ impl Blobs {
                 ns.metrics.denial();
             }
             tracing::info!(namespace = %ns.name, %repo, %digest, %status, "access to a stored blob not proven");
-            return Err(status_error(
-                &response,
-                &format!("blob {digest}"),
-                ErrorCode::BlobUnknown,
-            ));
+            let mut error =
+                status_error(&response, &format!("blob {digest}"), ErrorCode::BlobUnknown);
+            // The namespace's own credentials were refused: to the client
+            // that is a denial, not a request to authenticate itself.
+            if error.code == ErrorCode::Unauthorized {
+                error.code = ErrorCode::Denied;
+            }
+            return Err(error);
         }
         self.scheduler
             .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)

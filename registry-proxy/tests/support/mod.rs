@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use registry_proxy::oci::Digest;
+
+pub mod skopeo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Whether `tool` is on PATH.
@@ -135,15 +137,23 @@ pub fn registry_proxy(
     upstream: &str,
     credentials: Option<(&str, &str)>,
 ) -> Server {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = dir.join("proxy.yml");
     let auth = credentials
         .map(|(u, p)| format!("  username: {u}\n  password: {p}\n"))
         .unwrap_or_default();
+    registry_proxy_with(
+        dir,
+        &format!("storage:\n{storage}proxy:\n  remoteurl: http://{upstream}\n{auth}"),
+    )
+}
+
+/// The registry-proxy binary with the config `sections` (YAML at the top
+/// level, without `http`), listening on a free port with a debug listener.
+pub fn registry_proxy_with(dir: &Path, sections: &str) -> Server {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("proxy.yml");
     let debug = format!("127.0.0.1:{}", free_port());
-    let yaml = format!(
-        "version: 0.1\nstorage:\n{storage}http:\n  addr: {addr}\n  debug:\n    addr: {debug}\nproxy:\n  remoteurl: http://{upstream}\n{auth}"
-    );
+    let yaml =
+        format!("version: 0.1\nhttp:\n  addr: {addr}\n  debug:\n    addr: {debug}\n{sections}");
     std::fs::write(&config, yaml).expect("config");
     let mut server = start(
         env!("CARGO_BIN_EXE_registry-proxy"),
