@@ -766,6 +766,118 @@ proxy:
     }
 
     #[test]
+    fn namespaces_from_upstreams() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let htpasswd = dir.path().join("htpasswd");
+        let hash = bcrypt::hash("pw", 4).expect("hash");
+        std::fs::write(&htpasswd, format!("alice:{hash}\n")).expect("write");
+        let yaml = format!(
+            "storage:\n  inmemory: {{}}\nauth:\n  htpasswd:\n    realm: r\n    path: {}\nproxy:\n  ttl: 24h\n  upstreams:\n    - namespace: docker.io\n      remoteurl: https://registry-1.docker.io\n      username: u\n      password: p\n    - namespace: ghcr.io\n      remoteurl: https://ghcr.io\n      ttl: 1h\n      sharing: isolated\n      users: [alice]\n      default: true\n",
+            htpasswd.display()
+        );
+        let config = load(&yaml, &[]).expect("loads");
+        let specs = config.namespaces().expect("namespaces");
+        let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["docker.io", "ghcr.io"]);
+        assert!(specs.iter().all(|s| !s.plain));
+        assert_eq!(specs[0].credentials, Some(("u".into(), "p".into())));
+        assert_eq!(
+            (specs[0].sharing, specs[0].ttl, specs[0].default),
+            (Sharing::Shared, None, false)
+        );
+        assert_eq!(specs[1].sharing, Sharing::Isolated);
+        assert_eq!(specs[1].ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(specs[1].users, Some(vec!["alice".to_owned()]));
+        assert!(specs[1].default);
+        assert!(config.client_auth().expect("auth").is_some());
+        // A remoteurl next to upstreams is one more namespace, the default,
+        // stored where registry:2 stores.
+        let both = load(
+            "storage:\n  inmemory: {}\nproxy:\n  remoteurl: http://127.0.0.1:5001\n  upstreams:\n    - namespace: ghcr.io\n      remoteurl: https://ghcr.io\n",
+            &[],
+        )
+        .expect("loads")
+        .namespaces()
+        .expect("namespaces");
+        assert_eq!(both[0].name, "127.0.0.1:5001");
+        assert!(both[0].plain && both[0].default && !both[1].default);
+    }
+
+    #[test]
+    fn bad_namespaces_are_errors_naming_the_entry() {
+        let entry = |fields: &str| {
+            format!(
+                "storage:\n  inmemory: {{}}\nproxy:\n  upstreams:\n    - namespace: docker.io\n      remoteurl: https://registry-1.docker.io\n    - namespace: ghcr.io\n      remoteurl: https://ghcr.io\n{fields}"
+            )
+        };
+        let cases = [
+            (
+                entry("    - namespace: ghcr.io\n      remoteurl: https://x.io\n"),
+                "proxy.upstreams[2] (ghcr.io).namespace",
+                "twice",
+            ),
+            (
+                entry("    - namespace: quay.io\n      remoteurl: ftp://quay.io\n"),
+                "proxy.upstreams[2] (quay.io).remoteurl",
+                "http",
+            ),
+            (
+                entry(
+                    "    - namespace: quay.io\n      remoteurl: https://quay.io\n      sharing: sometimes\n",
+                ),
+                "proxy.upstreams[2] (quay.io).sharing",
+                "sometimes",
+            ),
+            (
+                entry("    - namespace: Quay.IO/x\n      remoteurl: https://quay.io\n"),
+                "proxy.upstreams[2] (Quay.IO/x).namespace",
+                "host name",
+            ),
+            (
+                entry(
+                    "    - namespace: quay.io\n      remoteurl: https://quay.io\n      users: [alice]\n",
+                ),
+                "proxy.upstreams[2] (quay.io).users",
+                "auth.htpasswd",
+            ),
+            (
+                entry(
+                    "    - namespace: quay.io\n      remoteurl: https://quay.io\n      ttl: soon\n",
+                ),
+                "proxy.upstreams[2] (quay.io).ttl",
+                "soon",
+            ),
+            (
+                entry(
+                    "    - namespace: quay.io\n      remoteurl: https://quay.io\n      colour: red\n",
+                ),
+                "proxy.upstreams[2]",
+                "colour",
+            ),
+            (
+                "storage:\n  inmemory: {}\nauth:\n  htpasswd:\n    path: /nonexistent/htpasswd\n"
+                    .to_owned(),
+                "auth.htpasswd.path",
+                "/nonexistent/htpasswd",
+            ),
+            (
+                "storage:\n  inmemory: {}\nauth:\n  token:\n    realm: x\n".to_owned(),
+                "auth",
+                "token",
+            ),
+        ];
+        for (yaml, key, says) in cases {
+            let e = load(&yaml, &[]).expect_err(&yaml);
+            assert!(
+                e.key.starts_with(key),
+                "{yaml}: error names {:?}, expected {key:?}: {e}",
+                e.key
+            );
+            assert!(e.to_string().contains(says), "{e} does not say {says:?}");
+        }
+    }
+
+    #[test]
     fn bad_keys_are_errors_naming_the_key() {
         let cases = [
             (

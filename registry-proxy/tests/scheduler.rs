@@ -219,6 +219,76 @@ async fn a_blob_used_by_two_repositories_survives_the_expiry_of_one() {
     assert!(!exists(&driver, &layout::blob_data(&blob)).await);
 }
 
+/// One blob used by three namespaces with lifetimes of 1 h (registry:2's,
+/// stored plainly), 3 h and forever: each namespace's link goes at its own
+/// time, and the bytes only once no namespace uses them, also after a
+/// restart.
+#[tokio::test]
+async fn each_namespace_expires_at_its_own_ttl_and_the_bytes_go_last() {
+    let driver = memory();
+    let ttls = HashMap::from([
+        ("ghcr.io".to_owned(), 3 * HOUR),
+        ("keep".to_owned(), Duration::ZERO),
+    ]);
+    let scheduler = open_with(&driver, HOUR, ttls.clone(), clock()).await;
+    let name = RepoName::parse("org/app").expect("name");
+    let (plain, ghcr, keep) = (
+        RepoKey::new(None, &name),
+        RepoKey::new(Some("ghcr.io"), &name),
+        RepoKey::new(Some("keep"), &name),
+    );
+    let blob = store_blob(&driver, &plain, b"base layer").await;
+    for repo in [&ghcr, &keep] {
+        link(&driver, repo, &blob).await;
+    }
+    for repo in [&plain, &ghcr, &keep] {
+        scheduler.touch(repo, &blob, EntryKind::Blob).await;
+    }
+    travel(HOUR).await;
+    assert_eq!(
+        scheduler.expire_due().await,
+        Expired {
+            entries: 1,
+            bytes_freed: 0
+        }
+    );
+    assert!(!exists(&driver, &layout::layer_link(&plain, &blob)).await);
+    assert!(exists(&driver, &layout::layer_link(&ghcr, &blob)).await);
+    scheduler.shutdown().await.expect("shutdown");
+
+    travel(2 * HOUR).await;
+    let restarted = open_with(&driver, HOUR, ttls.clone(), clock()).await;
+    assert_eq!(
+        restarted.expire_due().await,
+        Expired {
+            entries: 1,
+            bytes_freed: 0
+        }
+    );
+    assert!(!exists(&driver, &layout::layer_link(&ghcr, &blob)).await);
+    assert!(
+        exists(&driver, &layout::blob_data(&blob)).await,
+        "the forever namespace uses it"
+    );
+    travel(1000 * HOUR).await;
+    assert_eq!(restarted.expire_due().await.entries, 0);
+    assert!(exists(&driver, &layout::layer_link(&keep, &blob)).await);
+    restarted.shutdown().await.expect("shutdown");
+
+    // Once that namespace's lifetime is finite too, the bytes go with it.
+    let mut finite = ttls;
+    finite.insert("keep".to_owned(), HOUR);
+    let last = open_with(&driver, HOUR, finite, clock()).await;
+    assert_eq!(
+        last.expire_due().await,
+        Expired {
+            entries: 1,
+            bytes_freed: 10
+        }
+    );
+    assert!(!exists(&driver, &layout::blob_data(&blob)).await);
+}
+
 #[tokio::test]
 async fn a_ttl_change_applies_to_entries_already_cached() {
     let driver = memory();
