@@ -31,7 +31,8 @@ use futures::StreamExt;
 use registry_proxy::oci::Digest;
 use sha2::{Digest as _, Sha256};
 use support::{
-    Relay, Server, docker_registry, have, push_blob, push_image, registry_proxy, start, status_mib,
+    Relay, Server, docker_registry, have, median, push_blob, push_image, registry_proxy, start,
+    status_mib, wrk,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -73,33 +74,6 @@ async fn pull(client: &reqwest::Client, addr: &str, digest: &Digest, size: usize
         "pull of {digest} from {addr} has other bytes"
     );
     started.elapsed().as_secs_f64()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// `wrk -c64` on one URL (with `headers`): requests per second and the
-/// p99 latency.
-fn wrk(url: &str, seconds: u64, headers: &[&str]) -> (f64, String) {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", url])
-        .args(headers.iter().flat_map(|h| ["-H", h]))
-        .output()
-        .expect("run wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("wrk printed no rate: {text}"));
-    assert!(!text.contains("Non-2xx"), "wrk saw failed requests: {text}");
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map_or_else(|| "?".into(), |v| v.trim().to_owned());
-    (rps, p99)
 }
 
 /// The figures of one proxy.
