@@ -3,7 +3,8 @@
 //! routed to an isolated namespace among four, by path prefix and by
 //! containerd's `?ns=`, and with client authentication on top. Both
 //! proxies front one Debian `docker-registry`; runs alternate between the
-//! configs and the medians are compared, since the machine is shared.
+//! configs and the medians are compared, since the machine is shared; the
+//! proxies run on CPU 0 and wrk on CPU 1.
 //! Run with `scripts/bench-namespaces.sh`.
 
 // Shared with the test binaries; the benchmark uses a part.
@@ -20,6 +21,18 @@ use support::{Server, docker_registry, have, median, push_image, registry_proxy_
 /// checks its proof of access).
 const ROUTED: &str = "registry.test";
 
+/// Pins every thread of process `pid` to CPU `cpu`.
+fn pin(pid: u32, cpu: &str) {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run taskset");
+    assert!(status.success(), "taskset {pid}");
+}
+
+/// A proxy with `proxy_section`, pinned to CPU 0 (wrk runs on CPU 1, so the
+/// two do not compete and runs of different proxies compare).
 fn proxy(dir: &Path, name: &str, proxy_section: &str) -> Server {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -27,32 +40,64 @@ fn proxy(dir: &Path, name: &str, proxy_section: &str) -> Server {
         "storage:\n  filesystem:\n    rootdirectory: {}\n",
         dir.join("root").display()
     );
-    registry_proxy_with(&dir, &format!("{storage}{proxy_section}"))
+    let server = registry_proxy_with(&dir, &format!("{storage}{proxy_section}"));
+    pin(server.pid(), "0");
+    server
 }
 
-/// Four namespaces; requests go to the isolated one in front of `upstream`.
-fn namespaces(upstream: &str) -> String {
+/// Three more namespaces.
+const OTHERS: &str = "    - namespace: docker.io\n      remoteurl: https://registry-1.docker.io\n    - namespace: ghcr.io\n      remoteurl: https://ghcr.io\n    - namespace: quay.io\n      remoteurl: https://quay.io\n";
+
+/// Four namespaces; requests go to the one in front of `upstream`, with
+/// the `sharing` policy.
+fn namespaces(upstream: &str, sharing: &str) -> String {
     format!(
-        "proxy:\n  upstreams:\n    - namespace: docker.io\n      remoteurl: https://registry-1.docker.io\n    - namespace: ghcr.io\n      remoteurl: https://ghcr.io\n    - namespace: quay.io\n      remoteurl: https://quay.io\n    - namespace: {ROUTED}\n      remoteurl: http://{upstream}\n      sharing: isolated\n"
+        "proxy:\n  upstreams:\n{OTHERS}    - namespace: {ROUTED}\n      remoteurl: http://{upstream}\n      sharing: {sharing}\n"
     )
+}
+
+/// One configuration measured.
+struct Setup<'a> {
+    label: &'a str,
+    server: &'a Server,
+    /// Before the repository name in the path (`/registry.test`).
+    prefix: &'a str,
+    /// After the path (`?ns=registry.test`).
+    query: &'a str,
+    /// Request headers for wrk.
+    headers: Vec<&'a str>,
+    /// Whether it counts for the routing-and-policy target.
+    target: bool,
+}
+
+impl Setup<'_> {
+    fn url(&self, what: &str) -> String {
+        let (addr, prefix, query) = (&self.server.addr, self.prefix, self.query);
+        format!("http://{addr}/v2{prefix}/bench/app/{what}{query}")
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    for tool in ["docker-registry", "wrk"] {
+    for tool in ["docker-registry", "wrk", "taskset"] {
         assert!(
             have(tool),
             "{tool} is not installed: run scripts/bench-namespaces.sh, which installs it"
         );
     }
-    let seconds = conformance::env_or("BENCH_WRK_SECONDS", 5);
-    let rounds = conformance::env_or("BENCH_ROUNDS", 3);
+    // This process, and so the wrk processes it starts, on CPU 1.
+    pin(std::process::id(), "1");
+    let seconds = conformance::env_or("BENCH_WRK_SECONDS", 3);
+    let rounds = conformance::env_or("BENCH_ROUNDS", 7);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
     let client = reqwest::Client::new();
     let image = push_image(&client, &upstream.addr, "bench/app", 7, &[16 << 10]).await;
-    let layer = image.blobs.last().expect("a layer").to_string();
+    let targets = [
+        "manifests/v1".to_owned(),
+        format!("blobs/{}", image.blobs.last().expect("a layer")),
+    ];
 
     let hash = bcrypt::hash("bench-password", 4).expect("bcrypt");
     std::fs::write(d.join("htpasswd"), format!("bench:{hash}\n")).expect("htpasswd");
@@ -60,108 +105,115 @@ async fn main() {
         "auth:\n  htpasswd:\n    realm: bench\n    path: {}\n",
         d.join("htpasswd").display()
     );
-    let users = format!("{}      users: [bench]\n", namespaces(&upstream.addr));
     let basic = format!(
         "Authorization: Basic {}",
         base64::engine::general_purpose::STANDARD.encode("bench:bench-password")
     );
-    let single = proxy(
+    let up = upstream.addr.as_str();
+    let single = proxy(d, "single", &format!("proxy:\n  remoteurl: http://{up}\n"));
+    let isolated = proxy(d, "isolated", &namespaces(up, "isolated"));
+    let shared = proxy(d, "shared", &namespaces(up, "shared"));
+    let default = proxy(
         d,
-        "single",
-        &format!("proxy:\n  remoteurl: http://{}\n", upstream.addr),
+        "default",
+        &format!("proxy:\n  remoteurl: http://{up}\n  upstreams:\n{OTHERS}"),
     );
-    let multi = proxy(d, "multi", &namespaces(&upstream.addr));
-    let authed = proxy(d, "authed", &format!("{auth}{users}"));
-
-    // (label, proxy, path prefix, query, headers) per configuration.
-    let prefixed = format!("/{ROUTED}");
+    let users = format!("{auth}{}      users: [bench]\n", namespaces(up, "isolated"));
+    let authed = proxy(d, "authed", &users);
+    let prefix = format!("/{ROUTED}");
     let ns_query = format!("?ns={ROUTED}");
-    let configs: [(&str, &Server, &str, &str, Vec<&str>); 4] = [
-        (
+    let setup = |label, server, prefix, query, target| Setup {
+        label,
+        server,
+        prefix,
+        query,
+        headers: Vec::new(),
+        target,
+    };
+    let setups = [
+        setup(
             "single namespace (registry:2 config)",
             &single,
             "",
             "",
-            vec![],
+            false,
         ),
-        (
-            "isolated namespace of 4, path prefix",
-            &multi,
-            &prefixed,
-            "",
-            vec![],
-        ),
-        (
-            "isolated namespace of 4, ?ns=",
-            &multi,
-            "",
-            &ns_query,
-            vec![],
-        ),
-        (
-            "same, path prefix + client auth",
-            &authed,
-            &prefixed,
-            "",
-            vec![basic.as_str()],
-        ),
+        setup("isolated of 4, path prefix", &isolated, &prefix, "", true),
+        setup("isolated of 4, ?ns=", &isolated, "", &ns_query, true),
+        setup("shared of 4, path prefix", &shared, &prefix, "", true),
+        setup("default (registry:2's) of 4", &default, "", "", true),
+        Setup {
+            headers: vec![basic.as_str()],
+            ..setup(
+                "isolated of 4, prefix, client auth",
+                &authed,
+                &prefix,
+                "",
+                false,
+            )
+        },
     ];
-    let url = |(_, server, prefix, query, _): &(&str, &Server, &str, &str, Vec<&str>),
-               what: &str| {
-        format!("http://{}/v2{prefix}/bench/app/{what}{query}", server.addr)
-    };
     // Warm: fills, proofs of access, tags resolved.
-    for config in &configs {
-        for what in ["manifests/v1".to_owned(), format!("blobs/{layer}")] {
+    for setup in &setups {
+        for what in &targets {
             let mut request = client
-                .get(url(config, &what))
+                .get(setup.url(what))
                 .header("accept", registry_proxy::oci::MANIFEST_ACCEPT);
-            if !config.4.is_empty() {
+            if !setup.headers.is_empty() {
                 request = request.basic_auth("bench", Some("bench-password"));
             }
             let status = request.send().await.expect("warm").status();
-            assert!(status.is_success(), "{}: {what}: {status}", config.0);
+            assert!(status.is_success(), "{}: {what}: {status}", setup.label);
         }
     }
-    let mut figures = vec![[Vec::new(), Vec::new()]; configs.len()];
+    // Each round measures the single-namespace baseline before and after
+    // the others (their order rotating from round to round), and each
+    // setup's ratio is taken against the mean of the two: slow drift of a
+    // shared machine cancels out. The figures are medians over rounds.
+    let mut rates = vec![[Vec::new(), Vec::new()]; setups.len()];
+    let mut ratios = vec![[Vec::new(), Vec::new()]; setups.len()];
     for round in 0..rounds {
         println!("round {} of {rounds} ...", round + 1);
-        for (i, config) in configs.iter().enumerate() {
-            for (j, what) in ["manifests/v1".to_owned(), format!("blobs/{layer}")]
-                .iter()
-                .enumerate()
-            {
-                let target = url(config, what);
-                let (rps, _) = tokio::task::block_in_place(|| wrk(&target, seconds, &config.4));
-                figures[i][j].push(rps);
+        for (j, what) in targets.iter().enumerate() {
+            let measure = |setup: &Setup| {
+                let url = setup.url(what);
+                tokio::task::block_in_place(|| wrk(&url, seconds, &setup.headers)).0
+            };
+            let before = measure(&setups[0]);
+            let mut others: Vec<(usize, f64)> = (1..setups.len()).map(|i| (i, 0.0)).collect();
+            let turn = round % others.len();
+            others.rotate_left(turn);
+            for (i, rate) in &mut others {
+                *rate = measure(&setups[*i]);
+            }
+            let after = measure(&setups[0]);
+            let baseline = (before + after) / 2.0;
+            rates[0][j].push(baseline);
+            ratios[0][j].push(1.0);
+            for (i, rate) in others {
+                rates[i][j].push(rate);
+                ratios[i][j].push(rate / baseline);
             }
         }
     }
-    let medians: Vec<[f64; 2]> = figures
-        .into_iter()
-        .map(|[m, b]| [median(m), median(b)])
-        .collect();
     println!(
-        "\nwarm requests per second, wrk -c64, median of {rounds} alternating runs of {seconds} s"
+        "\nwarm requests per second, wrk -c64, {rounds} rounds of {seconds} s runs; medians; \
+         ratio: median over rounds of the setup's rate to the baseline's in the same round"
     );
     println!(
-        "{:<40} {:>16} {:>8} {:>16} {:>8}",
+        "{:<38} {:>15} {:>7} {:>12} {:>7}",
         "configuration", "manifest by tag", "ratio", "16 KiB blob", "ratio"
     );
     let mut worst = f64::MAX;
-    for (i, config) in configs.iter().enumerate() {
-        let ratio = |j: usize| medians[i][j] / medians[0][j];
+    for ((setup, rates), ratios) in setups.iter().zip(rates).zip(ratios) {
+        let [manifest, blob] = rates.map(median);
+        let [manifest_ratio, blob_ratio] = ratios.map(median);
         println!(
-            "{:<40} {:>16.0} {:>8.3} {:>16.0} {:>8.3}",
-            config.0,
-            medians[i][0],
-            ratio(0),
-            medians[i][1],
-            ratio(1)
+            "{:<38} {manifest:>15.0} {manifest_ratio:>7.3} {blob:>12.0} {blob_ratio:>7.3}",
+            setup.label
         );
-        // The target is about routing and policy checks; auth is extra.
-        if (1..3).contains(&i) {
-            worst = worst.min(ratio(0)).min(ratio(1));
+        if setup.target {
+            worst = worst.min(manifest_ratio).min(blob_ratio);
         }
     }
     println!(
