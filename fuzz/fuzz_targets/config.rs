@@ -12,6 +12,7 @@ fuzz_target!(|input: (&str, Option<(&str, &str)>)| {
         // A configuration that loads answers every derived setting.
         config.backend().expect("validated");
         config.listen_addr().expect("validated");
-        config.upstream_url().expect("validated");
+        let namespaces = config.namespaces().expect("validated");
+        assert!(!namespaces.is_empty(), "a configuration without a namespace");
     }
 });
