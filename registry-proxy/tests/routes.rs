@@ -312,6 +312,14 @@ impl std::ops::Deref for Setup {
 }
 
 async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup {
+    let (fake, base) = start_fake(auth).await;
+    let credentials = credentials.then(|| (USER.to_owned(), PASSWORD.to_owned()));
+    let proxy = InProcess::open(&base, credentials, freshness).await;
+    Setup { fake, proxy }
+}
+
+/// A fake upstream on 127.0.0.1, and its base URL.
+async fn start_fake(auth: Auth) -> (Arc<Fake>, String) {
     let fake = Arc::new(Fake {
         blobs: Mutex::default(),
         manifests: Mutex::default(),
@@ -332,9 +340,7 @@ async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     *fake.base.lock().expect("lock") = base.clone();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let credentials = credentials.then(|| (USER.to_owned(), PASSWORD.to_owned()));
-    let proxy = InProcess::open(&base, credentials, freshness).await;
-    Setup { fake, proxy }
+    (fake, base)
 }
 
 async fn setup() -> Setup {
@@ -1076,4 +1082,72 @@ async fn every_response_carries_its_request_id() {
         )
         .await;
     assert_ne!(refused.headers()["x-request-id"], "bad id; drop table");
+}
+
+/// An isolated namespace joins another namespace's running fill only once
+/// its own upstream proved access: refused (the blob is not there) it gets
+/// `BLOB_UNKNOWN` while the fill runs on; proved, it streams from the same
+/// fill, its upstream asked one HEAD and no GET.
+#[tokio::test]
+async fn an_isolated_namespace_joins_a_running_fill_only_after_proof() {
+    use registry_proxy::namespace::{NamespaceSpec, Sharing};
+    let (a, a_base) = start_fake(Auth::Anonymous).await;
+    let (b, b_base) = start_fake(Auth::Anonymous).await;
+    let spec = |name: &str, base: &str, sharing| NamespaceSpec {
+        name: name.to_owned(),
+        sharing,
+        plain: false,
+        default: false,
+        ..NamespaceSpec::single(base.parse().expect("url"), None)
+    };
+    let proxy = InProcess::with_namespaces(
+        &[
+            spec("a.test", &a_base, Sharing::Shared),
+            spec("b.test", &b_base, Sharing::Isolated),
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    let data = conformance::random_bytes(9, 2 << 20);
+    let digest = a.add_blob(&data);
+    a.set_fault(Fault::Gate);
+    let first = proxy
+        .send(
+            Method::GET,
+            &format!("/v2/a.test/team/app/blobs/{digest}"),
+            &[],
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first = tokio::spawn(axum::body::to_bytes(first.into_body(), 4 << 20));
+
+    let uri = format!("/v2/b.test/team/app/blobs/{digest}");
+    let (status, _, body) = proxy.get(&uri).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body.expect("body")), "BLOB_UNKNOWN");
+    assert_eq!((b.count("HEAD "), b.count("GET ")), (1, 0));
+
+    b.add_blob(&data);
+    let joined = proxy.send(Method::GET, &uri, &[]).await;
+    assert_eq!(joined.status(), StatusCode::OK);
+    let joined = tokio::spawn(axum::body::to_bytes(joined.into_body(), 4 << 20));
+    assert_eq!(
+        (b.count("HEAD "), b.count("GET ")),
+        (2, 0),
+        "b did not join the fill"
+    );
+    assert_eq!(a.count("GET "), 1);
+    a.gate.notify_waiters();
+    for body in [first, joined] {
+        let body = body.await.expect("task").expect("body");
+        assert_eq!(Digest::of(&body), digest);
+    }
+    // Proved once: served from storage now, without asking b again.
+    let (status, _, body) = proxy.get(&uri).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(Digest::of(&body.expect("body")), digest);
+    assert_eq!(
+        (b.count("HEAD "), b.count("GET "), a.count("GET ")),
+        (2, 0, 1)
+    );
 }

@@ -20,7 +20,7 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::layout;
+use super::layout::{self, RepoKey};
 use crate::metrics::{Kind, Metrics, NamespaceMetrics};
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
@@ -283,12 +283,7 @@ impl Blobs {
         let path = layout::blob_data(digest);
         match self.driver.stat(&path).await {
             Ok(info) if !info.is_dir => {
-                let linked = access.linked
-                    || (ns.isolated()
-                        && self
-                            .scheduler
-                            .link_exists(&key, digest, EntryKind::Blob)
-                            .await);
+                let linked = self.linked(ns, &key, digest, access.linked).await;
                 if ns.isolated() && !linked {
                     self.prove(ns, repo, digest).await?;
                 }
@@ -316,18 +311,40 @@ impl Blobs {
                 };
                 Ok((reply, true))
             }
-            Ok(_) => Ok((self.from_fill(ns, repo, digest, range, head).await?, false)),
-            Err(e) if e.is_not_found() => {
-                Ok((self.from_fill(ns, repo, digest, range, head).await?, false))
-            }
+            Ok(_) => Ok((
+                self.from_fill(ns, repo, digest, range, head, access.linked)
+                    .await?,
+                false,
+            )),
+            Err(e) if e.is_not_found() => Ok((
+                self.from_fill(ns, repo, digest, range, head, access.linked)
+                    .await?,
+                false,
+            )),
             // Storage is failing: the client is served from the upstream
             // (one fill per digest, whose store fails and is logged) rather
             // than refused while the upstream could answer.
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "storage failing; serving the blob from upstream");
-                Ok((self.from_fill(ns, repo, digest, range, head).await?, false))
+                Ok((
+                    self.from_fill(ns, repo, digest, range, head, access.linked)
+                        .await?,
+                    false,
+                ))
             }
         }
+    }
+
+    /// Whether the repository `key` of `ns` is known to have `digest`
+    /// linked: `known` from its scheduler entry, else (isolated namespaces
+    /// only, whose link is their proof of access) looked up in storage.
+    async fn linked(&self, ns: &Namespace, key: &RepoKey, digest: &Digest, known: bool) -> bool {
+        known
+            || (ns.isolated()
+                && self
+                    .scheduler
+                    .link_exists(key, digest, EntryKind::Blob)
+                    .await)
     }
 
     /// Asks the upstream of isolated namespace `ns` whether `repo` has
@@ -386,7 +403,8 @@ impl Blobs {
 
     /// Joins the fill of `digest`, starting it if none runs, and streams
     /// from it. An isolated namespace joins another namespace's fill only
-    /// once its own upstream proved access.
+    /// once its own upstream proved access (`linked`: its entry knows the
+    /// proof).
     async fn from_fill(
         self: &Arc<Self>,
         ns: &Arc<Namespace>,
@@ -394,9 +412,13 @@ impl Blobs {
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
+        linked: bool,
     ) -> Result<BlobReply, OciError> {
         let fill = self.fill(ns, repo, digest)?;
-        if ns.isolated() && !Arc::ptr_eq(&fill.namespace, ns) {
+        if ns.isolated()
+            && !Arc::ptr_eq(&fill.namespace, ns)
+            && !self.linked(ns, &ns.repo(repo), digest, linked).await
+        {
             self.prove(ns, repo, digest).await?;
         }
         let client = FillClient::attach(&self.metrics);

@@ -353,14 +353,22 @@ impl InProcess {
         credentials: Option<(String, String)>,
         freshness: Duration,
     ) -> Self {
-        use registry_proxy::scheduler::{Clock, Options};
-        let spool = tempfile::tempdir().expect("spool");
-        let driver: std::sync::Arc<dyn driver_core::StorageDriver> =
-            std::sync::Arc::new(driver_memory::MemoryDriver::new());
         let namespace = registry_proxy::namespace::NamespaceSpec::single(
             upstream.parse().expect("url"),
             credentials,
         );
+        Self::with_namespaces(&[namespace], freshness).await
+    }
+
+    /// Opens the proxy with `namespaces`.
+    pub async fn with_namespaces(
+        namespaces: &[registry_proxy::namespace::NamespaceSpec],
+        freshness: Duration,
+    ) -> Self {
+        use registry_proxy::scheduler::{Clock, Options};
+        let spool = tempfile::tempdir().expect("spool");
+        let driver: std::sync::Arc<dyn driver_core::StorageDriver> =
+            std::sync::Arc::new(driver_memory::MemoryDriver::new());
         let settings = registry_proxy::Settings {
             spool_dir: spool.path().to_owned(),
             fill_timeout: Duration::from_millis(500),
@@ -376,7 +384,7 @@ impl InProcess {
             clock: Clock::system(),
         };
         let state =
-            registry_proxy::AppState::open(std::sync::Arc::clone(&driver), &[namespace], settings)
+            registry_proxy::AppState::open(std::sync::Arc::clone(&driver), namespaces, settings)
                 .await
                 .expect("state");
         Self {
