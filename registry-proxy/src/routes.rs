@@ -67,8 +67,9 @@ async fn limit_headers(request: axum::extract::Request, next: axum::middleware::
 const REQUEST_ID: &str = "x-request-id";
 
 /// Runs each request in a span carrying its id (the client's `X-Request-Id`
-/// when it sent a sane one, else a new random one), which every log line of
-/// the request (and of a fill it starts) then shows; the response echoes it.
+/// when it sent a sane one, else a new random one) and, once routed, its
+/// namespace, which every log line of the request (and of a fill it starts)
+/// then shows; the response echoes the id.
 async fn request_span(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use tracing::Instrument as _;
     let id = request
@@ -87,6 +88,7 @@ async fn request_span(request: axum::extract::Request, next: axum::middleware::N
         id = %id,
         method = %request.method(),
         path = %request.uri().path(),
+        namespace = tracing::field::Empty,
     );
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
@@ -210,6 +212,7 @@ async fn dispatch(
         Err(e) => return e.into_response(),
     };
     let ns = Arc::clone(ns);
+    tracing::Span::current().record("namespace", ns.name.as_str());
     if let Err(refused) = authorize(&state, Some(&ns), &headers).await {
         return refused;
     }

@@ -457,7 +457,17 @@ fn namespaces_route_share_isolate_and_authorize() {
 
     // No password, plain or in a Basic header, in any answer or the log.
     drop(proxy);
-    seen.push_str(&std::fs::read_to_string(d.join("proxy.log")).expect("proxy log"));
+    let log = std::fs::read_to_string(d.join("proxy.log")).expect("proxy log");
+    // Request lines carry their namespace; denials say why.
+    for line in [
+        "namespace=gamma.test",
+        "access to a stored blob not proven",
+        "user not allowed in the namespace",
+        "wrong user name or password",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the log");
+    }
+    seen.push_str(&log);
     let basic = |creds: &str| base64::engine::general_purpose::STANDARD.encode(creds);
     let mut secrets = vec![
         UPSTREAM_PASSWORD.to_owned(),

@@ -358,17 +358,7 @@ impl Blobs {
         digest: &Digest,
     ) -> Result<(), OciError> {
         ns.metrics.proof();
-        let response = ns
-            .upstream
-            .send(
-                Method::HEAD,
-                repo,
-                &format!("blobs/{digest}"),
-                None,
-                Some(self.fill_timeout),
-            )
-            .await
-            .map_err(upstream_error)?;
+        let response = self.upstream_blob(ns, Method::HEAD, repo, digest).await?;
         if !response.status().is_success() {
             let status = response.status();
             if matches!(
@@ -514,17 +504,7 @@ impl Blobs {
         publish: &watch::Sender<Progress>,
     ) -> Result<(), OciError> {
         let ns = &fill.namespace;
-        let response = ns
-            .upstream
-            .send(
-                Method::GET,
-                repo,
-                &format!("blobs/{digest}"),
-                None,
-                Some(self.fill_timeout),
-            )
-            .await
-            .map_err(upstream_error)?;
+        let response = self.upstream_blob(ns, Method::GET, repo, digest).await?;
         if !response.status().is_success() {
             return Err(status_error(
                 &response,
@@ -547,6 +527,27 @@ impl Blobs {
             .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
             .await;
         Ok(())
+    }
+
+    /// Sends `method` for blob `digest` of `repo` to the upstream of `ns`,
+    /// waiting at most the fill timeout for the answer's head.
+    async fn upstream_blob(
+        &self,
+        ns: &Namespace,
+        method: Method,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<reqwest::Response, OciError> {
+        ns.upstream
+            .send(
+                method,
+                repo,
+                &format!("blobs/{digest}"),
+                None,
+                Some(self.fill_timeout),
+            )
+            .await
+            .map_err(upstream_error)
     }
 
     /// Copies the verified spool of `fill` to storage and commits it; on
