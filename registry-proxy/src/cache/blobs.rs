@@ -348,9 +348,9 @@ impl Blobs {
     }
 
     /// Asks the upstream of isolated namespace `ns` whether `repo` has
-    /// `digest` (one HEAD with its credentials), and records a yes as the
-    /// repository's link to the blob. A no is the upstream's answer as an
-    /// OCI error.
+    /// `digest` (one HEAD with its credentials); the caller records a yes
+    /// as the repository's link to the blob. A no is the upstream's answer
+    /// as an OCI error.
     async fn prove(
         &self,
         ns: &Namespace,
@@ -377,9 +377,6 @@ impl Blobs {
             }
             return Err(error);
         }
-        self.scheduler
-            .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
-            .await;
         Ok(())
     }
 
@@ -410,6 +407,10 @@ impl Blobs {
             && !self.linked(ns, &ns.repo(repo), digest, linked).await
         {
             self.prove(ns, repo, digest).await?;
+            // The proof's record, before the fill commits the bytes.
+            self.scheduler
+                .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
+                .await;
         }
         let client = FillClient::attach(&self.metrics);
         let mut progress = fill.progress.clone();
