@@ -414,15 +414,7 @@ fn namespaces_route_share_isolate_and_authorize() {
         ns["gamma.test"]["blobs"]["BytesPulled"], 0,
         "isolated pulled blobs: {ns}"
     );
-    let debug = proxy.debug.clone().expect("debug listener");
-    let metrics = runtime.block_on(async {
-        reqwest::get(format!("http://{debug}/metrics"))
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text")
-    });
+    let metrics = runtime.block_on(support::debug_text(&proxy, "/metrics"));
     assert!(
         metrics.contains("registry_proxy_proofs_total{namespace=\"gamma.test\"} 5"),
         "{metrics}"

@@ -166,15 +166,21 @@ pub fn registry_proxy_with(dir: &Path, sections: &str) -> Server {
     server
 }
 
+/// `path` (`/metrics`, `/debug/vars`) on the debug listener of a
+/// registry-proxy started by [`registry_proxy`], as text.
+pub async fn debug_text(proxy: &Server, path: &str) -> String {
+    let debug = proxy.debug.as_deref().expect("a debug listener");
+    reqwest::get(format!("http://{debug}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .text()
+        .await
+        .expect("text")
+}
+
 /// `/debug/vars` of a registry-proxy started by [`registry_proxy`].
 pub async fn debug_vars(proxy: &Server) -> serde_json::Value {
-    let debug = proxy.debug.as_deref().expect("a debug listener");
-    reqwest::get(format!("http://{debug}/debug/vars"))
-        .await
-        .expect("GET /debug/vars")
-        .json()
-        .await
-        .expect("JSON")
+    serde_json::from_str(&debug_text(proxy, "/debug/vars").await).expect("JSON")
 }
 
 /// Waits (up to 60 s) until `proxy`'s count of running fills satisfies
