@@ -342,4 +342,28 @@ mod tests {
         assert_eq!(key.namespace_dir(), Some("localhost_5000"));
         assert_eq!(all.default_namespace().dir(), None);
     }
+
+    /// The scheduler learns the lifetime of every namespace stored in a
+    /// directory of its own that sets one; the others live `proxy.ttl`.
+    #[test]
+    fn lifetimes_by_storage_directory() {
+        let hour = Duration::from_secs(3600);
+        let with_ttl = |name: &str, plain: bool, ttl: Option<Duration>| NamespaceSpec {
+            ttl,
+            ..spec(name, plain)
+        };
+        let ttls = Namespaces::ttls(&[
+            with_ttl("docker.io", true, None),
+            with_ttl("localhost:5000", false, Some(hour)),
+            with_ttl("ghcr.io", false, Some(Duration::ZERO)),
+            with_ttl("quay.io", false, None),
+        ]);
+        assert_eq!(
+            ttls,
+            HashMap::from([
+                ("localhost_5000".to_owned(), hour),
+                ("ghcr.io".to_owned(), Duration::ZERO),
+            ])
+        );
+    }
 }
