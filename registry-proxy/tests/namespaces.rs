@@ -270,6 +270,20 @@ fn namespaces_route_share_isolate_and_authorize() {
         "shared: a stored blob is served by digest"
     );
     assert_eq!(Digest::of(&served.body).to_string(), a_layer);
+    // Likewise a stored manifest by digest: isolated asks its upstream
+    // (which lacks it), shared serves the stored one.
+    let a_manifest = Digest::of(&only_a["manifest.json"]);
+    let path = format!("/v2/gamma.test/only-a/app/manifests/{a_manifest}");
+    let refused = get(p, &path, Some(BOB));
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (404, "MANIFEST_UNKNOWN"),
+        "isolated: a stored manifest served without its upstream"
+    );
+    let path = format!("/v2/beta.test/only-a/app/manifests/{a_manifest}");
+    let served = get(p, &path, Some(BOB));
+    assert_eq!(served.status, 200, "shared: a stored manifest by digest");
+    assert_eq!(served.body, only_a["manifest.json"]);
     // An upstream that denies (wrong credentials): its denial, no bytes.
     let denied = get(
         p,
