@@ -65,6 +65,7 @@ async fn open(driver: &Arc<dyn StorageDriver>, clock: Clock) -> Arc<Scheduler> {
             namespace_ttls: Default::default(),
             flush_interval: Duration::from_secs(1),
             purge: None,
+            ..Options::default()
         },
         clock,
         Arc::new(Metrics::default()),

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use serde_norway::Value;
 
 use crate::auth::Htpasswd;
+use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Sharing};
-use crate::scheduler::Purge;
+use crate::scheduler::{GcOptions, Purge};
 
 /// A configuration that cannot be used; `key` is the dotted path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,50 @@ pub struct Config {
     /// Distribution's health checks: accepted, not used (`/healthz` on the
     /// debug listener checks storage).
     pub health: Value,
+    /// Garbage collection and leases (registry-proxy's own).
+    pub gc: GcConfig,
+    /// Where several replicas coordinate (registry-proxy's own); absent:
+    /// a single node.
+    pub coordination: CoordinationConfig,
+}
+
+/// `gc` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcConfig {
+    /// How often to collect (default `1h`; `0`: never on a schedule).
+    pub interval: Option<String>,
+    /// Whether to collect after an expiry pass removed something (default
+    /// `true`).
+    pub afterexpiry: Option<bool>,
+    /// Nothing modified more recently is collected (default `10m`).
+    pub grace: Option<String>,
+    /// The longest life of a lease on content in use (default `10m`).
+    pub leasetimeout: Option<String>,
+}
+
+/// `coordination` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinationConfig {
+    /// etcd, shared by the replicas.
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// `coordination.etcd`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs (`http://127.0.0.1:2379`).
+    pub endpoints: Vec<String>,
+    /// Key prefix of this cache's state (default `/registry-proxy`); every
+    /// replica of one cache uses the same.
+    pub prefix: Option<String>,
+    /// The session lease's TTL: how soon a dead replica's locks and
+    /// leadership pass on (default `10s`).
+    pub leasettl: Option<String>,
+    /// Timeout of each etcd request (default `5s`).
+    pub timeout: Option<String>,
 }
 
 /// `log` section.
@@ -523,6 +568,80 @@ impl Config {
             return Err(invalid(format!("{key}.interval"), "must be more than 0"));
         }
         Ok((section.enabled && !section.dryrun).then_some(Purge { age, interval }))
+    }
+
+    /// Garbage collection's schedule and grace, and the lease timeout.
+    pub fn gc(&self) -> Result<(GcOptions, Duration), ConfigError> {
+        let minute = Duration::from_secs(60);
+        let interval = duration("gc.interval", self.gc.interval.as_deref(), 60 * minute)?;
+        let grace = duration("gc.grace", self.gc.grace.as_deref(), 10 * minute)?;
+        let lease = duration(
+            "gc.leasetimeout",
+            self.gc.leasetimeout.as_deref(),
+            10 * minute,
+        )?;
+        if lease.is_zero() {
+            return Err(invalid("gc.leasetimeout", "must be more than 0"));
+        }
+        let options = GcOptions {
+            interval: (!interval.is_zero()).then_some(interval),
+            after_expiry: self.gc.afterexpiry.unwrap_or(true),
+            grace,
+        };
+        Ok((options, lease))
+    }
+
+    /// The etcd the replicas share, if configured.
+    pub fn etcd(&self) -> Result<Option<EtcdOptions>, ConfigError> {
+        let Some(etcd) = &self.coordination.etcd else {
+            return Ok(None);
+        };
+        let key = "coordination.etcd";
+        if etcd.endpoints.is_empty() {
+            return Err(invalid(
+                format!("{key}.endpoints"),
+                "needs at least one URL",
+            ));
+        }
+        for url in &etcd.endpoints {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| invalid(format!("{key}.endpoints"), format!("{url:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                return Err(invalid(
+                    format!("{key}.endpoints"),
+                    format!("{url:?} is not an http(s) URL with a host"),
+                ));
+            }
+        }
+        let prefix = etcd
+            .prefix
+            .clone()
+            .unwrap_or_else(|| "/registry-proxy".into());
+        if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("//") {
+            return Err(invalid(
+                format!("{key}.prefix"),
+                format!("{prefix:?} must start with / and not end with /"),
+            ));
+        }
+        let lease_ttl = duration(
+            &format!("{key}.leasettl"),
+            etcd.leasettl.as_deref(),
+            Duration::from_secs(10),
+        )?;
+        if lease_ttl < Duration::from_secs(2) {
+            return Err(invalid(format!("{key}.leasettl"), "must be at least 2s"));
+        }
+        let timeout = duration(
+            &format!("{key}.timeout"),
+            etcd.timeout.as_deref(),
+            Duration::from_secs(5),
+        )?;
+        Ok(Some(EtcdOptions {
+            endpoints: etcd.endpoints.clone(),
+            prefix,
+            lease_ttl,
+            timeout: timeout.max(Duration::from_millis(100)),
+        }))
     }
 
     /// Lifetime of cached content; zero means forever.

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod metadata;
 pub mod metered;
 pub mod metrics;
 pub mod namespace;
@@ -31,6 +32,9 @@ pub use routes::{app, debug_app};
 use crate::auth::Htpasswd;
 use crate::cache::blobs::Blobs;
 use crate::cache::manifests::Manifests;
+use crate::metadata::MetadataStore;
+use crate::metadata::embedded::Embedded;
+use crate::metadata::etcd::{Etcd, EtcdOptions};
 use crate::metered::Metered;
 use crate::metrics::Metrics;
 use crate::namespace::{NamespaceSpec, Namespaces};
@@ -78,6 +82,28 @@ pub struct AppState {
     pub auth: Option<Arc<Htpasswd>>,
 }
 
+/// The metadata store: etcd when `coordination` names one (campaigning
+/// for leadership if a `candidate`), else the embedded store in `driver`.
+pub async fn open_store(
+    driver: &Arc<dyn StorageDriver>,
+    namespaces: &Namespaces,
+    options: &Options,
+    coordination: Option<EtcdOptions>,
+    candidate: bool,
+) -> Result<Arc<dyn MetadataStore>, LoadError> {
+    let ttl = u32::try_from(options.ttl.as_secs()).unwrap_or(u32::MAX);
+    Ok(match coordination {
+        None => Arc::new(Embedded::new(Arc::clone(driver), ttl)) as Arc<dyn MetadataStore>,
+        Some(etcd) => {
+            let dirs: Vec<Option<String>> = namespaces
+                .iter()
+                .map(|ns| ns.dir().map(str::to_owned))
+                .collect();
+            Etcd::connect(etcd, &dirs, Arc::clone(driver), ttl, candidate).await?
+        }
+    })
+}
+
 /// Tunables of [`AppState::open`], from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -96,6 +122,8 @@ pub struct Settings {
     pub scheduler: Options,
     /// The clock of expiries.
     pub clock: Clock,
+    /// The etcd shared with other replicas; `None`: a single node.
+    pub coordination: Option<EtcdOptions>,
 }
 
 impl AppState {
@@ -116,8 +144,10 @@ impl AppState {
             &metrics,
             settings.request_timeout,
         ));
-        let scheduler = Scheduler::open(
+        let store = open_store(&driver, &namespaces, &options, settings.coordination, true).await?;
+        let scheduler = Scheduler::open_with_store(
             Arc::clone(&driver),
+            store,
             options,
             settings.clock,
             Arc::clone(&metrics),

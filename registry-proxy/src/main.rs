@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use driver_core::StorageDriver;
 use registry_proxy::config::{Backend, Config};
-use registry_proxy::scheduler::{Clock, Options};
+use registry_proxy::scheduler::{Clock, Options, Scheduler};
 use registry_proxy::{AppState, Settings, app, debug_app};
 use tokio::net::TcpListener;
 
@@ -29,6 +29,16 @@ enum Command {
         /// A distribution-style config.yml.
         config: Option<PathBuf>,
     },
+    /// Collects garbage once, while caches on the same storage keep
+    /// serving: blob data, links and tags no entry or lease keeps, and
+    /// abandoned writers. Prints what it removed.
+    Gc {
+        /// Only count what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// The config.yml of the cache.
+        config: PathBuf,
+    },
 }
 
 /// How often the scheduler writes its changes (a crash loses at most this
@@ -40,10 +50,12 @@ const SCHEDULER_FLUSH: Duration = Duration::from_secs(1);
 const BLOCKING_THREADS: usize = 16;
 
 fn main() -> std::process::ExitCode {
-    let Cli {
-        command: Command::Serve { config },
-    } = Cli::parse();
-    let config = match Config::load(config.as_deref(), std::env::vars()) {
+    let command = Cli::parse().command;
+    let path = match &command {
+        Command::Serve { config } => config.clone(),
+        Command::Gc { config, .. } => Some(config.clone()),
+    };
+    let config = match Config::load(path.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("registry-proxy: {e}");
@@ -62,7 +74,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let done = match command {
+        Command::Serve { .. } => runtime.block_on(serve(config)),
+        Command::Gc { dry_run, .. } => runtime.block_on(gc(config, dry_run)),
+    };
+    match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -85,32 +101,91 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// The storage the config selects, and its description for logs.
+async fn open_driver(config: &Config) -> Result<(Arc<dyn StorageDriver>, String), String> {
+    Ok(match config.backend().map_err(|e| e.to_string())? {
+        Backend::Filesystem(fs) => {
+            let where_ = format!("filesystem {}", fs.root_directory.display());
+            (
+                Arc::new(driver_fs::FsDriver::open(&fs).map_err(|e| e.to_string())?),
+                where_,
+            )
+        }
+        Backend::S3(s3) => {
+            let where_ = format!("s3 bucket {} root {:?}", s3.bucket, s3.root_directory);
+            (
+                Arc::new(
+                    driver_s3::S3Driver::new(*s3)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                where_,
+            )
+        }
+        Backend::InMemory => (
+            Arc::new(driver_memory::MemoryDriver::new()),
+            "inmemory".to_owned(),
+        ),
+    })
+}
+
+/// The scheduler's options from the config.
+fn scheduler_options(config: &Config) -> Result<Options, String> {
+    let (gc, lease_timeout) = config.gc().map_err(|e| e.to_string())?;
+    Ok(Options {
+        ttl: config.ttl().map_err(|e| e.to_string())?,
+        namespace_ttls: Default::default(),
+        flush_interval: SCHEDULER_FLUSH,
+        purge: config.upload_purging().map_err(|e| e.to_string())?,
+        lease_timeout,
+        gc,
+    })
+}
+
+/// `registry-proxy gc`: one collection over the config's storage and
+/// metadata store.
+async fn gc(config: Config, dry_run: bool) -> Result<(), String> {
+    let (driver, storage) = open_driver(&config).await?;
+    let specs = config.namespaces().map_err(|e| e.to_string())?;
+    let metrics = Arc::new(registry_proxy::metrics::Metrics::default());
+    let namespaces =
+        registry_proxy::namespace::Namespaces::new(&specs, &metrics, Duration::from_secs(10));
+    let mut options = scheduler_options(&config)?;
+    options.namespace_ttls = registry_proxy::namespace::Namespaces::ttls(&specs);
+    let coordination = config.etcd().map_err(|e| e.to_string())?;
+    let store = registry_proxy::open_store(&driver, &namespaces, &options, coordination, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(storage, store = %store.describe(), dry_run, "collecting garbage");
+    let scheduler = Scheduler::open_with_store(
+        driver,
+        Arc::clone(&store),
+        options,
+        Clock::system(),
+        metrics,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let collected = scheduler.gc(dry_run).await;
+    store.close().await;
+    let c = collected.map_err(|e| e.to_string())?;
+    println!(
+        "{}marked {} digests in use; removed {} blobs ({} bytes), {} links, {} tags, {} abandoned writers; mark {:?}, sweep {:?}",
+        if dry_run { "dry run: " } else { "" },
+        c.marked,
+        c.blobs,
+        c.bytes_freed,
+        c.links,
+        c.tags,
+        c.writers,
+        c.mark,
+        c.sweep
+    );
+    Ok(())
+}
+
 async fn serve(config: Config) -> Result<(), String> {
-    let (driver, storage): (Arc<dyn StorageDriver>, String) =
-        match config.backend().map_err(|e| e.to_string())? {
-            Backend::Filesystem(fs) => {
-                let where_ = format!("filesystem {}", fs.root_directory.display());
-                (
-                    Arc::new(driver_fs::FsDriver::open(&fs).map_err(|e| e.to_string())?),
-                    where_,
-                )
-            }
-            Backend::S3(s3) => {
-                let where_ = format!("s3 bucket {} root {:?}", s3.bucket, s3.root_directory);
-                (
-                    Arc::new(
-                        driver_s3::S3Driver::new(*s3)
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    ),
-                    where_,
-                )
-            }
-            Backend::InMemory => (
-                Arc::new(driver_memory::MemoryDriver::new()),
-                "inmemory".to_owned(),
-            ),
-        };
+    let (driver, storage) = open_driver(&config).await?;
     let namespaces = config.namespaces().map_err(|e| e.to_string())?;
     let spool_dir = config
         .proxy
@@ -134,13 +209,9 @@ async fn serve(config: Config) -> Result<(), String> {
             .client_auth()
             .map_err(|e| e.to_string())?
             .map(Arc::new),
-        scheduler: Options {
-            ttl: config.ttl().map_err(|e| e.to_string())?,
-            namespace_ttls: Default::default(),
-            flush_interval: SCHEDULER_FLUSH,
-            purge: config.upload_purging().map_err(|e| e.to_string())?,
-        },
+        scheduler: scheduler_options(&config)?,
         clock: Clock::system(),
+        coordination: config.etcd().map_err(|e| e.to_string())?,
     };
     let state = AppState::open(driver, &namespaces, settings)
         .await
@@ -151,6 +222,7 @@ async fn serve(config: Config) -> Result<(), String> {
         segments = loaded.segments,
         damaged = loaded.damaged,
         imported = loaded.imported,
+        store = %state.scheduler.store().describe(),
         "scheduler state loaded"
     );
     for ns in state.namespaces.iter() {

@@ -62,6 +62,23 @@ struct StorageLabel {
     op: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GcLabel {
+    /// What was removed (`blob`, `link`, `tag`, `writer`) or the phase
+    /// timed (`mark`, `sweep`).
+    what: &'static str,
+}
+
+/// Garbage collection's counters.
+#[derive(Debug, Default)]
+struct GcMetrics {
+    runs: Counter,
+    removed: Family<GcLabel, Counter>,
+    bytes_freed: Counter,
+    marked: Gauge,
+    phase_seconds: Family<GcLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
 /// Latency buckets: 0.5 ms to about 16 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -164,6 +181,7 @@ pub struct Metrics {
     bytes_freed: Counter,
     writers_purged: Counter,
     storage_latency: Histograms<StorageLabel>,
+    gc: GcMetrics,
 }
 
 impl Default for Metrics {
@@ -257,7 +275,34 @@ impl Default for Metrics {
             "Storage driver operations by driver and operation",
             storage_latency.clone(),
         );
+        let gc = GcMetrics::default();
+        registry.register(
+            "gc_runs",
+            "Garbage collections run (dry runs excluded)",
+            gc.runs.clone(),
+        );
+        registry.register(
+            "gc_removed",
+            "What garbage collection removed, by kind",
+            gc.removed.clone(),
+        );
+        registry.register(
+            "gc_bytes_freed",
+            "Bytes of blob data garbage collection deleted",
+            gc.bytes_freed.clone(),
+        );
+        registry.register(
+            "gc_marked",
+            "Digests the last garbage collection found in use",
+            gc.marked.clone(),
+        );
+        registry.register(
+            "gc_phase_seconds",
+            "How long the last garbage collection spent per phase",
+            gc.phase_seconds.clone(),
+        );
         Self {
+            gc,
             registry,
             content,
             proofs,
@@ -332,6 +377,30 @@ impl Metrics {
     pub fn expired(&self, entries: u64, bytes: u64) {
         self.expirations.inc_by(entries);
         self.bytes_freed.inc_by(bytes);
+    }
+
+    /// A garbage collection finished (a dry run only sets the gauges).
+    pub fn collected(&self, c: &crate::scheduler::Collected, dry_run: bool) {
+        let gc = &self.gc;
+        gc.marked.set(i64::try_from(c.marked).unwrap_or(i64::MAX));
+        for (what, took) in [("mark", c.mark), ("sweep", c.sweep)] {
+            gc.phase_seconds
+                .get_or_create(&GcLabel { what })
+                .set(took.as_secs_f64());
+        }
+        if dry_run {
+            return;
+        }
+        gc.runs.inc();
+        for (what, n) in [
+            ("blob", c.blobs),
+            ("link", c.links),
+            ("tag", c.tags),
+            ("writer", c.writers),
+        ] {
+            gc.removed.get_or_create(&GcLabel { what }).inc_by(n);
+        }
+        gc.bytes_freed.inc_by(c.bytes_freed);
     }
 
     /// `n` abandoned writers were removed.
@@ -422,6 +491,9 @@ impl Metrics {
                 "Expirations": self.expirations.get(),
                 "BytesFreed": self.bytes_freed.get(),
                 "WritersPurged": self.writers_purged.get(),
+                "GcRuns": self.gc.runs.get(),
+                "GcBytesFreed": self.gc.bytes_freed.get(),
+                "GcMarked": self.gc.marked.get(),
             },
         })
     }

@@ -60,6 +60,7 @@ async fn open_with(
             namespace_ttls,
             flush_interval: Duration::from_secs(1),
             purge: None,
+            ..Options::default()
         },
         clock,
         Arc::new(Metrics::default()),
@@ -372,7 +373,7 @@ async fn damaged_segments_are_skipped_and_the_rest_loads() {
     torn.truncate(torn.len() - 2);
     driver
         .put_content(
-            &journal::segment_path(99, journal::SegmentKind::Log),
+            &journal::segment_path(journal::DIR, 99, journal::SegmentKind::Log),
             torn.into(),
         )
         .await

@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::layout::{self, RepoKey};
+use crate::metadata::{DigestLock, Lease, LockKind};
 use crate::metrics::{Kind, Metrics, NamespaceMetrics};
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
@@ -118,6 +119,9 @@ struct Progress {
     verified: bool,
     /// `Some(Ok)` once verified and committed; `Some(Err)` when failed.
     outcome: Option<Result<(), OciError>>,
+    /// Another replica stored the blob while this fill waited for the
+    /// digest's lock: clients read it from storage.
+    stored: bool,
 }
 
 /// The newest received bytes of a fill: whole chunks as the upstream sent
@@ -279,6 +283,8 @@ impl Blobs {
         head: bool,
     ) -> Result<(BlobReply, bool), OciError> {
         let key = ns.repo(repo);
+        // What is served is leased until the response body is dropped.
+        let lease = self.scheduler.leases().hold(&[digest.raw()]);
         let access = self.scheduler.touch(&key, digest, EntryKind::Blob).await;
         let path = layout::blob_data(digest);
         match self.driver.stat(&path).await {
@@ -290,26 +296,10 @@ impl Blobs {
                 self.scheduler
                     .ensure_link(&key, digest, EntryKind::Blob, linked)
                     .await;
-                let (start, end) = resolve(range, info.size)?;
-                let body = if head {
-                    None
-                } else {
-                    let stream = self
-                        .driver
-                        .reader(&path, start)
-                        .await
-                        .map_err(storage_error)?;
-                    Some(limit(
-                        stream.map(|r| r.map_err(std::io::Error::other)),
-                        end - start,
-                    ))
-                };
-                let reply = BlobReply {
-                    size: info.size,
-                    range: (start, end),
-                    body,
-                };
-                Ok((reply, true))
+                Ok((
+                    self.stored(digest, info.size, range, head, lease).await?,
+                    true,
+                ))
             }
             Ok(_) => Ok((
                 self.from_fill(ns, repo, digest, range, head, access.linked)
@@ -333,6 +323,40 @@ impl Blobs {
                 ))
             }
         }
+    }
+
+    /// The stored bytes of `digest` (`size` of them): `range` of them, or
+    /// none for `head`. The body holds `lease` until it is dropped.
+    async fn stored(
+        &self,
+        digest: &Digest,
+        size: u64,
+        range: Option<RangeSpec>,
+        head: bool,
+        lease: Lease,
+    ) -> Result<BlobReply, OciError> {
+        let (start, end) = resolve(range, size)?;
+        let body = if head {
+            None
+        } else {
+            let stream = self
+                .driver
+                .reader(&layout::blob_data(digest), start)
+                .await
+                .map_err(storage_error)?;
+            let body = limit(
+                stream.map(|r| r.map_err(std::io::Error::other)),
+                end - start,
+            );
+            Some(Box::pin(body.inspect(move |_| {
+                let _ = &lease;
+            })) as Body)
+        };
+        Ok(BlobReply {
+            size,
+            range: (start, end),
+            body,
+        })
     }
 
     /// Whether the repository `key` of `ns` is known to have `digest`
@@ -419,6 +443,10 @@ impl Blobs {
             let now = progress.borrow_and_update().clone();
             match (now.size, now.outcome) {
                 (_, Some(Err(e))) => return Err(e),
+                (Some(size), _) if now.stored => {
+                    let lease = self.scheduler.leases().hold(&[digest.raw()]);
+                    return self.stored(digest, size, range, head, lease).await;
+                }
                 (Some(size), _) => break size,
                 (None, _) => {}
             }
@@ -504,7 +532,45 @@ impl Blobs {
         fill: &Fill,
         publish: &watch::Sender<Progress>,
     ) -> Result<(), OciError> {
+        let _lease = self.scheduler.leases().hold(&[digest.raw()]);
+        // One fill per digest across replicas sharing the storage.
+        let store = self.scheduler.store();
+        let held = match store.lock(&digest.raw(), LockKind::Fill).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot lock the fill across replicas; filling anyway");
+                DigestLock::none()
+            }
+        };
+        let filled = self.fill_locked(repo, digest, fill, publish).await;
+        held.release().await;
+        filled
+    }
+
+    /// [`Self::run_fill`] under the digest's lock: a blob another replica
+    /// stored meanwhile is served from storage.
+    async fn fill_locked(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        fill: &Fill,
+        publish: &watch::Sender<Progress>,
+    ) -> Result<(), OciError> {
         let ns = &fill.namespace;
+        if self.scheduler.store().shared() {
+            if let Ok(info) = self.driver.stat(&layout::blob_data(digest)).await {
+                if !info.is_dir {
+                    publish.send_modify(|p| {
+                        p.size = Some(info.size);
+                        p.stored = true;
+                    });
+                    self.scheduler
+                        .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
         let response = self.upstream_blob(ns, Method::GET, repo, digest).await?;
         if !response.status().is_success() {
             return Err(status_error(

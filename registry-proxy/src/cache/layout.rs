@@ -87,6 +87,16 @@ pub fn blob_data(digest: &Digest) -> StoragePath {
     path(format!("{}/data", blob_dir(digest).as_str()))
 }
 
+/// `blobs`: every blob's directory is beneath it.
+pub fn blobs_root() -> StoragePath {
+    path(format!("{ROOT}/blobs"))
+}
+
+/// `repositories`: every namespace's repositories are beneath it.
+pub fn repositories_root() -> StoragePath {
+    repositories(None)
+}
+
 /// `blobs/sha256/<2 hex>/<hex>`: the directory holding a blob's data.
 pub fn blob_dir(digest: &Digest) -> StoragePath {
     let hex = digest.hex();

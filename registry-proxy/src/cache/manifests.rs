@@ -99,7 +99,7 @@ impl Manifests {
                 if m.fetched {
                     ns.metrics.pulled(Kind::Manifest, m.bytes.len() as u64);
                 }
-                self.refresh_references(&ns.repo(repo), &m.bytes);
+                self.refresh_references(&ns.repo(repo), m).await;
             }
             Err(_) => ns.metrics.failed_request(Kind::Manifest),
         }
@@ -107,15 +107,23 @@ impl Manifests {
     }
 
     /// A manifest's access keeps what it references alive: the blobs it
-    /// names and, for an index, its manifests (those already cached).
-    fn refresh_references(&self, repo: &RepoKey, bytes: &[u8]) {
-        for (digest, is_manifest) in oci::manifest_references(bytes) {
+    /// names and, for an index, its manifests (those already cached). The
+    /// pull that follows holds a lease on them and on the manifest.
+    async fn refresh_references(&self, repo: &RepoKey, m: &Manifest) {
+        let references = oci::manifest_references(&m.bytes);
+        self.scheduler.leases().extend(
+            references
+                .iter()
+                .map(|(d, _)| d.raw())
+                .chain([m.digest.raw()]),
+        );
+        for (digest, is_manifest) in references {
             let kind = if is_manifest {
                 EntryKind::Manifest
             } else {
                 EntryKind::Blob
             };
-            self.scheduler.refresh(repo, &digest, kind);
+            self.scheduler.refresh(repo, &digest, kind).await;
         }
     }
 
@@ -412,7 +420,8 @@ impl Manifests {
             }
         }
         // Recorded first: an expiry of this content in progress finishes
-        // before the bytes are stored again.
+        // before the bytes are stored again. Leased while it is stored.
+        let _lease = self.scheduler.leases().hold(&[digest.raw()]);
         let key = ns.repo(repo);
         self.scheduler
             .touch(&key, &digest, EntryKind::Manifest)

@@ -1,5 +1,5 @@
 //! The scheduler's state in storage, through the driver: numbered segments
-//! under [`DIR`]. A log segment holds the changes of one flush; a snapshot
+//! under [`DIR`] (the embedded metadata store's format). A log segment holds the changes of one flush; a snapshot
 //! segment holds every entry. Loading takes the newest intact snapshot and
 //! replays the logs numbered after it. Every record states an entry's whole
 //! state, so replaying one twice changes nothing: a snapshot taken while
@@ -13,8 +13,11 @@ use driver_core::{StorageDriver, StoragePath};
 
 use super::table::{EntryKind, Secs, Table};
 
-/// Where the segments live.
-pub const DIR: &str = "/registry-proxy/scheduler";
+/// Where the segments of metadata schema version 1 live.
+pub const DIR: &str = "/registry-proxy/metadata/v1/journal";
+
+/// Where the segments lived before the schema had a version.
+pub const LEGACY_DIR: &str = "/registry-proxy/scheduler";
 
 const MAGIC: &[u8; 8] = b"RPXSCHD1";
 const UPSERT: u8 = 1;
@@ -113,6 +116,18 @@ pub fn apply(name: &str, segment: &[u8], table: &mut Table) -> Result<usize, Seg
     Ok(count)
 }
 
+/// Calls `each` with every record of unframed `records` (as
+/// [`encode_upsert`] and [`encode_remove`] wrote them): whether it is an
+/// upsert, the repository key, digest, kind and access time.
+pub fn for_each_record<'a>(
+    records: &'a [u8],
+    mut each: impl FnMut(bool, &'a str, &[u8; 32], EntryKind, Secs),
+) -> Result<usize, SegmentError> {
+    parse("records", records, |r| {
+        each(r.op == UPSERT, r.repo, &r.digest, r.kind, r.at)
+    })
+}
+
 struct Record<'a> {
     op: u8,
     kind: EntryKind,
@@ -180,20 +195,23 @@ pub fn parse_name(name: &str) -> Option<(u64, SegmentKind)> {
         .map(|seq| (seq, kind))
 }
 
-/// The path of segment `seq` of `kind`.
-pub fn segment_path(seq: u64, kind: SegmentKind) -> StoragePath {
+/// The path of segment `seq` of `kind` in `dir`.
+pub fn segment_path(dir: &str, seq: u64, kind: SegmentKind) -> StoragePath {
     let prefix = match kind {
         SegmentKind::Log => "log",
         SegmentKind::Snapshot => "snapshot",
     };
     // The name is built from fixed ASCII, so it always parses.
-    StoragePath::parse(&format!("{DIR}/{prefix}-{seq:016x}"))
+    StoragePath::parse(&format!("{dir}/{prefix}-{seq:016x}"))
         .unwrap_or_else(|_| StoragePath::root())
 }
 
-/// The segments present in storage, ordered by number.
-pub async fn list(driver: &dyn StorageDriver) -> driver_core::Result<Vec<(u64, SegmentKind)>> {
-    let dir = StoragePath::parse(DIR).unwrap_or_else(|_| StoragePath::root());
+/// The segments present in `dir`, ordered by number.
+pub async fn list(
+    driver: &dyn StorageDriver,
+    dir: &str,
+) -> driver_core::Result<Vec<(u64, SegmentKind)>> {
+    let dir = StoragePath::parse(dir).unwrap_or_else(|_| StoragePath::root());
     let mut found: Vec<_> = match driver.list(&dir).await {
         Ok(paths) => paths
             .iter()
@@ -240,7 +258,7 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for kind in [SegmentKind::Log, SegmentKind::Snapshot] {
-            let path = segment_path(0xab, kind);
+            let path = segment_path(DIR, 0xab, kind);
             assert_eq!(
                 parse_name(path.file_name().expect("name")),
                 Some((0xab, kind))

@@ -10,17 +10,26 @@
 //! state is a journal of small segments rather than one file rewritten per
 //! change.
 //!
+//! Where the entries persist is a [`MetadataStore`]: the embedded journal
+//! for one node, etcd for several replicas. With a shared store an access
+//! that creates an entry, or finds it close to expiry, is written through
+//! at once; other accesses are written with the next flush, at most one
+//! per [`GRANULARITY`] of the TTL, so that a warm hit costs the store
+//! nothing. Only the leader expires and collects ([`gc`]), and nothing
+//! under a live lease ([`Leases`]) is expired or collected.
+//!
 //! Races: an access and the start of an expiry of the same content are
 //! serialised under one lock. An access that finds the content being
 //! deleted waits for the deletion to finish before the caller reads or
 //! fills it, so an expiry never deletes what is served or just re-filled.
 
 mod clock;
+pub mod gc;
 pub mod journal;
-mod registry2;
+pub(crate) mod registry2;
 pub mod table;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,14 +39,18 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 pub use clock::Clock;
-use journal::SegmentKind;
+pub use gc::{Collected, GcOptions};
 use table::{Entry, Table};
 pub use table::{EntryKind, Secs, Ttls};
 
 use crate::cache::layout::{self, RepoKey};
+use crate::metadata::embedded::{Embedded, encode_slots};
+use crate::metadata::{Change, Leases, LockKind, MetadataError, MetadataStore, SnapshotSource};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::{lock, wait_until};
+
+pub use crate::metadata::Loaded;
 
 /// Entries expired under the lock at once; requests wait at most for one batch.
 const BATCH: usize = 256;
@@ -45,19 +58,14 @@ const BATCH: usize = 256;
 /// Deletions running at once during expiry.
 const DELETE_CONCURRENCY: usize = 4;
 
-/// Slots encoded per lock hold while a snapshot is written.
-const SNAPSHOT_SLOTS: usize = 16 << 10;
-
-/// A snapshot is written once the logs since the last one reach its size
-/// (and at least this many bytes), so each change costs O(1) writes
-/// amortised.
-const MIN_LOG_BYTES: u64 = 256 << 10;
-
-/// Or once this many logs accumulated, so that loading stays quick.
-const MAX_LOGS: usize = 4096;
-
-/// An entry whose deletion failed is tried again after this long.
+/// An entry whose deletion failed, or whose content is leased, is tried
+/// again after this long.
 const RETRY: Secs = 60;
+
+/// With a shared store, an access is written only once the entry's access
+/// time is this fraction of its lifetime old (1/16: expiry may come up to
+/// that much early).
+pub const GRANULARITY: Secs = 16;
 
 /// How the scheduler behaves.
 #[derive(Debug, Clone)]
@@ -72,6 +80,26 @@ pub struct Options {
     pub flush_interval: Duration,
     /// Removal of abandoned writers; `None` turns it off.
     pub purge: Option<Purge>,
+    /// The longest life of a lease (a pull's, after its manifest was
+    /// served; or one whose holder hangs).
+    pub lease_timeout: Duration,
+    /// Garbage collection.
+    pub gc: GcOptions,
+}
+
+impl Default for Options {
+    /// A week's TTL, flushes every second, no purge, ten-minute leases, no
+    /// scheduled collection.
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(168 * 3600),
+            namespace_ttls: HashMap::new(),
+            flush_interval: Duration::from_secs(1),
+            purge: None,
+            lease_timeout: Duration::from_secs(600),
+            gc: GcOptions::default(),
+        }
+    }
 }
 
 /// Removal of writers left behind by fills a crash cut short (their staged
@@ -105,69 +133,82 @@ pub struct Expired {
 /// The scheduler's state could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("scheduler state: {0}")]
-pub struct LoadError(#[from] driver_core::Error);
+pub struct LoadError(#[from] pub MetadataError);
 
 struct Inner {
     table: Table,
-    /// Records not yet written to storage.
+    /// Records not yet written to the store.
     pending: Vec<u8>,
-    /// Digests with an expiry in progress, and how many.
+    /// Digests with an expiry or collection in progress, and how many.
     expiring: HashMap<[u8; 32], u32>,
 }
 
-/// What is in storage, owned by whoever writes segments.
-struct Persisted {
-    next_seq: u64,
-    /// Segments older than the next snapshot: deleted once it is written.
-    segments: Vec<(u64, SegmentKind)>,
-    logs: usize,
-    log_bytes: u64,
-    snapshot_bytes: u64,
-    /// Records whose write failed, written with the next flush.
-    retry: Vec<u8>,
-}
-
-/// What a load found, for logs and the benchmark.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Loaded {
-    /// Entries after loading.
-    pub entries: usize,
-    /// Segments read.
-    pub segments: usize,
-    /// Segments skipped because they were damaged.
-    pub damaged: usize,
-    /// Entries taken over from registry:2's `/scheduler-state.json`.
-    pub imported: usize,
+/// What an access must write.
+enum WriteThrough {
+    /// Record it; it goes with the next flush (always, on one node).
+    Flush,
+    /// Nothing: a shared store's entry accessed within the granularity.
+    Skip,
+    /// The entry is new: write it under the digest's lock.
+    Create,
+    /// The entry is close to expiry: refresh it if it still exists.
+    Refresh,
 }
 
 /// The TTL scheduler.
 pub struct Scheduler {
     driver: Arc<dyn StorageDriver>,
+    store: Arc<dyn MetadataStore>,
+    leases: Arc<Leases>,
     inner: Mutex<Inner>,
-    persisted: tokio::sync::Mutex<Persisted>,
+    /// Serialises flushes.
+    flushing: tokio::sync::Mutex<()>,
     /// The shortest lifetime; `None` when nothing ever expires.
     shortest_ttl: Option<Secs>,
+    /// An entry due within this long of an access is written through.
+    guard: Secs,
     flush_interval: Duration,
     purge: Option<Purge>,
+    gc: GcOptions,
     clock: Clock,
     metrics: Arc<Metrics>,
     /// Notified whenever an expiry of some content finished.
     released: Notify,
+    /// Notified when an expiry pass removed something (collection follows).
+    expired: Notify,
+    /// The leases last published (shared stores).
+    published: Mutex<HashSet<[u8; 32]>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     loaded: Loaded,
 }
 
+fn secs(d: Duration) -> Secs {
+    Secs::try_from(d.as_secs()).unwrap_or(Secs::MAX)
+}
+
 impl Scheduler {
-    /// Loads the state from `driver` (taking over registry:2's on a first
-    /// start). Call [`Self::start`] to run flushes and expiry.
+    /// Loads the state from `driver`'s embedded store (taking over the
+    /// version before on a first start). Call [`Self::start`] to run
+    /// flushes and expiry.
     pub async fn open(
         driver: Arc<dyn StorageDriver>,
         options: Options,
         clock: Clock,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, LoadError> {
-        let secs = |d: Duration| Secs::try_from(d.as_secs()).unwrap_or(Secs::MAX);
+        let store = Arc::new(Embedded::new(Arc::clone(&driver), secs(options.ttl)));
+        Self::open_with_store(driver, store, options, clock, metrics).await
+    }
+
+    /// Loads the state from `store`, for content in `driver`.
+    pub async fn open_with_store(
+        driver: Arc<dyn StorageDriver>,
+        store: Arc<dyn MetadataStore>,
+        options: Options,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, LoadError> {
         let ttls = Ttls {
             default: secs(options.ttl),
             namespaces: options
@@ -176,66 +217,33 @@ impl Scheduler {
                 .map(|(dir, ttl)| (dir.clone(), secs(*ttl)))
                 .collect(),
         };
-        let (ttl, shortest_ttl) = (ttls.default, ttls.shortest());
+        let shortest_ttl = ttls.shortest();
         let mut table = Table::new(ttls);
-        let segments = journal::list(driver.as_ref()).await?;
-        let mut loaded = Loaded::default();
-        // The newest intact snapshot, then the logs after it.
-        let (mut base, mut snapshot_bytes, mut log_bytes, mut logs) = (None, 0, 0, 0);
-        for &(seq, kind) in segments.iter().rev() {
-            if kind != SegmentKind::Snapshot {
-                continue;
-            }
-            match read_segment(driver.as_ref(), seq, kind, &mut table).await? {
-                Some(size) => {
-                    (base, snapshot_bytes) = (Some(seq), size);
-                    loaded.segments += 1;
-                    break;
-                }
-                None => loaded.damaged += 1,
-            }
-        }
-        for &(seq, kind) in &segments {
-            if kind == SegmentKind::Log && base.is_none_or(|b| seq > b) {
-                match read_segment(driver.as_ref(), seq, kind, &mut table).await? {
-                    Some(size) => {
-                        log_bytes += size;
-                        logs += 1;
-                        loaded.segments += 1;
-                    }
-                    None => loaded.damaged += 1,
-                }
-            }
-        }
-        let mut pending = Vec::new();
-        if segments.is_empty() {
-            loaded.imported =
-                registry2::import(driver.as_ref(), ttl, &mut table, &mut pending).await?;
-        }
-        loaded.entries = table.len();
+        let loaded = store.load(&mut table).await?;
         metrics.scheduler_entries(table.len());
         let (stop, _) = watch::channel(false);
         Ok(Arc::new(Self {
             driver,
+            leases: Leases::new(clock, options.lease_timeout),
+            store,
             inner: Mutex::new(Inner {
                 table,
-                pending,
+                pending: Vec::new(),
                 expiring: HashMap::new(),
             }),
-            persisted: tokio::sync::Mutex::new(Persisted {
-                next_seq: segments.last().map_or(1, |&(seq, _)| seq + 1),
-                logs,
-                segments,
-                log_bytes,
-                snapshot_bytes,
-                retry: Vec::new(),
-            }),
+            flushing: tokio::sync::Mutex::new(()),
             shortest_ttl,
+            guard: secs(options.flush_interval)
+                .saturating_mul(2)
+                .saturating_add(RETRY),
             flush_interval: options.flush_interval,
             purge: options.purge,
+            gc: options.gc,
             clock,
             metrics,
             released: Notify::new(),
+            expired: Notify::new(),
+            published: Mutex::new(HashSet::new()),
             stop,
             tasks: Mutex::new(Vec::new()),
             loaded,
@@ -245,6 +253,16 @@ impl Scheduler {
     /// What [`Self::open`] found.
     pub fn loaded(&self) -> Loaded {
         self.loaded
+    }
+
+    /// Where the entries persist, for logs.
+    pub fn store(&self) -> &Arc<dyn MetadataStore> {
+        &self.store
+    }
+
+    /// The leases of this process.
+    pub fn leases(&self) -> &Arc<Leases> {
+        &self.leases
     }
 
     /// Live entries.
@@ -269,8 +287,11 @@ impl Scheduler {
             .access_time(repo.as_str(), &digest.raw(), kind)
     }
 
-    /// Runs the flusher and (unless no content ever expires) the expirer in
-    /// the background until [`Self::shutdown`].
+    /// Runs the flusher, the expirer (unless no content ever expires) and
+    /// the collector (when scheduled) in the background until
+    /// [`Self::shutdown`]; with a shared store, also applies other
+    /// replicas' changes. Expiry and collection run while this replica
+    /// leads.
     pub fn start(self: &Arc<Self>) {
         let mut tasks = lock(&self.tasks);
         let this = Arc::clone(self);
@@ -285,6 +306,51 @@ impl Scheduler {
                 this.purge_loop(purge.interval).await
             }));
         }
+        let this = Arc::clone(self);
+        tasks.push(tokio::spawn(async move { this.gc_loop().await }));
+        if let Some(changes) = self.store.changes() {
+            let this = Arc::clone(self);
+            tasks.push(tokio::spawn(
+                async move { this.apply_changes(changes).await },
+            ));
+        }
+    }
+
+    /// Applies other replicas' changes to the table until the stream ends.
+    async fn apply_changes(&self, mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>) {
+        let mut stopped = self.stop.subscribe();
+        loop {
+            let change = tokio::select! {
+                c = changes.recv() => c,
+                _ = stopped.wait_for(|s| *s) => None,
+            };
+            let Some(change) = change else { return };
+            let mut inner = lock(&self.inner);
+            match change {
+                Change::Upsert(e) => {
+                    let newer = inner
+                        .table
+                        .access_time(&e.repo, &e.digest, e.kind)
+                        .is_none_or(|at| at < e.at);
+                    if newer {
+                        inner.table.upsert(&e.repo, &e.digest, e.kind, e.at);
+                    }
+                }
+                Change::Remove { repo, digest, kind } => {
+                    inner.table.remove(&repo, &digest, kind);
+                }
+            }
+            self.metrics.scheduler_entries(inner.table.len());
+        }
+    }
+
+    /// Waits until this replica leads (or the scheduler stops: `false`).
+    async fn lead(&self, stopped: &mut watch::Receiver<bool>) -> bool {
+        let mut leader = self.store.leader();
+        tokio::select! {
+            led = leader.wait_for(|l| *l) => led.is_ok(),
+            _ = stopped.wait_for(|s| *s) => false,
+        }
     }
 
     /// Removes the writers idle for longer than the purge age: what fills
@@ -293,10 +359,14 @@ impl Scheduler {
         let Some(purge) = self.purge else {
             return 0;
         };
+        self.purge_older_than(purge.age).await
+    }
+
+    async fn purge_older_than(&self, age: Duration) -> u64 {
         let before = self
             .clock
             .now()
-            .checked_sub(purge.age)
+            .checked_sub(age)
             .unwrap_or(std::time::UNIX_EPOCH);
         match self.driver.purge_writers(before).await {
             Ok(purged) => {
@@ -325,14 +395,16 @@ impl Scheduler {
     }
 
     /// Stops the background tasks (letting a running flush or expiry batch
-    /// finish) and writes what is pending.
-    pub async fn shutdown(&self) -> Result<(), driver_core::Error> {
+    /// finish), writes what is pending and closes the store.
+    pub async fn shutdown(&self) -> Result<(), MetadataError> {
         self.stop.send_replace(true);
         let tasks = std::mem::take(&mut *lock(&self.tasks));
         for task in tasks {
             let _ = task.await;
         }
-        self.flush().await
+        let flushed = self.flush().await;
+        self.store.close().await;
+        flushed
     }
 
     /// Records an access of `digest` as `kind` in `repo` now, creating the
@@ -344,36 +416,121 @@ impl Scheduler {
     }
 
     async fn record(&self, repo: &str, digest: &[u8; 32], kind: EntryKind, at: Secs) -> Access {
-        wait_until(&self.released, || {
+        let (access, through) = wait_until(&self.released, || {
             let mut inner = lock(&self.inner);
             if inner.expiring.contains_key(digest) {
                 return None;
             }
+            let through = self.write_through(&inner.table, repo, digest, kind, at);
+            if let WriteThrough::Skip = through {
+                let linked = inner.table.is_linked(repo, digest, kind);
+                let access = Access {
+                    created: false,
+                    linked,
+                };
+                return Some((access, through));
+            }
             let up = inner.table.upsert(repo, digest, kind, at);
-            if up.changed {
+            if up.changed && matches!(through, WriteThrough::Flush) {
                 journal::encode_upsert(&mut inner.pending, repo, digest, kind, at);
             }
             if up.created {
                 self.metrics.scheduler_entries(inner.table.len());
             }
-            Some(Access {
+            let access = Access {
                 created: up.created,
                 linked: up.linked,
-            })
+            };
+            Some((access, through))
         })
-        .await
+        .await;
+        let entry = Entry {
+            repo: repo.into(),
+            digest: *digest,
+            kind,
+            at,
+        };
+        match through {
+            WriteThrough::Flush | WriteThrough::Skip => {}
+            WriteThrough::Refresh => match self.store.put_now(&entry, true).await {
+                Ok(true) => {}
+                // The leader expired it meanwhile: it is created again.
+                Ok(false) => self.create(&entry).await,
+                Err(e) => self.write_later(&entry, e),
+            },
+            WriteThrough::Create => self.create(&entry).await,
+        }
+        access
+    }
+
+    /// What an access at `now` must write.
+    fn write_through(
+        &self,
+        table: &Table,
+        repo: &str,
+        digest: &[u8; 32],
+        kind: EntryKind,
+        now: Secs,
+    ) -> WriteThrough {
+        if !self.store.shared() {
+            return WriteThrough::Flush;
+        }
+        let Some(last) = table.access_time(repo, digest, kind) else {
+            return WriteThrough::Create;
+        };
+        let ttl = table.ttl_of(repo);
+        if ttl != 0 && last.saturating_add(ttl) <= now.saturating_add(self.guard) {
+            return WriteThrough::Refresh;
+        }
+        if now >= last.saturating_add(ttl.max(GRANULARITY) / GRANULARITY) {
+            return WriteThrough::Flush;
+        }
+        WriteThrough::Skip
+    }
+
+    /// Writes a new entry through under its digest's lock, so that a
+    /// leader deleting the digest's bytes either sees the entry or has
+    /// finished before the caller looks for the bytes.
+    async fn create(&self, entry: &Entry) {
+        let held = match self.store.lock(&entry.digest, LockKind::Content).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not lock a digest to record its use");
+                None
+            }
+        };
+        if let Err(e) = self.store.put_now(entry, false).await {
+            self.write_later(entry, e);
+        }
+        if let Some(held) = held {
+            held.release().await;
+        }
+    }
+
+    /// A write-through failed: the access goes with the next flush.
+    fn write_later(&self, entry: &Entry, error: MetadataError) {
+        tracing::warn!(error = %error, "could not record an access now; it goes with the next flush");
+        let mut inner = lock(&self.inner);
+        journal::encode_upsert(
+            &mut inner.pending,
+            &entry.repo,
+            &entry.digest,
+            entry.kind,
+            entry.at,
+        );
     }
 
     /// Refreshes the entry of `digest` as `kind` in `repo` if it exists (a
     /// manifest's access keeps the content it references alive).
-    pub fn refresh(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) {
+    pub async fn refresh(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) {
         let raw = digest.raw();
-        let mut inner = lock(&self.inner);
-        if inner.table.contains(repo.as_str(), &raw, kind) && !inner.expiring.contains_key(&raw) {
-            let at = self.clock.now_secs();
-            if inner.table.upsert(repo.as_str(), &raw, kind, at).changed {
-                journal::encode_upsert(&mut inner.pending, repo.as_str(), &raw, kind, at);
-            }
+        let exists = {
+            let inner = lock(&self.inner);
+            inner.table.contains(repo.as_str(), &raw, kind) && !inner.expiring.contains_key(&raw)
+        };
+        if exists {
+            self.record(repo.as_str(), &raw, kind, self.clock.now_secs())
+                .await;
         }
     }
 
@@ -416,90 +573,26 @@ impl Scheduler {
             .set_linked(repo.as_str(), &digest.raw(), kind);
     }
 
-    /// Writes the changes made since the last flush as one log segment, and
-    /// a snapshot when the logs have grown as large as the last one.
-    pub async fn flush(&self) -> Result<(), driver_core::Error> {
-        let mut persisted = self.persisted.lock().await;
+    /// Writes the changes made since the last flush to the store (and,
+    /// with a shared store, the leases held long enough to matter).
+    pub async fn flush(&self) -> Result<(), MetadataError> {
+        let _flushing = self.flushing.lock().await;
         let pending = std::mem::take(&mut lock(&self.inner).pending);
-        let mut records = std::mem::take(&mut persisted.retry);
-        if records.is_empty() {
-            records = pending;
-        } else {
-            records.extend_from_slice(&pending);
-        }
-        if records.is_empty() {
-            return Ok(());
-        }
-        let seq = persisted.next_seq;
-        let segment = journal::frame(&records);
-        let size = segment.len() as u64;
-        if let Err(e) = self
-            .driver
-            .put_content(&journal::segment_path(seq, SegmentKind::Log), segment)
-            .await
-        {
-            persisted.retry = records;
-            return Err(e);
-        }
-        persisted.next_seq += 1;
-        persisted.segments.push((seq, SegmentKind::Log));
-        persisted.logs += 1;
-        persisted.log_bytes += size;
-        if persisted.log_bytes >= persisted.snapshot_bytes.max(MIN_LOG_BYTES)
-            || persisted.logs >= MAX_LOGS
-        {
-            self.snapshot(&mut persisted).await?;
+        self.store.persist(&pending, self).await?;
+        if self.store.shared() {
+            self.publish_leases().await?;
         }
         Ok(())
     }
 
-    /// Writes every entry as one snapshot segment, then deletes the
-    /// segments before it.
-    async fn snapshot(&self, persisted: &mut Persisted) -> Result<(), driver_core::Error> {
-        let seq = persisted.next_seq;
-        persisted.next_seq += 1;
-        let path = journal::segment_path(seq, SegmentKind::Snapshot);
-        let mut writer = self.driver.writer(&path, false).await?;
-        let (mut framer, header) = journal::Framer::start();
-        let mut written = writer.write(header).await;
-        let mut slot = 0;
-        while written.is_ok() {
-            let mut records = Vec::new();
-            let done = {
-                let inner = lock(&self.inner);
-                for (repo, digest, kind, at) in inner.table.entries_in(slot..slot + SNAPSHOT_SLOTS)
-                {
-                    journal::encode_upsert(&mut records, repo, digest, kind, at);
-                }
-                slot += SNAPSHOT_SLOTS;
-                slot >= inner.table.slot_count()
-            };
-            framer.piece(&records);
-            written = writer.write(records.into()).await;
-            if done {
-                break;
-            }
+    /// Publishes the digests under a live lease, when they changed.
+    async fn publish_leases(&self) -> Result<(), MetadataError> {
+        let live = self.leases.live();
+        if *lock(&self.published) == live {
+            return Ok(());
         }
-        if written.is_ok() {
-            written = writer.write(framer.finish()).await;
-        }
-        let size = writer.size();
-        if let Err(e) = written {
-            let _ = writer.cancel().await;
-            return Err(e);
-        }
-        writer.commit().await?;
-        for (old, kind) in std::mem::take(&mut persisted.segments) {
-            match self.driver.delete(&journal::segment_path(old, kind)).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => tracing::warn!(error = %e, "could not delete an old scheduler segment"),
-            }
-        }
-        persisted.segments.push((seq, SegmentKind::Snapshot));
-        persisted.logs = 0;
-        persisted.log_bytes = 0;
-        persisted.snapshot_bytes = size;
+        self.store.publish_leases(&live).await?;
+        *lock(&self.published) = live;
         Ok(())
     }
 
@@ -520,7 +613,7 @@ impl Scheduler {
 
     async fn expiry_loop(&self) {
         let mut stopped = self.stop.subscribe();
-        loop {
+        while self.lead(&mut stopped).await {
             let next = lock(&self.inner).table.next_due();
             let wake = match next {
                 Some(due) => self.clock.instant_at(due),
@@ -532,23 +625,38 @@ impl Scheduler {
                         .saturating_add(self.shortest_ttl.unwrap_or(Secs::MAX)),
                 ),
             };
+            let mut leader = self.store.leader();
+            // Wake early now and then: other replicas add entries.
+            let check = self.flush_interval.max(Duration::from_secs(1)) * 10;
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
+                _ = tokio::time::sleep(check), if self.store.shared() => continue,
+                _ = leader.wait_for(|l| !*l) => continue,
                 _ = stopped.wait_for(|s| *s) => return,
             }
-            self.expire_due().await;
+            if self.expire_due().await.entries > 0 {
+                self.expired.notify_one();
+            }
         }
     }
 
-    /// Expires every entry due now, and returns once the expiries that
-    /// other callers started are finished too.
+    /// Expires every entry due now (but those whose content is leased), and
+    /// returns once the expiries that other callers started are finished
+    /// too.
     pub async fn expire_due(&self) -> Expired {
         let mut total = Expired::default();
         if self.shortest_ttl.is_none() {
             return total;
         }
+        let remote = match self.store.remote_leases().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read other replicas' leases; expiry waits");
+                return total;
+            }
+        };
         loop {
-            let batch = self.take_due();
+            let batch = self.take_due(&remote);
             if batch.is_empty() {
                 break;
             }
@@ -569,9 +677,15 @@ impl Scheduler {
                     }
                 }
                 match freed {
-                    Ok(bytes) => {
+                    Ok(Deleted::Freed(bytes)) => {
                         total.entries += 1;
                         total.bytes_freed += bytes;
+                    }
+                    Ok(Deleted::Kept(at)) => {
+                        // Another replica accessed it: its time, not ours.
+                        inner
+                            .table
+                            .upsert(&entry.repo, &entry.digest, entry.kind, at);
                     }
                     Err(e) => {
                         tracing::warn!(repo = %entry.repo, digest = %Digest::from_raw(&entry.digest), error = %e, "expiry failed; trying again later");
@@ -605,8 +719,9 @@ impl Scheduler {
 
     /// Takes up to [`BATCH`] due entries out of the table, marking their
     /// content as being deleted; `true` where no other entry uses the
-    /// content, so its bytes go too.
-    fn take_due(&self) -> Vec<(Entry, bool)> {
+    /// content, so its bytes go too. Entries whose content is leased (here
+    /// or in `remote`) are put off.
+    fn take_due(&self, remote: &HashSet<[u8; 32]>) -> Vec<(Entry, bool)> {
         let now = self.clock.now_secs();
         let mut inner = lock(&self.inner);
         let mut batch = Vec::new();
@@ -614,6 +729,16 @@ impl Scheduler {
             let Some(entry) = inner.table.pop_due(now) else {
                 break;
             };
+            if self.leases.is_held(&entry.digest) || remote.contains(&entry.digest) {
+                // In use: looked at again later; not journalled, so a
+                // restart (which ends every lease) expires it.
+                let ttl = inner.table.ttl_of(&entry.repo);
+                let at = now.saturating_sub(ttl).saturating_add(RETRY);
+                inner
+                    .table
+                    .upsert(&entry.repo, &entry.digest, entry.kind, at);
+                continue;
+            }
             journal::encode_remove(&mut inner.pending, &entry.repo, &entry.digest, entry.kind);
             *inner.expiring.entry(entry.digest).or_default() += 1;
             let unused = !inner.table.uses(&entry.digest);
@@ -622,8 +747,11 @@ impl Scheduler {
         batch
     }
 
-    /// Deletes what an expired entry kept alive; the bytes freed.
-    async fn delete(&self, entry: &Entry, data: bool) -> Result<u64, driver_core::Error> {
+    /// Deletes what an expired entry kept alive.
+    async fn delete(&self, entry: &Entry, data: bool) -> Result<Deleted, MetadataError> {
+        if let Some(at) = self.store.remove(entry).await? {
+            return Ok(Deleted::Kept(at));
+        }
         let digest = Digest::from_raw(&entry.digest);
         // Names come from requests or from our own journal, both validated.
         if let Some(repo) = RepoKey::parse(&entry.repo) {
@@ -638,15 +766,33 @@ impl Scheduler {
             }
         }
         if !data {
-            return Ok(0);
+            return Ok(Deleted::Freed(0));
         }
-        let size = match self.driver.stat(&layout::blob_data(&digest)).await {
-            Ok(info) => info.size,
-            Err(e) if e.is_not_found() => 0,
-            Err(e) => return Err(e),
-        };
-        delete_missing_ok(&*self.driver, &layout::blob_dir(&digest)).await?;
-        Ok(size)
+        Ok(Deleted::Freed(self.delete_data(&entry.digest).await?))
+    }
+
+    /// Deletes the bytes of `digest` under its lock, unless another replica
+    /// references or leases it; the bytes freed.
+    async fn delete_data(&self, digest: &[u8; 32]) -> Result<u64, MetadataError> {
+        let held = self.store.lock(digest, LockKind::Content).await?;
+        let deleted = async {
+            if self.store.referenced(digest).await?
+                || self.store.remote_leases().await?.contains(digest)
+            {
+                return Ok(0);
+            }
+            let path = layout::blob_data(&Digest::from_raw(digest));
+            let size = match self.driver.stat(&path).await {
+                Ok(info) => info.size,
+                Err(e) if e.is_not_found() => 0,
+                Err(e) => return Err(e.into()),
+            };
+            delete_missing_ok(&*self.driver, &layout::blob_dir(&Digest::from_raw(digest))).await?;
+            Ok(size)
+        }
+        .await;
+        held.release().await;
+        deleted
     }
 
     /// Removes `digest` from the tags of `repo`: its index entries, and the
@@ -679,6 +825,20 @@ impl Scheduler {
     }
 }
 
+/// What an expiry did to an entry.
+enum Deleted {
+    /// Expired; the bytes freed.
+    Freed(u64),
+    /// Another replica accessed it at this time: not expired.
+    Kept(Secs),
+}
+
+impl SnapshotSource for Scheduler {
+    fn records(&self, from: usize, count: usize) -> (Vec<u8>, bool) {
+        encode_slots(&lock(&self.inner).table, from, count)
+    }
+}
+
 /// The link that puts content of `kind` into `repo`: a layer link for a
 /// blob, a revision link for a manifest.
 fn link_path(repo: &RepoKey, digest: &Digest, kind: EntryKind) -> StoragePath {
@@ -695,28 +855,5 @@ async fn delete_missing_ok(
     match driver.delete(path).await {
         Err(e) if !e.is_not_found() => Err(e),
         _ => Ok(()),
-    }
-}
-
-/// Applies one segment to `table`; its size, or `None` (logged) when it is
-/// damaged.
-async fn read_segment(
-    driver: &dyn StorageDriver,
-    seq: u64,
-    kind: SegmentKind,
-    table: &mut Table,
-) -> Result<Option<u64>, driver_core::Error> {
-    let path = journal::segment_path(seq, kind);
-    let bytes = match driver.get_content(&path).await {
-        Ok(b) => b,
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    match journal::apply(path.as_str(), &bytes, table) {
-        Ok(_) => Ok(Some(bytes.len() as u64)),
-        Err(e) => {
-            tracing::warn!(error = %e, "skipping a damaged scheduler segment");
-            Ok(None)
-        }
     }
 }

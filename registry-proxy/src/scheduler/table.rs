@@ -263,6 +263,13 @@ impl Table {
         }
     }
 
+    /// Whether the entry exists and its link is known to exist in storage.
+    pub fn is_linked(&self, repo: &str, digest: &[u8; 32], kind: EntryKind) -> bool {
+        self.known_repo(repo)
+            .and_then(|r| self.find(r, digest, kind))
+            .is_some_and(|i| self.slots[i as usize].flags & LINKED != 0)
+    }
+
     /// Whether the entry exists.
     pub fn contains(&self, repo: &str, digest: &[u8; 32], kind: EntryKind) -> bool {
         self.known_repo(repo)

@@ -386,8 +386,10 @@ impl InProcess {
                 namespace_ttls: Default::default(),
                 flush_interval: Duration::from_secs(1),
                 purge: None,
+                ..Options::default()
             },
             clock: Clock::system(),
+            coordination: None,
         };
         let state =
             registry_proxy::AppState::open(std::sync::Arc::clone(&driver), namespaces, settings)

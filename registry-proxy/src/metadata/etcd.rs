@@ -1,0 +1,646 @@
+//! The shared store: references, locks, leases and the leader election in
+//! etcd (keys as in [`schema`]), for several replicas on one bucket.
+//!
+//! Each replica holds one session: an etcd lease kept alive in the
+//! background. Its locks, its published leases and its candidacy hang on
+//! that lease, so a replica that dies (even by `kill -9`) loses them all
+//! once the lease times out, and another replica takes over. A replica
+//! whose session lapses (etcd unreachable for the lease's TTL) stops
+//! leading and starts a new session.
+//!
+//! Every replica keeps all references in its own table, loaded at start
+//! and kept current by a watch; a warm hit reads only that table.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use driver_core::StorageDriver;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LockOptions, PutOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use futures::StreamExt;
+use tokio::sync::{OwnedMutexGuard, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::embedded::Embedded;
+use super::schema::{self, KINDS};
+use super::{
+    Change, DigestLock, Loaded, LockKind, MetadataError, MetadataStore, SCHEMA_VERSION,
+    SnapshotSource, Unlock,
+};
+use crate::lock;
+use crate::scheduler::journal;
+use crate::scheduler::table::{Entry, EntryKind, Secs, Table};
+
+/// Keys read per request while loading.
+const PAGE: i64 = 5000;
+
+/// Writes in flight at once while flushing.
+const WRITES: usize = 16;
+
+/// Where the replicas meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// Client URLs of the etcd cluster.
+    pub endpoints: Vec<String>,
+    /// The key prefix of this cache's state.
+    pub prefix: String,
+    /// The session lease's time to live: a dead replica's locks and
+    /// leadership pass on after this long.
+    pub lease_ttl: Duration,
+    /// Timeout of each etcd request.
+    pub timeout: Duration,
+}
+
+fn etcd_error(e: etcd_client::Error) -> MetadataError {
+    MetadataError::Etcd(e.to_string())
+}
+
+/// The state shared through etcd.
+pub struct Etcd {
+    client: Client,
+    options: EtcdOptions,
+    /// This replica's name in etcd.
+    replica: String,
+    /// The session lease (0 while none is granted).
+    session: Arc<AtomicI64>,
+    /// The namespace keys references may sit under.
+    namespaces: Vec<String>,
+    /// The embedded store of the same storage, migrated from when etcd is
+    /// new.
+    embedded: Embedded,
+    leader: watch::Sender<bool>,
+    /// In-process exclusion in front of etcd's locks (which a session
+    /// cannot take twice).
+    local: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    changes: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
+    changes_tx: mpsc::UnboundedSender<Change>,
+    /// Records whose write failed, written with the next persist.
+    retry: tokio::sync::Mutex<Vec<u8>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Itself, for the tasks it starts.
+    me: std::sync::Weak<Self>,
+}
+
+impl Etcd {
+    /// Connects to etcd and starts this replica's session (and, for a
+    /// `candidate`, its candidacy for leadership). `namespace_dirs` are the
+    /// storage directories of the configured namespaces; `driver` and `ttl`
+    /// let a new etcd take over the embedded store's state.
+    pub async fn connect(
+        options: EtcdOptions,
+        namespace_dirs: &[Option<String>],
+        driver: Arc<dyn StorageDriver>,
+        ttl: Secs,
+        candidate: bool,
+    ) -> Result<Arc<Self>, MetadataError> {
+        let client = Client::connect(
+            &options.endpoints,
+            Some(
+                ConnectOptions::new()
+                    .with_connect_timeout(options.timeout)
+                    .with_timeout(options.timeout),
+            ),
+        )
+        .await
+        .map_err(etcd_error)?;
+        let mut namespaces: Vec<String> = namespace_dirs
+            .iter()
+            .map(|d| schema::namespace_key(d.as_deref()).to_owned())
+            .collect();
+        namespaces.sort();
+        namespaces.dedup();
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let this = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            client,
+            replica: format!("{:016x}-{}", rand::random::<u64>(), std::process::id()),
+            session: Arc::new(AtomicI64::new(0)),
+            namespaces,
+            embedded: Embedded::new(driver, ttl),
+            leader: watch::Sender::new(false),
+            local: std::sync::Mutex::new(HashMap::new()),
+            changes: std::sync::Mutex::new(Some(changes)),
+            changes_tx,
+            retry: tokio::sync::Mutex::new(Vec::new()),
+            tasks: std::sync::Mutex::new(Vec::new()),
+            options,
+        });
+        this.new_session().await?;
+        let that = Arc::clone(&this);
+        lock(&this.tasks).push(tokio::spawn(
+            async move { that.session_loop(candidate).await },
+        ));
+        Ok(this)
+    }
+
+    fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    fn lease_ttl_secs(&self) -> i64 {
+        i64::try_from(self.options.lease_ttl.as_secs().max(2)).unwrap_or(i64::MAX)
+    }
+
+    async fn new_session(&self) -> Result<i64, MetadataError> {
+        let id = self
+            .client()
+            .lease_grant(self.lease_ttl_secs(), None)
+            .await
+            .map_err(etcd_error)?
+            .id();
+        self.session.store(id, Ordering::SeqCst);
+        Ok(id)
+    }
+
+    /// Keeps the session alive and (for a `candidate`) campaigns for
+    /// leadership with it; when the session lapses, stops leading and
+    /// starts a new one.
+    async fn session_loop(self: Arc<Self>, candidate: bool) {
+        loop {
+            let id = self.session.load(Ordering::SeqCst);
+            let campaign = candidate.then(|| {
+                let this = Arc::clone(&self);
+                tokio::spawn(async move {
+                    match this
+                        .client()
+                        .campaign(schema::leader_key(&this.options.prefix), this.replica.clone(), id)
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(replica = %this.replica, "leading: this replica expires and collects");
+                            this.leader.send_replace(true);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "campaign for leadership failed"),
+                    }
+                })
+            });
+            self.keep_alive(id).await;
+            if let Some(campaign) = campaign {
+                campaign.abort();
+            }
+            if self.leader.send_replace(false) {
+                tracing::warn!(replica = %self.replica, "session lapsed: no longer leading");
+            }
+            loop {
+                tokio::time::sleep(self.options.lease_ttl / 4).await;
+                match self.new_session().await {
+                    Ok(_) => break,
+                    Err(e) => tracing::warn!(error = %e, "cannot start an etcd session; retrying"),
+                }
+            }
+        }
+    }
+
+    /// Renews lease `id` every third of its TTL until that fails.
+    async fn keep_alive(&self, id: i64) {
+        let Ok((mut keeper, mut stream)) = self.client().lease_keep_alive(id).await else {
+            return;
+        };
+        let every = self.options.lease_ttl / 3;
+        loop {
+            if keeper.keep_alive().await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(self.options.timeout, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                _ => return,
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Follows reference changes from `revision` on, sending them to the
+    /// scheduler; starts over from the last revision seen when the watch
+    /// breaks.
+    async fn watch_loop(self: Arc<Self>, mut revision: i64) {
+        let root = schema::root(&self.options.prefix);
+        loop {
+            let watched = self
+                .client()
+                .watch(
+                    root.clone(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(revision),
+                    ),
+                )
+                .await;
+            let (_watcher, mut stream) = match watched {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch etcd; retrying");
+                    tokio::time::sleep(self.options.lease_ttl / 4).await;
+                    continue;
+                }
+            };
+            while let Ok(Some(response)) = stream.message().await {
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    revision = revision.max(kv.mod_revision() + 1);
+                    let Some(change) = self.change(event.event_type(), kv) else {
+                        continue;
+                    };
+                    if self.changes_tx.send(change).is_err() {
+                        return;
+                    }
+                }
+            }
+            tracing::warn!("etcd watch ended; resuming");
+        }
+    }
+
+    fn change(&self, kind: EventType, kv: &etcd_client::KeyValue) -> Option<Change> {
+        let key = kv.key_str().ok()?;
+        let (repo, digest, kind_) = schema::parse_ref_key(&self.options.prefix, key)?;
+        Some(match kind {
+            EventType::Put => Change::Upsert(Entry {
+                repo: repo.as_str().into(),
+                digest,
+                kind: kind_,
+                at: kv.value_str().ok()?.parse().ok()?,
+            }),
+            EventType::Delete => Change::Remove {
+                repo: repo.as_str().into(),
+                digest,
+                kind: kind_,
+            },
+        })
+    }
+
+    fn key(&self, entry: &Entry) -> String {
+        schema::ref_key(&self.options.prefix, &entry.repo, &entry.digest, entry.kind)
+    }
+
+    /// Reads every reference into `table`; the revision read at.
+    async fn read_all(&self, table: &mut Table, loaded: &mut Loaded) -> Result<i64, MetadataError> {
+        let root = schema::root(&self.options.prefix);
+        let end = prefix_end(&root);
+        let mut start = root.into_bytes();
+        let mut revision = 0;
+        loop {
+            let response = self
+                .client()
+                .get(
+                    start.clone(),
+                    Some(GetOptions::new().with_range(end.clone()).with_limit(PAGE)),
+                )
+                .await
+                .map_err(etcd_error)?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            for kv in response.kvs() {
+                if let Some(Change::Upsert(e)) = self.change(EventType::Put, kv) {
+                    table.upsert(&e.repo, &e.digest, e.kind, e.at);
+                    loaded.segments += 1;
+                }
+            }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(revision),
+            }
+        }
+    }
+
+    /// Takes over the embedded store's state (a single node becoming a
+    /// cluster), then records the version; only the first replica to
+    /// record it migrates.
+    async fn migrate(&self) -> Result<usize, MetadataError> {
+        let mut table = Table::default();
+        let loaded = self.embedded.load(&mut table).await?;
+        let mut puts = Vec::new();
+        for (repo, digest, kind, at) in table.entries_in(0..table.slot_count()) {
+            let entry = Entry {
+                repo: repo.into(),
+                digest: *digest,
+                kind,
+                at,
+            };
+            // Only where no replica wrote the entry already.
+            puts.push(self.put_if(entry, CompareOp::Equal));
+        }
+        let results: Vec<_> = futures::stream::iter(puts)
+            .buffer_unordered(WRITES)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let version = schema::version_key(&self.options.prefix);
+        self.client()
+            .txn(
+                Txn::new()
+                    .when([Compare::version(version.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(version, SCHEMA_VERSION.to_string(), None)]),
+            )
+            .await
+            .map_err(etcd_error)?;
+        Ok(loaded.entries)
+    }
+
+    /// Writes `entry` if its key's version compares `op` 0 (`Equal`: only
+    /// a new key; `Greater`: only an existing one); whether it did.
+    async fn put_if(&self, entry: Entry, op: CompareOp) -> Result<bool, MetadataError> {
+        let key = self.key(&entry);
+        Ok(self
+            .client()
+            .txn(
+                Txn::new()
+                    .when([Compare::version(key.clone(), op, 0)])
+                    .and_then([TxnOp::put(key, entry.at.to_string(), None)]),
+            )
+            .await
+            .map_err(etcd_error)?
+            .succeeded())
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// An etcd lock and the in-process guard in front of it.
+struct EtcdLock {
+    client: Client,
+    key: Vec<u8>,
+    _local: OwnedMutexGuard<()>,
+}
+
+#[async_trait]
+impl Unlock for EtcdLock {
+    async fn unlock(mut self: Box<Self>) {
+        if let Err(e) = self.client.unlock(self.key.clone()).await {
+            // The session's lease frees it at the latest.
+            tracing::warn!(error = %e, "could not release an etcd lock");
+        }
+    }
+}
+
+#[async_trait]
+impl MetadataStore for Etcd {
+    fn describe(&self) -> String {
+        format!(
+            "etcd {} (prefix {}, replica {})",
+            self.options.endpoints.join(","),
+            self.options.prefix,
+            self.replica
+        )
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn load(&self, table: &mut Table) -> Result<Loaded, MetadataError> {
+        let version = self
+            .client()
+            .get(schema::version_key(&self.options.prefix), None)
+            .await
+            .map_err(etcd_error)?;
+        let mut loaded = Loaded::default();
+        match version
+            .kvs()
+            .first()
+            .map(|kv| kv.value_str().unwrap_or("?"))
+        {
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(found) => {
+                return Err(MetadataError::UnknownSchema {
+                    found: found.to_owned(),
+                });
+            }
+            None => loaded.imported = self.migrate().await?,
+        }
+        let revision = self.read_all(table, &mut loaded).await?;
+        loaded.entries = table.len();
+        if let Some(this) = self.me.upgrade() {
+            lock(&self.tasks).push(tokio::spawn(this.watch_loop(revision + 1)));
+        }
+        Ok(loaded)
+    }
+
+    async fn persist(
+        &self,
+        pending: &[u8],
+        _table: &dyn SnapshotSource,
+    ) -> Result<(), MetadataError> {
+        let mut retry = self.retry.lock().await;
+        let mut records = std::mem::take(&mut *retry);
+        records.extend_from_slice(pending);
+        // The newest access of each entry; removals were written when made.
+        let mut newest: HashMap<(&str, [u8; 32], u8), Secs> = HashMap::new();
+        let parsed = journal::for_each_record(&records, |upsert, repo, digest, kind, at| {
+            if upsert {
+                let at_most = newest.entry((repo, *digest, kind.code())).or_default();
+                *at_most = (*at_most).max(at);
+            }
+        });
+        if let Err(e) = parsed {
+            tracing::warn!(error = %e, "dropping unreadable pending records");
+            return Ok(());
+        }
+        // Only entries that still exist: a leader may have expired one.
+        let entries: Vec<Entry> = newest
+            .into_iter()
+            .filter_map(|((repo, digest, kind), at)| {
+                Some(Entry {
+                    repo: repo.into(),
+                    digest,
+                    kind: EntryKind::from_code(kind)?,
+                    at,
+                })
+            })
+            .collect();
+        let writes = entries
+            .into_iter()
+            .map(|entry| self.put_if(entry, CompareOp::Greater));
+        let results: Vec<_> = futures::stream::iter(writes)
+            .buffer_unordered(WRITES)
+            .collect()
+            .await;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            *retry = records;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn put_now(&self, entry: &Entry, must_exist: bool) -> Result<bool, MetadataError> {
+        if must_exist {
+            return self.put_if(entry.clone(), CompareOp::Greater).await;
+        }
+        self.client()
+            .put(self.key(entry), entry.at.to_string(), None)
+            .await
+            .map_err(etcd_error)?;
+        Ok(true)
+    }
+
+    async fn remove(&self, entry: &Entry) -> Result<Option<Secs>, MetadataError> {
+        let key = self.key(entry);
+        let response = self
+            .client()
+            .txn(
+                Txn::new()
+                    .when([Compare::value(
+                        key.clone(),
+                        CompareOp::Equal,
+                        entry.at.to_string(),
+                    )])
+                    .and_then([TxnOp::delete(key.clone(), None)])
+                    .or_else([TxnOp::get(key, None)]),
+            )
+            .await
+            .map_err(etcd_error)?;
+        if response.succeeded() {
+            return Ok(None);
+        }
+        let newer = response.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .and_then(|kv| kv.value_str().ok()?.parse::<Secs>().ok()),
+            _ => None,
+        });
+        // Absent: removed already (by an earlier leader).
+        Ok(newer.filter(|&at| at > entry.at))
+    }
+
+    async fn referenced(&self, digest: &[u8; 32]) -> Result<bool, MetadataError> {
+        let counts: Vec<TxnOp> = self
+            .namespaces
+            .iter()
+            .flat_map(|ns| {
+                KINDS.map(|kind| {
+                    TxnOp::get(
+                        schema::digest_refs(&self.options.prefix, ns, kind, digest),
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                })
+            })
+            .collect();
+        let response = self
+            .client()
+            .txn(Txn::new().and_then(counts))
+            .await
+            .map_err(etcd_error)?;
+        Ok(response
+            .op_responses()
+            .into_iter()
+            .any(|r| matches!(r, TxnOpResponse::Get(g) if g.count() > 0)))
+    }
+
+    async fn lock(&self, digest: &[u8; 32], kind: LockKind) -> Result<DigestLock, MetadataError> {
+        let name = match kind {
+            LockKind::Fill => schema::lock_key(&self.options.prefix, digest),
+            LockKind::Content => {
+                format!("{}/content", schema::lock_key(&self.options.prefix, digest))
+            }
+        };
+        let local = Arc::clone(lock(&self.local).entry(name.clone()).or_default());
+        let guard = local.lock_owned().await;
+        let session = self.session.load(Ordering::SeqCst);
+        let response = self
+            .client()
+            .lock(name.clone(), Some(LockOptions::new().with_lease(session)))
+            .await
+            .map_err(etcd_error);
+        {
+            // Forget idle in-process locks.
+            let mut local = lock(&self.local);
+            if let Some(l) = local.get(&name) {
+                if Arc::strong_count(l) == 1 {
+                    local.remove(&name);
+                }
+            }
+        }
+        Ok(DigestLock::held(Box::new(EtcdLock {
+            client: self.client(),
+            key: response?.key().to_vec(),
+            _local: guard,
+        })))
+    }
+
+    fn leader(&self) -> watch::Receiver<bool> {
+        self.leader.subscribe()
+    }
+
+    async fn publish_leases(&self, digests: &HashSet<[u8; 32]>) -> Result<(), MetadataError> {
+        let key = format!(
+            "{}{}",
+            schema::leases_root(&self.options.prefix),
+            self.replica
+        );
+        let mut client = self.client();
+        if digests.is_empty() {
+            client.delete(key, None).await.map_err(etcd_error)?;
+            return Ok(());
+        }
+        let value: Vec<String> = digests.iter().map(hex::encode).collect();
+        let session = self.session.load(Ordering::SeqCst);
+        client
+            .put(
+                key,
+                value.join("\n"),
+                Some(PutOptions::new().with_lease(session)),
+            )
+            .await
+            .map_err(etcd_error)?;
+        Ok(())
+    }
+
+    async fn remote_leases(&self) -> Result<HashSet<[u8; 32]>, MetadataError> {
+        let root = schema::leases_root(&self.options.prefix);
+        let mine = format!("{root}{}", self.replica);
+        let response = self
+            .client()
+            .get(root, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_error)?;
+        let mut leased = HashSet::new();
+        for kv in response.kvs() {
+            if kv.key() == mine.as_bytes() {
+                continue;
+            }
+            for hex in kv.value_str().unwrap_or("").lines() {
+                let mut digest = [0; 32];
+                if hex::decode_to_slice(hex, &mut digest).is_ok() {
+                    leased.insert(digest);
+                }
+            }
+        }
+        Ok(leased)
+    }
+
+    fn changes(&self) -> Option<mpsc::UnboundedReceiver<Change>> {
+        lock(&self.changes).take()
+    }
+
+    async fn close(&self) {
+        for task in std::mem::take(&mut *lock(&self.tasks)) {
+            task.abort();
+        }
+        self.leader.send_replace(false);
+        let session = self.session.load(Ordering::SeqCst);
+        // Revoking the session frees its locks, leases and candidacy now
+        // rather than after its TTL.
+        if let Err(e) = self.client().lease_revoke(session).await {
+            tracing::warn!(error = %e, "could not end the etcd session");
+        }
+    }
+}

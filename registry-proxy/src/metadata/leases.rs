@@ -1,0 +1,147 @@
+//! Leases: what a fill or a client pull in progress uses, kept from expiry
+//! and collection while the lease lives.
+//!
+//! A [`Lease`] is held by a response body or a fill and ends when dropped;
+//! a pull's lease ([`Leases::extend`]) covers a manifest and what it
+//! references for a while after the manifest was served, since the client
+//! fetches the blobs next. Every lease also ends at its deadline, so a
+//! holder that hangs (or a replica that dies) cannot pin content forever.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::lock;
+use crate::scheduler::{Clock, Secs};
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    /// Leases held by a live [`Lease`] value.
+    holders: u32,
+    /// Until when the holders' leases last at most.
+    holders_until: Secs,
+    /// Until when a timed lease lasts.
+    until: Secs,
+}
+
+impl Held {
+    fn live(&self, now: Secs) -> bool {
+        (self.holders > 0 && now < self.holders_until) || now < self.until
+    }
+}
+
+/// Every lease of this process.
+pub struct Leases {
+    clock: Clock,
+    /// A lease's longest life.
+    timeout: Secs,
+    held: Mutex<HashMap<[u8; 32], Held>>,
+}
+
+impl Leases {
+    /// Leases timed by `clock` that end `timeout` after they were taken at
+    /// the latest.
+    pub fn new(clock: Clock, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            clock,
+            timeout: Secs::try_from(timeout.as_secs()).unwrap_or(Secs::MAX),
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A lease on `digests` until the returned value is dropped (or the
+    /// timeout passes).
+    pub fn hold(self: &Arc<Self>, digests: &[[u8; 32]]) -> Lease {
+        let until = self.clock.now_secs().saturating_add(self.timeout);
+        let mut held = lock(&self.held);
+        for digest in digests {
+            let h = held.entry(*digest).or_default();
+            h.holders += 1;
+            h.holders_until = h.holders_until.max(until);
+        }
+        Lease {
+            leases: Arc::clone(self),
+            digests: digests.to_vec(),
+        }
+    }
+
+    /// A lease on `digests` for the timeout from now: a client pull's,
+    /// taken when its manifest is served.
+    pub fn extend(&self, digests: impl IntoIterator<Item = [u8; 32]>) {
+        let until = self.clock.now_secs().saturating_add(self.timeout);
+        let mut held = lock(&self.held);
+        for digest in digests {
+            let h = held.entry(digest).or_default();
+            h.until = h.until.max(until);
+        }
+    }
+
+    /// Whether a live lease covers `digest`.
+    pub fn is_held(&self, digest: &[u8; 32]) -> bool {
+        let now = self.clock.now_secs();
+        lock(&self.held).get(digest).is_some_and(|h| h.live(now))
+    }
+
+    /// Every digest under a live lease (forgetting the ended ones).
+    pub fn live(&self) -> HashSet<[u8; 32]> {
+        let now = self.clock.now_secs();
+        let mut held = lock(&self.held);
+        held.retain(|_, h| h.holders > 0 || now < h.until);
+        held.iter()
+            .filter(|(_, h)| h.live(now))
+            .map(|(d, _)| *d)
+            .collect()
+    }
+
+    fn release(&self, digests: &[[u8; 32]]) {
+        let now = self.clock.now_secs();
+        let mut held = lock(&self.held);
+        for digest in digests {
+            if let Some(h) = held.get_mut(digest) {
+                h.holders = h.holders.saturating_sub(1);
+                if h.holders == 0 && now >= h.until {
+                    held.remove(digest);
+                }
+            }
+        }
+    }
+}
+
+/// A lease held until dropped.
+pub struct Lease {
+    leases: Arc<Leases>,
+    digests: Vec<[u8; 32]>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.leases.release(&self.digests);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn leases_end_when_dropped_or_timed_out() {
+        let leases = Leases::new(Clock::system(), Duration::from_secs(60));
+        let (a, b) = ([1; 32], [2; 32]);
+        let first = leases.hold(&[a]);
+        let second = leases.hold(&[a, b]);
+        drop(first);
+        assert!(leases.is_held(&a) && leases.is_held(&b));
+        drop(second);
+        assert!(!leases.is_held(&a) && !leases.is_held(&b));
+        assert!(leases.live().is_empty());
+
+        leases.extend([a]);
+        let hung = leases.hold(&[b]);
+        assert_eq!(leases.live(), HashSet::from([a, b]));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // Both the timed lease and the one whose holder hangs are over.
+        assert!(!leases.is_held(&a) && !leases.is_held(&b));
+        assert!(leases.live().is_empty());
+        drop(hung);
+    }
+}

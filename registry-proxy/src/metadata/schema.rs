@@ -1,0 +1,146 @@
+//! The key schema of the shared store, in the spirit of containerd's
+//! metadata buckets: `<prefix>/v1/<namespace>/<object>/<key>`.
+//!
+//! - `<prefix>/version`: the schema version, `1`.
+//! - `<prefix>/v1/<ns>/refs/<blob|manifest>/<hex>/<repository>`: a
+//!   repository of namespace `<ns>` references content `sha256:<hex>`; the
+//!   value is its last access (seconds since the epoch).
+//! - `<prefix>/v1/_all/ingests/<hex>`: the lock of a fill (or a deletion)
+//!   of that digest, held on the holder's session lease.
+//! - `<prefix>/v1/_all/leases/<replica>`: the digests a replica holds
+//!   leases on, on its session lease (gone when the replica is).
+//! - `<prefix>/v1/_all/leader`: the election of the replica that expires
+//!   and collects.
+//!
+//! `<ns>` is the namespace's storage directory, or `_` for the namespace
+//! registry:2 would see; `_all` holds what all namespaces share. Neither
+//! can be a namespace directory's name (those are host names).
+
+use crate::cache::layout::{RepoKey, namespace_dir_of};
+use crate::scheduler::table::EntryKind;
+
+/// The namespace registry:2's repositories are keyed under.
+pub const PLAIN: &str = "_";
+
+/// The namespace of what every namespace shares (content, fills, leases).
+pub const ALL: &str = "_all";
+
+/// The key holding the schema version.
+pub fn version_key(prefix: &str) -> String {
+    format!("{prefix}/version")
+}
+
+/// The start of every key of this schema version.
+pub fn root(prefix: &str) -> String {
+    format!("{prefix}/v{}/", super::SCHEMA_VERSION)
+}
+
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Blob => "blob",
+        EntryKind::Manifest => "manifest",
+    }
+}
+
+/// The namespace key of a repository key, and its name within it.
+fn split(repo: &str) -> (&str, &str) {
+    match namespace_dir_of(repo) {
+        // `_namespaces/<dir>/<name>`
+        Some(dir) => (dir, &repo["_namespaces/".len() + dir.len() + 1..]),
+        None => (PLAIN, repo),
+    }
+}
+
+/// The key recording that `repo` references `digest` as `kind`.
+pub fn ref_key(prefix: &str, repo: &str, digest: &[u8; 32], kind: EntryKind) -> String {
+    let (ns, name) = split(repo);
+    format!("{}{}", digest_refs(prefix, ns, kind, digest), name)
+}
+
+/// The start of the keys of every repository of namespace `ns` that
+/// references `digest` as `kind`.
+pub fn digest_refs(prefix: &str, ns: &str, kind: EntryKind, digest: &[u8; 32]) -> String {
+    format!(
+        "{}{ns}/refs/{}/{}/",
+        root(prefix),
+        kind_name(kind),
+        hex::encode(digest)
+    )
+}
+
+/// Every kind of entry.
+pub const KINDS: [EntryKind; 2] = [EntryKind::Blob, EntryKind::Manifest];
+
+/// The repository key, digest and kind a reference key names.
+pub fn parse_ref_key(prefix: &str, key: &str) -> Option<(RepoKey, [u8; 32], EntryKind)> {
+    let rest = key.strip_prefix(&root(prefix))?;
+    let (ns, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("refs/")?;
+    let (kind, rest) = rest.split_once('/')?;
+    let kind = match kind {
+        "blob" => EntryKind::Blob,
+        "manifest" => EntryKind::Manifest,
+        _ => return None,
+    };
+    let (hex, name) = rest.split_once('/')?;
+    let mut digest = [0; 32];
+    hex::decode_to_slice(hex, &mut digest).ok()?;
+    let repo = if ns == PLAIN {
+        RepoKey::parse(name)?
+    } else {
+        RepoKey::parse(&format!("_namespaces/{ns}/{name}"))?
+    };
+    Some((repo, digest, kind))
+}
+
+/// The lock of fills and deletions of `digest`.
+pub fn lock_key(prefix: &str, digest: &[u8; 32]) -> String {
+    format!("{}{ALL}/ingests/{}", root(prefix), hex::encode(digest))
+}
+
+/// The start of every replica's published leases.
+pub fn leases_root(prefix: &str) -> String {
+    format!("{}{ALL}/leases/", root(prefix))
+}
+
+/// The election of the leader.
+pub fn leader_key(prefix: &str) -> String {
+    format!("{}{ALL}/leader", root(prefix))
+}
+
+/// The namespace key of the namespace stored under `dir` (`None`:
+/// registry:2's).
+pub fn namespace_key(dir: Option<&str>) -> &str {
+    dir.unwrap_or(PLAIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::RepoName;
+
+    #[test]
+    fn reference_keys_round_trip_in_every_namespace() {
+        let name = RepoName::parse("library/alpine").expect("name");
+        for dir in [None, Some("ghcr.io"), Some("localhost_5000")] {
+            let repo = RepoKey::new(dir, &name);
+            for kind in KINDS {
+                let key = ref_key("/rp", repo.as_str(), &[9; 32], kind);
+                assert!(key.starts_with(&digest_refs("/rp", namespace_key(dir), kind, &[9; 32])));
+                assert_eq!(
+                    parse_ref_key("/rp", &key),
+                    Some((repo.clone(), [9; 32], kind))
+                );
+            }
+        }
+        assert_eq!(
+            ref_key("/rp", "a/b", &[1; 32], EntryKind::Blob),
+            format!("/rp/v1/_/refs/blob/{}/a/b", hex::encode([1; 32]))
+        );
+        assert_eq!(parse_ref_key("/rp", "/rp/v1/_all/leases/x"), None);
+        assert_eq!(
+            parse_ref_key("/other", &ref_key("/rp", "a", &[1; 32], EntryKind::Blob)),
+            None
+        );
+    }
+}
