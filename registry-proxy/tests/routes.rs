@@ -1151,3 +1151,89 @@ async fn an_isolated_namespace_joins_a_running_fill_only_after_proof() {
         (2, 0, 1)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_never_break_while_expiry_and_collection_run_in_a_loop() {
+    use registry_proxy::scheduler::{GcOptions, Options};
+    let (fake, base) = start_fake(Auth::Anonymous).await;
+    let options = Options {
+        // Everything expires a second after its last use, and the collector
+        // takes anything unreferenced at once.
+        ttl: Duration::from_secs(1),
+        gc: GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        },
+        ..Options::default()
+    };
+    let spec = registry_proxy::namespace::NamespaceSpec::single(base.parse().expect("url"), None);
+    let proxy =
+        Arc::new(InProcess::with_scheduler(&[spec], Duration::from_secs(60), options).await);
+    let blobs: Arc<Vec<(Vec<u8>, Digest)>> = Arc::new(
+        (0..12)
+            .map(|i| {
+                let data = conformance::random_bytes(i, (64 << 10) + i as usize * 1000).to_vec();
+                let digest = fake.add_blob(&data);
+                (data, digest)
+            })
+            .collect(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collections = Arc::new(AtomicUsize::new(0));
+    let collector = {
+        let (proxy, blobs, stop) = (Arc::clone(&proxy), Arc::clone(&blobs), Arc::clone(&stop));
+        let collections = Arc::clone(&collections);
+        tokio::spawn(async move {
+            let (mut runs, mut removed, mut expired) = (0, 0, 0);
+            let scheduler = &proxy.state.scheduler;
+            while !stop.load(Ordering::SeqCst) {
+                // Leftover bytes of a blob clients pull (no entry keeps them
+                // unless a pull made one), racing the pulls.
+                let (data, digest) = &blobs[runs % blobs.len()];
+                let _ = proxy
+                    .driver
+                    .put_content(&layout::blob_data(digest), Bytes::copy_from_slice(data))
+                    .await;
+                let collected = scheduler.gc(false).await.expect("collect");
+                removed += collected.blobs + collected.links;
+                expired += scheduler.expire_due().await.entries;
+                runs += 1;
+                collections.store(runs, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+            (runs, removed, expired)
+        })
+    };
+    let pullers = (0..6).map(|worker| {
+        let (proxy, blobs) = (Arc::clone(&proxy), Arc::clone(&blobs));
+        let collections = Arc::clone(&collections);
+        tokio::spawn(async move {
+            // At least 60 pulls each, and until 30 collections ran.
+            let mut round = 0;
+            while round < 60 || collections.load(Ordering::SeqCst) < 30 {
+                round += 1;
+                // Hits on memory storage never wait: let the collector run.
+                tokio::task::yield_now().await;
+                let (data, digest) = &blobs[(worker * 7 + round) % blobs.len()];
+                let repo = ["a/one", "b/two", "c/three"][(worker + round) % 3];
+                let (status, _, body) = proxy.get(&blob_uri(repo, digest)).await;
+                assert_eq!(status, StatusCode::OK, "pull {round} of worker {worker}");
+                assert!(
+                    body.expect("body") == *data,
+                    "pull {round} of worker {worker}: bytes differ"
+                );
+            }
+        })
+    });
+    for puller in futures::future::join_all(pullers).await {
+        puller.expect("puller");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (runs, removed, expired) = collector.await.expect("collector");
+    assert!(runs >= 30, "the collector ran {runs} times");
+    assert!(removed > 0, "the collector removed nothing while pulls ran");
+    // Entries live a second: how many fell due during the run varies.
+    let _ = expired;
+    proxy.state.blobs.fills_done().await;
+    support::verify_stored_blobs(&*proxy.driver).await;
+}

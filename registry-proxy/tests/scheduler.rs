@@ -16,7 +16,7 @@ use registry_proxy::cache::layout::RepoKey;
 use registry_proxy::metrics::Metrics;
 use registry_proxy::oci::{Digest, RepoName};
 use registry_proxy::scheduler::journal;
-use registry_proxy::scheduler::{Clock, EntryKind, Expired, Options, Scheduler};
+use registry_proxy::scheduler::{Clock, EntryKind, Expired, GcOptions, Options, Scheduler};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const T0: u64 = 1_800_000_000;
@@ -53,20 +53,62 @@ async fn open_with(
     namespace_ttls: HashMap<String, Duration>,
     clock: Clock,
 ) -> Arc<Scheduler> {
+    let options = Options {
+        ttl,
+        namespace_ttls,
+        ..Options::default()
+    };
+    open_options(driver, options, clock).await
+}
+
+async fn open_options(
+    driver: &Arc<dyn StorageDriver>,
+    options: Options,
+    clock: Clock,
+) -> Arc<Scheduler> {
     Scheduler::open(
         Arc::clone(driver),
-        Options {
-            ttl,
-            namespace_ttls,
-            flush_interval: Duration::from_secs(1),
-            purge: None,
-            ..Options::default()
-        },
+        options,
         clock,
         Arc::new(Metrics::default()),
     )
     .await
     .expect("open")
+}
+
+/// A scheduler on the system's clock (so that storage's modification
+/// times and the collector's grace agree) collecting with no grace, whose
+/// leases last `lease_timeout`.
+async fn collecting(driver: &Arc<dyn StorageDriver>, lease_timeout: Duration) -> Arc<Scheduler> {
+    let options = Options {
+        ttl: HOUR,
+        lease_timeout,
+        gc: GcOptions {
+            grace: Duration::ZERO,
+            ..GcOptions::default()
+        },
+        ..Options::default()
+    };
+    open_options(driver, options, Clock::system()).await
+}
+
+/// Every file in `driver`, but the scheduler's own.
+async fn files(driver: &Arc<dyn StorageDriver>) -> Vec<String> {
+    let mut found = Vec::new();
+    driver
+        .walk(
+            &StoragePath::root(),
+            &driver_core::WalkOptions::default(),
+            &mut |info| {
+                if !info.is_dir && !info.path.as_str().starts_with("/registry-proxy") {
+                    found.push(info.path.to_string());
+                }
+                driver_core::WalkControl::Continue
+            },
+        )
+        .await
+        .expect("walk");
+    found
 }
 
 fn repo(name: &str) -> RepoKey {
@@ -626,4 +668,187 @@ fn killed_during_a_write_restarts_with_loadable_state() {
         );
         assert_eq!(scheduler.loaded().damaged, 0, "round {round}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn content_under_a_lease_survives_expiry_and_collection_until_the_lease_ends() {
+    let driver = memory();
+    let scheduler = collecting(&driver, 4 * HOUR).await;
+    let app = repo("library/app");
+    let pulled = store_blob(&driver, &app, &[3; 3000]).await;
+    scheduler.touch(&app, &pulled, EntryKind::Blob).await;
+    // Bytes nothing references (a fill's leftover), but leased.
+    let orphan = Digest::of(&[4; 500]);
+    driver
+        .put_content(&layout::blob_data(&orphan), Bytes::from_static(&[4; 500]))
+        .await
+        .expect("orphan");
+    let streaming = scheduler.leases().hold(&[pulled.raw(), orphan.raw()]);
+
+    tokio::time::advance(2 * HOUR).await;
+    assert_eq!(
+        scheduler.expire_due().await,
+        Expired::default(),
+        "leased: put off"
+    );
+    let kept = scheduler.gc(false).await.expect("gc");
+    assert_eq!(
+        (kept.blobs, kept.links),
+        (0, 0),
+        "leased: nothing collected"
+    );
+    assert!(exists(&driver, &layout::blob_data(&pulled)).await);
+    assert!(exists(&driver, &layout::layer_link(&app, &pulled)).await);
+    assert!(exists(&driver, &layout::blob_data(&orphan)).await);
+
+    drop(streaming);
+    let collected = scheduler.gc(false).await.expect("gc");
+    assert_eq!(
+        (collected.blobs, collected.bytes_freed),
+        (1, 500),
+        "the orphan goes"
+    );
+    assert!(
+        exists(&driver, &layout::blob_data(&pulled)).await,
+        "its entry still keeps it"
+    );
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let expired = scheduler.expire_due().await;
+    assert_eq!((expired.entries, expired.bytes_freed), (1, 3000));
+    assert!(!exists(&driver, &layout::blob_data(&pulled)).await);
+
+    // A pull's lease (taken when its manifest is served) ends by itself,
+    // and so does one whose holder hangs.
+    let again = store_blob(&driver, &app, &[5; 700]).await;
+    scheduler.touch(&app, &again, EntryKind::Blob).await;
+    scheduler.leases().extend([again.raw()]);
+    let _hung = scheduler.leases().hold(&[again.raw()]);
+    tokio::time::advance(2 * HOUR).await;
+    assert_eq!(
+        scheduler.expire_due().await.entries,
+        0,
+        "the pull's lease holds"
+    );
+    tokio::time::advance(3 * HOUR).await;
+    assert_eq!(scheduler.expire_due().await.entries, 1, "leases time out");
+    assert!(!exists(&driver, &layout::blob_data(&again)).await);
+}
+
+#[tokio::test]
+async fn a_dry_run_removes_nothing_and_counts_what_a_collection_removes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let driver = fs(dir.path());
+    let scheduler = collecting(&driver, HOUR).await;
+    let app = repo("library/app");
+    let kept = store_blob(&driver, &app, &[1; 100]).await;
+    scheduler.touch(&app, &kept, EntryKind::Blob).await;
+    scheduler
+        .ensure_link(&app, &kept, EntryKind::Blob, false)
+        .await;
+    // Garbage: bytes and a link no entry keeps, a stale revision link and
+    // a tag pointing at it (what a crash mid-expiry leaves).
+    let other = repo("other/app");
+    let garbage = store_blob(&driver, &other, &[2; 250]).await;
+    let manifest = Digest::of(b"{}");
+    for (path, to) in [
+        (layout::revision_link(&other, &manifest), &manifest),
+        (layout::tag_current_link(&other, "v1"), &manifest),
+        (layout::layer_link(&other, &kept), &kept),
+    ] {
+        driver
+            .put_content(&path, layout::link_content(to))
+            .await
+            .expect("link");
+    }
+    let before = files(&driver).await;
+
+    let dry = scheduler.gc(true).await.expect("dry run");
+    assert_eq!(files(&driver).await, before, "a dry run removes nothing");
+    assert_eq!(
+        (dry.blobs, dry.bytes_freed, dry.links, dry.tags),
+        (1, 250, 3, 1),
+        "counted: the orphan's bytes; its link, the revision and the other repository's link to the kept blob; the tag"
+    );
+    assert_eq!(dry.marked, 1);
+
+    let done = scheduler.gc(false).await.expect("collect");
+    assert_eq!(
+        (done.blobs, done.bytes_freed, done.links, done.tags),
+        (1, 250, 3, 1)
+    );
+    assert!(!exists(&driver, &layout::blob_data(&garbage)).await);
+    assert!(!exists(&driver, &layout::layer_link(&other, &kept)).await);
+    assert!(!exists(&driver, &layout::tag_current_link(&other, "v1")).await);
+    assert!(
+        exists(&driver, &layout::blob_data(&kept)).await,
+        "in use: kept"
+    );
+    assert!(exists(&driver, &layout::layer_link(&app, &kept)).await);
+    assert_eq!(
+        scheduler.gc(false).await.expect("again").blobs,
+        0,
+        "nothing left"
+    );
+}
+
+#[tokio::test]
+async fn the_unversioned_journal_is_migrated_to_version_1() {
+    let driver = memory();
+    let app = repo("library/app");
+    let digest = store_blob(&driver, &app, &[9; 10]).await;
+    // The layout before the schema had a version: segments in the old
+    // directory, no version file.
+    let mut records = Vec::new();
+    journal::encode_upsert(
+        &mut records,
+        app.as_str(),
+        &digest.raw(),
+        EntryKind::Blob,
+        T0 as u32,
+    );
+    driver
+        .put_content(
+            &journal::segment_path(journal::LEGACY_DIR, 1, journal::SegmentKind::Log),
+            journal::frame(&records),
+        )
+        .await
+        .expect("old segment");
+    let scheduler = open(&driver, HOUR).await;
+    assert_eq!(scheduler.loaded().imported, 1);
+    assert_eq!(
+        scheduler.access_time(&app, &digest, EntryKind::Blob),
+        Some(T0 as u32)
+    );
+    let version = StoragePath::parse(registry_proxy::metadata::embedded::VERSION).expect("path");
+    assert_eq!(driver.get_content(&version).await.expect("version"), "1");
+    assert!(
+        journal::list(&*driver, journal::LEGACY_DIR)
+            .await
+            .expect("list")
+            .is_empty(),
+        "the old segments are gone"
+    );
+    drop(scheduler);
+    let reopened = open(&driver, HOUR).await;
+    assert_eq!(reopened.loaded().imported, 0, "migrated once");
+    assert_eq!(
+        reopened.access_time(&app, &digest, EntryKind::Blob),
+        Some(T0 as u32)
+    );
+
+    driver
+        .put_content(&version, Bytes::from_static(b"2"))
+        .await
+        .expect("newer");
+    let refused = Scheduler::open(
+        Arc::clone(&driver),
+        Options::default(),
+        clock(),
+        Arc::new(Metrics::default()),
+    )
+    .await;
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("schema version 2")),
+        "a newer schema is refused"
+    );
 }

@@ -371,7 +371,17 @@ impl InProcess {
         namespaces: &[registry_proxy::namespace::NamespaceSpec],
         freshness: Duration,
     ) -> Self {
-        use registry_proxy::scheduler::{Clock, Options};
+        Self::with_scheduler(namespaces, freshness, Default::default()).await
+    }
+
+    /// Opens the proxy with `namespaces` and a scheduler set up by
+    /// `scheduler`.
+    pub async fn with_scheduler(
+        namespaces: &[registry_proxy::namespace::NamespaceSpec],
+        freshness: Duration,
+        scheduler: registry_proxy::scheduler::Options,
+    ) -> Self {
+        use registry_proxy::scheduler::Clock;
         let spool = tempfile::tempdir().expect("spool");
         let driver: std::sync::Arc<dyn driver_core::StorageDriver> =
             std::sync::Arc::new(driver_memory::MemoryDriver::new());
@@ -381,13 +391,7 @@ impl InProcess {
             tag_freshness: freshness,
             request_timeout: Duration::from_secs(2),
             auth: None,
-            scheduler: Options {
-                ttl: Duration::from_secs(168 * 3600),
-                namespace_ttls: Default::default(),
-                flush_interval: Duration::from_secs(1),
-                purge: None,
-                ..Options::default()
-            },
+            scheduler,
             clock: Clock::system(),
             coordination: None,
         };
