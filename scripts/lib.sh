@@ -11,6 +11,8 @@ require_rust() {
             rustup component add "$component"
         fi
     done
+    # The etcd client crate compiles etcd's protocol with protoc.
+    ensure_apt protoc:protobuf-compiler
 }
 
 # Where tools built for the tests live, outside the repository, reused across runs.

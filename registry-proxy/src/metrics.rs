@@ -182,6 +182,7 @@ pub struct Metrics {
     writers_purged: Counter,
     storage_latency: Histograms<StorageLabel>,
     gc: GcMetrics,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -275,6 +276,12 @@ impl Default for Metrics {
             "Storage driver operations by driver and operation",
             storage_latency.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs expiry and garbage collection",
+            leader.clone(),
+        );
         let gc = GcMetrics::default();
         registry.register(
             "gc_runs",
@@ -302,6 +309,7 @@ impl Default for Metrics {
             gc.phase_seconds.clone(),
         );
         Self {
+            leader,
             gc,
             registry,
             content,
@@ -377,6 +385,11 @@ impl Metrics {
     pub fn expired(&self, entries: u64, bytes: u64) {
         self.expirations.inc_by(entries);
         self.bytes_freed.inc_by(bytes);
+    }
+
+    /// This replica started (`true`) or stopped leading.
+    pub fn leading(&self, leads: bool) {
+        self.leader.set(i64::from(leads));
     }
 
     /// A garbage collection finished (a dry run only sets the gauges).
@@ -491,6 +504,7 @@ impl Metrics {
                 "Expirations": self.expirations.get(),
                 "BytesFreed": self.bytes_freed.get(),
                 "WritersPurged": self.writers_purged.get(),
+                "Leader": self.leader.get(),
                 "GcRuns": self.gc.runs.get(),
                 "GcBytesFreed": self.gc.bytes_freed.get(),
                 "GcMarked": self.gc.marked.get(),

@@ -58,7 +58,8 @@ pub struct Collected {
     pub links: u64,
     /// Tags deleted.
     pub tags: u64,
-    /// Abandoned writers removed (not counted in a dry run).
+    /// Abandoned writers removed (idle past `uploadpurging.age`; not
+    /// counted in a dry run).
     pub writers: u64,
     /// Bytes of blob data freed.
     pub bytes_freed: u64,
@@ -102,7 +103,9 @@ impl Scheduler {
         self.sweep_blobs(&marked, old, dry_run, &mut stats).await?;
         self.sweep_repositories(old, dry_run, &mut stats).await?;
         if !dry_run {
-            stats.writers = self.purge_older_than(self.gc.grace).await;
+            // Writers idle past the purge age (not the grace: another
+            // replica's fill may be writing one).
+            stats.writers = self.purge_writers().await;
         }
         stats.sweep = started.elapsed();
         self.metrics.collected(&stats, dry_run);

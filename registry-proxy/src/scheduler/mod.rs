@@ -308,6 +308,8 @@ impl Scheduler {
         }
         let this = Arc::clone(self);
         tasks.push(tokio::spawn(async move { this.gc_loop().await }));
+        let this = Arc::clone(self);
+        tasks.push(tokio::spawn(async move { this.report_leadership().await }));
         if let Some(changes) = self.store.changes() {
             let this = Arc::clone(self);
             tasks.push(tokio::spawn(
@@ -344,6 +346,20 @@ impl Scheduler {
         }
     }
 
+    /// Keeps the leadership metric current.
+    async fn report_leadership(&self) {
+        let mut stopped = self.stop.subscribe();
+        let mut leader = self.store.leader();
+        loop {
+            let leads = *leader.borrow_and_update();
+            self.metrics.leading(leads);
+            tokio::select! {
+                changed = leader.changed() => if changed.is_err() { return },
+                _ = stopped.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
     /// Waits until this replica leads (or the scheduler stops: `false`).
     async fn lead(&self, stopped: &mut watch::Receiver<bool>) -> bool {
         let mut leader = self.store.leader();
@@ -359,10 +375,7 @@ impl Scheduler {
         let Some(purge) = self.purge else {
             return 0;
         };
-        self.purge_older_than(purge.age).await
-    }
-
-    async fn purge_older_than(&self, age: Duration) -> u64 {
+        let age = purge.age;
         let before = self
             .clock
             .now()

@@ -95,17 +95,22 @@ fn wait_ready(addr: &str, child: &mut Child, log: &Path) {
 /// Starts `program args config`, logging to `dir/<config stem>.log`, and
 /// waits until `addr` accepts connections.
 pub fn start(program: &str, args: &[&str], config: &Path, addr: String, dir: &Path) -> Server {
-    let log = dir.join(format!(
-        "{}.log",
-        config
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("server")
-    ));
+    let name = config
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("server");
+    let mut all: Vec<&str> = args.to_vec();
+    all.push(config.to_str().expect("utf-8 path"));
+    start_named(program, &all, name, addr, dir)
+}
+
+/// Starts `program args`, logging to `dir/<name>.log`, and waits until
+/// `addr` accepts connections.
+pub fn start_named(program: &str, args: &[&str], name: &str, addr: String, dir: &Path) -> Server {
+    let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).expect("log file");
     let mut child = Command::new(program)
         .args(args)
-        .arg(config)
         .stdout(out.try_clone().expect("log"))
         .stderr(out)
         .spawn()
@@ -116,6 +121,38 @@ pub fn start(program: &str, args: &[&str], config: &Path, addr: String, dir: &Pa
         addr,
         debug: None,
     }
+}
+
+/// A single-member etcd on loopback with its data in `dir/etcd`; its
+/// client URL is `http://<addr>` (metrics at `/metrics`).
+pub fn etcd(dir: &Path) -> Server {
+    let (client, peer) = (free_port(), free_port());
+    let addr = format!("127.0.0.1:{client}");
+    let client_url = format!("http://{addr}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let data = dir.join("etcd");
+    start_named(
+        "etcd",
+        &[
+            "--name",
+            "test",
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("test={peer_url}"),
+        ],
+        "etcd",
+        addr,
+        dir,
+    )
 }
 
 /// `docker-registry` on `root`; `extra` is appended to its config.

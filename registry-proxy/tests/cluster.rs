@@ -1,0 +1,309 @@
+//! Three registry-proxy replicas on one S3 bucket (Garage), coordinated
+//! through etcd, in front of Debian's `docker-registry`; images pulled with
+//! skopeo. Concurrent cold pulls spread over the replicas reach the
+//! upstream once per blob; references survive restarts; a replica killed
+//! mid-fill leaves nothing partial and the next request for the blob
+//! succeeds elsewhere; when the leader dies another replica expires and
+//! collects. Skipped (with the reason printed) without etcd, the e2e parts
+//! or the S3 variables, unless `REQUIRE_E2E=1` / `REQUIRE_S3=1`.
+
+// Shared by the test binaries and the side-by-side benchmark; each uses a part.
+#[allow(dead_code)]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use driver_s3::{S3Config, S3Driver};
+use etcd_client::GetOptions;
+use support::skopeo::{make_image, parts_available, pull_and_check, push, upstream_truth};
+use support::{
+    Relay, Server, debug_vars, docker_registry, etcd, have, registry_proxy_with, s3_storage_yaml,
+    verify_stored_blobs,
+};
+
+/// Content unused for this long expires.
+const TTL: &str = "12s";
+
+struct Cluster {
+    dir: PathBuf,
+    s3: S3Config,
+    etcd: Server,
+    relay: Relay,
+    prefix: String,
+    started: usize,
+}
+
+impl Cluster {
+    /// A replica's config: the shared bucket and etcd prefix, a short TTL,
+    /// leases of 5 s and a 2 s session lease.
+    fn yaml(&self) -> String {
+        format!(
+            "storage:\n{}  maintenance:\n    uploadpurging:\n      age: 1h\n      interval: 24h\n\
+             proxy:\n  remoteurl: http://{}\n  ttl: {TTL}\n\
+             gc:\n  interval: 0s\n  grace: 5s\n  leasetimeout: 5s\n\
+             coordination:\n  etcd:\n    endpoints: [http://{}]\n    prefix: {}\n    leasettl: 2s\n",
+            s3_storage_yaml(&self.s3, &[]),
+            self.relay.addr,
+            self.etcd.addr,
+            self.prefix
+        )
+    }
+
+    fn replica(&mut self) -> Server {
+        self.started += 1;
+        let dir = self.dir.join(format!("replica-{}", self.started));
+        std::fs::create_dir_all(&dir).expect("replica dir");
+        registry_proxy_with(&dir, &self.yaml())
+    }
+
+    /// Every reference key in etcd, with its value.
+    async fn references(&self) -> BTreeMap<String, String> {
+        let mut client = etcd_client::Client::connect([format!("http://{}", self.etcd.addr)], None)
+            .await
+            .expect("etcd client");
+        let response = client
+            .get(
+                format!("{}/v1/", self.prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .expect("etcd get");
+        response
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                key.contains("/refs/")
+                    .then(|| (key.to_owned(), kv.value_str().unwrap_or("").to_owned()))
+            })
+            .collect()
+    }
+}
+
+/// GETs of `digest` in `repo` in the upstream's access log.
+fn upstream_gets(log: &Path, repo: &str, digest: &str) -> usize {
+    std::fs::read_to_string(log)
+        .expect("upstream log")
+        .matches(&format!("\"GET /v2/{repo}/blobs/{digest} "))
+        .count()
+}
+
+/// Stops `server` with SIGTERM (a rolling restart) and waits for it.
+fn stop(mut server: Server) {
+    let _ = std::process::Command::new("kill")
+        .arg(server.pid().to_string())
+        .status();
+    assert!(
+        server.wait_exit(Duration::from_secs(40)).is_some(),
+        "replica did not stop"
+    );
+}
+
+async fn leader_index(replicas: &[Server]) -> Option<usize> {
+    for (i, r) in replicas.iter().enumerate() {
+        if debug_vars(r).await["registry_proxy"]["Leader"] == 1 {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Polls `check` every 200 ms until it holds, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_one_bucket_through_etcd() {
+    if !parts_available("cluster") {
+        return;
+    }
+    if !have("etcd") {
+        conformance::skip(
+            "cluster",
+            "REQUIRE_E2E",
+            "etcd is not installed (scripts/test.sh installs etcd-server)",
+        );
+        return;
+    }
+    let Ok(Some(s3)) = S3Config::from_env() else {
+        conformance::skip(
+            "cluster",
+            "REQUIRE_S3",
+            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let s3 = S3Config {
+        root_directory: format!("cluster-{:016x}", rand::random::<u64>()),
+        ..s3
+    };
+    let upstream = docker_registry(dir, "upstream", &dir.join("upstream-data"), "");
+    let upstream_log = dir.join("upstream.log");
+    let layout = make_image(dir, "app", 9, &["amd64"]);
+    push(&layout, &upstream.addr, "team/app", None);
+    let truth = upstream_truth(dir, &upstream.addr, "team/app:v1", None);
+    let blobs: Vec<String> = truth
+        .keys()
+        .filter(|k| k.len() == 64)
+        .map(|k| format!("sha256:{k}"))
+        .collect();
+    assert_eq!(blobs.len(), 3, "config and two layers");
+    let before: Vec<usize> = blobs
+        .iter()
+        .map(|d| upstream_gets(&upstream_log, "team/app", d))
+        .collect();
+    let mut cluster = Cluster {
+        dir: dir.to_owned(),
+        s3: s3.clone(),
+        etcd: etcd(dir),
+        relay: Relay::start(&upstream.addr).await,
+        prefix: format!("/rp-{:08x}", rand::random::<u32>()),
+        started: 0,
+    };
+    let mut replicas: Vec<Server> = (0..3).map(|_| cluster.replica()).collect();
+
+    // Concurrent cold pulls, one per replica: each blob crosses from the
+    // upstream once, and every pull is byte-exact.
+    std::thread::scope(|scope| {
+        for (i, r) in replicas.iter().enumerate() {
+            let (truth, out) = (&truth, dir.join(format!("pull-{i}")));
+            scope.spawn(move || pull_and_check(truth, &r.addr, "team/app:v1", &out, None));
+        }
+    });
+    for (digest, was) in blobs.iter().zip(&before) {
+        assert_eq!(
+            upstream_gets(&upstream_log, "team/app", digest) - was,
+            1,
+            "{digest} was fetched from the upstream once across the replicas"
+        );
+    }
+    let references = cluster.references().await;
+    assert_eq!(
+        references.len(),
+        4,
+        "the manifest and three blobs: {references:?}"
+    );
+
+    // A rolling restart of every replica loses no reference.
+    let mut restarted = Vec::new();
+    for r in replicas.drain(..) {
+        stop(r);
+        restarted.push(cluster.replica());
+    }
+    replicas = restarted;
+    let after = cluster.references().await;
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        references.keys().collect::<Vec<_>>()
+    );
+    for (key, at) in &references {
+        assert!(
+            after[key].parse::<u64>().expect("time") >= at.parse().expect("time"),
+            "{key} went back in time"
+        );
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        pull_and_check(
+            &truth,
+            &r.addr,
+            "team/app:v1",
+            &dir.join(format!("warm-{i}")),
+            None,
+        );
+    }
+    for (digest, was) in blobs.iter().zip(&before) {
+        assert_eq!(
+            upstream_gets(&upstream_log, "team/app", digest) - was,
+            1,
+            "{digest}: warm pulls stay in the cache"
+        );
+    }
+
+    // kill -9 of the replica filling a blob: another replica's request
+    // for it succeeds once the dead one's lock lapses, and the bucket
+    // never holds a partial blob.
+    let big = conformance::random_bytes(77, 8 << 20).to_vec();
+    let big_digest = registry_proxy::oci::Digest::of(&big);
+    let client = reqwest::Client::new();
+    support::push_blob(&client, &upstream.addr, "team/big", big.clone().into()).await;
+    cluster.relay.hold(true);
+    let victim = replicas.remove(0);
+    let url = |r: &Server| format!("http://{}/v2/team/big/blobs/{big_digest}", r.addr);
+    let doomed = tokio::spawn({
+        let (client, url) = (client.clone(), url(&victim));
+        async move { client.get(url).send().await }
+    });
+    support::wait_for_fills(&victim, |n| n == 1, "the fill started").await;
+    let mut victim = victim;
+    victim.kill();
+    let _ = doomed.await;
+    cluster.relay.hold(false);
+    let response = client.get(url(&replicas[0])).send().await.expect("retry");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.bytes().await.expect("body") == big,
+        "the retried pull is byte-exact"
+    );
+    support::fills_settled(&replicas[0]).await;
+    let driver = S3Driver::new(s3.clone()).await.expect("s3 driver");
+    // Four blobs of the image and the big one: all whole.
+    assert_eq!(verify_stored_blobs(&driver).await, 5);
+    replicas.push(cluster.replica());
+
+    // Kill the leader right after a pull: another replica takes over,
+    // expires the image once it is unused for the TTL, and collects.
+    eventually(Duration::from_secs(20), "a leader is elected", || async {
+        leader_index(&replicas).await.is_some()
+    })
+    .await;
+    let leader = leader_index(&replicas).await.expect("leader");
+    let follower = (leader + 1) % replicas.len();
+    pull_and_check(
+        &truth,
+        &replicas[follower].addr,
+        "team/app:v1",
+        &dir.join("last"),
+        None,
+    );
+    let mut dead = replicas.remove(leader);
+    dead.kill();
+    let layer = registry_proxy::oci::Digest::parse(&blobs[0]).expect("digest");
+    let layer_path = registry_proxy::cache::layout::blob_data(&layer);
+    use driver_core::StorageDriver as _;
+    eventually(
+        Duration::from_secs(90),
+        "the new leader expired the image",
+        || async { driver.stat(&layer_path).await.is_err() },
+    )
+    .await;
+    let new_leader = leader_index(&replicas)
+        .await
+        .expect("a surviving replica leads");
+    let vars = debug_vars(&replicas[new_leader]).await["registry_proxy"].clone();
+    assert!(vars["Expirations"].as_u64() > Some(0), "{vars}");
+    eventually(
+        Duration::from_secs(30),
+        "the new leader collected after expiring",
+        || async {
+            debug_vars(&replicas[new_leader]).await["registry_proxy"]["GcRuns"].as_u64() > Some(0)
+        },
+    )
+    .await;
+    assert!(
+        cluster.references().await.is_empty(),
+        "every reference expired"
+    );
+}
