@@ -22,6 +22,8 @@ struct Held {
     holders_until: Secs,
     /// Until when a timed lease lasts.
     until: Secs,
+    /// When the holders' leases began (the first of those still held).
+    since: Secs,
 }
 
 impl Held {
@@ -52,10 +54,14 @@ impl Leases {
     /// A lease on `digests` until the returned value is dropped (or the
     /// timeout passes).
     pub fn hold(self: &Arc<Self>, digests: &[[u8; 32]]) -> Lease {
-        let until = self.clock.now_secs().saturating_add(self.timeout);
+        let now = self.clock.now_secs();
+        let until = now.saturating_add(self.timeout);
         let mut held = lock(&self.held);
         for digest in digests {
             let h = held.entry(*digest).or_default();
+            if h.holders == 0 {
+                h.since = now;
+            }
             h.holders += 1;
             h.holders_until = h.holders_until.max(until);
         }
@@ -89,6 +95,21 @@ impl Leases {
         held.retain(|_, h| h.holders > 0 || now < h.until);
         held.iter()
             .filter(|(_, h)| h.live(now))
+            .map(|(d, _)| *d)
+            .collect()
+    }
+
+    /// The digests other replicas must know about: under a timed lease, or
+    /// held for at least `min_age` (a short response needs no lease beyond
+    /// its fresh access time, so warm hits publish nothing).
+    pub fn lasting(&self, min_age: Secs) -> HashSet<[u8; 32]> {
+        let now = self.clock.now_secs();
+        lock(&self.held)
+            .iter()
+            .filter(|(_, h)| {
+                now < h.until
+                    || (h.live(now) && h.holders > 0 && now.saturating_sub(h.since) >= min_age)
+            })
             .map(|(d, _)| *d)
             .collect()
     }
@@ -131,6 +152,9 @@ mod tests {
         let second = leases.hold(&[a, b]);
         drop(first);
         assert!(leases.is_held(&a) && leases.is_held(&b));
+        assert!(leases.lasting(10).is_empty(), "too young to publish");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(leases.lasting(10), HashSet::from([a, b]));
         drop(second);
         assert!(!leases.is_held(&a) && !leases.is_held(&b));
         assert!(leases.live().is_empty());

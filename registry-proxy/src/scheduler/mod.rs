@@ -598,9 +598,11 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Publishes the digests under a live lease, when they changed.
+    /// Publishes the digests under a lasting lease, when they changed:
+    /// timed ones, and those held longer than the write-through guard
+    /// (younger ones are protected by their fresh access time).
     async fn publish_leases(&self) -> Result<(), MetadataError> {
-        let live = self.leases.live();
+        let live = self.leases.lasting(self.guard);
         if *lock(&self.published) == live {
             return Ok(());
         }

@@ -1,0 +1,277 @@
+//! What coordination through etcd costs. On one S3 bucket (Garage) in
+//! front of one Debian `docker-registry`:
+//! - the etcd requests a burst of warm blob hits makes, counted from etcd's
+//!   own metrics, against an idle window as long (the leader's own
+//!   periodic reads);
+//! - warm 64 KiB blob throughput of three replicas (one wrk each, together)
+//!   against one replica (one wrk), rounds alternating; the target is
+//!   at least 0.9x;
+//! - the median time to first byte of cold misses through a replica with
+//!   etcd against a single node without it (target: at most 10 ms more).
+//!
+//! Run with `scripts/bench-cluster.sh`.
+
+// Shared with the test binaries; the benchmark uses a part.
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use driver_s3::S3Config;
+use registry_proxy::oci::Digest;
+use support::{Server, docker_registry, etcd, have, median, registry_proxy_with, s3_storage_yaml};
+
+const ROUNDS: usize = 3;
+const WRK_SECONDS: u64 = 4;
+const COLD: usize = 15;
+
+/// A replica (or, without `etcd`, a single node) on bucket root `root`.
+fn proxy(
+    dir: &Path,
+    name: &str,
+    s3: &S3Config,
+    root: &str,
+    upstream: &str,
+    etcd: Option<&str>,
+) -> Server {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let s3 = S3Config {
+        root_directory: root.to_owned(),
+        ..s3.clone()
+    };
+    let coordination = etcd.map_or_else(String::new, |addr| {
+        format!(
+            "coordination:\n  etcd:\n    endpoints: [http://{addr}]\n    prefix: /bench-{root}\n"
+        )
+    });
+    registry_proxy_with(
+        &dir,
+        &format!(
+            "log:\n  level: warn\nstorage:\n{}proxy:\n  remoteurl: http://{upstream}\n{coordination}",
+            s3_storage_yaml(&s3, &[])
+        ),
+    )
+}
+
+/// etcd requests so far (every gRPC message received but lease
+/// keep-alives, which a session sends on a timer), and the keep-alives.
+async fn etcd_requests(etcd: &Server) -> (f64, f64) {
+    let text = reqwest::get(format!("http://{}/metrics", etcd.addr))
+        .await
+        .expect("etcd metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let (mut requests, mut keepalives) = (0.0, 0.0);
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
+    {
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if line.contains("grpc_method=\"LeaseKeepAlive\"") {
+            keepalives += value;
+        } else {
+            requests += value;
+        }
+    }
+    (requests, keepalives)
+}
+
+/// Runs wrk against every URL at once (`connections` each, one thread
+/// each) for `seconds`; the summed rate.
+fn wrk_together(urls: &[String], connections: usize, seconds: u64) -> f64 {
+    let children: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            Command::new("wrk")
+                .args([
+                    "-t1",
+                    &format!("-c{connections}"),
+                    &format!("-d{seconds}s"),
+                    url,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("run wrk")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wrk output");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(!text.contains("Non-2xx"), "wrk saw failed requests: {text}");
+            text.lines()
+                .find_map(|l| l.strip_prefix("Requests/sec:"))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("wrk printed no rate: {text}"))
+        })
+        .sum()
+}
+
+/// Time to the first body byte of GET `url`, in milliseconds.
+async fn ttfb(client: &reqwest::Client, url: &str) -> f64 {
+    let started = Instant::now();
+    let mut response = client.get(url).send().await.expect("GET");
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    let _ = response.chunk().await.expect("first chunk");
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    while response.chunk().await.expect("body").is_some() {}
+    took
+}
+
+#[tokio::main]
+async fn main() {
+    for tool in ["docker-registry", "etcd", "wrk"] {
+        assert!(
+            have(tool),
+            "{tool} is needed (scripts/bench-cluster.sh installs it)"
+        );
+    }
+    let s3 = S3Config::from_env()
+        .expect("S3 variables")
+        .expect("S3_BUCKET is needed (scripts/bench-cluster.sh starts Garage)");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let upstream = docker_registry(
+        dir,
+        "upstream",
+        &dir.join("upstream-data"),
+        "log:\n  level: error\n  accesslog:\n    disabled: true\n",
+    );
+    let etcd = etcd(dir);
+    let client = reqwest::Client::new();
+    let run = format!("{:08x}", rand::random::<u32>());
+    let warm = support::push_blob(
+        &client,
+        &upstream.addr,
+        "bench/warm",
+        conformance::random_bytes(1, 64 << 10),
+    )
+    .await;
+    let mut cold: Vec<Digest> = Vec::new();
+    for i in 0..2 * COLD {
+        cold.push(
+            support::push_blob(
+                &client,
+                &upstream.addr,
+                "bench/cold",
+                conformance::random_bytes(100 + i as u64, 256 << 10),
+            )
+            .await,
+        );
+    }
+
+    // Cold misses: single node without etcd against a replica with it.
+    let single = proxy(
+        dir,
+        "single",
+        &s3,
+        &format!("single-{run}"),
+        &upstream.addr,
+        None,
+    );
+    let coordinated = proxy(
+        dir,
+        "coordinated",
+        &s3,
+        &format!("coord-{run}"),
+        &upstream.addr,
+        Some(&etcd.addr),
+    );
+    let (mut plain_ms, mut etcd_ms) = (Vec::new(), Vec::new());
+    for pair in cold.chunks(2) {
+        plain_ms.push(
+            ttfb(
+                &client,
+                &format!("http://{}/v2/bench/cold/blobs/{}", single.addr, pair[0]),
+            )
+            .await,
+        );
+        etcd_ms.push(
+            ttfb(
+                &client,
+                &format!(
+                    "http://{}/v2/bench/cold/blobs/{}",
+                    coordinated.addr, pair[1]
+                ),
+            )
+            .await,
+        );
+    }
+    drop((single, coordinated));
+    let (plain, with_etcd) = (median(plain_ms), median(etcd_ms));
+    println!(
+        "cold miss, 256 KiB, median time to first byte over {COLD}: single node {plain:.1} ms, with etcd {with_etcd:.1} ms: etcd adds {:.1} ms (target <= 10)",
+        with_etcd - plain
+    );
+
+    // Three replicas on one bucket.
+    let root = format!("replicas-{run}");
+    let replicas: Vec<Server> = (0..3)
+        .map(|i| {
+            proxy(
+                dir,
+                &format!("replica-{i}"),
+                &s3,
+                &root,
+                &upstream.addr,
+                Some(&etcd.addr),
+            )
+        })
+        .collect();
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("http://{}/v2/bench/warm/blobs/{warm}", r.addr))
+        .collect();
+    for url in &urls {
+        ttfb(&client, url).await;
+    }
+    // Let the first accesses' writes and flushes settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (before, keep_before) = etcd_requests(&etcd).await;
+    let rate = wrk_together(&urls[1..2], 32, WRK_SECONDS);
+    let (after, keep_after) = etcd_requests(&etcd).await;
+    tokio::time::sleep(Duration::from_secs(WRK_SECONDS)).await;
+    let (idle, _) = etcd_requests(&etcd).await;
+    println!(
+        "warm hits: {:.0} in {WRK_SECONDS} s; etcd requests meanwhile {} (idle window as long: {}; session keep-alives {}): {} attributable to warm hits",
+        rate * WRK_SECONDS as f64,
+        after - before,
+        idle - after,
+        keep_after - keep_before,
+        (after - before) - (idle - after)
+    );
+
+    let (mut one, mut three, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (a, b) = if round % 2 == 0 {
+            let a = wrk_together(&urls[..1], 64, WRK_SECONDS);
+            (a, wrk_together(&urls, 21, WRK_SECONDS))
+        } else {
+            let b = wrk_together(&urls, 21, WRK_SECONDS);
+            (wrk_together(&urls[..1], 64, WRK_SECONDS), b)
+        };
+        one.push(a);
+        three.push(b);
+        ratios.push(b / a);
+    }
+    println!(
+        "warm 64 KiB blob: one replica {:.0} req/s, three replicas {:.0} req/s; ratio {:.3} (median of {ROUNDS} paired rounds; target >= 0.9)",
+        median(one),
+        median(three),
+        median(ratios)
+    );
+}
