@@ -76,7 +76,7 @@ pub struct Etcd {
     leader: watch::Sender<bool>,
     /// In-process exclusion in front of etcd's locks (which a session
     /// cannot take twice).
-    local: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    local: LocalLocks,
     changes: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
     changes_tx: mpsc::UnboundedSender<Change>,
     /// Records whose write failed, written with the next persist.
@@ -123,7 +123,7 @@ impl Etcd {
             namespaces,
             embedded: Embedded::new(driver, ttl),
             leader: watch::Sender::new(false),
-            local: std::sync::Mutex::new(HashMap::new()),
+            local: LocalLocks::default(),
             changes: std::sync::Mutex::new(Some(changes)),
             changes_tx,
             retry: tokio::sync::Mutex::new(Vec::new()),
@@ -374,11 +374,53 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// One in-process mutex per lock name, kept only while someone holds or
+/// waits for it.
+#[derive(Clone, Default)]
+struct LocalLocks(Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl LocalLocks {
+    async fn acquire(&self, name: &str) -> LocalGuard {
+        let mutex = Arc::clone(lock(&self.0).entry(name.to_owned()).or_default());
+        LocalGuard {
+            guard: Some(mutex.lock_owned().await),
+            locks: self.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+}
+
+/// A held in-process lock; the last one out forgets the name.
+struct LocalGuard {
+    guard: Option<OwnedMutexGuard<()>>,
+    locks: LocalLocks,
+    name: String,
+}
+
+impl Drop for LocalGuard {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut map = lock(&self.locks.0);
+        // Waiters hold a clone: only the map's own reference means idle.
+        if map
+            .get(&self.name)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.name);
+        }
+    }
+}
+
 /// An etcd lock and the in-process guard in front of it.
 struct EtcdLock {
     client: Client,
     key: Vec<u8>,
-    _local: OwnedMutexGuard<()>,
+    _local: LocalGuard,
 }
 
 #[async_trait]
@@ -552,26 +594,16 @@ impl MetadataStore for Etcd {
                 format!("{}/content", schema::lock_key(&self.options.prefix, digest))
             }
         };
-        let local = Arc::clone(lock(&self.local).entry(name.clone()).or_default());
-        let guard = local.lock_owned().await;
+        let guard = self.local.acquire(&name).await;
         let session = self.session.load(Ordering::SeqCst);
         let response = self
             .client()
-            .lock(name.clone(), Some(LockOptions::new().with_lease(session)))
+            .lock(name, Some(LockOptions::new().with_lease(session)))
             .await
-            .map_err(etcd_error);
-        {
-            // Forget idle in-process locks.
-            let mut local = lock(&self.local);
-            if let Some(l) = local.get(&name) {
-                if Arc::strong_count(l) == 1 {
-                    local.remove(&name);
-                }
-            }
-        }
+            .map_err(etcd_error)?;
         Ok(DigestLock::held(Box::new(EtcdLock {
             client: self.client(),
-            key: response?.key().to_vec(),
+            key: response.key().to_vec(),
             _local: guard,
         })))
     }
@@ -642,5 +674,28 @@ impl MetadataStore for Etcd {
         if let Err(e) = self.client().lease_revoke(session).await {
             tracing::warn!(error = %e, "could not end the etcd session");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_process_locks_exclude_and_are_forgotten_when_idle() {
+        let locks = LocalLocks::default();
+        let first = locks.acquire("a").await;
+        let other = locks.acquire("b").await;
+        let waiter = tokio::spawn({
+            let locks = locks.clone();
+            async move { locks.acquire("a").await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "a is held");
+        drop(first);
+        let second = waiter.await.expect("waiter");
+        assert_eq!(locks.len(), 2, "held names are kept");
+        drop((second, other));
+        assert_eq!(locks.len(), 0, "idle names are forgotten");
     }
 }

@@ -160,15 +160,7 @@ impl Scheduler {
                 *inner.expiring.entry(raw).or_default() += 1;
             }
             let freed = self.delete_data(&raw).await;
-            {
-                let mut inner = lock(&self.inner);
-                if let Some(n) = inner.expiring.get_mut(&raw) {
-                    *n -= 1;
-                    if *n == 0 {
-                        inner.expiring.remove(&raw);
-                    }
-                }
-            }
+            lock(&self.inner).end_expiry(&raw);
             self.released.notify_waiters();
             match freed {
                 Ok(0) => {}
@@ -261,12 +253,18 @@ impl Scheduler {
             return;
         }
         let mut stopped = self.stop.subscribe();
-        let interval = self.gc.interval.unwrap_or(Duration::MAX);
-        let mut next = tokio::time::Instant::now() + interval.min(Duration::from_secs(1 << 30));
+        // Without a schedule (or with a huge one), a deadline far enough
+        // to never come, and never past what an instant holds.
+        let interval = self
+            .gc
+            .interval
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(1 << 30));
+        let mut next = tokio::time::Instant::now() + interval;
         while self.lead(&mut stopped).await {
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {
-                    next = tokio::time::Instant::now() + interval.min(Duration::from_secs(1 << 30));
+                    next = tokio::time::Instant::now() + interval;
                 }
                 _ = self.expired.notified(), if self.gc.after_expiry => {}
                 _ = stopped.wait_for(|s| *s) => return,

@@ -143,6 +143,18 @@ struct Inner {
     expiring: HashMap<[u8; 32], u32>,
 }
 
+impl Inner {
+    /// One expiry or collection of `digest` ended.
+    fn end_expiry(&mut self, digest: &[u8; 32]) {
+        if let Some(n) = self.expiring.get_mut(digest) {
+            *n -= 1;
+            if *n == 0 {
+                self.expiring.remove(digest);
+            }
+        }
+    }
+}
+
 /// What an access must write.
 enum WriteThrough {
     /// Record it; it goes with the next flush (always, on one node).
@@ -685,12 +697,7 @@ impl Scheduler {
                 .await;
             let mut inner = lock(&self.inner);
             for (entry, freed) in done {
-                if let Some(n) = inner.expiring.get_mut(&entry.digest) {
-                    *n -= 1;
-                    if *n == 0 {
-                        inner.expiring.remove(&entry.digest);
-                    }
-                }
+                inner.end_expiry(&entry.digest);
                 match freed {
                     Ok(Deleted::Freed(bytes)) => {
                         total.entries += 1;
