@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use driver_core::{ErrorKind, FileInfo, RedirectMethod, StoragePath, WalkControl, WalkOptions};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
@@ -332,6 +332,37 @@ pub async fn reader_missing_not_found(ctx: Ctx) {
                 .map(drop),
             ErrorKind::PathNotFound,
             "reader of missing",
+        );
+    }
+}
+
+/// `open` reports the whole size at every offset, with the bytes from the
+/// offset; a missing file or a directory is `PathNotFound`, and past the end
+/// is `InvalidOffset`.
+pub async fn open_reports_whole_size(ctx: Ctx) {
+    let data = random_bytes(seed(), 2 * MIB + 7);
+    let path = ctx.put("dir/o", data.clone()).await;
+    let size = data.len() as u64;
+    for offset in [0, 1, MIB as u64, size - 1, size] {
+        let file = ctx.driver().open(&path, offset).await.expect("open");
+        assert_eq!(file.size, size, "size reported by open at {offset}");
+        let got: Vec<Bytes> = file.stream.try_collect().await.expect("stream");
+        assert_bytes(
+            &Bytes::from(got.concat()),
+            &data.slice(offset as usize..),
+            &format!("open at {offset}"),
+        );
+    }
+    expect_kind(
+        ctx.driver().open(&path, size + 1).await.map(drop),
+        ErrorKind::InvalidOffset,
+        "open past the end",
+    );
+    for missing in [ctx.path("missing"), ctx.path("dir")] {
+        expect_kind(
+            ctx.driver().open(&missing, 0).await.map(drop),
+            ErrorKind::PathNotFound,
+            "open of a missing file or a directory",
         );
     }
 }

@@ -43,7 +43,7 @@ macro_rules! __with_cases {
             put_empty_object, put_truncates_on_reput, get_missing_not_found, get_directory_not_found,
             stream_round_trip_sizes, stream_large, writer_size_tracks_writes,
             reader_offsets, reader_offset_at_size_is_empty, reader_last_byte, reader_past_end_invalid_offset,
-            reader_missing_not_found, reader_snapshot_survives_replace,
+            reader_missing_not_found, reader_snapshot_survives_replace, open_reports_whole_size,
             append_resumes_large_chunks, append_resumes_small_chunks, append_after_empty_commit,
             append_after_commit, append_missing_not_found, close_is_not_visible, cancel_leaves_nothing,
             commit_after_cancel_fails, finished_writer_rejects_calls, commit_replaces_existing,

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use conformance::{Settings, failing_cases};
 use driver_core::{
-    ByteStream, Capabilities, Error, FileInfo, FileWriter, Result, StorageDriver, StoragePath,
+    Capabilities, Error, FileInfo, FileWriter, OpenFile, Result, StorageDriver, StoragePath,
     WalkControl, WalkFn, WalkOptions,
 };
 use driver_memory::MemoryDriver;
@@ -32,6 +32,7 @@ enum Fault {
     StatDirAsFile,
     MissingIsBackendError,
     PastEndReadsEmpty,
+    OpenSizeIsRest,
     PurgeIgnoresCutoff,
 }
 
@@ -90,15 +91,19 @@ impl StorageDriver for Broken {
         self.inner.put_content(path, content).await
     }
 
-    async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream> {
+    async fn open(&self, path: &StoragePath, offset: u64) -> Result<OpenFile> {
         if self.has(Fault::ReaderIgnoresOffset) {
-            return self.inner.reader(path, 0).await;
+            return self.inner.open(path, 0).await;
         }
         if self.has(Fault::PastEndReadsEmpty) {
             let size = self.inner.stat(path).await?.size;
-            return self.inner.reader(path, offset.min(size)).await;
+            return self.inner.open(path, offset.min(size)).await;
         }
-        self.inner.reader(path, offset).await
+        let mut file = self.inner.open(path, offset).await?;
+        if self.has(Fault::OpenSizeIsRest) {
+            file.size -= offset;
+        }
+        Ok(file)
     }
 
     async fn writer(&self, path: &StoragePath, append: bool) -> Result<Box<dyn FileWriter>> {
@@ -303,6 +308,7 @@ broken! {
     stat_reports_directory_as_file: StatDirAsFile caught by ["stat_directory"];
     missing_reported_as_backend_error: MissingIsBackendError caught by ["get_missing_not_found"];
     read_past_end_is_empty: PastEndReadsEmpty caught by ["reader_past_end_invalid_offset"];
+    open_reports_the_rest_as_size: OpenSizeIsRest caught by ["open_reports_whole_size"];
 }
 
 /// The wrapper without a fault passes everything: the failures above come

@@ -13,6 +13,23 @@ use crate::path::StoragePath;
 /// A stream of an object's bytes, as returned by [`StorageDriver::reader`].
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
+/// A file opened for reading by [`StorageDriver::open`].
+pub struct OpenFile {
+    /// The whole file's size in bytes (not what is left after the offset),
+    /// of the version being streamed.
+    pub size: u64,
+    /// The bytes from the offset on, as [`StorageDriver::reader`] yields them.
+    pub stream: ByteStream,
+}
+
+impl Debug for OpenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenFile")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The chunk size readers aim for: large enough for throughput, small enough
 /// that a reader holds a bounded amount of memory.
 pub const READ_CHUNK: usize = 1 << 20;
@@ -128,11 +145,21 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
     /// truncates. Parents are created as needed.
     async fn put_content(&self, path: &StoragePath, content: Bytes) -> Result<()>;
 
+    /// Opens the file at `path` for reading from byte `offset`: its whole
+    /// size with the stream of [`Self::reader`], both of one version of the
+    /// file. Where a backend answers a read with the size (S3), this is one
+    /// request where [`Self::stat`] then [`Self::reader`] make two. Errors
+    /// as for [`Self::reader`].
+    async fn open(&self, path: &StoragePath, offset: u64) -> Result<OpenFile>;
+
     /// Streams the file at `path` from byte `offset`. The stream holds a
     /// bounded amount of memory whatever the file size and yields chunks of
     /// at most [`READ_CHUNK`] bytes. `offset` equal to the size gives an empty
-    /// stream; past it, `InvalidOffset`; a missing file, `PathNotFound`.
-    async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream>;
+    /// stream; past it, `InvalidOffset`; a missing file (or a directory),
+    /// `PathNotFound`. The default is [`Self::open`]'s stream.
+    async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream> {
+        Ok(self.open(path, offset).await?.stream)
+    }
 
     /// Opens a streaming writer for `path`.
     ///

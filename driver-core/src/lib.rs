@@ -29,8 +29,8 @@ mod path;
 mod walk;
 
 pub use driver::{
-    ByteStream, Capabilities, FileInfo, FileWriter, READ_CHUNK, RedirectMethod, StorageDriver,
-    WalkControl, WalkFn, WalkOptions,
+    ByteStream, Capabilities, FileInfo, FileWriter, OpenFile, READ_CHUNK, RedirectMethod,
+    StorageDriver, WalkControl, WalkFn, WalkOptions,
 };
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use path::{MAX_PATH_LEN, MAX_SEGMENT_LEN, PathError, StoragePath};

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cap_std::fs::{Dir, Metadata, OpenOptions};
 use driver_core::{
-    ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, Result, StorageDriver,
+    Capabilities, Error, FileInfo, FileWriter, FlatWalk, OpenFile, Result, StorageDriver,
     StoragePath, WalkFn, WalkOptions, finish_listing, require_file_path, walk_key,
 };
 use sha2::{Digest, Sha256};
@@ -304,7 +304,7 @@ impl StorageDriver for FsDriver {
         .await
     }
 
-    async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream> {
+    async fn open(&self, path: &StoragePath, offset: u64) -> Result<OpenFile> {
         let path = path.clone();
         let (file, len) = self
             .run({
@@ -319,7 +319,10 @@ impl StorageDriver for FsDriver {
                 offset,
             });
         }
-        Ok(stream_file(file, path, offset, len))
+        Ok(OpenFile {
+            size: len,
+            stream: stream_file(file, path, offset, len),
+        })
     }
 
     async fn writer(&self, path: &StoragePath, append: bool) -> Result<Box<dyn FileWriter>> {

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 use driver_core::{
-    ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, Result, StorageDriver,
+    Capabilities, Error, FileInfo, FileWriter, FlatWalk, OpenFile, Result, StorageDriver,
     StoragePath, WalkFn, WalkOptions, finish_listing, require_file_path,
 };
 use futures::stream;
@@ -167,7 +167,7 @@ impl StorageDriver for MemoryDriver {
         self.lock().insert(path, Rope::from_bytes(content))
     }
 
-    async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream> {
+    async fn open(&self, path: &StoragePath, offset: u64) -> Result<OpenFile> {
         require_file_path(NAME, path)?;
         let data = self
             .lock()
@@ -182,9 +182,10 @@ impl StorageDriver for MemoryDriver {
                 offset,
             });
         }
-        Ok(Box::pin(stream::iter(
-            data.slices_from(offset).into_iter().map(Ok),
-        )))
+        Ok(OpenFile {
+            size: data.len(),
+            stream: Box::pin(stream::iter(data.slices_from(offset).into_iter().map(Ok))),
+        })
     }
 
     async fn writer(&self, path: &StoragePath, append: bool) -> Result<Box<dyn FileWriter>> {

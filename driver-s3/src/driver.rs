@@ -15,7 +15,7 @@ use aws_sdk_s3::types::{
 };
 use bytes::Bytes;
 use driver_core::{
-    ByteStream, Capabilities, Error, FileInfo, FileWriter, FlatWalk, RedirectMethod, Result,
+    Capabilities, Error, FileInfo, FileWriter, FlatWalk, OpenFile, RedirectMethod, Result,
     StorageDriver, StoragePath, WalkFn, WalkOptions, finish_listing, require_file_path,
 };
 use futures::{StreamExt, TryStreamExt};
@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{ConfigError, MAX_SINGLE_COPY, S3Config};
 use crate::error::{is_not_found, sdk_error};
-use crate::reader::body_stream;
+use crate::reader::{body_stream, whole_size};
 use crate::writer::{S3Writer, UPLOAD_ID};
 
 pub(crate) const NAME: &str = "s3";
@@ -524,7 +524,7 @@ impl StorageDriver for S3Driver {
         self.inner.put(&self.inner.key(path), path, content).await
     }
 
-    async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream> {
+    async fn open(&self, path: &StoragePath, offset: u64) -> Result<OpenFile> {
         require_file_path(NAME, path)?;
         let key = self.inner.key(path);
         let mut request = self
@@ -537,11 +537,17 @@ impl StorageDriver for S3Driver {
             request = request.range(format!("bytes={offset}-"));
         }
         match request.send().await {
-            Ok(out) => Ok(body_stream(out.body, path.clone())),
+            Ok(out) => Ok(OpenFile {
+                size: whole_size(out.content_range(), out.content_length(), offset),
+                stream: body_stream(out.body, path.clone()),
+            }),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
                 // The range starts at or past the end: empty at the end, invalid past it.
                 match self.inner.head(&key, path).await? {
-                    Some((size, _)) if size == offset => Ok(Box::pin(futures::stream::empty())),
+                    Some((size, _)) if size == offset => Ok(OpenFile {
+                        size,
+                        stream: Box::pin(futures::stream::empty()),
+                    }),
                     Some(_) => Err(Error::InvalidOffset {
                         driver: NAME,
                         path: path.to_string(),

@@ -30,3 +30,31 @@ pub(crate) fn body_stream(body: SdkStream, path: StoragePath) -> ByteStream {
         futures::stream::iter(pieces)
     }))
 }
+
+/// The whole size of an object from a `GetObject` answer for a read from
+/// `offset`: the total of `Content-Range` (`bytes 5-9/10`) when the read was
+/// ranged, else `offset` plus what is sent.
+pub(crate) fn whole_size(
+    content_range: Option<&str>,
+    content_length: Option<i64>,
+    offset: u64,
+) -> u64 {
+    content_range
+        .and_then(|r| r.rsplit_once('/'))
+        .and_then(|(_, total)| total.trim().parse().ok())
+        .unwrap_or_else(|| offset + content_length.unwrap_or(0).max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_size;
+
+    #[test]
+    fn whole_size_comes_from_the_range_total_or_the_length() {
+        assert_eq!(whole_size(Some("bytes 32-95/96"), Some(64), 32), 96);
+        assert_eq!(whole_size(None, Some(96), 0), 96);
+        // A server that sends no range (or an unknown total, `*`) sent the rest.
+        assert_eq!(whole_size(Some("bytes 32-95/*"), Some(64), 32), 96);
+        assert_eq!(whole_size(None, None, 0), 0);
+    }
+}

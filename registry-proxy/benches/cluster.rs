@@ -22,11 +22,17 @@ use std::time::{Duration, Instant};
 
 use driver_s3::S3Config;
 use registry_proxy::oci::Digest;
-use support::{Server, docker_registry, etcd, have, median, registry_proxy_with, s3_storage_yaml};
+use support::{Server, docker_registry, etcd, have, median, registry_proxy_env, s3_storage_yaml};
 
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const WRK_SECONDS: u64 = 4;
 const COLD: usize = 15;
+
+/// Runtime workers of every proxy: one, a replica's share of two cores
+/// shared by three replicas and Garage (`BENCH_WORKERS` overrides).
+fn workers() -> String {
+    std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "1".to_owned())
+}
 
 /// A replica (or, without `etcd`, a single node) on bucket root `root`.
 fn proxy(
@@ -48,12 +54,13 @@ fn proxy(
             "coordination:\n  etcd:\n    endpoints: [http://{addr}]\n    prefix: /bench-{root}\n"
         )
     });
-    registry_proxy_with(
+    registry_proxy_env(
         &dir,
         &format!(
             "log:\n  level: warn\nstorage:\n{}proxy:\n  remoteurl: http://{upstream}\n{coordination}",
             s3_storage_yaml(&s3, &[])
         ),
+        &[("TOKIO_WORKER_THREADS", &workers())],
     )
 }
 

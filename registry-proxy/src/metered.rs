@@ -8,8 +8,8 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use driver_core::{
-    ByteStream, Capabilities, FileInfo, FileWriter, RedirectMethod, Result, StorageDriver,
-    StoragePath, WalkFn, WalkOptions,
+    ByteStream, Capabilities, FileInfo, FileWriter, OpenFile, RedirectMethod, Result,
+    StorageDriver, StoragePath, WalkFn, WalkOptions,
 };
 
 use crate::metrics::Metrics;
@@ -62,6 +62,11 @@ impl StorageDriver for Metered {
     async fn put_content(&self, path: &StoragePath, content: Bytes) -> Result<()> {
         let work = self.inner.put_content(path, content);
         timed(&self.metrics, self.name(), "put_content", work).await
+    }
+
+    async fn open(&self, path: &StoragePath, offset: u64) -> Result<OpenFile> {
+        let work = self.inner.open(path, offset);
+        timed(&self.metrics, self.name(), "open", work).await
     }
 
     async fn reader(&self, path: &StoragePath, offset: u64) -> Result<ByteStream> {

@@ -107,10 +107,23 @@ pub fn start(program: &str, args: &[&str], config: &Path, addr: String, dir: &Pa
 /// Starts `program args`, logging to `dir/<name>.log`, and waits until
 /// `addr` accepts connections.
 pub fn start_named(program: &str, args: &[&str], name: &str, addr: String, dir: &Path) -> Server {
+    start_env(program, args, name, addr, dir, &[])
+}
+
+/// [`start_named`], with `env` added to the program's environment.
+pub fn start_env(
+    program: &str,
+    args: &[&str],
+    name: &str,
+    addr: String,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Server {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).expect("log file");
     let mut child = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(out.try_clone().expect("log"))
         .stderr(out)
         .spawn()
@@ -186,18 +199,25 @@ pub fn registry_proxy(
 /// The registry-proxy binary with the config `sections` (YAML at the top
 /// level, without `http`), listening on a free port with a debug listener.
 pub fn registry_proxy_with(dir: &Path, sections: &str) -> Server {
+    registry_proxy_env(dir, sections, &[])
+}
+
+/// [`registry_proxy_with`], with `env` added to the process's environment.
+pub fn registry_proxy_env(dir: &Path, sections: &str, env: &[(&str, &str)]) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
     let config = dir.join("proxy.yml");
     let debug = format!("127.0.0.1:{}", free_port());
     let yaml =
         format!("version: 0.1\nhttp:\n  addr: {addr}\n  debug:\n    addr: {debug}\n{sections}");
     std::fs::write(&config, yaml).expect("config");
-    let mut server = start(
+    let config = config.to_str().expect("utf-8 path");
+    let mut server = start_env(
         env!("CARGO_BIN_EXE_registry-proxy"),
-        &["serve"],
-        &config,
+        &["serve", config],
+        "proxy",
         addr,
         dir,
+        env,
     );
     server.debug = Some(debug);
     server
