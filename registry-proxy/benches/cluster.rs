@@ -4,10 +4,18 @@
 //!   own metrics, against an idle window as long (the leader's own
 //!   periodic reads);
 //! - warm 64 KiB blob throughput of three replicas (one wrk each, together)
-//!   against one replica (one wrk), rounds alternating; the target is
-//!   at least 0.9x;
+//!   against one replica (one wrk); the target is at least 0.9x. A control
+//!   runs three proxies without etcd, so what three processes sharing two
+//!   cores cost shows apart from what coordination costs. Rounds rotate
+//!   the order of the three setups, and ratios pair each with the one
+//!   replica of its own round;
 //! - the median time to first byte of cold misses through a replica with
 //!   etcd against a single node without it (target: at most 10 ms more).
+//!
+//! Every proxy runs one runtime worker (`TOKIO_WORKER_THREADS=1`; the
+//! environment variable `BENCH_WORKERS` changes it): two cores are shared
+//! by three replicas, Garage and wrk, so one worker is a replica's share,
+//! as a CPU limit would size it.
 //!
 //! Run with `scripts/bench-cluster.sh`.
 
@@ -24,12 +32,11 @@ use driver_s3::S3Config;
 use registry_proxy::oci::Digest;
 use support::{Server, docker_registry, etcd, have, median, registry_proxy_env, s3_storage_yaml};
 
-const ROUNDS: usize = 5;
-const WRK_SECONDS: u64 = 4;
+const ROUNDS: usize = 9;
+const WRK_SECONDS: u64 = 3;
 const COLD: usize = 15;
 
-/// Runtime workers of every proxy: one, a replica's share of two cores
-/// shared by three replicas and Garage (`BENCH_WORKERS` overrides).
+/// Runtime workers of every proxy (`BENCH_WORKERS`, else one).
 fn workers() -> String {
     std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "1".to_owned())
 }
@@ -139,6 +146,18 @@ async fn ttfb(client: &reqwest::Client, url: &str) -> f64 {
     took
 }
 
+/// The URL of blob `warm` on each of `proxies`, each fetched once.
+async fn warmed(client: &reqwest::Client, proxies: &[Server], warm: &Digest) -> Vec<String> {
+    let urls: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("http://{}/v2/bench/warm/blobs/{warm}", p.addr))
+        .collect();
+    for url in &urls {
+        ttfb(client, url).await;
+    }
+    urls
+}
+
 #[tokio::main]
 async fn main() {
     for tool in ["docker-registry", "etcd", "wrk"] {
@@ -239,13 +258,7 @@ async fn main() {
             )
         })
         .collect();
-    let urls: Vec<String> = replicas
-        .iter()
-        .map(|r| format!("http://{}/v2/bench/warm/blobs/{warm}", r.addr))
-        .collect();
-    for url in &urls {
-        ttfb(&client, url).await;
-    }
+    let urls = warmed(&client, &replicas, &warm).await;
     // Let the first accesses' writes and flushes settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (before, keep_before) = etcd_requests(&etcd).await;
@@ -262,23 +275,40 @@ async fn main() {
         (after - before) - (idle - after)
     );
 
-    let (mut one, mut three, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // The control: three proxies without coordination, each on its own
+    // root, so what three processes sharing the cores cost shows apart
+    // from what coordination costs.
+    let solos: Vec<Server> = (0..3)
+        .map(|i| {
+            let name = format!("solo-{i}");
+            let root = format!("{name}-{run}");
+            proxy(dir, &name, &s3, &root, &upstream.addr, None)
+        })
+        .collect();
+    let solo_urls = warmed(&client, &solos, &warm).await;
+    // Rounds rotate the order of the three setups; each ratio is paired
+    // with the baseline of its own round.
+    let setups: [(&[String], usize); 3] = [(&urls[..1], 64), (&urls, 21), (&solo_urls, 21)];
+    let mut rates = [Vec::new(), Vec::new(), Vec::new()];
+    let (mut coordinated, mut uncoordinated) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let (a, b) = if round % 2 == 0 {
-            let a = wrk_together(&urls[..1], 64, WRK_SECONDS);
-            (a, wrk_together(&urls, 21, WRK_SECONDS))
-        } else {
-            let b = wrk_together(&urls, 21, WRK_SECONDS);
-            (wrk_together(&urls[..1], 64, WRK_SECONDS), b)
-        };
-        one.push(a);
-        three.push(b);
-        ratios.push(b / a);
+        let mut rate = [0.0; 3];
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            rate[i] = wrk_together(setups[i].0, setups[i].1, WRK_SECONDS);
+            rates[i].push(rate[i]);
+        }
+        coordinated.push(rate[1] / rate[0]);
+        uncoordinated.push(rate[2] / rate[0]);
     }
+    let [one, three, solo] = rates.map(median);
+    println!("runtime workers per proxy: {}", workers());
     println!(
-        "warm 64 KiB blob: one replica {:.0} req/s, three replicas {:.0} req/s; ratio {:.3} (median of {ROUNDS} paired rounds; target >= 0.9)",
-        median(one),
-        median(three),
-        median(ratios)
+        "warm 64 KiB blob: one replica {one:.0} req/s, three replicas {three:.0} req/s; ratio {:.3} (median of {ROUNDS} paired rounds; target >= 0.9)",
+        median(coordinated)
+    );
+    println!(
+        "control, three proxies without etcd on their own roots: {solo:.0} req/s; ratio {:.3}",
+        median(uncoordinated)
     );
 }
