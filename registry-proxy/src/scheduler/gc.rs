@@ -144,17 +144,18 @@ impl Scheduler {
         .await?;
         for (digest, size) in found {
             let raw = digest.raw();
-            if dry_run {
-                stats.blobs += 1;
-                stats.bytes_freed += size;
-                continue;
-            }
             {
+                // In use since the mark: kept, and not counted by a dry run.
                 let mut inner = lock(&self.inner);
                 if inner.table.uses(&raw)
                     || inner.expiring.contains_key(&raw)
                     || self.leases.is_held(&raw)
                 {
+                    continue;
+                }
+                if dry_run {
+                    stats.blobs += 1;
+                    stats.bytes_freed += size;
                     continue;
                 }
                 *inner.expiring.entry(raw).or_default() += 1;
