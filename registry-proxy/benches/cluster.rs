@@ -32,13 +32,31 @@ use driver_s3::S3Config;
 use registry_proxy::oci::Digest;
 use support::{Server, docker_registry, etcd, have, median, registry_proxy_env, s3_storage_yaml};
 
-const ROUNDS: usize = 9;
+/// Paired rounds of the throughput comparison unless `BENCH_ROUNDS` says.
+const ROUNDS: usize = 15;
 const WRK_SECONDS: u64 = 3;
 const COLD: usize = 15;
 
 /// Runtime workers of every proxy (`BENCH_WORKERS`, else one).
 fn workers() -> String {
     std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "1".to_owned())
+}
+
+/// Paired rounds of the throughput comparison (`BENCH_ROUNDS`, else
+/// [`ROUNDS`]).
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(ROUNDS)
+}
+
+/// The lower quartile, median and upper quartile of `ratios`.
+fn quartiles(mut ratios: Vec<f64>) -> String {
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+    format!("{:.3} [{:.3}, {:.3}]", at(2), at(1), at(3))
 }
 
 /// A replica (or, without `etcd`, a single node) on bucket root `root`.
@@ -291,7 +309,8 @@ async fn main() {
     let setups: [(&[String], usize); 3] = [(&urls[..1], 64), (&urls, 21), (&solo_urls, 21)];
     let mut rates = [Vec::new(), Vec::new(), Vec::new()];
     let (mut coordinated, mut uncoordinated) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    let rounds = rounds();
+    for round in 0..rounds {
         let mut rate = [0.0; 3];
         for k in 0..3 {
             let i = (round + k) % 3;
@@ -304,11 +323,11 @@ async fn main() {
     let [one, three, solo] = rates.map(median);
     println!("runtime workers per proxy: {}", workers());
     println!(
-        "warm 64 KiB blob: one replica {one:.0} req/s, three replicas {three:.0} req/s; ratio {:.3} (median of {ROUNDS} paired rounds; target >= 0.9)",
-        median(coordinated)
+        "warm 64 KiB blob: one replica {one:.0} req/s, three replicas {three:.0} req/s; ratio {} (median [quartiles] of {rounds} paired rounds; target >= 0.9)",
+        quartiles(coordinated)
     );
     println!(
-        "control, three proxies without etcd on their own roots: {solo:.0} req/s; ratio {:.3}",
-        median(uncoordinated)
+        "control, three proxies without etcd on their own roots: {solo:.0} req/s; ratio {}",
+        quartiles(uncoordinated)
     );
 }

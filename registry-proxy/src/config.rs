@@ -9,6 +9,7 @@ use std::time::Duration;
 use driver_fs::{FsConfig, Fsync};
 use driver_s3::S3Config;
 use serde::Deserialize;
+use serde::de::{Deserializer, Visitor};
 use serde_norway::Value;
 
 use crate::auth::Htpasswd;
@@ -77,13 +78,16 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct GcConfig {
     /// How often to collect (default `1h`; `0`: never on a schedule).
+    #[serde(deserialize_with = "scalar_text")]
     pub interval: Option<String>,
     /// Whether to collect after an expiry pass removed something (default
     /// `true`).
     pub afterexpiry: Option<bool>,
     /// Nothing modified more recently is collected (default `10m`).
+    #[serde(deserialize_with = "scalar_text")]
     pub grace: Option<String>,
     /// The longest life of a lease on content in use (default `10m`).
+    #[serde(deserialize_with = "scalar_text")]
     pub leasetimeout: Option<String>,
 }
 
@@ -106,8 +110,10 @@ pub struct EtcdConfig {
     pub prefix: Option<String>,
     /// The session lease's TTL: how soon a dead replica's locks and
     /// leadership pass on (default `10s`).
+    #[serde(deserialize_with = "scalar_text")]
     pub leasettl: Option<String>,
     /// Timeout of each etcd request (default `5s`).
+    #[serde(deserialize_with = "scalar_text")]
     pub timeout: Option<String>,
 }
 
@@ -187,8 +193,10 @@ pub struct UploadPurging {
     /// On unless `false`.
     pub enabled: bool,
     /// Idle time after which a writer is abandoned (default `1h`).
+    #[serde(deserialize_with = "scalar_text")]
     pub age: Option<String>,
     /// How often to look (default `1h`).
+    #[serde(deserialize_with = "scalar_text")]
     pub interval: Option<String>,
     /// Distribution's dry run: nothing is removed (purging is off).
     pub dryrun: bool,
@@ -274,10 +282,13 @@ pub struct UpstreamEntry {
     /// The upstream registry.
     pub remoteurl: String,
     /// Upstream user name.
+    #[serde(deserialize_with = "scalar_text")]
     pub username: Option<String>,
     /// Upstream password.
+    #[serde(deserialize_with = "scalar_text")]
     pub password: Option<String>,
     /// How long its content lives unaccessed; default `proxy.ttl`.
+    #[serde(deserialize_with = "scalar_text")]
     pub ttl: Option<String>,
     /// `shared` (default) or `isolated`.
     pub sharing: Option<String>,
@@ -296,10 +307,13 @@ pub struct ProxyConfig {
     /// when neither it nor `upstreams` is set).
     pub remoteurl: Option<String>,
     /// Upstream user name.
+    #[serde(deserialize_with = "scalar_text")]
     pub username: Option<String>,
     /// Upstream password.
+    #[serde(deserialize_with = "scalar_text")]
     pub password: Option<String>,
     /// How long cached content lives (`168h`); `0` keeps it forever.
+    #[serde(deserialize_with = "scalar_text")]
     pub ttl: Option<String>,
     /// Ours: the name of `remoteurl`'s namespace (default: its host, with
     /// Docker Hub's API host named `docker.io`).
@@ -310,13 +324,60 @@ pub struct ProxyConfig {
     pub upstreams: Vec<UpstreamEntry>,
     /// Ours: how long a tag resolved upstream is trusted before asking again
     /// (default `5s`).
+    #[serde(deserialize_with = "scalar_text")]
     pub tagfreshness: Option<String>,
     /// Ours: a fill that receives nothing for this long is abandoned
     /// (default `60s`).
+    #[serde(deserialize_with = "scalar_text")]
     pub filltimeout: Option<String>,
     /// Ours: where fills spool blobs while clients stream them (default:
     /// the system's temporary directory). Each fill needs room for its blob.
     pub spooldirectory: Option<PathBuf>,
+}
+
+/// Reads a key that holds text from any YAML scalar, as registry:2 reads
+/// its string and duration keys: `password: 1234`, `ttl: 0` and
+/// `REGISTRY_PROXY_TTL=0` are the text `1234` and `0`, and an empty value
+/// is no value. A duration given as a number other than `0` is then
+/// refused for want of a unit.
+fn scalar_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl Visitor<'_> for Text {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<String>, E> {
+            Ok(None)
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Option<String>, E> {
+            Ok(Some(v.to_owned()))
+        }
+
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Option<String>, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Option<String>, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Option<String>, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Option<String>, E> {
+            Ok(Some(v.to_string()))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Option<String>, E> {
+            Ok(Some(v.to_string()))
+        }
+    }
+    deserializer.deserialize_any(Text)
 }
 
 fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
@@ -882,6 +943,37 @@ proxy:
             config.listen_addr().expect("addr").to_string(),
             "127.0.0.1:6000"
         );
+    }
+
+    #[test]
+    fn scalars_are_text_where_text_is_expected() {
+        // As registry:2 reads them: numbers in the file and in the
+        // environment are the text of string keys, `0` a duration.
+        let yaml = "storage:\n  inmemory: {}\nproxy:\n  remoteurl: http://u:5000\n  username: 1001\n  password: 1234\n  ttl: 0\ngc:\n  interval: 0\n  grace:\n";
+        let env = [("REGISTRY_PROXY_PASSWORD", "5678")];
+        let config = load(yaml, &env).expect("loads");
+        assert_eq!(config.proxy.username.as_deref(), Some("1001"));
+        assert_eq!(config.proxy.password.as_deref(), Some("5678"));
+        assert_eq!(config.ttl().expect("ttl"), Duration::ZERO);
+        let (gc, _) = config.gc().expect("gc");
+        assert_eq!(gc.interval, None, "gc.interval: 0 is never");
+        assert_eq!(
+            gc.grace,
+            Duration::from_secs(600),
+            "an empty key is its default"
+        );
+        let config = load(
+            "storage:\n  inmemory: {}\ngc:\n  interval: 0\n",
+            &[("REGISTRY_GC_INTERVAL", "90")],
+        )
+        .expect("loads");
+        let e = config.gc().expect_err("a number of unknown unit");
+        assert_eq!(e.key, "gc.interval");
+        assert!(e.reason.contains("unit"), "{e}");
+        let e =
+            load("storage:\n  inmemory: {}\nproxy:\n  password: [a]\n", &[]).expect_err("a list");
+        assert_eq!(e.key, "proxy.password");
+        assert!(e.reason.contains("expected a string"), "{e}");
     }
 
     #[test]

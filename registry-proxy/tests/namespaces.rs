@@ -68,6 +68,24 @@ fn blob_requests(log: &Path, method: &str, repo: &str) -> usize {
         .count()
 }
 
+/// How many times the proxy opened a stored file for reading (its storage
+/// metrics).
+fn storage_opens(proxy: &support::Server) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let metrics = runtime.block_on(support::debug_text(proxy, "/metrics"));
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("registry_proxy_storage_operation_duration_seconds_count{")
+                && l.contains("op=\"open\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// The blob digests (config and layers) of a pulled image's files.
 fn blob_digests(files: &std::collections::BTreeMap<String, Vec<u8>>) -> Vec<String> {
     files
@@ -248,6 +266,7 @@ fn namespaces_route_share_isolate_and_authorize() {
         .expect("a layer");
     pull_and_check(&only_a, p, "only-a/app:v1", &d.join("o5"), Some(BOB));
     let path = format!("/v2/gamma.test/shared/app/blobs/{a_layer}");
+    let opens_before = storage_opens(&proxy);
     for _ in 0..2 {
         let refused = get(p, &path, Some(BOB));
         assert_eq!(
@@ -260,6 +279,11 @@ fn namespaces_route_share_isolate_and_authorize() {
         );
         seen.push_str(&String::from_utf8_lossy(&refused.body));
     }
+    assert_eq!(
+        storage_opens(&proxy),
+        opens_before,
+        "isolated: a blob was opened before its proof of access"
+    );
     let served = get(
         p,
         &format!("/v2/beta.test/shared/app/blobs/{a_layer}"),

@@ -289,7 +289,10 @@ impl Blobs {
         let path = layout::blob_data(digest);
         // A whole read opens the blob at once: one storage request, not a
         // stat then a read (on S3, one request per warm hit instead of two).
-        let found = if head || range.is_some() {
+        // An isolated namespace without a known link stats first: its proof
+        // of access comes before any byte is read.
+        let unproven = ns.isolated() && !access.linked;
+        let found = if head || range.is_some() || unproven {
             let info = self.driver.stat(&path).await;
             info.map(|i| (!i.is_dir).then_some((i.size, None)))
         } else {
