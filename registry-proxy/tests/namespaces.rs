@@ -36,13 +36,18 @@ impl Answer {
     }
 }
 
-/// GETs `path` from `addr` as client `creds` (`user:password`).
-fn get(addr: &str, path: &str, creds: Option<&str>) -> Answer {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs `future` to completion on a runtime of its own.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
-    runtime.block_on(async {
+        .expect("runtime")
+        .block_on(future)
+}
+
+/// GETs `path` from `addr` as client `creds` (`user:password`).
+fn get(addr: &str, path: &str, creds: Option<&str>) -> Answer {
+    block_on(async {
         let mut request = reqwest::Client::new()
             .get(format!("http://{addr}{path}"))
             .header("accept", registry_proxy::oci::MANIFEST_ACCEPT);
@@ -71,11 +76,7 @@ fn blob_requests(log: &Path, method: &str, repo: &str) -> usize {
 /// How many times the proxy opened a stored file for reading (its storage
 /// metrics).
 fn storage_opens(proxy: &support::Server) -> u64 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let metrics = runtime.block_on(support::debug_text(proxy, "/metrics"));
+    let metrics = block_on(support::debug_text(proxy, "/metrics"));
     metrics
         .lines()
         .filter(|l| {
