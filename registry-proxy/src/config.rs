@@ -357,10 +357,6 @@ fn scalar_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Stri
             Ok(Some(v.to_owned()))
         }
 
-        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Option<String>, E> {
-            Ok(Some(v))
-        }
-
         fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Option<String>, E> {
             Ok(Some(v.to_string()))
         }

@@ -76,15 +76,7 @@ fn blob_requests(log: &Path, method: &str, repo: &str) -> usize {
 /// How many times the proxy opened a stored file for reading (its storage
 /// metrics).
 fn storage_opens(proxy: &support::Server) -> u64 {
-    let metrics = block_on(support::debug_text(proxy, "/metrics"));
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("registry_proxy_storage_operation_duration_seconds_count{")
-                && l.contains("op=\"open\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    support::storage_ops(&block_on(support::debug_text(proxy, "/metrics")), "open")
 }
 
 /// The blob digests (config and layers) of a pulled image's files.

@@ -966,21 +966,11 @@ async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }
-    let timed = |op: &str| -> u64 {
-        let prefix = format!(
-            r#"registry_proxy_storage_operation_duration_seconds_count{{driver="inmemory",op="{op}"}} "#
-        );
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("no storage latency of {op}"))
-            .parse()
-            .expect("count")
-    };
     // Each blob GET opens storage once (size and bytes in one request, no
     // stat before it). The stats are the blob HEAD's and the two manifest
     // hits' by digest.
-    assert_eq!(timed("open"), 3);
-    assert_eq!(timed("stat"), 3);
+    assert_eq!(support::storage_ops(&text, "open"), 3);
+    assert_eq!(support::storage_ops(&text, "stat"), 3);
 }
 
 /// Moves tokio's clock (and so the scheduler's) forward by `by`.

@@ -235,6 +235,19 @@ pub async fn debug_text(proxy: &Server, path: &str) -> String {
         .expect("text")
 }
 
+/// How many storage operations `op` (`open`, `stat`, ...) the metrics
+/// `text` counts, over every driver.
+pub fn storage_ops(text: &str, op: &str) -> u64 {
+    let label = format!("op=\"{op}\"");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("registry_proxy_storage_operation_duration_seconds_count{")
+                && l.contains(&label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// `/debug/vars` of a registry-proxy started by [`registry_proxy`].
 pub async fn debug_vars(proxy: &Server) -> serde_json::Value {
     serde_json::from_str(&debug_text(proxy, "/debug/vars").await).expect("JSON")
