@@ -26,6 +26,7 @@
 mod driver;
 mod error;
 mod path;
+mod secret;
 mod walk;
 
 pub use driver::{
@@ -34,6 +35,7 @@ pub use driver::{
 };
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use path::{MAX_PATH_LEN, MAX_SEGMENT_LEN, PathError, StoragePath};
+pub use secret::Secret;
 pub use walk::{FlatWalk, walk_key};
 
 /// Where a [`FileWriter`] is in its life; drivers keep one to reject calls

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use driver_core::Secret;
 use serde::Deserialize;
 
 const MIB: u64 = 1 << 20;
@@ -27,7 +28,7 @@ pub struct S3Config {
     pub access_key: Option<String>,
     /// Secret key; with `access_key`.
     #[serde(rename = "secretkey")]
-    pub secret_key: Option<String>,
+    pub secret_key: Option<Secret>,
     /// Path-style addressing (`endpoint/bucket/key`), which most
     /// S3-compatible servers need.
     #[serde(rename = "forcepathstyle")]
@@ -59,7 +60,7 @@ pub struct S3Config {
     pub redirect_expiry_secs: Option<u64>,
     /// Session token of temporary credentials; with `access_key`.
     #[serde(rename = "sessiontoken")]
-    pub session_token: Option<String>,
+    pub session_token: Option<Secret>,
     /// With an endpoint given without a scheme: `https` when true (default),
     /// `http` when false. An endpoint URL with a scheme keeps it.
     pub secure: bool,
@@ -179,7 +180,7 @@ impl S3Config {
             force_path_style: endpoint.is_some(),
             endpoint,
             access_key: var("AWS_ACCESS_KEY_ID"),
-            secret_key: var("AWS_SECRET_ACCESS_KEY"),
+            secret_key: var("AWS_SECRET_ACCESS_KEY").map(Secret::from),
             root_directory: var("S3_ROOT_DIRECTORY").unwrap_or_default(),
             chunk_size,
             ..defaults

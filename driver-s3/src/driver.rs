@@ -433,8 +433,8 @@ impl S3Driver {
         if let (Some(access), Some(secret)) = (&config.access_key, &config.secret_key) {
             loader = loader.credentials_provider(Credentials::new(
                 access,
-                secret,
-                config.session_token.clone(),
+                secret.expose(),
+                config.session_token.as_ref().map(|t| t.expose().to_owned()),
                 None,
                 "registry-proxy config",
             ));

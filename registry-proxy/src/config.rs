@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use driver_core::Secret;
 use driver_fs::{FsConfig, Fsync};
 use driver_s3::S3Config;
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use crate::auth::Htpasswd;
 use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Sharing};
 use crate::scheduler::{GcOptions, Purge};
+use crate::upstream::Credentials;
 
 /// A configuration that cannot be used; `key` is the dotted path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +274,21 @@ pub struct HtpasswdConfig {
     pub path: PathBuf,
 }
 
+/// An upstream URL as written, which may carry credentials
+/// (`https://user:pass@host`): `Debug` shows it without them.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct RemoteUrl(pub String);
+
+impl std::fmt::Debug for RemoteUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match upstream_url("", &self.0) {
+            Ok((url, _)) => write!(f, "{:?}", url.as_str()),
+            Err(_) => f.write_str("\"(not a URL)\""),
+        }
+    }
+}
+
 /// `proxy.upstreams[]`: one namespace.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -280,13 +297,13 @@ pub struct UpstreamEntry {
     /// path prefix selecting it (`docker.io`, `ghcr.io`, `localhost:5000`).
     pub namespace: String,
     /// The upstream registry.
-    pub remoteurl: String,
+    pub remoteurl: RemoteUrl,
     /// Upstream user name.
     #[serde(deserialize_with = "scalar_text")]
     pub username: Option<String>,
-    /// Upstream password.
-    #[serde(deserialize_with = "scalar_text")]
-    pub password: Option<String>,
+    /// Upstream password (never shown by `Debug`).
+    #[serde(deserialize_with = "scalar_secret")]
+    pub password: Option<Secret>,
     /// How long its content lives unaccessed; default `proxy.ttl`.
     #[serde(deserialize_with = "scalar_text")]
     pub ttl: Option<String>,
@@ -305,13 +322,13 @@ pub struct UpstreamEntry {
 pub struct ProxyConfig {
     /// The upstream registry of registry:2's single namespace (Docker Hub
     /// when neither it nor `upstreams` is set).
-    pub remoteurl: Option<String>,
+    pub remoteurl: Option<RemoteUrl>,
     /// Upstream user name.
     #[serde(deserialize_with = "scalar_text")]
     pub username: Option<String>,
-    /// Upstream password.
-    #[serde(deserialize_with = "scalar_text")]
-    pub password: Option<String>,
+    /// Upstream password (never shown by `Debug`).
+    #[serde(deserialize_with = "scalar_secret")]
+    pub password: Option<Secret>,
     /// How long cached content lives (`168h`); `0` keeps it forever.
     #[serde(deserialize_with = "scalar_text")]
     pub ttl: Option<String>,
@@ -374,6 +391,11 @@ fn scalar_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Stri
         }
     }
     deserializer.deserialize_any(Text)
+}
+
+/// [`scalar_text`] for a secret.
+fn scalar_secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Secret>, D::Error> {
+    scalar_text(deserializer).map(|text| text.map(Secret::from))
 }
 
 fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
@@ -501,11 +523,16 @@ impl Config {
         if proxy.remoteurl.is_some() || proxy.upstreams.is_empty() {
             let remote = proxy
                 .remoteurl
-                .as_deref()
-                .unwrap_or("https://registry-1.docker.io");
+                .as_ref()
+                .map_or("https://registry-1.docker.io", |url| &url.0);
+            let (url, in_url) = upstream_url("proxy.remoteurl", remote)?;
             let mut spec = NamespaceSpec::single(
-                upstream_url("proxy.remoteurl", remote)?,
-                proxy.username.clone().zip(proxy.password.clone()),
+                url,
+                proxy
+                    .username
+                    .clone()
+                    .zip(proxy.password.clone())
+                    .or(in_url),
             );
             if let Some(name) = &proxy.namespace {
                 if !namespace::valid_name(name) {
@@ -542,10 +569,15 @@ impl Config {
                 Some(ttl) => Some(duration(&key("ttl"), Some(ttl), Duration::ZERO)?),
                 None => None,
             };
+            let (remote, in_url) = upstream_url(&key("remoteurl"), &entry.remoteurl.0)?;
             specs.push(NamespaceSpec {
                 name: entry.namespace.clone(),
-                remote: upstream_url(&key("remoteurl"), &entry.remoteurl)?,
-                credentials: entry.username.clone().zip(entry.password.clone()),
+                remote,
+                credentials: entry
+                    .username
+                    .clone()
+                    .zip(entry.password.clone())
+                    .or(in_url),
                 ttl,
                 sharing,
                 users: self.users(&key("users"), entry.users.as_ref())?,
@@ -716,12 +748,39 @@ fn bad_name(name: &str) -> String {
 }
 
 /// An upstream base URL (http or https with a host).
-fn upstream_url(key: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(key, e))?;
+/// An upstream URL, and the credentials it carried (`https://user:pass@host`):
+/// they are taken out of the URL, which is logged, and used as the
+/// upstream's credentials unless `username` and `password` are set.
+fn upstream_url(key: &str, url: &str) -> Result<(reqwest::Url, Credentials), ConfigError> {
+    let mut parsed = reqwest::Url::parse(url).map_err(|_| {
+        // The parser's message may quote the URL, credentials and all.
+        invalid(key, "not a URL")
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
         return Err(invalid(key, "expected an http or https URL"));
     }
-    Ok(parsed)
+    let decode = |s: &str| {
+        percent_decode(s).ok_or_else(|| invalid(key, "credentials in the URL are not UTF-8"))
+    };
+    let credentials = if parsed.username().is_empty() && parsed.password().is_none() {
+        None
+    } else {
+        let user = decode(parsed.username())?;
+        let password = decode(parsed.password().unwrap_or(""))?;
+        Some((user, Secret::from(password)))
+    };
+    // Cannot fail for an http(s) URL with a host.
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    Ok((parsed, credentials))
+}
+
+/// `%XX` escapes of a URL component decoded; `None` when not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|text| text.into_owned())
 }
 
 fn parse_addr(key: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
@@ -858,7 +917,10 @@ proxy:
         assert_eq!(s3.bucket, "registry");
         assert!(s3.encrypt && !s3.secure);
         assert_eq!(s3.key_id.as_deref(), Some("alias/registry"));
-        assert_eq!(s3.session_token.as_deref(), Some("token"));
+        assert_eq!(
+            s3.session_token.as_ref().map(driver_core::Secret::expose),
+            Some("token")
+        );
         assert_eq!(s3.copy_concurrency, 100);
         let hours = |h: u64| Duration::from_secs(h * 3600);
         assert_eq!(
@@ -941,6 +1003,20 @@ proxy:
         );
     }
 
+    /// Credentials never show: not in the URL that is logged at start, not
+    /// in a `Debug` of the configuration or of the namespaces.
+    #[test]
+    fn secrets_stay_out_of_urls_and_debug_output() {
+        let yaml = "storage:\n  s3:\n    bucket: b\n    region: r\n    accesskey: AK\n    secretkey: s3cr3t-key\n    sessiontoken: s3cr3t-token\nproxy:\n  remoteurl: https://bob:s3cr3t%40pw@registry.example/prefix\n  upstreams:\n    - namespace: ghcr.io\n      remoteurl: https://ghcr.io\n      username: u\n      password: s3cr3t-other\n";
+        let config = load(yaml, &[]).expect("loads");
+        let specs = config.namespaces().expect("namespaces");
+        assert_eq!(specs[0].remote.as_str(), "https://registry.example/prefix");
+        let (user, password) = specs[0].credentials.clone().expect("from the URL");
+        assert_eq!((user.as_str(), password.expose()), ("bob", "s3cr3t@pw"));
+        let shown = format!("{config:?} {specs:?}");
+        assert!(!shown.contains("s3cr3t"), "a secret in {shown}");
+    }
+
     #[test]
     fn scalars_are_text_where_text_is_expected() {
         // As registry:2 reads them: numbers in the file and in the
@@ -949,7 +1025,10 @@ proxy:
         let env = [("REGISTRY_PROXY_PASSWORD", "5678")];
         let config = load(yaml, &env).expect("loads");
         assert_eq!(config.proxy.username.as_deref(), Some("1001"));
-        assert_eq!(config.proxy.password.as_deref(), Some("5678"));
+        assert_eq!(
+            config.proxy.password.as_ref().map(Secret::expose),
+            Some("5678")
+        );
         assert_eq!(config.ttl().expect("ttl"), Duration::ZERO);
         let (gc, _) = config.gc().expect("gc");
         assert_eq!(gc.interval, None, "gc.interval: 0 is never");

@@ -183,6 +183,9 @@ pub struct Metrics {
     storage_latency: Histograms<StorageLabel>,
     gc: GcMetrics,
     leader: Gauge,
+    auth_failures: Counter,
+    corrupt_blobs: Counter,
+    fills_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -282,6 +285,24 @@ impl Default for Metrics {
             "1 while this replica runs expiry and garbage collection",
             leader.clone(),
         );
+        let auth_failures = Counter::default();
+        registry.register(
+            "auth_failures",
+            "Requests whose client credentials were wrong",
+            auth_failures.clone(),
+        );
+        let corrupt_blobs = Counter::default();
+        registry.register(
+            "corrupt_blobs",
+            "Stored blobs whose bytes no longer matched their digest (deleted)",
+            corrupt_blobs.clone(),
+        );
+        let fills_refused = Counter::default();
+        registry.register(
+            "fills_refused",
+            "Fills refused at a limit (fills at once, blob size)",
+            fills_refused.clone(),
+        );
         let gc = GcMetrics::default();
         registry.register(
             "gc_runs",
@@ -310,6 +331,9 @@ impl Default for Metrics {
         );
         Self {
             leader,
+            auth_failures,
+            corrupt_blobs,
+            fills_refused,
             gc,
             registry,
             content,
@@ -454,6 +478,21 @@ impl Metrics {
     /// A tag served stale.
     pub fn stale_serve(&self) {
         self.stale_serves.inc();
+    }
+
+    /// A client's credentials were wrong.
+    pub fn auth_failure(&self) {
+        self.auth_failures.inc();
+    }
+
+    /// A stored blob failed its digest check and was deleted.
+    pub fn corrupt_blob(&self) {
+        self.corrupt_blobs.inc();
+    }
+
+    /// A fill was refused at a limit.
+    pub fn fill_refused(&self) {
+        self.fills_refused.inc();
     }
 
     /// The Prometheus (OpenMetrics) text exposition.

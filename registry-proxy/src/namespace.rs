@@ -16,7 +16,7 @@ use serde::Deserialize;
 use crate::cache::layout::RepoKey;
 use crate::metrics::{Metrics, NamespaceMetrics};
 use crate::oci::{ErrorCode, OciError, RepoName};
-use crate::upstream::Upstream;
+use crate::upstream::{Credentials, Upstream};
 
 /// Which stored blobs a namespace is served (containerd's content sharing
 /// policy between namespaces).
@@ -41,7 +41,7 @@ pub struct NamespaceSpec {
     /// The upstream's base URL.
     pub remote: reqwest::Url,
     /// Upstream user and password.
-    pub credentials: Option<(String, String)>,
+    pub credentials: Credentials,
     /// Lifetime of its content; `None`: the proxy's `ttl`.
     pub ttl: Option<Duration>,
     /// Its content-sharing policy.
@@ -60,7 +60,7 @@ pub struct NamespaceSpec {
 impl NamespaceSpec {
     /// The one namespace of a registry:2 config: `remote`, shared, stored
     /// where registry:2 stores, the default.
-    pub fn single(remote: reqwest::Url, credentials: Option<(String, String)>) -> Self {
+    pub fn single(remote: reqwest::Url, credentials: Credentials) -> Self {
         Self {
             name: name_of_url(&remote),
             remote,

@@ -193,8 +193,24 @@ impl fmt::Display for Reference {
     }
 }
 
-/// The media type of manifest bytes: their `mediaType` field, or for OCI
-/// documents without one, index or manifest by their shape.
+/// Docker's schema 1 manifest, signed and not.
+const DOCKER_SCHEMA1: [&str; 2] = [
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+];
+
+/// Whether `media_type` is one a manifest is served with.
+pub fn is_manifest_media_type(media_type: &str) -> bool {
+    [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST]
+        .iter()
+        .chain(&DOCKER_SCHEMA1)
+        .any(|known| *known == media_type)
+}
+
+/// The media type of manifest bytes: their `mediaType` field when it names
+/// a manifest type, else (no field, or one naming anything else, such as
+/// `text/html`) index or manifest by their shape. The bytes never choose a
+/// type a browser would render.
 pub fn manifest_media_type(bytes: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Shape {
@@ -206,7 +222,7 @@ pub fn manifest_media_type(bytes: &[u8]) -> String {
         Ok(Shape {
             media_type: Some(t),
             ..
-        }) => t,
+        }) if is_manifest_media_type(&t) => t,
         Ok(Shape {
             manifests: Some(_), ..
         }) => OCI_INDEX.to_owned(),
@@ -436,6 +452,15 @@ mod tests {
         assert_eq!(
             manifest_media_type(br#"{"schemaVersion":2,"layers":[]}"#),
             OCI_MANIFEST
+        );
+        // A mediaType naming no manifest type does not choose the type.
+        assert_eq!(
+            manifest_media_type(br#"{"mediaType":"text/html","layers":[]}"#),
+            OCI_MANIFEST
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"mediaType":"image/svg+xml","manifests":[]}"#),
+            OCI_INDEX
         );
     }
 }

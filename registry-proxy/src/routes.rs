@@ -31,9 +31,16 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
         .layer(axum::middleware::map_response(
             |mut response: Response| async move {
-                response.headers_mut().insert(
+                let headers = response.headers_mut();
+                headers.insert(
                     "docker-distribution-api-version",
                     HeaderValue::from_static(API_VERSION),
+                );
+                // No body of a registry is a page: browsers must not guess
+                // one from its bytes.
+                headers.insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
                 );
                 response
             },
@@ -99,7 +106,7 @@ async fn request_span(request: axum::extract::Request, next: axum::middleware::N
 }
 
 async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorize(&state, None, &headers).await {
+    if let Err(refused) = authenticate(&state, &headers).await {
         return refused;
     }
     (
@@ -110,52 +117,45 @@ async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-/// Authenticates the client when client authentication is on (401 with a
-/// Basic challenge when it fails) and checks that the client may pull
-/// through `ns` (403 `DENIED` when not).
-async fn authorize(
-    state: &AppState,
-    ns: Option<&Namespace>,
-    headers: &HeaderMap,
-) -> Result<(), Response> {
-    let user = match &state.auth {
-        None => None,
-        Some(auth) => match auth.check(headers.get(header::AUTHORIZATION)).await {
-            Ok(user) => Some(user),
-            Err(why) => {
-                let message = match why {
-                    Unauthenticated::Missing => "authentication required",
-                    Unauthenticated::Wrong => {
-                        tracing::info!(
-                            namespace = ns.map(|n| n.name.as_str()),
-                            "wrong user name or password"
-                        );
-                        if let Some(ns) = ns {
-                            ns.metrics.denial();
-                        }
-                        "wrong user name or password"
-                    }
-                };
-                let mut response = OciError::new(ErrorCode::Unauthorized, message).into_response();
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, auth.challenge());
-                return Err(response);
-            }
-        },
+/// The user the request authenticates as, when client authentication is
+/// on (401 with a Basic challenge when it fails); `None` when it is off.
+/// Runs before anything else looks at the request, so that an
+/// unauthenticated client learns nothing of namespaces or content.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let Some(auth) = &state.auth else {
+        return Ok(None);
     };
-    if let Some(ns) = ns {
-        if !ns.allows(user.as_deref()) {
-            tracing::info!(namespace = %ns.name, user, "user not allowed in the namespace");
-            ns.metrics.denial();
-            return Err(OciError::new(
-                ErrorCode::Denied,
-                format!("not allowed to pull through namespace {}", ns.name),
-            )
-            .into_response());
+    match auth.check(headers.get(header::AUTHORIZATION)).await {
+        Ok(user) => Ok(Some(user)),
+        Err(why) => {
+            let message = match why {
+                Unauthenticated::Missing => "authentication required",
+                Unauthenticated::Wrong => {
+                    tracing::info!("wrong user name or password");
+                    state.metrics.auth_failure();
+                    "wrong user name or password"
+                }
+            };
+            let mut response = OciError::new(ErrorCode::Unauthorized, message).into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, auth.challenge());
+            Err(response)
         }
     }
-    Ok(())
+}
+
+/// Checks that `user` may pull through `ns` (403 `DENIED` when not).
+fn permit(ns: &Namespace, user: Option<&str>) -> Result<(), OciError> {
+    if ns.allows(user) {
+        return Ok(());
+    }
+    tracing::info!(namespace = %ns.name, user, "user not allowed in the namespace");
+    ns.metrics.denial();
+    Err(OciError::new(
+        ErrorCode::Denied,
+        format!("not allowed to pull through namespace {}", ns.name),
+    ))
 }
 
 /// What a `/v2/<rest>` path asks for.
@@ -204,6 +204,10 @@ async fn dispatch(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    let user = match authenticate(&state, &headers).await {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
     let (ns, rest) = match state
         .namespaces
         .route(query.get("ns").map(String::as_str), &path)
@@ -213,8 +217,8 @@ async fn dispatch(
     };
     let ns = Arc::clone(ns);
     tracing::Span::current().record("namespace", ns.name.as_str());
-    if let Err(refused) = authorize(&state, Some(&ns), &headers).await {
-        return refused;
+    if let Err(refused) = permit(&ns, user.as_deref()) {
+        return refused.into_response();
     }
     let target = match parse_target(rest) {
         Ok(t) => t,
@@ -284,12 +288,12 @@ async fn blob(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, OciError> {
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(v) => Some(RangeSpec::parse(v).ok_or_else(|| {
-            OciError::new(ErrorCode::RangeInvalid, format!("unsupported range {v:?}"))
-        })?),
-        None => None,
-    };
+    // A Range this server does not understand (another unit, several
+    // ranges, garbage) is ignored, as RFC 9110 says: the whole blob, 200.
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RangeSpec::parse);
     let reply = state.blobs.get(ns, repo, digest, range, head).await?;
     let (start, end) = reply.range;
     let mut builder = Response::builder()

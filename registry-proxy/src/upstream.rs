@@ -7,12 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use driver_core::Secret;
 use reqwest::header::{ACCEPT, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url};
 
 use crate::lock;
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
+
+/// An upstream user and password, if any.
+pub type Credentials = Option<(String, Secret)>;
 
 /// Why an upstream request produced no response.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,6 +94,25 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// How long an upstream request may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// The whole exchange, body included: small answers read at once
+    /// (manifests, tag lists, tokens, proofs).
+    Whole(Duration),
+    /// Only the wait for the response head: a streamed body (a blob fill)
+    /// is bounded by its reader, by how long it waits between bytes.
+    Head(Duration),
+}
+
+impl Deadline {
+    fn duration(self) -> Duration {
+        match self {
+            Self::Whole(d) | Self::Head(d) => d,
+        }
+    }
+}
+
 /// A cached bearer token.
 struct Token {
     value: String,
@@ -100,7 +123,7 @@ struct Token {
 pub struct Upstream {
     base: Url,
     client: reqwest::Client,
-    credentials: Option<(String, String)>,
+    credentials: Credentials,
     /// Set once the upstream asked for Basic: credentials are then sent up front.
     basic: AtomicBool,
     tokens: Mutex<HashMap<String, Token>>,
@@ -119,14 +142,28 @@ impl Upstream {
     /// A client for the registry at `base` (`https://registry-1.docker.io`).
     /// `connect_timeout` bounds connecting; each request passes its own
     /// timeout to [`Upstream::send`] (fills bound blob bodies by idleness).
-    pub fn new(
-        base: Url,
-        credentials: Option<(String, String)>,
-        connect_timeout: Duration,
-    ) -> Self {
+    pub fn new(base: Url, credentials: Credentials, connect_timeout: Duration) -> Self {
+        let local = is_local(&base);
+        let secure = base.scheme() == "https";
+        // Docker Hub sends blobs to a CDN. reqwest drops the Authorization
+        // header when a redirect leaves the upstream's host; this policy
+        // also refuses a redirect to a loopback or link-local address (a
+        // cloud metadata service) unless the upstream itself is one, and
+        // from https to plain http.
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 5 {
+                attempt.error("more than 5 redirects")
+            } else if secure && attempt.url().scheme() != "https" {
+                attempt.error("a redirect from https to plain http")
+            } else if is_local(attempt.url()) && !local {
+                attempt.error("a redirect to a loopback or link-local address")
+            } else {
+                attempt.follow()
+            }
+        });
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(policy)
             .build()
             .unwrap_or_default();
         Self {
@@ -150,9 +187,12 @@ impl Upstream {
         &self.base
     }
 
+    /// `<base>/v2/<repo>/<rest>`, keeping a path the base URL has
+    /// (`https://host/prefix` asks `https://host/prefix/v2/...`).
     fn url(&self, repo: &RepoName, rest: &str) -> Result<Url, UpstreamError> {
+        let prefix = self.base.path().trim_end_matches('/');
         self.base
-            .join(&format!("/v2/{}/{rest}", repo.as_str()))
+            .join(&format!("{prefix}/v2/{}/{rest}", repo.as_str()))
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))
     }
 
@@ -169,15 +209,15 @@ impl Upstream {
     }
 
     /// Sends `method` to `/v2/<repo>/<rest>`, authenticating as the upstream
-    /// asks. `timeout` bounds the wait for the response head (and, for small
-    /// answers read at once, the body).
+    /// asks, within `deadline` (token requests on the way take at most as
+    /// long, whole).
     pub async fn send(
         &self,
         method: Method,
         repo: &RepoName,
         rest: &str,
         accept: Option<&str>,
-        timeout: Option<Duration>,
+        deadline: Deadline,
     ) -> Result<Response, UpstreamError> {
         let url = self.url(repo, rest)?;
         let scope = Self::scope(repo);
@@ -187,20 +227,31 @@ impl Upstream {
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
             }
-            if let Some(timeout) = timeout {
-                request = request.timeout(timeout);
+            if let Deadline::Whole(whole) = deadline {
+                request = request.timeout(whole);
             }
             if let Some(token) = self.cached_token(&scope) {
                 request = request.bearer_auth(token);
             } else if let (true, Some((user, password))) =
                 (self.basic.load(Ordering::Relaxed), &self.credentials)
             {
-                request = request.basic_auth(user, Some(password));
+                request = request.basic_auth(user, Some(password.expose()));
             }
             let started = Instant::now();
-            let sent = request.send().await;
+            let sent = match deadline {
+                Deadline::Whole(_) => request
+                    .send()
+                    .await
+                    .map_err(|e| UpstreamError::Unreachable(describe(&e))),
+                Deadline::Head(head) => tokio::time::timeout(head, request.send())
+                    .await
+                    .map_err(|_| {
+                        UpstreamError::Unreachable("timed out waiting for the answer".into())
+                    })
+                    .and_then(|sent| sent.map_err(|e| UpstreamError::Unreachable(describe(&e)))),
+            };
             let status = sent.as_ref().ok().map(|r| r.status());
-            let response = sent.map_err(|e| UpstreamError::Unreachable(describe(&e)));
+            let response = sent;
             let challenged = status == Some(StatusCode::UNAUTHORIZED) && !refreshed;
             if !challenged {
                 // A challenge answered with credentials is not an error.
@@ -216,7 +267,10 @@ impl Upstream {
                 return Ok(response);
             };
             match challenge.scheme.as_str() {
-                "bearer" => self.fetch_token(&challenge, &scope, timeout).await?,
+                "bearer" => {
+                    self.fetch_token(&challenge, &scope, deadline.duration())
+                        .await?;
+                }
                 "basic" if self.credentials.is_some() => self.basic.store(true, Ordering::Relaxed),
                 _ => return Ok(response),
             }
@@ -227,7 +281,7 @@ impl Upstream {
         &self,
         challenge: &Challenge,
         scope: &str,
-        timeout: Option<Duration>,
+        timeout: Duration,
     ) -> Result<(), UpstreamError> {
         let realm = challenge
             .params
@@ -245,12 +299,17 @@ impl Upstream {
                 challenge.params.get("scope").map_or(scope, String::as_str),
             );
         }
-        let mut request = self.client.get(url);
-        if let Some(timeout) = timeout {
-            request = request.timeout(timeout);
-        }
+        let mut request = self.client.get(url.clone()).timeout(timeout);
         if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password));
+            if self.may_receive_credentials(&url) {
+                request = request.basic_auth(user, Some(password.expose()));
+            } else {
+                tracing::warn!(
+                    upstream = %self.base,
+                    realm = %url.origin().ascii_serialization(),
+                    "the token realm is plain http on another host: asking it without credentials"
+                );
+            }
         }
         let response = request
             .send()
@@ -291,6 +350,38 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Whether the upstream's credentials may go to `realm`: over https, or
+    /// to the upstream's own host when the upstream itself is plain http.
+    fn may_receive_credentials(&self, realm: &Url) -> bool {
+        realm.scheme() == "https"
+            || (self.base.scheme() == "http"
+                && realm.host() == self.base.host()
+                && realm.port_or_known_default() == self.base.port_or_known_default())
+    }
+}
+
+/// Whether `url` names a loopback or link-local address (`localhost`
+/// included). Names resolved by DNS are not looked up here.
+fn is_local(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_link_local() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_unicast_link_local()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_link_local())
+        }
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
 fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
     headers
         .get(WWW_AUTHENTICATE)
@@ -325,6 +416,35 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_base_path_is_kept() {
+        let repo = RepoName::parse("library/alpine").expect("name");
+        for (base, expected) in [
+            (
+                "https://h.example",
+                "https://h.example/v2/library/alpine/manifests/3",
+            ),
+            (
+                "https://h.example/",
+                "https://h.example/v2/library/alpine/manifests/3",
+            ),
+            (
+                "https://h.example/mirror",
+                "https://h.example/mirror/v2/library/alpine/manifests/3",
+            ),
+            (
+                "https://h.example/a/b/",
+                "https://h.example/a/b/v2/library/alpine/manifests/3",
+            ),
+        ] {
+            let upstream = Upstream::new(base.parse().expect("url"), None, Duration::from_secs(1));
+            assert_eq!(
+                upstream.url(&repo, "manifests/3").expect("url").as_str(),
+                expected
+            );
+        }
+    }
 
     #[test]
     fn parses_bearer_challenges() {

@@ -287,8 +287,9 @@ fn namespaces_route_share_isolate_and_authorize() {
         "shared: a stored blob is served by digest"
     );
     assert_eq!(Digest::of(&served.body).to_string(), a_layer);
-    // Likewise a stored manifest by digest: isolated asks its upstream
-    // (which lacks it), shared serves the stored one.
+    // A stored manifest by digest is served only where it is linked as a
+    // revision of that repository: another namespace, isolated or shared,
+    // asks its own upstream (which lacks it).
     let a_manifest = Digest::of(&only_a["manifest.json"]);
     let path = format!("/v2/gamma.test/only-a/app/manifests/{a_manifest}");
     let refused = get(p, &path, Some(BOB));
@@ -298,8 +299,15 @@ fn namespaces_route_share_isolate_and_authorize() {
         "isolated: a stored manifest served without its upstream"
     );
     let path = format!("/v2/beta.test/only-a/app/manifests/{a_manifest}");
+    let refused = get(p, &path, Some(BOB));
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (404, "MANIFEST_UNKNOWN"),
+        "shared: a manifest of another namespace served without its upstream"
+    );
+    let path = format!("/v2/alpha.test/only-a/app/manifests/{a_manifest}");
     let served = get(p, &path, Some(BOB));
-    assert_eq!(served.status, 200, "shared: a stored manifest by digest");
+    assert_eq!(served.status, 200, "a stored manifest by digest");
     assert_eq!(served.body, only_a["manifest.json"]);
     // An upstream that denies (wrong credentials): its denial, no bytes.
     let denied = get(
@@ -309,6 +317,19 @@ fn namespaces_route_share_isolate_and_authorize() {
     );
     assert_eq!((denied.status, denied.code().as_str()), (403, "DENIED"));
     seen.push_str(&String::from_utf8_lossy(&denied.body));
+    // The same answer for a digest that is not stored: no existence oracle
+    // (it was 401 for a missing blob and 403 for a stored one).
+    let never = Digest::of(b"never stored anywhere");
+    let missing = get(
+        p,
+        &format!("/v2/delta.test/shared/app/blobs/{never}"),
+        Some(BOB),
+    );
+    assert_eq!(
+        (missing.status, missing.code().as_str()),
+        (403, "DENIED"),
+        "a missing blob answered unlike a stored one"
+    );
 
     // B's private image through B's namespace only.
     pull_and_check(
@@ -365,6 +386,14 @@ fn namespaces_route_share_isolate_and_authorize() {
     // Client authentication and per-namespace users.
     for (path, creds, status, code) in [
         ("/v2/", None, 401, "UNAUTHORIZED"),
+        // Authentication comes first: an unknown namespace tells an
+        // unauthenticated client nothing (it was 404 NAME_UNKNOWN).
+        (
+            "/v2/shared/app/manifests/v1?ns=quay.io",
+            None,
+            401,
+            "UNAUTHORIZED",
+        ),
         (
             "/v2/alpha.test/shared/app/manifests/v1",
             None,

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
 use registry_proxy::cache::layout;
-use registry_proxy::oci::{Digest, RepoName};
+use registry_proxy::oci::{Digest, OCI_MANIFEST, RepoName};
 use support::{InProcess, error_code};
 use tokio::sync::Notify;
 use tower::ServiceExt;
@@ -313,7 +313,7 @@ impl std::ops::Deref for Setup {
 
 async fn setup_with(auth: Auth, credentials: bool, freshness: Duration) -> Setup {
     let (fake, base) = start_fake(auth).await;
-    let credentials = credentials.then(|| (USER.to_owned(), PASSWORD.to_owned()));
+    let credentials = credentials.then(|| (USER.to_owned(), PASSWORD.into()));
     let proxy = InProcess::open(&base, credentials, freshness).await;
     Setup { fake, proxy }
 }
@@ -537,6 +537,30 @@ async fn ranges_are_served_with_206() {
         )
         .await;
     assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    // The largest end a u64 holds means "to the end" (it overflowed).
+    let response = s
+        .send(
+            Method::GET,
+            &blob_uri("a", &digest),
+            &[("range", "bytes=99990-18446744073709551615")],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    assert_eq!(body, data.slice(99_990..));
+    // A Range it does not understand is ignored (RFC 9110): 200, whole.
+    for garbage in ["bytes=x-y", "items=0-1", "bytes=0-1,5-6"] {
+        let response = s
+            .send(Method::GET, &blob_uri("a", &digest), &[("range", garbage)])
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{garbage}");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        assert_eq!(body, data, "{garbage}");
+    }
 }
 
 #[tokio::test]
@@ -949,7 +973,9 @@ async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
     );
     assert_eq!(vars["registry_proxy"]["FillsInFlight"], 0);
     assert_eq!(vars["registry_proxy"]["FillClients"], 0);
-    assert_eq!(vars["registry_proxy"]["SchedulerEntries"], 3);
+    // The blob and the manifest: the unknown digest has no entry (it had
+    // one, made before anyone knew whether it existed).
+    assert_eq!(vars["registry_proxy"]["SchedulerEntries"], 2);
     let text = String::from_utf8(debug_get(&s, "/metrics").await.to_vec()).expect("utf-8");
     // Every upstream request is timed; the unknown digest's 404 is an error.
     let upstream_requests = s.fake.count("GET ") + s.fake.count("HEAD ");
@@ -967,9 +993,10 @@ async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }
     // Each blob GET opens storage once (size and bytes in one request, no
-    // stat before it). The stats are the blob HEAD's and the two manifest
-    // hits' by digest.
-    assert_eq!(support::storage_ops(&text, "open"), 3);
+    // stat before it), and so does each manifest hit by digest (its size
+    // checked before it is read). The stats are the blob HEAD's and the two
+    // manifest hits' by digest.
+    assert_eq!(support::storage_ops(&text, "open"), 5);
     assert_eq!(support::storage_ops(&text, "stat"), 3);
 }
 
@@ -1232,4 +1259,54 @@ async fn pulls_never_break_while_expiry_and_collection_run_in_a_loop() {
     let _ = expired;
     proxy.state.blobs.fills_done().await;
     support::verify_stored_blobs(&*proxy.driver).await;
+}
+
+/// The manifests endpoint serves by digest only what is a manifest of that
+/// repository: a cached layer asked for as a manifest is not read from
+/// storage (it could be gigabytes) nor served with a type its own bytes
+/// choose; the upstream answers (here: no such manifest). A manifest whose
+/// `mediaType` names no manifest type is served as one, and every answer
+/// tells browsers not to sniff.
+#[tokio::test]
+async fn only_manifests_are_served_through_the_manifests_endpoint() {
+    let s = setup().await;
+    let page = br#"{"mediaType":"text/html","layers":[],"x":"<script>alert(1)</script>"}"#;
+    let digest = s.fake.add_blob(page);
+    let (status, _, body) = s.get(&blob_uri("team/app", &digest)).await;
+    assert_eq!(
+        (status, body.expect("body")),
+        (StatusCode::OK, Bytes::from_static(page))
+    );
+    s.state.blobs.fills_done().await;
+    for repo in ["team/app", "other/repo"] {
+        let (status, headers, body) = s.get(&format!("/v2/{repo}/manifests/{digest}")).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{repo}: a stored blob was served as a manifest"
+        );
+        assert_eq!(error_code(&body.expect("body")), "MANIFEST_UNKNOWN");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    assert_eq!(
+        s.fake.count(&format!("manifests/{digest}")),
+        2,
+        "the upstream was not asked"
+    );
+    // A real manifest saying it is HTML is served as an OCI manifest.
+    let digest = s.fake.tag("html", page);
+    for uri in [
+        "/v2/team/app/manifests/html".to_owned(),
+        format!("/v2/team/app/manifests/{digest}"),
+    ] {
+        let (status, headers, body) = s.get(&uri).await;
+        assert_eq!(
+            (status, body.expect("body")),
+            (StatusCode::OK, Bytes::from_static(page))
+        );
+        assert_eq!(headers[header::CONTENT_TYPE], OCI_MANIFEST, "{uri}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    let (_, headers, _) = s.get(&blob_uri("team/app", &digest)).await;
+    assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
 }

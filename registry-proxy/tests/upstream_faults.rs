@@ -39,6 +39,9 @@ enum Fault {
     Status(u16),
     /// Bearer auth whose token endpoint answers 500.
     TokenFails,
+    /// The whole body, in 16 pieces 150 ms apart: bytes keep flowing, but
+    /// the whole takes several fill timeouts.
+    Steady,
 }
 
 /// The upstream: content by path, and the fault of the moment.
@@ -177,6 +180,22 @@ impl Upstream {
                         let _ = socket.read(&mut rest).await;
                     }
                     return;
+                }
+                Fault::Steady => {
+                    let mut answer = headers(len);
+                    if !head_only {
+                        for piece in body.chunks(len.div_ceil(16)) {
+                            answer.extend_from_slice(piece);
+                            if socket.write_all(&answer).await.is_err() {
+                                return;
+                            }
+                            answer.clear();
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                        }
+                    }
+                    if socket.write_all(&answer).await.is_err() {
+                        return;
+                    }
                 }
                 Fault::Reset => {
                     // A zero linger makes the close a reset; it never blocks.
@@ -342,6 +361,36 @@ fault_tests! {
     internal_server_errors: Fault::Status(500);
     service_unavailable_passes_retry_after_on: Fault::Status(503);
     a_failing_token_service: Fault::TokenFails;
+}
+
+/// `filltimeout` bounds the silence between bytes, not the whole body: a
+/// blob that takes 2.4 s to arrive (16 pieces 150 ms apart, nearly five
+/// times the test proxy's 500 ms fill timeout) with bytes flowing all along
+/// is served whole and stored. A stall is still abandoned (the `Stall` test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_steady_blob_outlasting_the_fill_timeout_is_stored() {
+    let upstream = Upstream::start().await;
+    upstream.set(Fault::Steady);
+    let proxy = InProcess::open(&format!("http://{}", upstream.addr), None, Duration::ZERO).await;
+    let blob = conformance::random_bytes(3, 2 << 20);
+    let digest = Digest::of(&blob);
+    upstream.add(
+        &format!("/v2/team/app/blobs/{digest}"),
+        blob.clone(),
+        "application/octet-stream",
+    );
+    let started = std::time::Instant::now();
+    let (status, _, body) = proxy.get(&format!("/v2/team/app/blobs/{digest}")).await;
+    assert_eq!((status, body.expect("body")), (StatusCode::OK, blob));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the upstream was not slow enough to test anything"
+    );
+    proxy.state.blobs.fills_done().await;
+    assert!(
+        proxy.driver.stat(&layout::blob_data(&digest)).await.is_ok(),
+        "the slow blob was not stored"
+    );
 }
 
 /// A manifest without a Content-Length is read up to 4 MiB and refused

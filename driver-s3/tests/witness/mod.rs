@@ -13,7 +13,13 @@ pub fn object_store_client(config: &S3Config) -> AmazonS3 {
         .with_region(&config.region)
         .with_bucket_name(&config.bucket)
         .with_access_key_id(config.access_key.clone().unwrap_or_default())
-        .with_secret_access_key(config.secret_key.clone().unwrap_or_default())
+        .with_secret_access_key(
+            config
+                .secret_key
+                .as_ref()
+                .map(|s| s.expose().to_owned())
+                .unwrap_or_default(),
+        )
         .with_virtual_hosted_style_request(false)
         .build()
         .expect("object_store client")

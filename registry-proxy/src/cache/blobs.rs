@@ -26,7 +26,7 @@ use crate::metrics::{Kind, Metrics, NamespaceMetrics};
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
-use crate::upstream::UpstreamError;
+use crate::upstream::{Deadline, UpstreamError};
 use crate::{lock, wait_until};
 
 /// Bytes a client stream reads from the spool at once.
@@ -99,7 +99,7 @@ impl RangeSpec {
     pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
         match self {
             Self::From(start, end) => {
-                let end = end.map_or(size, |e| (e + 1).min(size));
+                let end = end.map_or(size, |e| e.saturating_add(1).min(size));
                 (start < size && start < end).then_some((start, end))
             }
             Self::Suffix(n) => (n > 0 && size > 0).then(|| (size - n.min(size), size)),
@@ -233,6 +233,19 @@ pub fn status_error(response: &reqwest::Response, what: &str, not_found: ErrorCo
     error
 }
 
+/// The error of an upstream that did not give blob `digest`. A proof of
+/// access to a stored blob and a fill of a missing one answer alike, so
+/// that the answer does not tell whether the cache holds the blob. The
+/// namespace's own credentials being refused is, to the client, a denial,
+/// not a request to authenticate itself.
+fn blob_refused(response: &reqwest::Response, digest: &Digest) -> OciError {
+    let mut error = status_error(response, &format!("blob {digest}"), ErrorCode::BlobUnknown);
+    if error.code == ErrorCode::Unauthorized {
+        error.code = ErrorCode::Denied;
+    }
+    error
+}
+
 impl Blobs {
     /// A store over `driver`, spooling misses in `spool_dir`, abandoning
     /// fills idle for `fill_timeout` (and proofs of access unanswered for
@@ -285,13 +298,19 @@ impl Blobs {
         let key = ns.repo(repo);
         // What is served is leased until the response body is dropped.
         let lease = self.scheduler.leases().hold(&[digest.raw()]);
-        let access = self.scheduler.touch(&key, digest, EntryKind::Blob).await;
+        // An access of content not known to exist creates no entry: that
+        // waits until storage or the upstream shows the blob exists.
+        let access = self
+            .scheduler
+            .touch_existing(&key, digest, EntryKind::Blob)
+            .await;
+        let known_linked = access.is_some_and(|a| a.linked);
         let path = layout::blob_data(digest);
         // A whole read opens the blob at once: one storage request, not a
         // stat then a read (on S3, one request per warm hit instead of two).
         // An isolated namespace without a known link stats first: its proof
         // of access comes before any byte is read.
-        let unproven = ns.isolated() && !access.linked;
+        let unproven = ns.isolated() && !known_linked;
         let found = if head || range.is_some() || unproven {
             let info = self.driver.stat(&path).await;
             info.map(|i| (!i.is_dir).then_some((i.size, None)))
@@ -311,12 +330,15 @@ impl Blobs {
             }
         };
         let Some((size, opened)) = found else {
-            let reply = self.from_fill(ns, repo, digest, range, head, access.linked);
+            let reply = self.from_fill(ns, repo, digest, range, head, known_linked);
             return Ok((reply.await?, false));
         };
-        let linked = self.linked(ns, &key, digest, access.linked).await;
+        let linked = self.linked(ns, &key, digest, known_linked).await;
         if ns.isolated() && !linked {
             self.prove(ns, repo, digest).await?;
+        }
+        if access.is_none() {
+            self.scheduler.touch(&key, digest, EntryKind::Blob).await;
         }
         self.scheduler
             .ensure_link(&key, digest, EntryKind::Blob, linked)
@@ -397,14 +419,7 @@ impl Blobs {
                 ns.metrics.denial();
             }
             tracing::info!(namespace = %ns.name, %repo, %digest, %status, "access to a stored blob not proven");
-            let mut error =
-                status_error(&response, &format!("blob {digest}"), ErrorCode::BlobUnknown);
-            // The namespace's own credentials were refused: to the client
-            // that is a denial, not a request to authenticate itself.
-            if error.code == ErrorCode::Unauthorized {
-                error.code = ErrorCode::Denied;
-            }
-            return Err(error);
+            return Err(blob_refused(&response, digest));
         }
         Ok(())
     }
@@ -449,10 +464,19 @@ impl Blobs {
             match (now.size, now.outcome) {
                 (_, Some(Err(e))) => return Err(e),
                 (Some(size), _) if now.stored => {
+                    self.scheduler
+                        .touch(&ns.repo(repo), digest, EntryKind::Blob)
+                        .await;
                     let lease = self.scheduler.leases().hold(&[digest.raw()]);
                     return self.stored(digest, size, range, head, None, lease).await;
                 }
-                (Some(size), _) => break size,
+                (Some(size), _) => {
+                    // The upstream has it: now the access is recorded.
+                    self.scheduler
+                        .touch(&ns.repo(repo), digest, EntryKind::Blob)
+                        .await;
+                    break size;
+                }
                 (None, _) => {}
             }
             if progress.changed().await.is_err() {
@@ -565,6 +589,9 @@ impl Blobs {
         if self.scheduler.store().shared() {
             if let Ok(info) = self.driver.stat(&layout::blob_data(digest)).await {
                 if !info.is_dir {
+                    self.scheduler
+                        .touch(&ns.repo(repo), digest, EntryKind::Blob)
+                        .await;
                     publish.send_modify(|p| {
                         p.size = Some(info.size);
                         p.stored = true;
@@ -578,12 +605,13 @@ impl Blobs {
         }
         let response = self.upstream_blob(ns, Method::GET, repo, digest).await?;
         if !response.status().is_success() {
-            return Err(status_error(
-                &response,
-                &format!("blob {digest}"),
-                ErrorCode::BlobUnknown,
-            ));
+            return Err(blob_refused(&response, digest));
         }
+        // The blob exists: its access is recorded before its bytes are
+        // stored (an expiry of the digest in progress finishes first).
+        self.scheduler
+            .touch(&ns.repo(repo), digest, EntryKind::Blob)
+            .await;
         // Without a Content-Length (a chunked answer), clients learn the
         // size, and get the bytes, once the whole blob is verified.
         let announced = response.content_length();
@@ -602,7 +630,9 @@ impl Blobs {
     }
 
     /// Sends `method` for blob `digest` of `repo` to the upstream of `ns`,
-    /// waiting at most the fill timeout for the answer's head.
+    /// waiting at most the fill timeout for the answer's head. Only the head
+    /// is bounded: a GET's body may take as long as it keeps flowing (its
+    /// reader abandons it after the fill timeout without a byte).
     async fn upstream_blob(
         &self,
         ns: &Namespace,
@@ -616,7 +646,7 @@ impl Blobs {
                 repo,
                 &format!("blobs/{digest}"),
                 None,
-                Some(self.fill_timeout),
+                Deadline::Head(self.fill_timeout),
             )
             .await
             .map_err(upstream_error)
@@ -887,6 +917,11 @@ mod tests {
         assert_eq!(
             RangeSpec::parse("bytes=5-2").and_then(|r| r.resolve(100)),
             None
+        );
+        // The largest end there is does not overflow: it means "to the end".
+        assert_eq!(
+            RangeSpec::parse("bytes=0-18446744073709551615").and_then(|r| r.resolve(100)),
+            Some((0, 100))
         );
         assert_eq!(RangeSpec::parse("items=0-1"), None);
         assert_eq!(RangeSpec::parse("bytes=a-b"), None);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use driver_core::StorageDriver;
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 
 use super::blobs::status_error;
@@ -19,7 +20,7 @@ use crate::metrics::{Kind, Metrics};
 use crate::namespace::Namespace;
 use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
-use crate::upstream::UpstreamError;
+use crate::upstream::{Deadline, UpstreamError};
 
 /// A manifest to serve.
 #[derive(Debug, Clone)]
@@ -139,21 +140,29 @@ impl Manifests {
         let key = ns.repo(repo);
         let access = self
             .scheduler
-            .touch(&key, digest, EntryKind::Manifest)
+            .touch_existing(&key, digest, EntryKind::Manifest)
             .await;
-        let linked = access.linked
-            || (ns.isolated()
-                && self
-                    .scheduler
-                    .link_exists(&key, digest, EntryKind::Manifest)
-                    .await);
-        if ns.isolated() && !linked {
+        // Only a manifest is served by digest here: one linked as a revision
+        // of this repository (it came through its namespace's upstream).
+        // Any other stored blob (a 3 GB layer, an HTML page) is a miss, and
+        // the upstream decides.
+        let linked = access.is_some_and(|a| a.linked)
+            || self
+                .scheduler
+                .link_exists(&key, digest, EntryKind::Manifest)
+                .await;
+        if !linked {
             return Ok(None);
         }
         let found = self.cached(digest).await?;
-        if found.is_some() {
+        if found.is_some() && access.is_none() {
+            // Linked and stored, without an entry (a registry:2 root taken
+            // over, an entry expired while its link stayed): recorded now.
             self.scheduler
-                .ensure_link(&key, digest, EntryKind::Manifest, linked)
+                .touch(&key, digest, EntryKind::Manifest)
+                .await;
+            self.scheduler
+                .ensure_link(&key, digest, EntryKind::Manifest, false)
                 .await;
         }
         Ok(found)
@@ -180,17 +189,44 @@ impl Manifests {
         }
     }
 
+    /// The stored manifest `digest`, if it is one: one storage request
+    /// gives its size, checked before any byte is read, so nothing larger
+    /// than a manifest is read into memory. Bytes that no longer match the
+    /// digest (bit rot) are deleted and count as a miss.
     async fn cached(&self, digest: &Digest) -> Result<Option<Manifest>, OciError> {
-        match self.driver.get_content(&layout::blob_data(digest)).await {
-            Ok(bytes) => Ok(Some(Manifest {
-                fetched: false,
-                media_type: oci::manifest_media_type(&bytes),
-                bytes,
-                digest: digest.clone(),
-            })),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(read_error(e)),
+        let path = layout::blob_data(digest);
+        let file = match self.driver.open(&path, 0).await {
+            Ok(file) => file,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(read_error(e)),
+        };
+        if file.size > oci::MAX_MANIFEST_BYTES as u64 {
+            return Ok(None);
         }
+        let mut bytes = Vec::with_capacity(file.size as usize);
+        let mut stream = file.stream;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(read_error)?;
+            if bytes.len() + chunk.len() > oci::MAX_MANIFEST_BYTES {
+                return Ok(None);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let bytes = Bytes::from(bytes);
+        if &Digest::of(&bytes) != digest {
+            tracing::warn!(%digest, "a stored manifest does not match its digest; deleting it");
+            self.metrics.corrupt_blob();
+            if let Err(e) = self.driver.delete(&path).await {
+                tracing::warn!(%digest, error = %e, "could not delete a corrupt manifest");
+            }
+            return Ok(None);
+        }
+        Ok(Some(Manifest {
+            fetched: false,
+            media_type: oci::manifest_media_type(&bytes),
+            bytes,
+            digest: digest.clone(),
+        }))
     }
 
     async fn cached_tag(
@@ -326,7 +362,7 @@ impl Manifests {
                 repo,
                 &format!("manifests/{tag}"),
                 Some(MANIFEST_ACCEPT),
-                Some(self.request_timeout),
+                Deadline::Whole(self.request_timeout),
             )
             .await
             .map_err(unavailable)?;
@@ -357,7 +393,7 @@ impl Manifests {
                 repo,
                 &format!("manifests/{reference}"),
                 Some(MANIFEST_ACCEPT),
-                Some(self.request_timeout),
+                Deadline::Whole(self.request_timeout),
             )
             .await
         {
@@ -483,7 +519,13 @@ impl Manifests {
         for _ in 0..MAX_TAG_PAGES {
             let response = match ns
                 .upstream
-                .send(Method::GET, repo, &rest, None, Some(self.request_timeout))
+                .send(
+                    Method::GET,
+                    repo,
+                    &rest,
+                    None,
+                    Deadline::Whole(self.request_timeout),
+                )
                 .await
             {
                 Ok(r) => r,

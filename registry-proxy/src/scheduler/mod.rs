@@ -436,15 +436,45 @@ impl Scheduler {
     /// entry if needed. If the content is being deleted by an expiry, waits
     /// until the deletion is over (the caller then finds it absent).
     pub async fn touch(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) -> Access {
-        self.record(repo.as_str(), &digest.raw(), kind, self.clock.now_secs())
+        let (now, raw) = (self.clock.now_secs(), digest.raw());
+        let access = self.record(repo.as_str(), &raw, kind, now, true);
+        access.await.unwrap_or(Access {
+            created: false,
+            linked: false,
+        })
+    }
+
+    /// [`Self::touch`] of an entry that exists; `None` (and nothing
+    /// created) when there is none. Content not known to exist gets no
+    /// entry: a request for a digest nobody has must not grow the table.
+    pub async fn touch_existing(
+        &self,
+        repo: &RepoKey,
+        digest: &Digest,
+        kind: EntryKind,
+    ) -> Option<Access> {
+        let now = self.clock.now_secs();
+        self.record(repo.as_str(), &digest.raw(), kind, now, false)
             .await
     }
 
-    async fn record(&self, repo: &str, digest: &[u8; 32], kind: EntryKind, at: Secs) -> Access {
+    /// Records an access at `at`, creating the entry if `create`; `None`
+    /// when there is no entry and none was created.
+    async fn record(
+        &self,
+        repo: &str,
+        digest: &[u8; 32],
+        kind: EntryKind,
+        at: Secs,
+        create: bool,
+    ) -> Option<Access> {
         let (access, through) = wait_until(&self.released, || {
             let mut inner = lock(&self.inner);
             if inner.expiring.contains_key(digest) {
                 return None;
+            }
+            if !create && !inner.table.contains(repo, digest, kind) {
+                return Some((None, WriteThrough::Skip));
             }
             let through = self.write_through(&inner.table, repo, digest, kind, at);
             if let WriteThrough::Skip = through {
@@ -453,7 +483,7 @@ impl Scheduler {
                     created: false,
                     linked,
                 };
-                return Some((access, through));
+                return Some((Some(access), through));
             }
             let up = inner.table.upsert(repo, digest, kind, at);
             if up.changed && matches!(through, WriteThrough::Flush) {
@@ -466,7 +496,7 @@ impl Scheduler {
                 created: up.created,
                 linked: up.linked,
             };
-            Some((access, through))
+            Some((Some(access), through))
         })
         .await;
         let entry = Entry {
@@ -554,7 +584,7 @@ impl Scheduler {
             inner.table.contains(repo.as_str(), &raw, kind) && !inner.expiring.contains_key(&raw)
         };
         if exists {
-            self.record(repo.as_str(), &raw, kind, self.clock.now_secs())
+            self.record(repo.as_str(), &raw, kind, self.clock.now_secs(), false)
                 .await;
         }
     }

@@ -123,9 +123,11 @@ fn due(at: Secs, ttl: Secs) -> Secs {
 /// Entries keyed by (repository, digest, kind), ordered by the time they
 /// fall due (access time plus their namespace's lifetime).
 ///
-/// The index hashes the digest alone (it is already uniformly random), so
-/// every entry of one digest is found by one probe sequence: that answers
-/// "does anything else still use this blob" without a second table.
+/// The index hashes the whole key (repository, digest, kind) with a keyed
+/// hasher: digests are chosen by clients, so neither their bytes nor one
+/// digest used by many repositories may line entries up in one probe
+/// sequence. How many entries use each digest is counted apart, for
+/// "does anything else still use this blob".
 #[derive(Default)]
 pub struct Table {
     slots: Vec<Slot>,
@@ -139,13 +141,14 @@ pub struct Table {
     ttls: Ttls,
     repo_index: HashTable<u32>,
     hasher: std::hash::RandomState,
+    /// How many entries use each digest.
+    users: HashMap<[u8; 32], u32>,
     live: usize,
 }
 
-fn digest_hash(digest: &[u8; 32]) -> u64 {
-    let mut first = [0; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(first)
+/// The index's hash of an entry's key.
+fn key_hash(hasher: &std::hash::RandomState, repo: u32, digest: &[u8; 32], kind: EntryKind) -> u64 {
+    hasher.hash_one((repo, digest, kind))
 }
 
 impl Table {
@@ -199,7 +202,7 @@ impl Table {
 
     fn find(&self, repo: u32, digest: &[u8; 32], kind: EntryKind) -> Option<u32> {
         self.index
-            .find(digest_hash(digest), |&i| {
+            .find(key_hash(&self.hasher, repo, digest, kind), |&i| {
                 let s = &self.slots[i as usize];
                 s.repo == repo && s.kind == kind && s.digest == *digest
             })
@@ -240,10 +243,13 @@ impl Table {
                 (self.slots.len() - 1) as u32
             }
         };
-        let slots = &self.slots;
-        self.index.insert_unique(digest_hash(digest), i, |&i| {
-            digest_hash(&slots[i as usize].digest)
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let hash = key_hash(hasher, repo, digest, kind);
+        self.index.insert_unique(hash, i, |&i| {
+            let s = &slots[i as usize];
+            key_hash(hasher, s.repo, &s.digest, s.kind)
         });
+        *self.users.entry(*digest).or_default() += 1;
         self.live += 1;
         self.push(i);
         Upserted {
@@ -298,9 +304,18 @@ impl Table {
     }
 
     fn free_slot(&mut self, i: u32) {
-        let digest = self.slots[i as usize].digest;
-        if let Ok(found) = self.index.find_entry(digest_hash(&digest), |&j| j == i) {
+        let Slot {
+            digest, repo, kind, ..
+        } = self.slots[i as usize];
+        let hash = key_hash(&self.hasher, repo, &digest, kind);
+        if let Ok(found) = self.index.find_entry(hash, |&j| j == i) {
             found.remove();
+        }
+        if let std::collections::hash_map::Entry::Occupied(mut users) = self.users.entry(digest) {
+            *users.get_mut() -= 1;
+            if *users.get() == 0 {
+                users.remove();
+            }
         }
         self.slots[i as usize].flags = 0;
         self.free.push(i);
@@ -309,11 +324,7 @@ impl Table {
 
     /// Whether any entry still uses `digest`.
     pub fn uses(&self, digest: &[u8; 32]) -> bool {
-        self.index
-            .find(digest_hash(digest), |&i| {
-                self.slots[i as usize].digest == *digest
-            })
-            .is_some()
+        self.users.contains_key(digest)
     }
 
     /// When the entry in `slot` falls due.
@@ -401,6 +412,7 @@ impl Table {
             + self.repos.iter().map(|r| r.len() + 16).sum::<usize>()
             + self.repo_ttls.capacity() * 4
             + self.repo_index.capacity() * 5
+            + self.users.capacity() * 37
     }
 }
 
@@ -412,7 +424,7 @@ mod tests {
 
     fn d(n: u8) -> [u8; 32] {
         let mut d = [0; 32];
-        d[0] = n % 3; // few distinct hashes: collisions are the common case
+        d[0] = n % 3; // digests sharing a prefix, as chosen ones do
         d[31] = n;
         d
     }

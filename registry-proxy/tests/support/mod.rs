@@ -426,7 +426,7 @@ impl InProcess {
     /// Opens the proxy in front of `upstream`.
     pub async fn open(
         upstream: &str,
-        credentials: Option<(String, String)>,
+        credentials: registry_proxy::upstream::Credentials,
         freshness: Duration,
     ) -> Self {
         let namespace = registry_proxy::namespace::NamespaceSpec::single(
@@ -639,7 +639,10 @@ pub fn s3_storage_yaml(s3: &driver_s3::S3Config, extra: &[&str]) -> String {
         s3.region,
         s3.endpoint.clone().unwrap_or_default(),
         s3.access_key.clone().unwrap_or_default(),
-        s3.secret_key.clone().unwrap_or_default(),
+        s3.secret_key
+            .as_ref()
+            .map(|s| s.expose())
+            .unwrap_or_default(),
     );
     if !s3.root_directory.is_empty() {
         yaml.push_str(&format!("    rootdirectory: {}\n", s3.root_directory));
