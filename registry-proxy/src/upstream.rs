@@ -143,19 +143,20 @@ impl Upstream {
     /// `connect_timeout` bounds connecting; each request passes its own
     /// timeout to [`Upstream::send`] (fills bound blob bodies by idleness).
     pub fn new(base: Url, credentials: Credentials, connect_timeout: Duration) -> Self {
-        let local = is_local(&base);
+        let home = reach(&base);
         let secure = base.scheme() == "https";
         // Docker Hub sends blobs to a CDN. reqwest drops the Authorization
         // header when a redirect leaves the upstream's host; this policy
         // also refuses a redirect to a loopback or link-local address (a
-        // cloud metadata service) unless the upstream itself is one, and
-        // from https to plain http.
+        // cloud metadata service) unless the upstream itself is one of that
+        // kind, and from https to plain http.
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 5 {
                 attempt.error("more than 5 redirects")
             } else if secure && attempt.url().scheme() != "https" {
                 attempt.error("a redirect from https to plain http")
-            } else if is_local(attempt.url()) && !local {
+            } else if !matches!(reach(attempt.url()), Reach::Remote) && reach(attempt.url()) != home
+            {
                 attempt.error("a redirect to a loopback or link-local address")
             } else {
                 attempt.follow()
@@ -361,24 +362,45 @@ impl Upstream {
     }
 }
 
-/// Whether `url` names a loopback or link-local address (`localhost`
-/// included). Names resolved by DNS are not looked up here.
-fn is_local(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_link_local() || ip.is_unspecified(),
-        Some(url::Host::Ipv6(ip)) => {
-            ip.is_loopback()
-                || ip.is_unspecified()
-                || ip.is_unicast_link_local()
-                || ip
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| v4.is_loopback() || v4.is_link_local())
+/// Where a URL's host is, for redirects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// This machine: a loopback or unspecified address, `localhost`.
+    Loopback,
+    /// The local link: `169.254.0.0/16`, `fe80::/10` (cloud metadata
+    /// services live there).
+    LinkLocal,
+    /// Anywhere else (names resolved by DNS are not looked up).
+    Remote,
+}
+
+fn reach(url: &Url) -> Reach {
+    let v4 = |ip: std::net::Ipv4Addr| {
+        if ip.is_loopback() || ip.is_unspecified() {
+            Reach::Loopback
+        } else if ip.is_link_local() {
+            Reach::LinkLocal
+        } else {
+            Reach::Remote
         }
+    };
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => v4(ip),
+        Some(url::Host::Ipv6(ip)) => match ip.to_ipv4_mapped() {
+            Some(mapped) => v4(mapped),
+            None if ip.is_loopback() || ip.is_unspecified() => Reach::Loopback,
+            None if ip.is_unicast_link_local() => Reach::LinkLocal,
+            None => Reach::Remote,
+        },
         Some(url::Host::Domain(name)) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            name == "localhost" || name.ends_with(".localhost")
+            if name == "localhost" || name.ends_with(".localhost") {
+                Reach::Loopback
+            } else {
+                Reach::Remote
+            }
         }
-        None => false,
+        None => Reach::Remote,
     }
 }
 

@@ -64,6 +64,13 @@ struct Fake {
     auth: Auth,
     gate: Notify,
     base: Mutex<String>,
+    /// The token realm its challenges name, when not `<base>/token`.
+    realm: Mutex<Option<String>>,
+    /// Blob digests answered with a redirect to this location.
+    redirects: Mutex<HashMap<String, String>>,
+    /// Whether each request to the token service (`token`) or the CDN
+    /// (`cdn`) carried an Authorization header.
+    authorization_seen: Mutex<Vec<(&'static str, bool)>>,
 }
 
 impl Fake {
@@ -136,6 +143,10 @@ async fn token(
     headers: HeaderMap,
     query: axum::extract::Query<HashMap<String, String>>,
 ) -> Response {
+    fake.authorization_seen
+        .lock()
+        .expect("lock")
+        .push(("token", headers.contains_key(header::AUTHORIZATION)));
     let basic = format!("Basic {}", base64(&format!("{USER}:{PASSWORD}")));
     if headers
         .get(header::AUTHORIZATION)
@@ -196,8 +207,12 @@ async fn serve(
     if !fake.authorized(&headers) {
         let challenge = match fake.auth {
             Auth::Bearer => format!(
-                r#"Bearer realm="{}/token",service="fake""#,
-                fake.base.lock().expect("lock")
+                r#"Bearer realm="{}",service="fake""#,
+                fake.realm
+                    .lock()
+                    .expect("lock")
+                    .clone()
+                    .unwrap_or_else(|| format!("{}/token", fake.base.lock().expect("lock")))
             ),
             _ => r#"Basic realm="fake""#.to_owned(),
         };
@@ -245,6 +260,13 @@ async fn serve(
     let Some((_, digest)) = rest.split_once("/blobs/") else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if let Some(location) = fake.redirects.lock().expect("lock").get(digest) {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location.clone())],
+        )
+            .into_response();
+    }
     let Some(data) = fake.blobs.lock().expect("lock").get(digest).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -296,6 +318,23 @@ async fn serve(
     response
 }
 
+/// A CDN the upstream redirects blobs to: serves them to anyone, noting
+/// whether the request carried credentials.
+async fn cdn(
+    State(fake): State<Arc<Fake>>,
+    Path(digest): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    fake.authorization_seen
+        .lock()
+        .expect("lock")
+        .push(("cdn", headers.contains_key(header::AUTHORIZATION)));
+    match fake.blobs.lock().expect("lock").get(&digest).cloned() {
+        Some(data) => Body::from(data).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 /// A fake upstream on 127.0.0.1 and a proxy (in-memory storage) in front of it.
 /// Derefs to the proxy (`state`, `driver`, `send`, `get`).
 struct Setup {
@@ -329,9 +368,13 @@ async fn start_fake(auth: Auth) -> (Arc<Fake>, String) {
         auth,
         gate: Notify::new(),
         base: Mutex::default(),
+        realm: Mutex::default(),
+        redirects: Mutex::default(),
+        authorization_seen: Mutex::default(),
     });
     let router = axum::Router::new()
         .route("/token", get(token))
+        .route("/cdn/{digest}", get(cdn))
         .route("/v2/{*rest}", any(serve))
         .with_state(Arc::clone(&fake));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1309,4 +1352,60 @@ async fn only_manifests_are_served_through_the_manifests_endpoint() {
     }
     let (_, headers, _) = s.get(&blob_uri("team/app", &digest)).await;
     assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+}
+
+/// The upstream's credentials go to a token realm only over https or on
+/// the upstream's own host: a plain-http realm elsewhere (`localhost` is
+/// another host than `127.0.0.1`) is asked without them, so the pull fails
+/// instead of handing the password over.
+#[tokio::test]
+async fn credentials_never_go_to_a_plain_http_realm_on_another_host() {
+    let s = setup_with(Auth::Bearer, true, Duration::from_secs(60)).await;
+    let blob = s.fake.add_blob(b"behind a token");
+    let base = s.fake.base.lock().expect("lock").clone();
+    let elsewhere = base.replace("127.0.0.1", "localhost");
+    *s.fake.realm.lock().expect("lock") = Some(format!("{elsewhere}/token"));
+    let (status, _, _) = s.get(&blob_uri("team/app", &blob)).await;
+    assert_ne!(status, StatusCode::OK);
+    let seen = s.fake.authorization_seen.lock().expect("lock").clone();
+    assert_eq!(seen, [("token", false)], "credentials sent to {elsewhere}");
+    // The upstream's own host over plain http still gets them.
+    *s.fake.realm.lock().expect("lock") = None;
+    let (status, _, _) = s.get(&blob_uri("team/app", &blob)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        s.fake.authorization_seen.lock().expect("lock").last(),
+        Some(&("token", true))
+    );
+}
+
+/// Blob redirects (Docker Hub's CDN) are followed without the upstream's
+/// credentials, and never to a link-local address (a cloud metadata
+/// service) from an upstream that is not one.
+#[tokio::test]
+async fn redirects_carry_no_credentials_and_never_reach_link_local_addresses() {
+    let s = setup_with(Auth::Basic, true, Duration::from_secs(60)).await;
+    let data = conformance::random_bytes(11, 300_000);
+    let digest = s.fake.add_blob(&data);
+    let base = s.fake.base.lock().expect("lock").clone();
+    let cdn = base.replace("127.0.0.1", "localhost");
+    s.fake
+        .redirects
+        .lock()
+        .expect("lock")
+        .insert(digest.to_string(), format!("{cdn}/cdn/{digest}"));
+    let (status, _, body) = s.get(&blob_uri("team/app", &digest)).await;
+    assert_eq!((status, body.expect("body")), (StatusCode::OK, data));
+    let seen = s.fake.authorization_seen.lock().expect("lock").clone();
+    assert_eq!(seen, [("cdn", false)], "credentials followed the redirect");
+
+    let other = s.fake.add_blob(b"redirected to a metadata service");
+    s.fake.redirects.lock().expect("lock").insert(
+        other.to_string(),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    );
+    let (status, _, body) = s.get(&blob_uri("team/app", &other)).await;
+    let body = String::from_utf8_lossy(&body.expect("body")).into_owned();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("link-local"), "{body}");
 }
