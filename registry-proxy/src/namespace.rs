@@ -157,6 +157,13 @@ impl Namespace {
     pub fn isolated(&self) -> bool {
         self.sharing == Sharing::Isolated
     }
+
+    /// Whether what it brings in is private to it: it is isolated, or only
+    /// some users may pull through it. Other namespaces are then served
+    /// that content only once their own upstream proves access.
+    pub fn private(&self) -> bool {
+        self.isolated() || self.users.is_some()
+    }
 }
 
 /// Every namespace, and which one is the default.

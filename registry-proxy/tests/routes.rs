@@ -71,6 +71,8 @@ struct Fake {
     /// Whether each request to the token service (`token`) or the CDN
     /// (`cdn`) carried an Authorization header.
     authorization_seen: Mutex<Vec<(&'static str, bool)>>,
+    /// A repository whose blob requests wait for the gate, then get 404.
+    held: Mutex<Option<String>>,
 }
 
 impl Fake {
@@ -257,9 +259,14 @@ async fn serve(
             .insert(header::CONTENT_LENGTH, bytes.len().into());
         return response;
     }
-    let Some((_, digest)) = rest.split_once("/blobs/") else {
+    let Some((repo, digest)) = rest.split_once("/blobs/") else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let held = fake.held.lock().expect("lock").clone();
+    if held.as_deref() == Some(repo) {
+        fake.gate.notified().await;
+        return StatusCode::NOT_FOUND.into_response();
+    }
     if let Some(location) = fake.redirects.lock().expect("lock").get(digest) {
         return (
             StatusCode::TEMPORARY_REDIRECT,
@@ -371,6 +378,7 @@ async fn start_fake(auth: Auth) -> (Arc<Fake>, String) {
         realm: Mutex::default(),
         redirects: Mutex::default(),
         authorization_seen: Mutex::default(),
+        held: Mutex::default(),
     });
     let router = axum::Router::new()
         .route("/token", get(token))
@@ -1037,10 +1045,11 @@ async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
     }
     // Each blob GET opens storage once (size and bytes in one request, no
     // stat before it), and so does each manifest hit by digest (its size
-    // checked before it is read). The stats are the blob HEAD's and the two
-    // manifest hits' by digest.
+    // checked before it is read). The stats are the blob HEAD's, the two
+    // manifest hits' by digest, and two of the private-content marker (the
+    // miss and the unknown digest: requests knowing no link to the blob).
     assert_eq!(support::storage_ops(&text, "open"), 5);
-    assert_eq!(support::storage_ops(&text, "stat"), 3);
+    assert_eq!(support::storage_ops(&text, "stat"), 5);
 }
 
 /// Moves tokio's clock (and so the scheduler's) forward by `by`.
@@ -1408,4 +1417,161 @@ async fn redirects_carry_no_credentials_and_never_reach_link_local_addresses() {
     let body = String::from_utf8_lossy(&body.expect("body")).into_owned();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("link-local"), "{body}");
+}
+
+/// Polls the proxy's debug variables until `FillClients` reaches `n`.
+async fn wait_for_fill_clients(s: &InProcess, n: u64) {
+    for _ in 0..10_000 {
+        let response = registry_proxy::debug_app(s.state.clone())
+            .oneshot(
+                Request::get("/debug/vars")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("debug response");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let vars: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        if vars["registry_proxy"]["FillClients"] == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never {n} fill clients");
+}
+
+/// A fill started by a request for a repository that does not have the
+/// blob (`HEAD /v2/no/such/blobs/<D>`, here held until the legitimate pull
+/// joined it) fails for that request only: the pull that joined it fills
+/// again through its own repository and gets the blob whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_failing_for_another_repository_does_not_fail_the_one_that_joined_it() {
+    let s = setup().await;
+    let data = conformance::random_bytes(12, 500_000);
+    let digest = s.fake.add_blob(&data);
+    *s.fake.held.lock().expect("lock") = Some("no/such".to_owned());
+    let state = s.state.clone();
+    let spoiler_uri = blob_uri("no/such", &digest);
+    let spoiler = tokio::spawn(async move {
+        use tower::ServiceExt as _;
+        registry_proxy::app(state)
+            .oneshot(
+                Request::head(spoiler_uri)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response")
+            .status()
+    });
+    wait_for_fill_clients(&s, 1).await;
+    let state = s.state.clone();
+    let uri = blob_uri("team/app", &digest);
+    let pull = tokio::spawn(async move {
+        use tower::ServiceExt as _;
+        let response = registry_proxy::app(state)
+            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        (
+            status,
+            axum::body::to_bytes(response.into_body(), 1 << 20).await,
+        )
+    });
+    wait_for_fill_clients(&s, 2).await;
+    s.fake.gate.notify_waiters();
+    // Its fill fails (404, or 503 if the held answer outlasted the fill
+    // timeout): either way, not the pull's answer.
+    assert_ne!(spoiler.await.expect("task"), StatusCode::OK);
+    let (status, body) = pull.await.expect("task");
+    let body = body.expect("body");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+    );
+    assert!(body == data, "not the blob's bytes");
+}
+
+/// A blob that came in through an isolated namespace is private to it:
+/// a shared namespace (the default) is served it from storage, or from
+/// the running fill, only when its own upstream has it. Its upstream lacks
+/// it here, so both answer `BLOB_UNKNOWN` after one HEAD each; content that
+/// came through the shared namespace is still served without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_of_an_isolated_namespace_does_not_leak_through_a_shared_one() {
+    use registry_proxy::namespace::{NamespaceSpec, Sharing};
+    let (private, private_base) = start_fake(Auth::Anonymous).await;
+    let (public, public_base) = start_fake(Auth::Anonymous).await;
+    let spec = |name: &str, base: &str, sharing, default| NamespaceSpec {
+        name: name.to_owned(),
+        sharing,
+        plain: false,
+        default,
+        ..NamespaceSpec::single(base.parse().expect("url"), None)
+    };
+    let proxy = InProcess::with_namespaces(
+        &[
+            spec("private.test", &private_base, Sharing::Isolated, false),
+            spec("public.test", &public_base, Sharing::Shared, true),
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    // Joining the private namespace's running fill.
+    let secret = conformance::random_bytes(13, 2 << 20);
+    let digest = private.add_blob(&secret);
+    private.set_fault(Fault::Gate);
+    let first = proxy
+        .send(
+            Method::GET,
+            &format!("/v2/private.test/corp/app/blobs/{digest}"),
+            &[],
+        )
+        .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first = tokio::spawn(axum::body::to_bytes(first.into_body(), 4 << 20));
+    let leak_uri = format!("/v2/library/anything/blobs/{digest}");
+    let (status, _, body) = proxy.get(&leak_uri).await;
+    assert_eq!(
+        (status, error_code(&body.expect("body")).as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        "a running private fill was joined without proof"
+    );
+    private.gate.notify_one();
+    assert_eq!(first.await.expect("task").expect("body"), secret);
+    proxy.state.blobs.fills_done().await;
+    // From storage.
+    let (status, _, body) = proxy.get(&leak_uri).await;
+    assert_eq!(
+        (status, error_code(&body.expect("body")).as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        "a stored private blob was served without proof"
+    );
+    assert_eq!((public.count("HEAD "), public.count("GET ")), (2, 0));
+    // Once the shared namespace's upstream has it, it is served.
+    public.add_blob(&secret);
+    let (status, _, body) = proxy.get(&leak_uri).await;
+    assert_eq!((status, body.expect("body")), (StatusCode::OK, secret));
+    // What came in through the shared namespace is shared as before.
+    let open = conformance::random_bytes(14, 100_000);
+    let open_digest = public.add_blob(&open);
+    let (status, _, _) = proxy
+        .get(&format!("/v2/library/a/blobs/{open_digest}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    proxy.state.blobs.fills_done().await;
+    let heads = public.count("HEAD ");
+    let (status, _, body) = proxy
+        .get(&format!("/v2/library/b/blobs/{open_digest}"))
+        .await;
+    assert_eq!(
+        (status, body.expect("body")),
+        (StatusCode::OK, Bytes::from(open))
+    );
+    assert_eq!(public.count("HEAD "), heads, "a shared blob needed a proof");
 }

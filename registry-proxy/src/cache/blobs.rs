@@ -179,10 +179,24 @@ impl Drop for FillClient {
     }
 }
 
+/// How many fills a request joins or starts before it gives up, when the
+/// ones it joined failed for other repositories' requests.
+const FILL_ATTEMPTS: usize = 3;
+
+/// What [`Blobs::fill_size`] found.
+enum FillSize {
+    /// The fill streams this many bytes.
+    Streaming(u64),
+    /// Another replica had stored the blob, of this size: read storage.
+    Stored(u64),
+}
+
 /// One fill in progress.
 struct Fill {
     /// The namespace whose upstream it pulls from.
     namespace: Arc<Namespace>,
+    /// The repository it pulls through.
+    repo: RepoName,
     progress: watch::Receiver<Progress>,
     /// The spool file, unnamed (deleted when the last waiter drops the
     /// fill, and by the OS when the process dies).
@@ -308,9 +322,10 @@ impl Blobs {
         let path = layout::blob_data(digest);
         // A whole read opens the blob at once: one storage request, not a
         // stat then a read (on S3, one request per warm hit instead of two).
-        // An isolated namespace without a known link stats first: its proof
-        // of access comes before any byte is read.
-        let unproven = ns.isolated() && !known_linked;
+        // Content that needs a proof of access (an isolated namespace, or
+        // private content, without a link) is stated first: the proof comes
+        // before any byte is read.
+        let unproven = self.needs_proof(ns, &key, digest, known_linked).await;
         let found = if head || range.is_some() || unproven {
             let info = self.driver.stat(&path).await;
             info.map(|i| (!i.is_dir).then_some((i.size, None)))
@@ -333,15 +348,14 @@ impl Blobs {
             let reply = self.from_fill(ns, repo, digest, range, head, known_linked);
             return Ok((reply.await?, false));
         };
-        let linked = self.linked(ns, &key, digest, known_linked).await;
-        if ns.isolated() && !linked {
+        if unproven {
             self.prove(ns, repo, digest).await?;
         }
         if access.is_none() {
             self.scheduler.touch(&key, digest, EntryKind::Blob).await;
         }
         self.scheduler
-            .ensure_link(&key, digest, EntryKind::Blob, linked)
+            .ensure_link(&key, digest, EntryKind::Blob, known_linked)
             .await;
         let reply = self.stored(digest, size, range, head, opened, lease);
         Ok((reply.await?, true))
@@ -386,16 +400,34 @@ impl Blobs {
         })
     }
 
-    /// Whether the repository `key` of `ns` is known to have `digest`
-    /// linked: `known` from its scheduler entry, else (isolated namespaces
-    /// only, whose link is their proof of access) looked up in storage.
-    async fn linked(&self, ns: &Namespace, key: &RepoKey, digest: &Digest, known: bool) -> bool {
-        known
-            || (ns.isolated()
-                && self
-                    .scheduler
-                    .link_exists(key, digest, EntryKind::Blob)
-                    .await)
+    /// Whether `ns` must prove, through its own upstream, that repository
+    /// `key` has `digest` before it is served the stored bytes: it has no
+    /// link to it (`known`: its entry knows of one, else storage is asked),
+    /// and the namespace is isolated or the blob came in through a private
+    /// namespace. The one place this rule is written.
+    async fn needs_proof(
+        &self,
+        ns: &Namespace,
+        key: &RepoKey,
+        digest: &Digest,
+        known: bool,
+    ) -> bool {
+        if known || !(ns.isolated() || self.came_privately(digest).await) {
+            return false;
+        }
+        !self
+            .scheduler
+            .link_exists(key, digest, EntryKind::Blob)
+            .await
+    }
+
+    /// Whether blob `digest` came in through a private namespace (its
+    /// marker exists, or storage cannot tell: then it is treated as private).
+    async fn came_privately(&self, digest: &Digest) -> bool {
+        match self.driver.stat(&layout::blob_private_marker(digest)).await {
+            Ok(_) => true,
+            Err(e) => !e.is_not_found(),
+        }
     }
 
     /// Asks the upstream of isolated namespace `ns` whether `repo` has
@@ -433,9 +465,12 @@ impl Blobs {
     }
 
     /// Joins the fill of `digest`, starting it if none runs, and streams
-    /// from it. An isolated namespace joins another namespace's fill only
-    /// once its own upstream proved access (`linked`: its entry knows the
-    /// proof).
+    /// from it. A namespace joins another namespace's fill without a proof
+    /// of access only if it is shared and that fill's namespace is not
+    /// private (`linked`: its entry knows of a proof). A joined fill that
+    /// fails for someone else's request (another repository or namespace)
+    /// is no answer for this one: it fills again through its own
+    /// repository, a few times at most.
     async fn from_fill(
         self: &Arc<Self>,
         ns: &Arc<Namespace>,
@@ -445,45 +480,40 @@ impl Blobs {
         head: bool,
         linked: bool,
     ) -> Result<BlobReply, OciError> {
-        let fill = self.fill(ns, repo, digest)?;
-        if ns.isolated()
-            && !Arc::ptr_eq(&fill.namespace, ns)
-            && !self.linked(ns, &ns.repo(repo), digest, linked).await
-        {
-            self.prove(ns, repo, digest).await?;
-            // The proof's record, before the fill commits the bytes.
-            self.scheduler
-                .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
-                .await;
-        }
-        let client = FillClient::attach(&self.metrics);
-        let mut progress = fill.progress.clone();
-        // Wait until the size is known (or the fill failed).
-        let size = loop {
-            let now = progress.borrow_and_update().clone();
-            match (now.size, now.outcome) {
-                (_, Some(Err(e))) => return Err(e),
-                (Some(size), _) if now.stored => {
-                    self.scheduler
-                        .touch(&ns.repo(repo), digest, EntryKind::Blob)
-                        .await;
+        let key = ns.repo(repo);
+        let mut proven = linked;
+        let mut attempts = 0;
+        let (fill, size, client) = loop {
+            attempts += 1;
+            let fill = self.fill(ns, repo, digest)?;
+            let own = Arc::ptr_eq(&fill.namespace, ns) && fill.repo == *repo;
+            let foreign = !Arc::ptr_eq(&fill.namespace, ns);
+            if !proven
+                && foreign
+                && (ns.isolated() || fill.namespace.private())
+                && !self
+                    .scheduler
+                    .link_exists(&key, digest, EntryKind::Blob)
+                    .await
+            {
+                self.prove(ns, repo, digest).await?;
+                // The proof's record, before the fill commits the bytes.
+                self.scheduler
+                    .ensure_link(&key, digest, EntryKind::Blob, false)
+                    .await;
+                proven = true;
+            }
+            let client = FillClient::attach(&self.metrics);
+            match self.fill_size(&fill, ns, repo, digest).await {
+                Ok(FillSize::Streaming(size)) => break (fill, size, client),
+                Ok(FillSize::Stored(size)) => {
                     let lease = self.scheduler.leases().hold(&[digest.raw()]);
                     return self.stored(digest, size, range, head, None, lease).await;
                 }
-                (Some(size), _) => {
-                    // The upstream has it: now the access is recorded.
-                    self.scheduler
-                        .touch(&ns.repo(repo), digest, EntryKind::Blob)
-                        .await;
-                    break size;
+                Err(e) if own || attempts >= FILL_ATTEMPTS => return Err(e),
+                Err(e) => {
+                    tracing::info!(%digest, error = %e, "a fill started for another repository failed; filling through this one");
                 }
-                (None, _) => {}
-            }
-            if progress.changed().await.is_err() {
-                return Err(OciError::new(
-                    ErrorCode::Unavailable,
-                    "the fill ended unexpectedly",
-                ));
             }
         };
         let (start, end) = resolve(range, size)?;
@@ -500,6 +530,42 @@ impl Blobs {
             range: (start, end),
             body,
         })
+    }
+
+    /// Waits until `fill` knows the blob's size (or failed); records the
+    /// access of `repo` in `ns` once the blob is known to exist.
+    async fn fill_size(
+        &self,
+        fill: &Fill,
+        ns: &Namespace,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<FillSize, OciError> {
+        let mut progress = fill.progress.clone();
+        loop {
+            let now = progress.borrow_and_update().clone();
+            match (now.size, now.outcome) {
+                (_, Some(Err(e))) => return Err(e),
+                (Some(size), _) => {
+                    // The upstream has it: now the access is recorded.
+                    self.scheduler
+                        .touch(&ns.repo(repo), digest, EntryKind::Blob)
+                        .await;
+                    return Ok(if now.stored {
+                        FillSize::Stored(size)
+                    } else {
+                        FillSize::Streaming(size)
+                    });
+                }
+                (None, _) => {}
+            }
+            if progress.changed().await.is_err() {
+                return Err(OciError::new(
+                    ErrorCode::Unavailable,
+                    "the fill ended unexpectedly",
+                ));
+            }
+        }
     }
 
     fn fill(
@@ -521,6 +587,7 @@ impl Blobs {
         let (publish, progress) = watch::channel(Progress::default());
         let fill = Arc::new(Fill {
             namespace: Arc::clone(ns),
+            repo: repo.clone(),
             progress,
             spool: Arc::new(spool),
             recent: Mutex::default(),
@@ -586,12 +653,16 @@ impl Blobs {
         publish: &watch::Sender<Progress>,
     ) -> Result<(), OciError> {
         let ns = &fill.namespace;
+        let key = ns.repo(repo);
         if self.scheduler.store().shared() {
             if let Ok(info) = self.driver.stat(&layout::blob_data(digest)).await {
                 if !info.is_dir {
-                    self.scheduler
-                        .touch(&ns.repo(repo), digest, EntryKind::Blob)
-                        .await;
+                    // Stored by another replica: served only as a stored hit
+                    // would be, after a proof of access where one is due.
+                    if self.needs_proof(ns, &key, digest, false).await {
+                        self.prove(ns, repo, digest).await?;
+                    }
+                    self.scheduler.touch(&key, digest, EntryKind::Blob).await;
                     publish.send_modify(|p| {
                         p.size = Some(info.size);
                         p.stored = true;
@@ -622,6 +693,14 @@ impl Blobs {
         let size = self
             .receive(response, fill, publish, announced, digest)
             .await?;
+        if ns.private() {
+            // Marked before the bytes become visible: no other namespace
+            // is ever served them unproven.
+            self.driver
+                .put_content(&layout::blob_private_marker(digest), Bytes::new())
+                .await
+                .map_err(storage_error)?;
+        }
         self.store(digest, fill, size).await?;
         self.scheduler
             .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)

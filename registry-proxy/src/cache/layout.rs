@@ -87,6 +87,14 @@ pub fn blob_data(digest: &Digest) -> StoragePath {
     path(format!("{}/data", blob_dir(digest).as_str()))
 }
 
+/// `blobs/sha256/<2 hex>/<hex>/private`: present when the blob came in
+/// through a namespace that is isolated or restricted to some users, so
+/// that other namespaces prove access before they are served it. Our own
+/// file, next to registry:2's `data`.
+pub fn blob_private_marker(digest: &Digest) -> StoragePath {
+    path(format!("{}/private", blob_dir(digest).as_str()))
+}
+
 /// `blobs`: every blob's directory is beneath it.
 pub fn blobs_root() -> StoragePath {
     path(format!("{ROOT}/blobs"))
