@@ -39,6 +39,10 @@ use crate::scheduler::table::{Entry, EntryKind, Secs, Table};
 /// Keys read per request while loading.
 const PAGE: i64 = 5000;
 
+/// Digests per published lease key: about 650 KB, well under etcd's
+/// 1.5 MiB request limit.
+const LEASES_PER_KEY: usize = 10_000;
+
 /// Writes in flight at once while flushing.
 const WRITES: usize = 16;
 
@@ -63,6 +67,11 @@ fn etcd_error(e: etcd_client::Error) -> MetadataError {
 /// The state shared through etcd.
 pub struct Etcd {
     client: Client,
+    /// A connection whose requests have no deadline, for lock requests: a
+    /// lock is waited for as long as its holder lives (its session lease)
+    /// and holds it (a fill lets go once idle for its fill timeout), not
+    /// the per-request timeout. HTTP/2 keep-alives notice a dead etcd.
+    waiting: Client,
     options: EtcdOptions,
     /// This replica's name in etcd.
     replica: String,
@@ -108,6 +117,17 @@ impl Etcd {
         )
         .await
         .map_err(etcd_error)?;
+        let waiting = Client::connect(
+            &options.endpoints,
+            Some(
+                ConnectOptions::new()
+                    .with_connect_timeout(options.timeout)
+                    .with_keep_alive(options.timeout, options.timeout)
+                    .with_keep_alive_while_idle(true),
+            ),
+        )
+        .await
+        .map_err(etcd_error)?;
         let mut namespaces: Vec<String> = namespace_dirs
             .iter()
             .map(|d| schema::namespace_key(d.as_deref()).to_owned())
@@ -118,6 +138,7 @@ impl Etcd {
         let this = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             client,
+            waiting,
             replica: format!("{:016x}-{}", rand::random::<u64>(), std::process::id()),
             session: Arc::new(AtomicI64::new(0)),
             namespaces,
@@ -597,7 +618,8 @@ impl MetadataStore for Etcd {
         let guard = self.local.acquire(&name).await;
         let session = self.session.load(Ordering::SeqCst);
         let response = self
-            .client()
+            .waiting
+            .clone()
             .lock(name, Some(LockOptions::new().with_lease(session)))
             .await
             .map_err(etcd_error)?;
@@ -613,50 +635,83 @@ impl MetadataStore for Etcd {
     }
 
     async fn publish_leases(&self, digests: &HashSet<[u8; 32]>) -> Result<(), MetadataError> {
-        let key = format!(
-            "{}{}",
+        // One key per LEASES_PER_KEY digests (`<replica>/<n>`), each put in
+        // a request of its own: etcd refuses requests over 1.5 MiB, which
+        // one key of every digest passed at about 23,000 of them. The new
+        // keys go first, then the old ones past them: a digest leased
+        // throughout is never missing meanwhile.
+        let mine = format!(
+            "{}{}/",
             schema::leases_root(&self.options.prefix),
             self.replica
         );
         let mut client = self.client();
-        if digests.is_empty() {
-            client.delete(key, None).await.map_err(etcd_error)?;
-            return Ok(());
-        }
-        let value: Vec<String> = digests.iter().map(hex::encode).collect();
         let session = self.session.load(Ordering::SeqCst);
-        client
-            .put(
-                key,
-                value.join("\n"),
-                Some(PutOptions::new().with_lease(session)),
+        let hexes: Vec<String> = digests.iter().map(hex::encode).collect();
+        let chunks: Vec<&[String]> = hexes.chunks(LEASES_PER_KEY).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            client
+                .put(
+                    format!("{mine}{n:06}"),
+                    chunk.join("\n"),
+                    Some(PutOptions::new().with_lease(session)),
+                )
+                .await
+                .map_err(etcd_error)?;
+        }
+        // Every key of this replica from the first unused number on.
+        let stale_from = format!("{mine}{:06}", chunks.len());
+        let existing = client
+            .get(
+                mine.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
             )
             .await
             .map_err(etcd_error)?;
+        for kv in existing.kvs() {
+            if kv.key() >= stale_from.as_bytes() {
+                client.delete(kv.key(), None).await.map_err(etcd_error)?;
+            }
+        }
         Ok(())
     }
 
     async fn remote_leases(&self) -> Result<HashSet<[u8; 32]>, MetadataError> {
         let root = schema::leases_root(&self.options.prefix);
-        let mine = format!("{root}{}", self.replica);
-        let response = self
-            .client()
-            .get(root, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd_error)?;
+        let mine = format!("{root}{}/", self.replica);
+        let end = prefix_end(&root);
+        let mut start = root.into_bytes();
         let mut leased = HashSet::new();
-        for kv in response.kvs() {
-            if kv.key() == mine.as_bytes() {
-                continue;
-            }
-            for hex in kv.value_str().unwrap_or("").lines() {
-                let mut digest = [0; 32];
-                if hex::decode_to_slice(hex, &mut digest).is_ok() {
-                    leased.insert(digest);
+        loop {
+            // A few keys per answer: each holds up to LEASES_PER_KEY digests,
+            // and an answer must stay under the client's 4 MiB message limit.
+            let response = self
+                .client()
+                .get(
+                    start.clone(),
+                    Some(GetOptions::new().with_range(end.clone()).with_limit(4)),
+                )
+                .await
+                .map_err(etcd_error)?;
+            for kv in response.kvs() {
+                if kv.key().starts_with(mine.as_bytes()) {
+                    continue;
+                }
+                for hex in kv.value_str().unwrap_or("").lines() {
+                    let mut digest = [0; 32];
+                    if hex::decode_to_slice(hex, &mut digest).is_ok() {
+                        leased.insert(digest);
+                    }
                 }
             }
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(leased),
+            }
         }
-        Ok(leased)
     }
 
     fn changes(&self) -> Option<mpsc::UnboundedReceiver<Change>> {

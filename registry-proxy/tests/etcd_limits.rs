@@ -1,0 +1,210 @@
+//! etcd at its limits, with a real etcd and two replicas' stores in this
+//! process. A fill that outlasts etcd's request timeout (1 s here) keeps
+//! its lock: the other replica's request for the same blob waits for it
+//! instead of filling again, and the upstream (which holds the body until
+//! the test lets it go) sends the blob once. Leases on tens of thousands
+//! of digests are published whole. Skipped (with the reason printed)
+//! without etcd unless `REQUIRE_E2E=1`.
+
+// Shared by the test binaries and the side-by-side benchmark; each uses a part.
+#[allow(dead_code)]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use registry_proxy::metadata::etcd::EtcdOptions;
+use registry_proxy::namespace::NamespaceSpec;
+use registry_proxy::oci::Digest;
+use registry_proxy::scheduler::Clock;
+use registry_proxy::{AppState, Settings};
+use support::{etcd, have};
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+/// The etcd request timeout of both replicas.
+const ETCD_TIMEOUT: Duration = Duration::from_secs(1);
+
+struct Upstream {
+    blob: Bytes,
+    gets: AtomicUsize,
+    release: Notify,
+}
+
+async fn start_upstream(blob: Bytes) -> (Arc<Upstream>, String) {
+    let upstream = Arc::new(Upstream {
+        blob,
+        gets: AtomicUsize::new(0),
+        release: Notify::new(),
+    });
+    let serving = Arc::clone(&upstream);
+    let router = axum::Router::new().fallback(move |method: Method| {
+        let up = Arc::clone(&serving);
+        async move {
+            if method == Method::GET {
+                up.gets.fetch_add(1, Ordering::SeqCst);
+            }
+            let half = up.blob.slice(..up.blob.len() / 2);
+            let rest = up.blob.slice(up.blob.len() / 2..);
+            let held = async move {
+                up.release.notified().await;
+                Ok::<_, std::io::Error>(rest)
+            };
+            let body = futures::StreamExt::chain(
+                futures::stream::iter([Ok::<_, std::io::Error>(half)]),
+                futures::stream::once(held),
+            );
+            let mut response = Body::from_stream(body).into_response();
+            response
+                .headers_mut()
+                .insert("content-length", BLOB_LEN.into());
+            response
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (upstream, base)
+}
+
+const BLOB_LEN: usize = 1 << 20;
+
+async fn replica(
+    driver: &Arc<dyn driver_core::StorageDriver>,
+    upstream: &str,
+    etcd_addr: &str,
+    prefix: &str,
+    spool: &std::path::Path,
+) -> AppState {
+    let settings = Settings {
+        spool_dir: spool.to_owned(),
+        // Longer than the test: the held body is not a stall here.
+        fill_timeout: Duration::from_secs(60),
+        tag_freshness: Duration::from_secs(60),
+        request_timeout: Duration::from_secs(2),
+        auth: None,
+        scheduler: Default::default(),
+        clock: Clock::system(),
+        coordination: Some(EtcdOptions {
+            endpoints: vec![format!("http://{etcd_addr}")],
+            prefix: prefix.to_owned(),
+            lease_ttl: Duration::from_secs(10),
+            timeout: ETCD_TIMEOUT,
+        }),
+    };
+    let spec = NamespaceSpec::single(upstream.parse().expect("url"), None);
+    AppState::open(Arc::clone(driver), &[spec], settings)
+        .await
+        .expect("replica")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_longer_than_the_etcd_timeout_keeps_its_lock() {
+    if !have("etcd") {
+        conformance::skip(
+            "a_fill_longer_than_the_etcd_timeout_keeps_its_lock",
+            "REQUIRE_E2E",
+            "etcd is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let etcd = etcd(dir.path());
+    let blob = conformance::random_bytes(21, BLOB_LEN);
+    let digest = Digest::of(&blob);
+    let (upstream, base) = start_upstream(blob.clone()).await;
+    let driver: Arc<dyn driver_core::StorageDriver> = Arc::new(driver_memory::MemoryDriver::new());
+    // Both replicas share one prefix: they coordinate.
+    let prefix = format!("/fill-lock-{:x}", rand::random::<u64>());
+    let a = replica(&driver, &base, &etcd.addr, &prefix, dir.path()).await;
+    let b = replica(&driver, &base, &etcd.addr, &prefix, dir.path()).await;
+    let uri = format!("/v2/team/app/blobs/{digest}");
+    let get = |state: AppState, uri: String| async move {
+        let response = registry_proxy::app(state)
+            .oneshot(
+                axum::http::Request::get(uri)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 4 << 20).await;
+        (status, body)
+    };
+    let first = tokio::spawn(get(a.clone(), uri.clone()));
+    while upstream.gets.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let second = tokio::spawn(get(b.clone(), uri.clone()));
+    // The deadline under test is etcd's wall-clock request timeout: the
+    // second replica's lock request must outlive it.
+    tokio::time::sleep(ETCD_TIMEOUT * 3).await;
+    assert_eq!(
+        upstream.gets.load(Ordering::SeqCst),
+        1,
+        "the second replica filled again after the etcd timeout"
+    );
+    upstream.release.notify_waiters();
+    for task in [first, second] {
+        let (status, body) = task.await.expect("task");
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.expect("body") == blob, "not the blob's bytes");
+    }
+    assert_eq!(upstream.gets.load(Ordering::SeqCst), 1);
+    drop(etcd);
+}
+
+/// Leases on 60,000 digests (a busy replica) are published and read back
+/// whole by another replica: one key of all of them passed etcd's 1.5 MiB
+/// request limit at about 23,000, and leases stopped being published.
+/// Publishing fewer afterwards leaves none of the old ones behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_on_many_digests_are_published_whole() {
+    use registry_proxy::metadata::MetadataStore;
+    use registry_proxy::metadata::etcd::Etcd;
+    if !have("etcd") {
+        conformance::skip(
+            "leases_on_many_digests_are_published_whole",
+            "REQUIRE_E2E",
+            "etcd is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let etcd = etcd(dir.path());
+    let driver: Arc<dyn driver_core::StorageDriver> = Arc::new(driver_memory::MemoryDriver::new());
+    let options = EtcdOptions {
+        endpoints: vec![format!("http://{}", etcd.addr)],
+        prefix: "/leases-test".to_owned(),
+        lease_ttl: Duration::from_secs(10),
+        timeout: Duration::from_secs(5),
+    };
+    let connect = || Etcd::connect(options.clone(), &[None], Arc::clone(&driver), 3600, false);
+    let (holder, reader) = (
+        connect().await.expect("etcd"),
+        connect().await.expect("etcd"),
+    );
+    let digest = |i: u32| {
+        let mut raw = [0u8; 32];
+        raw[..4].copy_from_slice(&i.to_le_bytes());
+        raw[31] = 1;
+        raw
+    };
+    let many: std::collections::HashSet<[u8; 32]> = (0..60_000).map(digest).collect();
+    holder.publish_leases(&many).await.expect("published");
+    assert_eq!(reader.remote_leases().await.expect("read"), many);
+    let few: std::collections::HashSet<[u8; 32]> = (0..5).map(digest).collect();
+    holder.publish_leases(&few).await.expect("published");
+    assert_eq!(reader.remote_leases().await.expect("read"), few);
+    holder.close().await;
+    reader.close().await;
+    drop(etcd);
+}
