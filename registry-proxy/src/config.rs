@@ -14,6 +14,7 @@ use serde::de::{Deserializer, Visitor};
 use serde_norway::Value;
 
 use crate::auth::Htpasswd;
+use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Sharing};
 use crate::scheduler::{GcOptions, Purge};
@@ -236,6 +237,18 @@ pub struct HttpConfig {
     pub debug: DebugConfig,
     /// Headers added to every response (distribution's `http.headers`).
     pub headers: BTreeMap<String, Vec<String>>,
+    /// Ours: connections served at once (default 4096).
+    pub maxconnections: Option<usize>,
+    /// Ours: how long a request's headers may take (default `10s`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub readheadertimeout: Option<String>,
+    /// Ours: how long a connection may move no byte (default `300s`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub idletimeout: Option<String>,
+    /// Ours: how long a response may wait for the client to read (default
+    /// `60s`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub writetimeout: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -244,6 +257,10 @@ impl Default for HttpConfig {
             addr: "127.0.0.1:5000".into(),
             debug: DebugConfig::default(),
             headers: BTreeMap::new(),
+            maxconnections: None,
+            readheadertimeout: None,
+            idletimeout: None,
+            writetimeout: None,
         }
     }
 }
@@ -622,6 +639,41 @@ impl Config {
         Htpasswd::load(realm, &section.path)
             .map(Some)
             .map_err(|e| invalid("auth.htpasswd.path", e))
+    }
+
+    /// The public listener's limits.
+    pub fn listener_limits(&self) -> Result<Limits, ConfigError> {
+        let defaults = Limits::default();
+        let http = &self.http;
+        let positive = |key: &str, value: Option<&str>, default: Duration| {
+            let d = duration(key, value, default)?;
+            if d.is_zero() {
+                return Err(invalid(key, "must be more than 0"));
+            }
+            Ok(d)
+        };
+        let max_connections = http.maxconnections.unwrap_or(defaults.max_connections);
+        if max_connections == 0 {
+            return Err(invalid("http.maxconnections", "must be more than 0"));
+        }
+        Ok(Limits {
+            max_connections,
+            header_read_timeout: positive(
+                "http.readheadertimeout",
+                http.readheadertimeout.as_deref(),
+                defaults.header_read_timeout,
+            )?,
+            idle_timeout: positive(
+                "http.idletimeout",
+                http.idletimeout.as_deref(),
+                defaults.idle_timeout,
+            )?,
+            write_timeout: positive(
+                "http.writetimeout",
+                http.writetimeout.as_deref(),
+                defaults.write_timeout,
+            )?,
+        })
     }
 
     /// How long a resolved tag is trusted.

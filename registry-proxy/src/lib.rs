@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod listener;
 pub mod metadata;
 pub mod metered;
 pub mod metrics;

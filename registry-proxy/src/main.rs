@@ -258,6 +258,8 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     }
     let blobs = Arc::clone(&state.blobs);
+    let metrics = Arc::clone(&state.metrics);
+    let limits = config.listener_limits().map_err(|e| e.to_string())?;
     let router = app(state).layer(axum::middleware::map_response(
         move |mut response: axum::response::Response| {
             let headers = headers.clone();
@@ -269,11 +271,11 @@ async fn serve(config: Config) -> Result<(), String> {
     ));
     tracing::info!(%addr, storage, "registry-proxy listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let server = registry_proxy::listener::serve(listener, router, limits, metrics, async move {
         shutdown_signal().await;
         let _ = stop_tx.send(());
     });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(server);
     // After the signal, in-flight responses and fills get DRAIN to finish;
     // a fill cut short commits nothing.
     let _ = stop_rx.await;

@@ -173,6 +173,7 @@ pub struct Metrics {
     namespaces: Mutex<Vec<(String, Arc<NamespaceMetrics>)>>,
     fills_in_flight: Gauge,
     fill_clients: Gauge,
+    connections: Gauge,
     stale_serves: Counter,
     upstream_latency: Histogram,
     upstream_errors: Family<StatusLabel, Counter>,
@@ -229,6 +230,12 @@ impl Default for Metrics {
             "stale_serves",
             "Tags served from the cache because the upstream was unavailable",
             stale_serves.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Client connections open on the public listener",
+            connections.clone(),
         );
         let fill_clients = Gauge::default();
         registry.register(
@@ -342,6 +349,7 @@ impl Default for Metrics {
             namespaces: Mutex::new(Vec::new()),
             fills_in_flight,
             fill_clients,
+            connections,
             stale_serves,
             upstream_latency,
             upstream_errors,
@@ -493,6 +501,20 @@ impl Metrics {
     /// A fill was refused at a limit.
     pub fn fill_refused(&self) {
         self.fills_refused.inc();
+    }
+
+    /// A client connection opened (`true`) or closed.
+    pub fn connection(&self, opened: bool) {
+        if opened {
+            self.connections.inc();
+        } else {
+            self.connections.dec();
+        }
+    }
+
+    /// Client connections open now.
+    pub fn connections(&self) -> i64 {
+        self.connections.get()
     }
 
     /// The Prometheus (OpenMetrics) text exposition.

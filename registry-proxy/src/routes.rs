@@ -2,11 +2,12 @@
 //! to a namespace, parses, dispatches, renders; nothing clever.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -105,8 +106,13 @@ async fn request_span(request: axum::extract::Request, next: axum::middleware::N
     response
 }
 
-async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authenticate(&state, &headers).await {
+async fn base(
+    State(state): State<AppState>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let client = client.map(|c| c.0.0.ip());
+    if let Err(refused) = authenticate(&state, &headers, client).await {
         return refused;
     }
     (
@@ -121,15 +127,30 @@ async fn base(State(state): State<AppState>, headers: HeaderMap) -> Response {
 /// on (401 with a Basic challenge when it fails); `None` when it is off.
 /// Runs before anything else looks at the request, so that an
 /// unauthenticated client learns nothing of namespaces or content.
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<String>, Response> {
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+) -> Result<Option<String>, Response> {
     let Some(auth) = &state.auth else {
         return Ok(None);
     };
-    match auth.check(headers.get(header::AUTHORIZATION)).await {
+    match auth.check(headers.get(header::AUTHORIZATION), client).await {
         Ok(user) => Ok(Some(user)),
+        Err(Unauthenticated::Throttled(wait)) => {
+            state.metrics.auth_failure();
+            let mut error = OciError::new(
+                ErrorCode::TooManyRequests,
+                "too many failed logins from this address; try again later",
+            );
+            error.retry_after = HeaderValue::try_from(wait.as_secs().max(1).to_string()).ok();
+            Err(error.into_response())
+        }
         Err(why) => {
             let message = match why {
-                Unauthenticated::Missing => "authentication required",
+                Unauthenticated::Missing | Unauthenticated::Throttled(_) => {
+                    "authentication required"
+                }
                 Unauthenticated::Wrong => {
                     tracing::info!("wrong user name or password");
                     state.metrics.auth_failure();
@@ -202,9 +223,11 @@ async fn dispatch(
     method: Method,
     Path(path): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    client: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
 ) -> Response {
-    let user = match authenticate(&state, &headers).await {
+    let client = client.map(|c| c.0.0.ip());
+    let user = match authenticate(&state, &headers, client).await {
         Ok(user) => user,
         Err(refused) => return refused,
     };

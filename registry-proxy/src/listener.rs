@@ -1,0 +1,276 @@
+//! The public listener: accepts connections up to a limit and serves each
+//! with HTTP/1.1 or HTTP/2, within time limits that keep one client from
+//! holding what others need.
+//!
+//! - A request's headers must arrive within `header_read_timeout`.
+//! - A connection that moves no byte either way for `idle_timeout` is
+//!   closed (an idle keep-alive, or a client that went silent).
+//! - A response write that cannot make progress for `write_timeout` (the
+//!   client stopped reading) closes the connection: its body is dropped,
+//!   and with it the fill client's spool and window, or the stored blob's
+//!   reader and lease.
+//! - At most `max_connections` are served at once; more wait in the
+//!   kernel's backlog until one ends.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tower::ServiceExt as _;
+
+use crate::metrics::Metrics;
+
+/// The listener's limits (`http.*` keys of the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive.
+    pub header_read_timeout: Duration,
+    /// How long a connection may move no byte at all.
+    pub idle_timeout: Duration,
+    /// How long a response write may wait for the client to read.
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a connection did last, in milliseconds since the listener started.
+#[derive(Default)]
+struct Activity {
+    /// The last byte read or written.
+    last: AtomicU64,
+    /// Since when a write has been waiting for the client; 0: none waits.
+    blocked_since: AtomicU64,
+}
+
+/// A connection's socket, noting its activity.
+struct Watched<I> {
+    inner: I,
+    activity: Arc<Activity>,
+    epoch: Instant,
+}
+
+impl<I> Watched<I> {
+    fn now(&self) -> u64 {
+        millis(self.epoch)
+    }
+}
+
+fn millis(epoch: Instant) -> u64 {
+    // At least 1: 0 means "not blocked".
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let now = self.now();
+            self.activity.last.store(now, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Watched<I> {
+    /// Notes the outcome of a write.
+    fn wrote<T>(&self, polled: &Poll<std::io::Result<T>>) {
+        match polled {
+            Poll::Pending => {
+                let now = self.now();
+                let _ = self.activity.blocked_since.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            Poll::Ready(_) => {
+                self.activity.blocked_since.store(0, Ordering::Relaxed);
+                self.activity.last.store(self.now(), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&polled);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&polled);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.wrote(&polled);
+        polled
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Why a connection was closed by its watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overstayed {
+    Idle,
+    Write,
+}
+
+impl Activity {
+    fn overstayed(&self, now: u64, limits: &Limits) -> Option<Overstayed> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let blocked = self.blocked_since.load(Ordering::Relaxed);
+        if blocked != 0 && now.saturating_sub(blocked) >= ms(limits.write_timeout) {
+            return Some(Overstayed::Write);
+        }
+        let last = self.last.load(Ordering::Relaxed);
+        (now.saturating_sub(last) >= ms(limits.idle_timeout)).then_some(Overstayed::Idle)
+    }
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown`
+/// completes, then stops accepting and waits for the connections being
+/// served to finish (the caller bounds that wait). Each request carries
+/// its client's address as [`ConnectInfo`].
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.idle_timeout / 2);
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let epoch = Instant::now();
+    // The watchdog looks often enough to close within a quarter of a limit.
+    let tick = limits
+        .idle_timeout
+        .min(limits.write_timeout)
+        .checked_div(4)
+        .unwrap_or_default()
+        .max(Duration::from_millis(50));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (socket, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it
+                    // was accepted: keep serving the others.
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let activity = Arc::new(Activity::default());
+        activity.last.store(millis(epoch), Ordering::Relaxed);
+        let io = TokioIo::new(Watched {
+            inner: socket,
+            activity: Arc::clone(&activity),
+            epoch,
+        });
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(remote));
+            router.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let builder = Arc::clone(&builder);
+        let connection = graceful.watch(
+            builder
+                .serve_connection_with_upgrades(io, service)
+                .into_owned(),
+        );
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            metrics.connection(true);
+            tokio::pin!(connection);
+            let mut ticks = tokio::time::interval(tick);
+            loop {
+                tokio::select! {
+                    _ = &mut connection => break,
+                    _ = ticks.tick() => {
+                        if let Some(why) = activity.overstayed(millis(epoch), &limits) {
+                            tracing::debug!(%remote, ?why, "closing a connection past its time limit");
+                            break;
+                        }
+                    }
+                }
+            }
+            metrics.connection(false);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
