@@ -14,6 +14,7 @@ use serde::de::{Deserializer, Visitor};
 use serde_norway::Value;
 
 use crate::auth::Htpasswd;
+use crate::cache::blobs::FillLimits;
 use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Sharing};
@@ -365,8 +366,15 @@ pub struct ProxyConfig {
     #[serde(deserialize_with = "scalar_text")]
     pub filltimeout: Option<String>,
     /// Ours: where fills spool blobs while clients stream them (default:
-    /// the system's temporary directory). Each fill needs room for its blob.
+    /// `spool` beside a filesystem's `rootdirectory`, else `/var/tmp`: not
+    /// a RAM-backed `/tmp`). Each fill needs room for its blob.
     pub spooldirectory: Option<PathBuf>,
+    /// Ours: fills running at once (default 64).
+    pub maxfills: Option<usize>,
+    /// Ours: the largest blob filled, in bytes or with a unit (`64GiB`,
+    /// the default).
+    #[serde(deserialize_with = "scalar_text")]
+    pub maxblobsize: Option<String>,
 }
 
 /// Reads a key that holds text from any YAML scalar, as registry:2 reads
@@ -413,6 +421,29 @@ fn scalar_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Stri
 /// [`scalar_text`] for a secret.
 fn scalar_secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Secret>, D::Error> {
     scalar_text(deserializer).map(|text| text.map(Secret::from))
+}
+
+/// Bytes from `1024`, `512MiB`, `64GiB`, `2TB` (decimal and binary units).
+fn bytes_of(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        "tb" => 1_000_000_000_000,
+        "tib" | "t" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(scale)
 }
 
 fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
@@ -639,6 +670,41 @@ impl Config {
         Htpasswd::load(realm, &section.path)
             .map(Some)
             .map_err(|e| invalid("auth.htpasswd.path", e))
+    }
+
+    /// How many fills run at once, and how large a blob may be.
+    pub fn fill_limits(&self) -> Result<FillLimits, ConfigError> {
+        let defaults = FillLimits::default();
+        let max_fills = self.proxy.maxfills.unwrap_or(defaults.max_fills);
+        if max_fills == 0 {
+            return Err(invalid("proxy.maxfills", "must be more than 0"));
+        }
+        let max_blob_size = match self.proxy.maxblobsize.as_deref() {
+            None => defaults.max_blob_size,
+            Some(text) => bytes_of(text).ok_or_else(|| {
+                invalid(
+                    "proxy.maxblobsize",
+                    format!("{text:?} is not a size (bytes, or with a unit: 512MiB, 64GiB)"),
+                )
+            })?,
+        };
+        Ok(FillLimits {
+            max_fills,
+            max_blob_size,
+        })
+    }
+
+    /// Where fills spool: `proxy.spooldirectory`, else `spool` beside a
+    /// filesystem's `rootdirectory` (the storage's own disk), else
+    /// `/var/tmp` (disk-backed by convention, unlike `/tmp`).
+    pub fn spool_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.proxy.spooldirectory {
+            return dir.clone();
+        }
+        match &self.storage.filesystem {
+            Some(fs) => fs.rootdirectory.join("spool"),
+            None => PathBuf::from("/var/tmp"),
+        }
     }
 
     /// The public listener's limits.

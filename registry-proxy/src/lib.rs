@@ -31,7 +31,7 @@ use driver_core::StorageDriver;
 pub use routes::{app, debug_app};
 
 use crate::auth::Htpasswd;
-use crate::cache::blobs::Blobs;
+use crate::cache::blobs::{Blobs, FillLimits};
 use crate::cache::manifests::Manifests;
 use crate::metadata::MetadataStore;
 use crate::metadata::embedded::Embedded;
@@ -45,6 +45,54 @@ use crate::scheduler::{Clock, LoadError, Options, Scheduler};
 /// data half-changed across a panic point.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A map that drops its stale entries as it grows: each insert past its
+/// threshold keeps only the entries `live` approves, then sets the next
+/// threshold to twice what is left (at least `floor`), so that sweeping
+/// costs O(1) per insert, amortized, and a map of hints (tag freshness,
+/// tokens) never grows past twice its live entries.
+#[derive(Debug)]
+pub(crate) struct Swept<K, V> {
+    map: std::collections::HashMap<K, V>,
+    next: usize,
+    floor: usize,
+}
+
+impl<K: std::hash::Hash + Eq, V> Swept<K, V> {
+    /// An empty map swept first at `floor` entries.
+    pub(crate) fn new(floor: usize) -> Self {
+        Self {
+            map: std::collections::HashMap::new(),
+            next: floor,
+            floor,
+        }
+    }
+
+    /// The value of `key`.
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.map.get(key)
+    }
+
+    /// Inserts `key`, first dropping what `live` rejects if the map has
+    /// reached its threshold.
+    pub(crate) fn insert(&mut self, key: K, value: V, live: impl Fn(&V) -> bool) {
+        if self.map.len() >= self.next {
+            self.map.retain(|_, v| live(v));
+            self.next = (self.map.len() * 2).max(self.floor);
+        }
+        self.map.insert(key, value);
+    }
+
+    /// How many entries it holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
 }
 
 /// The first `Some` that `check` gives, checked again each time `changed`
@@ -112,6 +160,8 @@ pub struct Settings {
     pub spool_dir: PathBuf,
     /// A fill that receives nothing for this long is abandoned.
     pub fill_timeout: Duration,
+    /// How many fills run at once, and how large a blob may be.
+    pub fill_limits: FillLimits,
     /// How long a tag resolved upstream is trusted.
     pub tag_freshness: Duration,
     /// Timeout of upstream connections, and of manifest, token and proof
@@ -162,6 +212,7 @@ impl AppState {
                 Arc::clone(&driver),
                 settings.spool_dir,
                 settings.fill_timeout,
+                settings.fill_limits,
                 Arc::clone(&scheduler),
                 Arc::clone(&metrics),
             )),
@@ -178,5 +229,24 @@ impl AppState {
             namespaces,
             auth: settings.auth,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Swept;
+
+    /// Stale entries go once the map reaches its threshold, and the next
+    /// threshold follows what is left: the map stays within twice its
+    /// live entries however many keys pass through it.
+    #[test]
+    fn a_swept_map_stays_within_twice_its_live_entries() {
+        let mut map = Swept::new(4);
+        for i in 0..10_000u32 {
+            // Only the newest 3 are live.
+            map.insert(i, i, |v| *v + 3 > i);
+            assert!(map.len() <= 8, "{} entries at {i}", map.len());
+        }
+        assert_eq!(map.get(&9_999), Some(&9_999));
     }
 }

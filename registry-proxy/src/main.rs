@@ -187,13 +187,17 @@ async fn gc(config: Config, dry_run: bool) -> Result<(), String> {
 async fn serve(config: Config) -> Result<(), String> {
     let (driver, storage) = open_driver(&config).await?;
     let namespaces = config.namespaces().map_err(|e| e.to_string())?;
-    let spool_dir = config
-        .proxy
-        .spooldirectory
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
+    let spool_dir = config.spool_dir();
     // Spool files are unnamed, so a crash leaves none behind; check now
     // that the directory takes them.
+    if config.proxy.spooldirectory.is_none() {
+        std::fs::create_dir_all(&spool_dir).map_err(|e| {
+            format!(
+                "cannot create the spool directory {}: {e}",
+                spool_dir.display()
+            )
+        })?;
+    }
     tempfile::tempfile_in(&spool_dir).map_err(|e| {
         format!(
             "proxy.spooldirectory: cannot create spool files in {}: {e}",
@@ -203,6 +207,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let settings = Settings {
         spool_dir,
         fill_timeout: config.fill_timeout().map_err(|e| e.to_string())?,
+        fill_limits: config.fill_limits().map_err(|e| e.to_string())?,
         tag_freshness: config.tag_freshness().map_err(|e| e.to_string())?,
         request_timeout: Duration::from_secs(10),
         auth: config

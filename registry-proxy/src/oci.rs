@@ -288,6 +288,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The request's headers exceed [`MAX_HEADER_BYTES`].
     HeadersTooLarge,
+    /// The blob is larger than this cache fills.
+    BlobTooLarge,
 }
 
 impl ErrorCode {
@@ -306,7 +308,7 @@ impl ErrorCode {
             Self::Unsupported => "UNSUPPORTED",
             Self::TooManyRequests => "TOOMANYREQUESTS",
             Self::Unavailable => "UNAVAILABLE",
-            Self::HeadersTooLarge => "SIZE_INVALID",
+            Self::HeadersTooLarge | Self::BlobTooLarge => "SIZE_INVALID",
         }
     }
 
@@ -314,6 +316,7 @@ impl ErrorCode {
         match self {
             Self::BlobUnknown | Self::ManifestUnknown | Self::NameUnknown => StatusCode::NOT_FOUND,
             Self::DigestInvalid
+            | Self::BlobTooLarge
             | Self::ManifestInvalid
             | Self::NameInvalid
             | Self::PaginationNumberInvalid => StatusCode::BAD_REQUEST,

@@ -342,25 +342,41 @@ async fn blob(
         .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))
 }
 
-/// `n` and `last` of a paginated listing applied to sorted `items`; returns
-/// the page and whether more follow.
+/// The page size of `_catalog` when the request gives none.
+const CATALOG_PAGE: usize = 100;
+
+/// The largest page `_catalog` answers; a larger `n` is cut to it.
+const CATALOG_MAX_PAGE: usize = 1000;
+
+/// The `n` of a listing request: its own (at most `max`), else `default`.
+fn page_size(
+    query: &HashMap<String, String>,
+    default: Option<usize>,
+    max: usize,
+) -> Result<Option<usize>, OciError> {
+    match query.get("n") {
+        Some(n) => n.parse::<usize>().map(|n| Some(n.min(max))).map_err(|_| {
+            OciError::new(ErrorCode::PaginationNumberInvalid, format!("invalid n={n}"))
+        }),
+        None => Ok(default),
+    }
+}
+
+/// `n` and `last` of a paginated listing applied to `items`, sorted in
+/// the order `after` tells; returns the page and whether more follow.
 fn paginate(
     items: Vec<String>,
     query: &HashMap<String, String>,
-) -> Result<(Vec<String>, bool), OciError> {
-    let n = match query.get("n") {
-        Some(n) => Some(n.parse::<usize>().map_err(|_| {
-            OciError::new(ErrorCode::PaginationNumberInvalid, format!("invalid n={n}"))
-        })?),
-        None => None,
-    };
-    let after: Vec<String> = match query.get("last") {
-        Some(last) => items.into_iter().filter(|i| i > last).collect(),
+    n: Option<usize>,
+    after: impl Fn(&str, &str) -> bool,
+) -> (Vec<String>, bool) {
+    let rest: Vec<String> = match query.get("last") {
+        Some(last) => items.into_iter().filter(|i| after(i, last)).collect(),
         None => items,
     };
     match n {
-        Some(n) if after.len() > n => Ok((after[..n].to_vec(), true)),
-        _ => Ok((after, false)),
+        Some(n) if rest.len() > n => (rest[..n].to_vec(), true),
+        _ => (rest, false),
     }
 }
 
@@ -369,10 +385,10 @@ fn paginate(
 fn listing(
     key: &str,
     name: Option<&RepoName>,
-    items: Vec<String>,
+    (page, more): (Vec<String>, bool),
+    n: Option<usize>,
     request: &Listing<'_>,
 ) -> Result<Response, OciError> {
-    let (page, more) = paginate(items, request.query)?;
     let mut body = serde_json::Map::new();
     if let Some(name) = name {
         body.insert("name".into(), name.as_str().into());
@@ -385,7 +401,7 @@ fn listing(
         serde_json::Value::Object(body).to_string(),
     )
         .into_response();
-    if let (true, Some(last), Some(n)) = (more, last, request.query.get("n")) {
+    if let (true, Some(last), Some(n)) = (more, last, n) {
         let ns = request
             .query
             .get("ns")
@@ -407,22 +423,32 @@ async fn tags(
     repo: &RepoName,
     request: &Listing<'_>,
 ) -> Result<Response, OciError> {
-    listing(
-        "tags",
-        Some(repo),
-        state.manifests.tags(ns, repo).await?,
-        request,
-    )
+    let n = page_size(request.query, None, usize::MAX)?;
+    let tags = state.manifests.tags(ns, repo).await?;
+    let page = paginate(tags, request.query, n, |tag, last| tag > last);
+    listing("tags", Some(repo), page, n, request)
 }
 
-/// The namespace's repositories with manifests in storage.
+/// Repository names in storage's walk order: component by component.
+fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
+/// A page of the namespace's repositories with manifests in storage, in
+/// walk order: the walk starts after `last` and stops once the page is
+/// full (`n`, 100 by default, at most 1000), so a request never lists all
+/// of storage.
 async fn catalog(
     state: &AppState,
     ns: &Namespace,
     request: &Listing<'_>,
 ) -> Result<Response, OciError> {
+    let n = page_size(request.query, Some(CATALOG_PAGE), CATALOG_MAX_PAGE)?;
+    let want = n.unwrap_or(CATALOG_PAGE).saturating_add(1);
     let root = layout::repositories(ns.dir());
     let prefix = root.dir_prefix();
+    let last = request.query.get("last").map(String::as_str);
+    let start_after = last.and_then(|last| root.join(last).ok());
     let mut repos = Vec::new();
     let mut visit = |info: &FileInfo| {
         if !info.is_dir {
@@ -431,19 +457,23 @@ async fn catalog(
         match info.path.file_name() {
             Some("_manifests") => {
                 if let Some(parent) = info.path.parent() {
-                    repos.push(parent.as_str()[prefix.len()..].to_owned());
+                    let repo = &parent.as_str()[prefix.len()..];
+                    if last.is_none_or(|last| walk_order(repo, last).is_gt()) {
+                        repos.push(repo.to_owned());
+                    }
                 }
-                WalkControl::SkipDir
+                if repos.len() >= want {
+                    WalkControl::Stop
+                } else {
+                    WalkControl::SkipDir
+                }
             }
             Some(name) if name.starts_with('_') => WalkControl::SkipDir,
             _ => WalkControl::Continue,
         }
     };
-    match state
-        .driver
-        .walk(&root, &WalkOptions::default(), &mut visit)
-        .await
-    {
+    let options = WalkOptions { start_after };
+    match state.driver.walk(&root, &options, &mut visit).await {
         Ok(()) => {}
         Err(e) if e.is_not_found() => {}
         Err(e) => {
@@ -453,8 +483,11 @@ async fn catalog(
             ));
         }
     }
-    repos.sort();
-    listing("repositories", None, repos, request)
+    repos.sort_by(|a, b| walk_order(a, b));
+    let page = paginate(repos, request.query, n, |repo, last| {
+        walk_order(repo, last).is_gt()
+    });
+    listing("repositories", None, page, n, request)
 }
 
 /// The router of the debug listener: `/healthz` says whether storage answers.

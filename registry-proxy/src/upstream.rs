@@ -11,9 +11,9 @@ use driver_core::Secret;
 use reqwest::header::{ACCEPT, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, Response, StatusCode, Url};
 
-use crate::lock;
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
+use crate::{Swept, lock};
 
 /// An upstream user and password, if any.
 pub type Credentials = Option<(String, Secret)>;
@@ -126,7 +126,7 @@ pub struct Upstream {
     credentials: Credentials,
     /// Set once the upstream asked for Basic: credentials are then sent up front.
     basic: AtomicBool,
-    tokens: Mutex<HashMap<String, Token>>,
+    tokens: Mutex<Swept<String, Token>>,
     metrics: Arc<Metrics>,
 }
 
@@ -172,7 +172,7 @@ impl Upstream {
             client,
             credentials,
             basic: AtomicBool::new(false),
-            tokens: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(Swept::new(1024)),
             metrics: Arc::new(Metrics::default()),
         }
     }
@@ -339,13 +339,14 @@ impl Upstream {
         // Renew a little early; 60 s is the documented default lifetime.
         let lifetime =
             Duration::from_secs(answer.expires_in.unwrap_or(60).saturating_sub(5).max(1));
-        let mut tokens = lock(&self.tokens);
-        tokens.insert(
+        let now = Instant::now();
+        lock(&self.tokens).insert(
             scope.to_owned(),
             Token {
                 value,
-                expires: Instant::now() + lifetime,
+                expires: now + lifetime,
             },
+            |token| token.expires > now,
         );
         Ok(())
     }

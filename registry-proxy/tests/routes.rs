@@ -230,6 +230,17 @@ async fn serve(
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             .into_response();
     }
+    if rest == "huge/tags/list" {
+        // 5 MiB of valid tags, without a Content-Length.
+        let tags: Vec<String> = (0..400_000).map(|i| format!("tag-{i:07}")).collect();
+        let body = serde_json::json!({"name": "huge", "tags": tags}).to_string();
+        let chunks: Vec<_> = body
+            .into_bytes()
+            .chunks(64 << 10)
+            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+            .collect();
+        return Body::from_stream(futures::stream::iter(chunks)).into_response();
+    }
     if let Some(repo) = rest.strip_suffix("/tags/list") {
         return tag_page(&fake, repo, query.as_deref().unwrap_or_default());
     }
@@ -1279,6 +1290,11 @@ async fn pulls_never_break_while_expiry_and_collection_run_in_a_loop() {
             (runs, removed, expired)
         })
     };
+    // The first collection runs before any pull, so it has a leftover to
+    // remove whatever the scheduling of the rest.
+    while collections.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
     let pullers = (0..6).map(|worker| {
         let (proxy, blobs) = (Arc::clone(&proxy), Arc::clone(&blobs));
         let collections = Arc::clone(&collections);
@@ -1571,4 +1587,120 @@ async fn content_of_an_isolated_namespace_does_not_leak_through_a_shared_one() {
         .await;
     assert_eq!((status, body.expect("body")), (StatusCode::OK, open));
     assert_eq!(public.count("HEAD "), heads, "a shared blob needed a proof");
+}
+
+/// A proxy in front of `fake` with fill limits `limits`.
+async fn limited(base: &str, limits: registry_proxy::cache::blobs::FillLimits) -> InProcess {
+    let spec = registry_proxy::namespace::NamespaceSpec::single(base.parse().expect("url"), None);
+    InProcess::with_settings(&[spec], Duration::from_secs(60), |settings| {
+        settings.fill_limits = limits;
+    })
+    .await
+}
+
+/// Fills beyond `proxy.maxfills` are answered 503 with `Retry-After`
+/// (joining a running fill is not another fill); a blob larger than
+/// `proxy.maxblobsize` is refused and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_are_bounded_in_number_and_size() {
+    use registry_proxy::cache::blobs::FillLimits;
+    let (fake, base) = start_fake(Auth::Anonymous).await;
+    let proxy = limited(
+        &base,
+        FillLimits {
+            max_fills: 1,
+            max_blob_size: 1 << 20,
+        },
+    )
+    .await;
+    let held = conformance::random_bytes(15, 200_000);
+    let held_digest = fake.add_blob(&held);
+    let other = fake.add_blob(b"another blob");
+    fake.set_fault(Fault::Gate);
+    let first = proxy
+        .send(Method::GET, &blob_uri("a", &held_digest), &[])
+        .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let (status, headers, body) = proxy.get(&blob_uri("a", &other)).await;
+    assert_eq!(
+        (status, error_code(&body.expect("body")).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+    );
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    // The same blob joins the running fill.
+    let joined = proxy
+        .send(Method::GET, &blob_uri("b", &held_digest), &[])
+        .await;
+    assert_eq!(joined.status(), StatusCode::OK);
+    fake.gate.notify_waiters();
+    for response in [first, joined] {
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await;
+        assert!(body.expect("body") == held);
+    }
+    proxy.state.blobs.fills_done().await;
+    fake.set_fault(Fault::None);
+    let big = conformance::random_bytes(16, (1 << 20) + 1);
+    let big_digest = fake.add_blob(&big);
+    let (status, _, body) = proxy.get(&blob_uri("a", &big_digest)).await;
+    assert_eq!(
+        (status, error_code(&body.expect("body")).as_str()),
+        (StatusCode::BAD_REQUEST, "SIZE_INVALID")
+    );
+    proxy.state.blobs.fills_done().await;
+    assert!(
+        proxy
+            .driver
+            .stat(&layout::blob_data(&big_digest))
+            .await
+            .is_err()
+    );
+}
+
+/// `_catalog` answers 100 repositories when the request names no `n`,
+/// with a `Link` to the rest, and walks no further than a page needs.
+#[tokio::test]
+async fn the_catalog_is_paged_by_default() {
+    let s = setup().await;
+    let digest = Digest::of(b"m");
+    for i in 0..150 {
+        let key = registry_proxy::cache::layout::RepoKey::new(
+            None,
+            &RepoName::parse(&format!("team/app{i:03}")).expect("name"),
+        );
+        s.driver
+            .put_content(
+                &layout::revision_link(&key, &digest),
+                Bytes::from_static(b"x"),
+            )
+            .await
+            .expect("link");
+    }
+    let (status, headers, body) = s.get("/v2/_catalog").await;
+    assert_eq!(status, StatusCode::OK);
+    let page: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+    let repos = page["repositories"].as_array().expect("list");
+    assert_eq!(repos.len(), 100);
+    assert_eq!(repos[99], "team/app099");
+    assert_eq!(
+        headers[header::LINK],
+        "</v2/_catalog?n=100&last=team/app099>; rel=\"next\""
+    );
+    let (_, _, body) = s.get("/v2/_catalog?n=100&last=team/app099").await;
+    let page: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+    assert_eq!(page["repositories"].as_array().expect("list").len(), 50);
+}
+
+/// An upstream tag list page larger than 4 MiB is not read whole: the
+/// cached tags are listed instead of 400,000 tags (none are cached here:
+/// `NAME_UNKNOWN`).
+#[tokio::test]
+async fn an_oversized_tag_list_page_is_refused() {
+    let s = setup().await;
+    let (status, _, body) = s.get("/v2/huge/tags/list").await;
+    let body = body.expect("body");
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
+    );
+    assert!(body.len() < 1 << 10, "{} bytes of tags listed", body.len());
 }

@@ -39,9 +39,25 @@ const STORE_CHUNK: u64 = 1 << 20;
 /// with the upstream are served without reading the spool back.
 const RECENT_WINDOW: usize = 4 << 20;
 
-/// The largest blob accepted from an upstream that does not announce its
-/// size (a chunked answer): the spool must not grow without bound.
-const MAX_UNANNOUNCED: u64 = 64 << 30;
+/// Bounds on the fills a cache runs (`proxy.maxfills`, `proxy.maxblobsize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FillLimits {
+    /// Fills running at once; a miss beyond them is answered 503 with
+    /// `Retry-After` (requests joining a running fill are not counted).
+    pub max_fills: usize,
+    /// The largest blob filled, announced or (for a chunked answer)
+    /// received; a larger one is refused, and nothing spooled or stored.
+    pub max_blob_size: u64,
+}
+
+impl Default for FillLimits {
+    fn default() -> Self {
+        Self {
+            max_fills: 64,
+            max_blob_size: 64 << 30,
+        }
+    }
+}
 
 /// Bytes received but not yet hashed, at most.
 const HASH_QUEUE: usize = 8 << 20;
@@ -215,6 +231,10 @@ pub struct Blobs {
     scheduler: Arc<Scheduler>,
     spool_dir: PathBuf,
     fill_timeout: Duration,
+    limits: FillLimits,
+    /// Bytes announced by the fills running now, which their spools will
+    /// take: a fill starts only if the spool's volume has room for it too.
+    spooling: Arc<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -268,6 +288,7 @@ impl Blobs {
         driver: Arc<dyn StorageDriver>,
         spool_dir: PathBuf,
         fill_timeout: Duration,
+        limits: FillLimits,
         scheduler: Arc<Scheduler>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -279,6 +300,8 @@ impl Blobs {
             scheduler,
             spool_dir,
             fill_timeout,
+            limits,
+            spooling: Arc::default(),
         }
     }
 
@@ -578,6 +601,18 @@ impl Blobs {
         if let Some(fill) = fills.get(digest) {
             return Ok(Arc::clone(fill));
         }
+        if fills.len() >= self.limits.max_fills {
+            self.metrics.fill_refused();
+            let mut error = OciError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "{} fills are running, the most this cache runs at once",
+                    fills.len()
+                ),
+            );
+            error.retry_after = Some(reqwest::header::HeaderValue::from_static("1"));
+            return Err(error);
+        }
         let spool = tempfile::tempfile_in(&self.spool_dir).map_err(|e| {
             OciError::new(
                 ErrorCode::Unavailable,
@@ -686,6 +721,7 @@ impl Blobs {
         // Without a Content-Length (a chunked answer), clients learn the
         // size, and get the bytes, once the whole blob is verified.
         let announced = response.content_length();
+        let _room = self.spool_room(announced, digest)?;
         publish.send_modify(|p| p.size = announced);
         // Clients are served from the spool at the upstream's pace. Storage
         // only ever sees verified bytes: they are stored after the last one
@@ -706,6 +742,45 @@ impl Blobs {
             .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
             .await;
         Ok(())
+    }
+
+    /// Makes sure a blob of `announced` bytes may be filled: not larger
+    /// than the limit, and with room on the spool's volume beside what the
+    /// running fills will still write. The room is held until the guard
+    /// is dropped.
+    fn spool_room(&self, announced: Option<u64>, digest: &Digest) -> Result<SpoolRoom, OciError> {
+        let size = announced.unwrap_or(0);
+        if size > self.limits.max_blob_size {
+            self.metrics.fill_refused();
+            return Err(OciError::new(
+                ErrorCode::BlobTooLarge,
+                format!(
+                    "blob {digest} is {size} bytes; this cache fills blobs of at most {} bytes",
+                    self.limits.max_blob_size
+                ),
+            ));
+        }
+        let held = self
+            .spooling
+            .fetch_add(size, std::sync::atomic::Ordering::SeqCst)
+            + size;
+        let room = SpoolRoom {
+            spooling: Arc::clone(&self.spooling),
+            size,
+        };
+        let free = rustix::fs::statvfs(&self.spool_dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .unwrap_or(u64::MAX);
+        if held > free {
+            self.metrics.fill_refused();
+            let mut error = OciError::new(
+                ErrorCode::Unavailable,
+                format!("no room to spool blob {digest} ({size} bytes; {free} free)"),
+            );
+            error.retry_after = Some(reqwest::header::HeaderValue::from_static("30"));
+            return Err(error);
+        }
+        Ok(room)
     }
 
     /// Sends `method` for blob `digest` of `repo` to the upstream of `ns`,
@@ -774,7 +849,7 @@ impl Blobs {
         announced: Option<u64>,
         digest: &Digest,
     ) -> Result<u64, OciError> {
-        let most = announced.unwrap_or(MAX_UNANNOUNCED);
+        let most = announced.unwrap_or(self.limits.max_blob_size);
         let (to_hash, mut hashed) = HashQueue::new();
         let hashing = tokio::spawn(async move {
             let mut hasher = Sha256::new();
@@ -837,6 +912,19 @@ impl Blobs {
             p.size = Some(written);
         });
         Ok(written)
+    }
+}
+
+/// Spool room a running fill holds, given back when it ends.
+struct SpoolRoom {
+    spooling: Arc<std::sync::atomic::AtomicU64>,
+    size: u64,
+}
+
+impl Drop for SpoolRoom {
+    fn drop(&mut self) {
+        self.spooling
+            .fetch_sub(self.size, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

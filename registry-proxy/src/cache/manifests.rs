@@ -15,12 +15,12 @@ use reqwest::{Method, StatusCode};
 
 use super::blobs::status_error;
 use super::layout::{self, RepoKey};
-use crate::lock;
 use crate::metrics::{Kind, Metrics};
 use crate::namespace::Namespace;
 use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
 use crate::upstream::{Deadline, UpstreamError};
+use crate::{Swept, lock};
 
 /// A manifest to serve.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub struct Manifests {
     metrics: Arc<Metrics>,
     scheduler: Arc<Scheduler>,
     /// When each tag was last confirmed upstream.
-    confirmed: Mutex<HashMap<TagKey, Instant>>,
+    confirmed: Mutex<Swept<TagKey, Instant>>,
     /// One turn per tag being resolved upstream: concurrent requests for a
     /// stale tag wait for one resolution instead of each asking.
     resolving: Mutex<HashMap<TagKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -51,6 +51,25 @@ pub struct Manifests {
 
 /// A tag of a repository.
 type TagKey = (RepoKey, String);
+
+/// One waiter's hold on a tag's turn to resolve; the last one to go
+/// removes the turn from the map.
+struct LeaveTurn<'a> {
+    resolving: &'a Mutex<HashMap<TagKey, Arc<tokio::sync::Mutex<()>>>>,
+    key: TagKey,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for LeaveTurn<'_> {
+    fn drop(&mut self) {
+        let mut resolving = lock(self.resolving);
+        // The map's reference, this guard's, and the caller's: nobody else
+        // waits for this turn.
+        if Arc::strong_count(&self.turn) <= 3 {
+            resolving.remove(&self.key);
+        }
+    }
+}
 
 enum Upstreamed<T = Manifest> {
     /// The upstream's answer.
@@ -81,7 +100,7 @@ impl Manifests {
             scheduler,
             freshness,
             request_timeout,
-            confirmed: Mutex::new(HashMap::new()),
+            confirmed: Mutex::new(Swept::new(1024)),
             resolving: Mutex::new(HashMap::new()),
         }
     }
@@ -258,8 +277,10 @@ impl Manifests {
     }
 
     fn confirm(&self, repo: &RepoKey, tag: &str) {
-        let mut confirmed = lock(&self.confirmed);
-        confirmed.insert((repo.clone(), tag.to_owned()), Instant::now());
+        let freshness = self.freshness;
+        lock(&self.confirmed).insert((repo.clone(), tag.to_owned()), Instant::now(), |at| {
+            at.elapsed() < freshness
+        });
     }
 
     async fn by_tag(
@@ -273,16 +294,15 @@ impl Manifests {
         }
         let key = (ns.repo(repo), tag.to_owned());
         let turn = Arc::clone(lock(&self.resolving).entry(key.clone()).or_default());
-        let resolved = {
-            let _turn = turn.lock().await;
-            self.resolve_tag(ns, repo, tag).await
+        // Leaves the map when its last waiter is done, even one whose
+        // client went away mid-resolution (its future dropped).
+        let _leave = LeaveTurn {
+            resolving: &self.resolving,
+            key,
+            turn: Arc::clone(&turn),
         };
-        let mut resolving = lock(&self.resolving);
-        // The map's reference and ours: nobody else waits for this turn.
-        if Arc::strong_count(&turn) <= 2 {
-            resolving.remove(&key);
-        }
-        resolved
+        let _turn = turn.lock().await;
+        self.resolve_tag(ns, repo, tag).await
     }
 
     /// The cached manifest of `tag` if it was confirmed upstream within the
@@ -409,42 +429,21 @@ impl Manifests {
                 Err(error)
             };
         }
-        let too_large = || {
-            OciError::new(
-                ErrorCode::ManifestInvalid,
-                "the upstream manifest exceeds 4 MiB",
-            )
-        };
-        if response
-            .content_length()
-            .is_some_and(|n| n > oci::MAX_MANIFEST_BYTES as u64)
-        {
-            return Err(too_large());
-        }
         let claimed = response
             .headers()
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Digest::parse(v).ok());
-        // Read chunk by chunk: an answer without a Content-Length is cut off
-        // at the limit instead of being held whole in memory.
-        let mut bytes = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) if bytes.len() + chunk.len() > oci::MAX_MANIFEST_BYTES => {
-                    return Err(too_large());
-                }
-                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(e) => {
-                    return Ok(Upstreamed::Unavailable(OciError::new(
-                        ErrorCode::Unavailable,
-                        format!("upstream manifest body: {e}"),
-                    )));
-                }
+        let bytes = match read_bounded(&mut response, oci::MAX_MANIFEST_BYTES, "manifest").await {
+            Ok(bytes) => bytes,
+            Err(Bounded::TooLarge) => {
+                return Err(OciError::new(
+                    ErrorCode::ManifestInvalid,
+                    "the upstream manifest exceeds 4 MiB",
+                ));
             }
-        }
-        let bytes = Bytes::from(bytes);
+            Err(Bounded::Failed(e)) => return Ok(Upstreamed::Unavailable(e)),
+        };
         let digest = Digest::of(&bytes);
         for want in expected.into_iter().chain(claimed.as_ref()) {
             if want != &digest {
@@ -545,7 +544,18 @@ impl Manifests {
                 .get(reqwest::header::LINK)
                 .and_then(|v| v.to_str().ok())
                 .and_then(next_page_query);
-            let page: Page = match response.json().await {
+            let mut response = response;
+            let body = match read_bounded(&mut response, MAX_TAG_PAGE_BYTES, "tag list").await {
+                Ok(body) => body,
+                Err(Bounded::TooLarge) => {
+                    return Ok(Upstreamed::Unavailable(OciError::new(
+                        ErrorCode::Unavailable,
+                        "an upstream tag list page exceeds 4 MiB",
+                    )));
+                }
+                Err(Bounded::Failed(e)) => return Ok(Upstreamed::Unavailable(e)),
+            };
+            let page: Page = match serde_json::from_slice(&body) {
                 Ok(p) => p,
                 Err(e) => {
                     return Ok(Upstreamed::Unavailable(OciError::new(
@@ -555,6 +565,12 @@ impl Manifests {
                 }
             };
             tags.extend(page.tags.unwrap_or_default());
+            if tags.len() > MAX_TAGS {
+                return Ok(Upstreamed::Unavailable(OciError::new(
+                    ErrorCode::Unavailable,
+                    format!("the upstream lists more than {MAX_TAGS} tags"),
+                )));
+            }
             match next {
                 Some(query) => rest = format!("tags/list?{query}"),
                 None => break,
@@ -583,6 +599,49 @@ impl Manifests {
 
 /// Pages of an upstream tag list followed at most.
 const MAX_TAG_PAGES: usize = 100;
+
+/// The largest upstream tag list page read.
+const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
+
+/// The most tags of one repository listed from upstream.
+const MAX_TAGS: usize = 100_000;
+
+/// Why [`read_bounded`] gave no body.
+enum Bounded {
+    /// The body is larger than allowed (announced or received).
+    TooLarge,
+    /// The body broke off.
+    Failed(OciError),
+}
+
+/// The body of `response`, read chunk by chunk up to `limit` bytes: an
+/// answer larger (announced, or without a Content-Length and sent) is
+/// refused instead of being held whole in memory.
+async fn read_bounded(
+    response: &mut reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, Bounded> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Bounded::TooLarge);
+    }
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() > limit => {
+                return Err(Bounded::TooLarge);
+            }
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => return Ok(Bytes::from(bytes)),
+            Err(e) => {
+                return Err(Bounded::Failed(OciError::new(
+                    ErrorCode::Unavailable,
+                    format!("upstream {what} body: {e}"),
+                )));
+            }
+        }
+    }
+}
 
 /// Whether an upstream status means "try again later" rather than an answer.
 fn is_outage(status: StatusCode) -> bool {

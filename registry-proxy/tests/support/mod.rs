@@ -451,20 +451,34 @@ impl InProcess {
         freshness: Duration,
         scheduler: registry_proxy::scheduler::Options,
     ) -> Self {
+        Self::with_settings(namespaces, freshness, |settings| {
+            settings.scheduler = scheduler;
+        })
+        .await
+    }
+
+    /// Opens the proxy with `namespaces` and its settings changed by `tweak`.
+    pub async fn with_settings(
+        namespaces: &[registry_proxy::namespace::NamespaceSpec],
+        freshness: Duration,
+        tweak: impl FnOnce(&mut registry_proxy::Settings),
+    ) -> Self {
         use registry_proxy::scheduler::Clock;
         let spool = tempfile::tempdir().expect("spool");
         let driver: std::sync::Arc<dyn driver_core::StorageDriver> =
             std::sync::Arc::new(driver_memory::MemoryDriver::new());
-        let settings = registry_proxy::Settings {
+        let mut settings = registry_proxy::Settings {
             spool_dir: spool.path().to_owned(),
             fill_timeout: Duration::from_millis(500),
+            fill_limits: Default::default(),
             tag_freshness: freshness,
             request_timeout: Duration::from_secs(2),
             auth: None,
-            scheduler,
+            scheduler: Default::default(),
             clock: Clock::system(),
             coordination: None,
         };
+        tweak(&mut settings);
         let state =
             registry_proxy::AppState::open(std::sync::Arc::clone(&driver), namespaces, settings)
                 .await
