@@ -15,6 +15,7 @@ use serde_norway::Value;
 
 use crate::auth::Htpasswd;
 use crate::cache::blobs::FillLimits;
+use crate::cache::verify::VerifyReads;
 use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Sharing};
@@ -369,6 +370,10 @@ pub struct ProxyConfig {
     /// `spool` beside a filesystem's `rootdirectory`, else `/var/tmp`: not
     /// a RAM-backed `/tmp`). Each fill needs room for its blob.
     pub spooldirectory: Option<PathBuf>,
+    /// Ours: which whole reads of stored blobs are checked against their
+    /// digest: `first` (default: each blob's first after start), `always`,
+    /// `never`.
+    pub verifyreads: Option<String>,
     /// Ours: fills running at once (default 64).
     pub maxfills: Option<usize>,
     /// Ours: the largest blob filled, in bytes or with a unit (`64GiB`,
@@ -424,7 +429,7 @@ fn scalar_secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Se
 }
 
 /// Bytes from `1024`, `512MiB`, `64GiB`, `2TB` (decimal and binary units).
-fn bytes_of(text: &str) -> Option<u64> {
+pub fn bytes_of(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -670,6 +675,19 @@ impl Config {
         Htpasswd::load(realm, &section.path)
             .map(Some)
             .map_err(|e| invalid("auth.htpasswd.path", e))
+    }
+
+    /// Which whole reads of stored blobs are checked.
+    pub fn verify_reads(&self) -> Result<VerifyReads, ConfigError> {
+        match self.proxy.verifyreads.as_deref() {
+            None | Some("first") => Ok(VerifyReads::First),
+            Some("always") => Ok(VerifyReads::Always),
+            Some("never") => Ok(VerifyReads::Never),
+            Some(other) => Err(invalid(
+                "proxy.verifyreads",
+                format!("{other:?}: expected first, always or never"),
+            )),
+        }
     }
 
     /// How many fills run at once, and how large a blob may be.

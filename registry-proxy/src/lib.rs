@@ -33,6 +33,7 @@ pub use routes::{app, debug_app};
 use crate::auth::Htpasswd;
 use crate::cache::blobs::{Blobs, FillLimits};
 use crate::cache::manifests::Manifests;
+use crate::cache::verify::VerifyReads;
 use crate::metadata::MetadataStore;
 use crate::metadata::embedded::Embedded;
 use crate::metadata::etcd::{Etcd, EtcdOptions};
@@ -162,6 +163,8 @@ pub struct Settings {
     pub fill_timeout: Duration,
     /// How many fills run at once, and how large a blob may be.
     pub fill_limits: FillLimits,
+    /// Which whole reads of stored blobs are checked against their digest.
+    pub verify_reads: VerifyReads,
     /// How long a tag resolved upstream is trusted.
     pub tag_freshness: Duration,
     /// Timeout of upstream connections, and of manifest, token and proof
@@ -213,6 +216,7 @@ impl AppState {
                 settings.spool_dir,
                 settings.fill_timeout,
                 settings.fill_limits,
+                settings.verify_reads,
                 Arc::clone(&scheduler),
                 Arc::clone(&metrics),
             )),

@@ -29,6 +29,20 @@ enum Command {
         /// A distribution-style config.yml.
         config: Option<PathBuf>,
     },
+    /// Reads every stored blob and checks it against its digest, deleting
+    /// the corrupt ones (the next request fetches them again). Safe while
+    /// caches on the same storage serve. Prints what it found.
+    Scrub {
+        /// Bytes read per second at most, with a unit (`100MiB`, the
+        /// default); `0` for no limit.
+        #[arg(long, default_value = "100MiB")]
+        rate: String,
+        /// Only report corrupt blobs.
+        #[arg(long)]
+        dry_run: bool,
+        /// The config.yml of the cache.
+        config: PathBuf,
+    },
     /// Collects garbage once, while caches on the same storage keep
     /// serving: blob data, links and tags no entry or lease keeps, and
     /// abandoned writers. Prints what it removed.
@@ -53,7 +67,7 @@ fn main() -> std::process::ExitCode {
     let command = Cli::parse().command;
     let path = match &command {
         Command::Serve { config } => config.clone(),
-        Command::Gc { config, .. } => Some(config.clone()),
+        Command::Gc { config, .. } | Command::Scrub { config, .. } => Some(config.clone()),
     };
     let config = match Config::load(path.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -77,6 +91,7 @@ fn main() -> std::process::ExitCode {
     let done = match command {
         Command::Serve { .. } => runtime.block_on(serve(config)),
         Command::Gc { dry_run, .. } => runtime.block_on(gc(config, dry_run)),
+        Command::Scrub { rate, dry_run, .. } => runtime.block_on(scrub(config, &rate, dry_run)),
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -184,6 +199,33 @@ async fn gc(config: Config, dry_run: bool) -> Result<(), String> {
     Ok(())
 }
 
+async fn scrub(config: Config, rate: &str, dry_run: bool) -> Result<(), String> {
+    let rate = registry_proxy::config::bytes_of(rate)
+        .ok_or_else(|| format!("--rate {rate:?}: not a size (100MiB, 1GiB, 0)"))?;
+    let (driver, storage) = open_driver(&config).await?;
+    tracing::info!(storage, rate, dry_run, "scrubbing");
+    let metrics = registry_proxy::metrics::Metrics::default();
+    let found = registry_proxy::cache::verify::scrub(&*driver, Some(rate), dry_run, &metrics)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{}checked {} blobs ({} bytes): {} corrupt{}, {} unreadable",
+        if dry_run { "dry run: " } else { "" },
+        found.blobs,
+        found.bytes,
+        found.corrupt,
+        if dry_run { "" } else { " (deleted)" },
+        found.unreadable
+    );
+    if found.corrupt > 0 || found.unreadable > 0 {
+        return Err(format!(
+            "{} corrupt and {} unreadable blobs",
+            found.corrupt, found.unreadable
+        ));
+    }
+    Ok(())
+}
+
 async fn serve(config: Config) -> Result<(), String> {
     let (driver, storage) = open_driver(&config).await?;
     let namespaces = config.namespaces().map_err(|e| e.to_string())?;
@@ -208,6 +250,7 @@ async fn serve(config: Config) -> Result<(), String> {
         spool_dir,
         fill_timeout: config.fill_timeout().map_err(|e| e.to_string())?,
         fill_limits: config.fill_limits().map_err(|e| e.to_string())?,
+        verify_reads: config.verify_reads().map_err(|e| e.to_string())?,
         tag_freshness: config.tag_freshness().map_err(|e| e.to_string())?,
         request_timeout: Duration::from_secs(10),
         auth: config

@@ -88,6 +88,7 @@ async fn replica(
         // Longer than the test: the held body is not a stall here.
         fill_timeout: Duration::from_secs(60),
         fill_limits: Default::default(),
+        verify_reads: Default::default(),
         tag_freshness: Duration::from_secs(60),
         request_timeout: Duration::from_secs(2),
         auth: None,

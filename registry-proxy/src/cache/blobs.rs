@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::layout::{self, RepoKey};
+use super::verify::{Verifier, VerifyReads};
 use crate::metadata::{DigestLock, Lease, LockKind};
 use crate::metrics::{Kind, Metrics, NamespaceMetrics};
 use crate::namespace::Namespace;
@@ -232,6 +233,8 @@ pub struct Blobs {
     spool_dir: PathBuf,
     fill_timeout: Duration,
     limits: FillLimits,
+    /// Checks whole reads of stored blobs.
+    verifier: Arc<Verifier>,
     /// Bytes announced by the fills running now, which their spools will
     /// take: a fill starts only if the spool's volume has room for it too.
     spooling: Arc<std::sync::atomic::AtomicU64>,
@@ -289,10 +292,17 @@ impl Blobs {
         spool_dir: PathBuf,
         fill_timeout: Duration,
         limits: FillLimits,
+        verify: VerifyReads,
         scheduler: Arc<Scheduler>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let verifier = Arc::new(Verifier::new(
+            verify,
+            Arc::clone(&driver),
+            Arc::clone(&metrics),
+        ));
         Self {
+            verifier,
             metrics,
             driver,
             fills: Mutex::new(HashMap::new()),
@@ -408,10 +418,13 @@ impl Blobs {
                     .await
                     .map_err(storage_error)?,
             };
-            let body = limit(
-                stream.map(|r| r.map_err(std::io::Error::other)),
-                end - start,
-            );
+            let stream = stream.map(|r| r.map_err(std::io::Error::other));
+            let whole = start == 0 && end == size;
+            let body = if whole && self.verifier.wants(digest) {
+                limit(self.verifier.check(digest, stream), size)
+            } else {
+                limit(stream, end - start)
+            };
             Some(Box::pin(body.inspect(move |_| {
                 let _ = &lease;
             })) as Body)

@@ -95,6 +95,15 @@ pub fn blob_private_marker(digest: &Digest) -> StoragePath {
     path(format!("{}/private", blob_dir(digest).as_str()))
 }
 
+/// The digest whose data `path` is (`blobs/sha256/<2 hex>/<hex>/data`).
+pub fn blob_digest(path: &StoragePath) -> Option<Digest> {
+    let mut parts = path.as_str().rsplit('/');
+    (parts.next()? == "data")
+        .then(|| parts.next())
+        .flatten()
+        .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+}
+
 /// `blobs`: every blob's directory is beneath it.
 pub fn blobs_root() -> StoragePath {
     path(format!("{ROOT}/blobs"))

@@ -4,3 +4,4 @@
 pub mod blobs;
 pub mod layout;
 pub mod manifests;
+pub mod verify;

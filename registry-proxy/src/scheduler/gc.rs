@@ -134,7 +134,7 @@ impl Scheduler {
     ) -> Result<(), MetadataError> {
         let mut found = Vec::new();
         walk(&*self.driver, &layout::blobs_root(), |info| {
-            if let Some(digest) = blob_digest(&info.path) {
+            if let Some(digest) = layout::blob_digest(&info.path) {
                 if info.modified < old && !marked.contains(&digest.raw()) {
                     found.push((digest, info.size));
                 }
@@ -293,14 +293,6 @@ async fn walk(
 }
 
 /// The digest of `.../blobs/sha256/<2>/<hex>/data`.
-fn blob_digest(path: &StoragePath) -> Option<Digest> {
-    let mut parts = path.as_str().rsplit('/');
-    (parts.next()? == "data")
-        .then(|| parts.next())
-        .flatten()
-        .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
-}
-
 /// What a file under `repositories/` is, if the sweep cares.
 fn repository_file(path: &StoragePath) -> Option<Found> {
     let rest = path
@@ -339,10 +331,13 @@ mod tests {
         let hex = "ab".repeat(32);
         let root = "/docker/registry/v2";
         assert_eq!(
-            blob_digest(&path(&format!("{root}/blobs/sha256/ab/{hex}/data"))).map(|d| d.raw()),
+            layout::blob_digest(&path(&format!("{root}/blobs/sha256/ab/{hex}/data")))
+                .map(|d| d.raw()),
             Some([0xab; 32])
         );
-        assert!(blob_digest(&path(&format!("{root}/blobs/sha256/ab/{hex}/other"))).is_none());
+        assert!(
+            layout::blob_digest(&path(&format!("{root}/blobs/sha256/ab/{hex}/other"))).is_none()
+        );
         let layer = path(&format!(
             "{root}/repositories/a/b/_layers/sha256/{hex}/link"
         ));

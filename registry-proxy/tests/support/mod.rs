@@ -471,6 +471,7 @@ impl InProcess {
             spool_dir: spool.path().to_owned(),
             fill_timeout: Duration::from_millis(500),
             fill_limits: Default::default(),
+            verify_reads: Default::default(),
             tag_freshness: freshness,
             request_timeout: Duration::from_secs(2),
             auth: None,
