@@ -47,6 +47,44 @@ pub struct Manifests {
     /// One turn per tag being resolved upstream: concurrent requests for a
     /// stale tag wait for one resolution instead of each asking.
     resolving: Mutex<HashMap<TagKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Verified stored manifests, by digest (their bytes never change).
+    memory: Mutex<Remembered>,
+}
+
+/// Manifests kept in memory at most, in bytes.
+const REMEMBERED_BYTES: usize = 16 << 20;
+
+/// Verified manifests held in memory, the oldest forgotten first once they
+/// take more than [`REMEMBERED_BYTES`]: a hit by tag or digest then reads
+/// only the tag's link from storage.
+#[derive(Default)]
+struct Remembered {
+    bytes: HashMap<[u8; 32], Bytes>,
+    order: std::collections::VecDeque<[u8; 32]>,
+    size: usize,
+}
+
+impl Remembered {
+    fn get(&self, digest: &[u8; 32]) -> Option<Bytes> {
+        self.bytes.get(digest).cloned()
+    }
+
+    fn insert(&mut self, digest: [u8; 32], bytes: Bytes) {
+        let len = bytes.len();
+        if self.bytes.insert(digest, bytes).is_some() {
+            return;
+        }
+        self.order.push_back(digest);
+        self.size += len;
+        while self.size > REMEMBERED_BYTES {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.bytes.remove(&oldest) {
+                self.size -= gone.len();
+            }
+        }
+    }
 }
 
 /// A tag of a repository.
@@ -102,6 +140,7 @@ impl Manifests {
             request_timeout,
             confirmed: Mutex::new(Swept::new(1024)),
             resolving: Mutex::new(HashMap::new()),
+            memory: Mutex::default(),
         }
     }
 
@@ -213,6 +252,14 @@ impl Manifests {
     /// than a manifest is read into memory. Bytes that no longer match the
     /// digest (bit rot) are deleted and count as a miss.
     async fn cached(&self, digest: &Digest) -> Result<Option<Manifest>, OciError> {
+        if let Some(bytes) = lock(&self.memory).get(&digest.raw()) {
+            return Ok(Some(Manifest {
+                fetched: false,
+                media_type: oci::manifest_media_type(&bytes),
+                bytes,
+                digest: digest.clone(),
+            }));
+        }
         let path = layout::blob_data(digest);
         let file = match self.driver.open(&path, 0).await {
             Ok(file) => file,
@@ -240,6 +287,7 @@ impl Manifests {
             }
             return Ok(None);
         }
+        lock(&self.memory).insert(digest.raw(), bytes.clone());
         Ok(Some(Manifest {
             fetched: false,
             media_type: oci::manifest_media_type(&bytes),
@@ -466,6 +514,7 @@ impl Manifests {
             .put_content(&path, bytes.clone())
             .await
             .map_err(read_error)?;
+        lock(&self.memory).insert(digest.raw(), bytes.clone());
         self.scheduler
             .ensure_link(&key, &digest, EntryKind::Manifest, false)
             .await;
