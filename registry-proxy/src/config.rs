@@ -709,6 +709,7 @@ impl Config {
         Ok(FillLimits {
             max_fills,
             max_blob_size,
+            ..defaults
         })
     }
 

@@ -78,7 +78,7 @@ const BLOB_LEN: usize = 1 << 20;
 
 async fn replica(
     driver: &Arc<dyn driver_core::StorageDriver>,
-    upstream: &str,
+    namespaces: &[NamespaceSpec],
     etcd_addr: &str,
     prefix: &str,
     spool: &std::path::Path,
@@ -101,10 +101,29 @@ async fn replica(
             timeout: ETCD_TIMEOUT,
         }),
     };
-    let spec = NamespaceSpec::single(upstream.parse().expect("url"), None);
-    AppState::open(Arc::clone(driver), &[spec], settings)
+    AppState::open(Arc::clone(driver), namespaces, settings)
         .await
         .expect("replica")
+}
+
+/// The one namespace of a registry:2 config, in front of `upstream`.
+fn single(upstream: &str) -> Vec<NamespaceSpec> {
+    vec![NamespaceSpec::single(upstream.parse().expect("url"), None)]
+}
+
+/// GETs `uri` from `state`: status and whole body.
+async fn get(state: AppState, uri: String) -> (StatusCode, Result<Bytes, axum::Error>) {
+    let response = registry_proxy::app(state)
+        .oneshot(
+            axum::http::Request::get(uri)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 4 << 20).await;
+    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,22 +144,9 @@ async fn a_fill_longer_than_the_etcd_timeout_keeps_its_lock() {
     let driver: Arc<dyn driver_core::StorageDriver> = Arc::new(driver_memory::MemoryDriver::new());
     // Both replicas share one prefix: they coordinate.
     let prefix = format!("/fill-lock-{:x}", rand::random::<u64>());
-    let a = replica(&driver, &base, &etcd.addr, &prefix, dir.path()).await;
-    let b = replica(&driver, &base, &etcd.addr, &prefix, dir.path()).await;
+    let a = replica(&driver, &single(&base), &etcd.addr, &prefix, dir.path()).await;
+    let b = replica(&driver, &single(&base), &etcd.addr, &prefix, dir.path()).await;
     let uri = format!("/v2/team/app/blobs/{digest}");
-    let get = |state: AppState, uri: String| async move {
-        let response = registry_proxy::app(state)
-            .oneshot(
-                axum::http::Request::get(uri)
-                    .body(Body::empty())
-                    .expect("request"),
-            )
-            .await
-            .expect("response");
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 4 << 20).await;
-        (status, body)
-    };
     let first = tokio::spawn(get(a.clone(), uri.clone()));
     while upstream.gets.load(Ordering::SeqCst) == 0 {
         tokio::task::yield_now().await;
@@ -160,6 +166,74 @@ async fn a_fill_longer_than_the_etcd_timeout_keeps_its_lock() {
         assert_eq!(status, StatusCode::OK);
         assert!(body.expect("body") == blob, "not the blob's bytes");
     }
+    assert_eq!(upstream.gets.load(Ordering::SeqCst), 1);
+    drop(etcd);
+}
+
+/// In a cluster, an isolated namespace whose fill finds the blob stored by
+/// another replica meanwhile (it waited for that replica's fill lock) is
+/// served it only once its own upstream proves access: here that upstream
+/// has nothing, so the answer is `BLOB_UNKNOWN` (it was the stored bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_fill_finding_the_blob_stored_elsewhere_proves_access_first() {
+    use registry_proxy::namespace::Sharing;
+    if !have("etcd") {
+        conformance::skip(
+            "an_isolated_fill_finding_the_blob_stored_elsewhere_proves_access_first",
+            "REQUIRE_E2E",
+            "etcd is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let etcd = etcd(dir.path());
+    let blob = conformance::random_bytes(22, BLOB_LEN);
+    let digest = Digest::of(&blob);
+    let (upstream, base) = start_upstream(blob.clone()).await;
+    // An upstream that has nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let empty = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = axum::Router::new().fallback(|| async { StatusCode::NOT_FOUND });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut namespaces = single(&base);
+    namespaces.push(NamespaceSpec {
+        name: "iso.test".to_owned(),
+        sharing: Sharing::Isolated,
+        plain: false,
+        default: false,
+        ..NamespaceSpec::single(empty.parse().expect("url"), None)
+    });
+    let driver: Arc<dyn driver_core::StorageDriver> = Arc::new(driver_memory::MemoryDriver::new());
+    let prefix = format!("/isolated-{:x}", rand::random::<u64>());
+    let a = replica(&driver, &namespaces, &etcd.addr, &prefix, dir.path()).await;
+    let b = replica(&driver, &namespaces, &etcd.addr, &prefix, dir.path()).await;
+    let first = tokio::spawn(get(a.clone(), format!("/v2/team/app/blobs/{digest}")));
+    while upstream.gets.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // B's isolated namespace misses (A has not stored the blob yet) and
+    // starts its fill, which waits for A's lock.
+    let second = tokio::spawn(get(
+        b.clone(),
+        format!("/v2/iso.test/team/app/blobs/{digest}"),
+    ));
+    while b.metrics.debug_vars()["registry_proxy"]["FillsInFlight"] != 1 {
+        tokio::task::yield_now().await;
+    }
+    upstream.release.notify_waiters();
+    let (status, body) = first.await.expect("task");
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.expect("body") == blob, "not the blob's bytes");
+    let (status, body) = second.await.expect("task");
+    let body = body.expect("body");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "served without a proof: {} bytes",
+        body.len()
+    );
     assert_eq!(upstream.gets.load(Ordering::SeqCst), 1);
     drop(etcd);
 }

@@ -1599,8 +1599,10 @@ async fn limited(base: &str, limits: registry_proxy::cache::blobs::FillLimits) -
     .await
 }
 
-/// Fills beyond `proxy.maxfills` are answered 503 with `Retry-After`
-/// (joining a running fill is not another fill); a blob larger than
+/// A miss beyond `proxy.maxfills` running fills waits for a free slot (up
+/// to 100 ms here, less than the held fill's 500 ms stall limit), then is
+/// answered 503 with `Retry-After` (joining a running fill is not another
+/// fill); a blob larger than
 /// `proxy.maxblobsize` is refused and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fills_are_bounded_in_number_and_size() {
@@ -1611,6 +1613,7 @@ async fn fills_are_bounded_in_number_and_size() {
         FillLimits {
             max_fills: 1,
             max_blob_size: 1 << 20,
+            slot_wait: Duration::from_millis(100),
         },
     )
     .await;

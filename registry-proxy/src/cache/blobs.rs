@@ -43,9 +43,12 @@ const RECENT_WINDOW: usize = 4 << 20;
 /// Bounds on the fills a cache runs (`proxy.maxfills`, `proxy.maxblobsize`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FillLimits {
-    /// Fills running at once; a miss beyond them is answered 503 with
-    /// `Retry-After` (requests joining a running fill are not counted).
+    /// Fills running at once; a miss beyond them waits up to `slot_wait`
+    /// for one to end, then is answered 503 with `Retry-After` (requests
+    /// joining a running fill are not counted).
     pub max_fills: usize,
+    /// How long a miss waits for a fill slot.
+    pub slot_wait: Duration,
     /// The largest blob filled, announced or (for a chunked answer)
     /// received; a larger one is refused, and nothing spooled or stored.
     pub max_blob_size: u64,
@@ -55,6 +58,7 @@ impl Default for FillLimits {
     fn default() -> Self {
         Self {
             max_fills: 64,
+            slot_wait: Duration::from_secs(10),
             max_blob_size: 64 << 30,
         }
     }
@@ -235,6 +239,8 @@ pub struct Blobs {
     limits: FillLimits,
     /// Checks whole reads of stored blobs.
     verifier: Arc<Verifier>,
+    /// One permit per fill that may run (`limits.max_fills`).
+    slots: Arc<Semaphore>,
     /// Bytes announced by the fills running now, which their spools will
     /// take: a fill starts only if the spool's volume has room for it too.
     spooling: Arc<std::sync::atomic::AtomicU64>,
@@ -303,6 +309,7 @@ impl Blobs {
         ));
         Self {
             verifier,
+            slots: Arc::new(Semaphore::new(limits.max_fills)),
             metrics,
             driver,
             fills: Mutex::new(HashMap::new()),
@@ -521,7 +528,7 @@ impl Blobs {
         let mut attempts = 0;
         let (fill, size, client) = loop {
             attempts += 1;
-            let fill = self.fill(ns, repo, digest)?;
+            let fill = self.fill(ns, repo, digest).await?;
             let own = Arc::ptr_eq(&fill.namespace, ns) && fill.repo == *repo;
             let foreign = !Arc::ptr_eq(&fill.namespace, ns);
             if !proven
@@ -604,27 +611,34 @@ impl Blobs {
         }
     }
 
-    fn fill(
+    /// The running fill of `digest`, or a new one through `repo` of `ns`
+    /// once one of the `maxfills` slots is free (waiting at most
+    /// `slot_wait` for it, then 503 with `Retry-After`).
+    async fn fill(
         self: &Arc<Self>,
         ns: &Arc<Namespace>,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<Arc<Fill>, OciError> {
-        let mut fills = lock(&self.fills);
-        if let Some(fill) = fills.get(digest) {
+        if let Some(fill) = lock(&self.fills).get(digest) {
             return Ok(Arc::clone(fill));
         }
-        if fills.len() >= self.limits.max_fills {
+        let slot = Arc::clone(&self.slots).acquire_owned();
+        let Ok(Ok(slot)) = tokio::time::timeout(self.limits.slot_wait, slot).await else {
             self.metrics.fill_refused();
             let mut error = OciError::new(
                 ErrorCode::Unavailable,
                 format!(
                     "{} fills are running, the most this cache runs at once",
-                    fills.len()
+                    self.limits.max_fills
                 ),
             );
             error.retry_after = Some(reqwest::header::HeaderValue::from_static("1"));
             return Err(error);
+        };
+        let mut fills = lock(&self.fills);
+        if let Some(fill) = fills.get(digest) {
+            return Ok(Arc::clone(fill));
         }
         let spool = tempfile::tempfile_in(&self.spool_dir).map_err(|e| {
             OciError::new(
@@ -654,6 +668,7 @@ impl Blobs {
         // every poll) made a cold 256 MiB pull 50% slower.
         let span = tracing::Span::current();
         tokio::spawn(async move {
+            let _slot = slot;
             let outcome = this.run_fill(&repo, &digest, &running, &publish).await;
             if let Err(e) = &outcome {
                 let ns = &running.namespace.name;
