@@ -13,7 +13,7 @@
 //! - a client address that keeps failing is refused for a while without
 //!   any bcrypt work (429 `TOOMANYREQUESTS` with `Retry-After`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::lock;
+use crate::{Fifo, lock};
 
 /// Verified credentials remembered at most.
 const REMEMBERED: usize = 10_000;
@@ -65,13 +65,6 @@ pub struct HtpasswdError(String);
 /// matched.
 type Job = (String, String, oneshot::Sender<bool>);
 
-/// Verified credentials, oldest first for eviction.
-#[derive(Default)]
-struct Remembered {
-    users: HashMap<[u8; 32], String>,
-    order: VecDeque<[u8; 32]>,
-}
-
 /// Recent failures of one client address.
 #[derive(Clone, Copy)]
 struct Failures {
@@ -86,9 +79,9 @@ pub struct Htpasswd {
     /// A hash of the file's highest cost that no password matches, verified
     /// for unknown users.
     decoy: String,
-    remembered: Mutex<Remembered>,
-    capacity: usize,
-    failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Verified credentials by [`credential_key`], and their user.
+    remembered: Mutex<Fifo<[u8; 32], String>>,
+    failures: Mutex<Fifo<IpAddr, Failures>>,
     jobs: mpsc::Sender<Job>,
     verifications: AtomicU64,
 }
@@ -144,9 +137,8 @@ impl Htpasswd {
             realm: realm.to_owned(),
             users,
             decoy,
-            remembered: Mutex::default(),
-            capacity: REMEMBERED,
-            failures: Mutex::default(),
+            remembered: Mutex::new(Fifo::new(REMEMBERED)),
+            failures: Mutex::new(Fifo::new(TRACKED_ADDRESSES)),
             jobs: start_verifiers()?,
             verifications: AtomicU64::new(0),
         })
@@ -154,7 +146,7 @@ impl Htpasswd {
 
     /// Remembers at most `capacity` verified credentials (10,000 unless set).
     pub fn remembering(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
+        self.remembered = Mutex::new(Fifo::new(capacity.max(1)));
         self
     }
 
@@ -181,7 +173,7 @@ impl Htpasswd {
             .and_then(basic_credentials)
             .ok_or(Unauthenticated::Missing)?;
         let key = credential_key(&user, &password);
-        if let Some(user) = lock(&self.remembered).users.get(&key) {
+        if let Some(user) = lock(&self.remembered).get(&key) {
             return Ok(user.clone());
         }
         if let Some(wait) = client.and_then(|ip| self.backoff(ip)) {
@@ -214,15 +206,7 @@ impl Htpasswd {
     }
 
     fn remember(&self, key: [u8; 32], user: &str) {
-        let mut remembered = lock(&self.remembered);
-        if remembered.users.insert(key, user.to_owned()).is_none() {
-            remembered.order.push_back(key);
-        }
-        while remembered.order.len() > self.capacity {
-            if let Some(oldest) = remembered.order.pop_front() {
-                remembered.users.remove(&oldest);
-            }
-        }
+        lock(&self.remembered).insert(key, user.to_owned(), 1);
     }
 
     /// How long `ip` must still wait, if its failures exceeded the free ones.
@@ -237,24 +221,25 @@ impl Htpasswd {
         (until > now).then(|| until - now)
     }
 
+    /// Counts a failure of `ip`; past [`TRACKED_ADDRESSES`] the address
+    /// that first failed longest ago is forgotten.
     fn failed(&self, ip: IpAddr) {
         let mut failures = lock(&self.failures);
-        if failures.len() >= TRACKED_ADDRESSES && !failures.contains_key(&ip) {
-            // Forget the address that failed longest ago.
-            if let Some(oldest) = failures
-                .iter()
-                .min_by_key(|(_, f)| f.last)
-                .map(|(ip, _)| *ip)
-            {
-                failures.remove(&oldest);
+        let now = Instant::now();
+        match failures.get_mut(&ip) {
+            Some(entry) => {
+                entry.count = entry.count.saturating_add(1);
+                entry.last = now;
             }
+            None => failures.insert(
+                ip,
+                Failures {
+                    count: 1,
+                    last: now,
+                },
+                1,
+            ),
         }
-        let entry = failures.entry(ip).or_insert(Failures {
-            count: 0,
-            last: Instant::now(),
-        });
-        entry.count = entry.count.saturating_add(1);
-        entry.last = Instant::now();
     }
 }
 

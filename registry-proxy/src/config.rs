@@ -428,27 +428,13 @@ fn scalar_secret<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Se
     scalar_text(deserializer).map(|text| text.map(Secret::from))
 }
 
-/// Bytes from `1024`, `512MiB`, `64GiB`, `2TB` (decimal and binary units).
+/// Bytes from `1024`, `512MiB`, `64GiB`, `2TB` (decimal and binary
+/// units, as the `bytesize` crate reads them).
 pub fn bytes_of(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "kib" | "k" => 1 << 10,
-        "mb" => 1_000_000,
-        "mib" | "m" => 1 << 20,
-        "gb" => 1_000_000_000,
-        "gib" | "g" => 1 << 30,
-        "tb" => 1_000_000_000_000,
-        "tib" | "t" => 1 << 40,
-        _ => return None,
-    };
-    number.checked_mul(scale)
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .ok()
+        .map(|size| size.as_u64())
 }
 
 fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {

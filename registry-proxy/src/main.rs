@@ -229,6 +229,8 @@ async fn scrub(config: Config, rate: &str, dry_run: bool) -> Result<(), String> 
 async fn serve(config: Config) -> Result<(), String> {
     let (driver, storage) = open_driver(&config).await?;
     let namespaces = config.namespaces().map_err(|e| e.to_string())?;
+    // Every key is checked before any state is opened.
+    let limits = config.listener_limits().map_err(|e| e.to_string())?;
     let spool_dir = config.spool_dir();
     // Spool files are unnamed, so a crash leaves none behind; check now
     // that the directory takes them.
@@ -307,7 +309,6 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let blobs = Arc::clone(&state.blobs);
     let metrics = Arc::clone(&state.metrics);
-    let limits = config.listener_limits().map_err(|e| e.to_string())?;
     let router = app(state).layer(axum::middleware::map_response(
         move |mut response: axum::response::Response| {
             let headers = headers.clone();

@@ -146,24 +146,22 @@ async fn authenticate(
             error.retry_after = HeaderValue::try_from(wait.as_secs().max(1).to_string()).ok();
             Err(error.into_response())
         }
-        Err(why) => {
-            let message = match why {
-                Unauthenticated::Missing | Unauthenticated::Throttled(_) => {
-                    "authentication required"
-                }
-                Unauthenticated::Wrong => {
-                    tracing::info!("wrong user name or password");
-                    state.metrics.auth_failure();
-                    "wrong user name or password"
-                }
-            };
-            let mut response = OciError::new(ErrorCode::Unauthorized, message).into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, auth.challenge());
-            Err(response)
+        Err(Unauthenticated::Missing) => Err(unauthorized(auth, "authentication required")),
+        Err(Unauthenticated::Wrong) => {
+            tracing::info!("wrong user name or password");
+            state.metrics.auth_failure();
+            Err(unauthorized(auth, "wrong user name or password"))
         }
     }
+}
+
+/// A 401 with `message` and the Basic challenge of `auth`.
+fn unauthorized(auth: &crate::auth::Htpasswd, message: &str) -> Response {
+    let mut response = OciError::new(ErrorCode::Unauthorized, message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, auth.challenge());
+    response
 }
 
 /// Checks that `user` may pull through `ns` (403 `DENIED` when not).

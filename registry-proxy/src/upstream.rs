@@ -155,8 +155,7 @@ impl Upstream {
                 attempt.error("more than 5 redirects")
             } else if secure && attempt.url().scheme() != "https" {
                 attempt.error("a redirect from https to plain http")
-            } else if !matches!(reach(attempt.url()), Reach::Remote) && reach(attempt.url()) != home
-            {
+            } else if ![Reach::Remote, home].contains(&reach(attempt.url())) {
                 attempt.error("a redirect to a loopback or link-local address")
             } else {
                 attempt.follow()

@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 const LIMITS: Limits = Limits {
     max_connections: 4,
     header_read_timeout: Duration::from_secs(1),
-    idle_timeout: Duration::from_secs(30),
+    // Longer than any wait here: only the header and write timeouts act.
+    idle_timeout: Duration::from_secs(120),
     write_timeout: Duration::from_secs(1),
 };
 
@@ -78,11 +79,21 @@ async fn headers_that_never_end_are_cut_off() {
         .write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .expect("write");
+    let answer = String::from_utf8_lossy(&until_closed(&mut patient).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // It was served only once the limit let it in: a slow connection had
+    // been closed before (without the limit, all were still open).
+    let closed = slow
+        .iter()
+        .filter(|socket| {
+            let mut byte = [0u8; 1];
+            !matches!(socket.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert!(closed >= 1, "served while every slot was held");
     for socket in &mut slow {
         until_closed(socket).await;
     }
-    let answer = String::from_utf8_lossy(&until_closed(&mut patient).await).into_owned();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 /// A client that stops reading a large blob is cut off after the write

@@ -19,7 +19,10 @@ use bytes::Bytes;
 use driver_core::StorageDriver;
 use registry_proxy::cache::layout;
 use registry_proxy::oci::Digest;
-use support::{Relay, Server, docker_registry, fills_settled, have, push_blob, registry_proxy};
+use support::{
+    Relay, Server, docker_registry, fills_settled, have, push_blob, registry_proxy,
+    registry_proxy_with,
+};
 
 /// GETs a blob through the proxy: `Ok` with the bytes of a complete 200,
 /// or `Err` with the status and body of an error answer (a 200 whose body
@@ -98,7 +101,17 @@ async fn a_full_filesystem_refuses_new_blobs_keeps_serving_and_recovers() {
     std::fs::write(&filler, vec![0u8; 8 << 20]).expect("filler");
     let root = mounted.0.join("root");
     let storage = format!("  filesystem:\n    rootdirectory: {}\n", root.display());
-    let proxy = registry_proxy(d, &storage, &upstream.addr, None);
+    // The spool on the machine's disk, not the small volume (by default it
+    // would sit beside the root, and need room for a blob beside its
+    // stored copy): this test fills the storage volume.
+    let proxy = registry_proxy_with(
+        d,
+        &format!(
+            "storage:\n{storage}proxy:\n  remoteurl: http://{}\n  spooldirectory: {}\n",
+            upstream.addr,
+            d.display()
+        ),
+    );
     let fs = driver_fs::FsDriver::open(&driver_fs::FsConfig::at(&root)).expect("fs driver");
 
     for digest in &blobs[..2] {

@@ -204,6 +204,14 @@ impl Drop for FillClient {
 /// ones it joined failed for other repositories' requests.
 const FILL_ATTEMPTS: usize = 3;
 
+/// Where the bytes a request would be served come from.
+enum Source<'a> {
+    /// Storage.
+    Stored,
+    /// A running fill through this namespace.
+    Fill(&'a Arc<Namespace>),
+}
+
 /// What [`Blobs::fill_size`] found.
 enum FillSize {
     /// The fill streams this many bytes.
@@ -241,8 +249,8 @@ pub struct Blobs {
     verifier: Arc<Verifier>,
     /// One permit per fill that may run (`limits.max_fills`).
     slots: Arc<Semaphore>,
-    /// Bytes announced by the fills running now, which their spools will
-    /// take: a fill starts only if the spool's volume has room for it too.
+    /// Bytes announced by the fills running now and not yet in their
+    /// spools: a fill starts only if the spool's volume has room for it too.
     spooling: Arc<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
 }
@@ -365,7 +373,9 @@ impl Blobs {
         // Content that needs a proof of access (an isolated namespace, or
         // private content, without a link) is stated first: the proof comes
         // before any byte is read.
-        let unproven = self.needs_proof(ns, &key, digest, known_linked).await;
+        let unproven = self
+            .needs_proof(ns, &key, digest, known_linked, Source::Stored)
+            .await;
         let found = if head || range.is_some() || unproven {
             let info = self.driver.stat(&path).await;
             info.map(|i| (!i.is_dir).then_some((i.size, None)))
@@ -444,21 +454,30 @@ impl Blobs {
     }
 
     /// Whether `ns` must prove, through its own upstream, that repository
-    /// `key` has `digest` before it is served the stored bytes: it has no
-    /// link to it (`known`: its entry knows of one, else storage is asked),
-    /// and the namespace is isolated or the blob came in through a private
-    /// namespace. The one place this rule is written.
+    /// `key` has `digest` before it is served the bytes from `source`: it
+    /// has no link to it (`known`: its entry knows of one, else storage is
+    /// asked), and the namespace is isolated or the bytes are private
+    /// (stored with the private marker, or filled through a private
+    /// namespace). Bytes its own upstream is sending need no proof. The
+    /// one place this rule is written.
     async fn needs_proof(
         &self,
-        ns: &Namespace,
+        ns: &Arc<Namespace>,
         key: &RepoKey,
         digest: &Digest,
         known: bool,
+        source: Source<'_>,
     ) -> bool {
-        if known || !(ns.isolated() || self.came_privately(digest).await) {
+        if known {
             return false;
         }
-        !self
+        let due = ns.isolated()
+            || match source {
+                Source::Fill(filler) if Arc::ptr_eq(filler, ns) => return false,
+                Source::Fill(filler) => filler.private(),
+                Source::Stored => self.came_privately(digest).await,
+            };
+        due && !self
             .scheduler
             .link_exists(key, digest, EntryKind::Blob)
             .await
@@ -530,15 +549,8 @@ impl Blobs {
             attempts += 1;
             let fill = self.fill(ns, repo, digest).await?;
             let own = Arc::ptr_eq(&fill.namespace, ns) && fill.repo == *repo;
-            let foreign = !Arc::ptr_eq(&fill.namespace, ns);
-            if !proven
-                && foreign
-                && (ns.isolated() || fill.namespace.private())
-                && !self
-                    .scheduler
-                    .link_exists(&key, digest, EntryKind::Blob)
-                    .await
-            {
+            let source = Source::Fill(&fill.namespace);
+            if self.needs_proof(ns, &key, digest, proven, source).await {
                 self.prove(ns, repo, digest).await?;
                 // The proof's record, before the fill commits the bytes.
                 self.scheduler
@@ -722,7 +734,10 @@ impl Blobs {
                 if !info.is_dir {
                     // Stored by another replica: served only as a stored hit
                     // would be, after a proof of access where one is due.
-                    if self.needs_proof(ns, &key, digest, false).await {
+                    if self
+                        .needs_proof(ns, &key, digest, false, Source::Stored)
+                        .await
+                    {
                         self.prove(ns, repo, digest).await?;
                     }
                     self.scheduler.touch(&key, digest, EntryKind::Blob).await;
@@ -743,19 +758,17 @@ impl Blobs {
         }
         // The blob exists: its access is recorded before its bytes are
         // stored (an expiry of the digest in progress finishes first).
-        self.scheduler
-            .touch(&ns.repo(repo), digest, EntryKind::Blob)
-            .await;
+        self.scheduler.touch(&key, digest, EntryKind::Blob).await;
         // Without a Content-Length (a chunked answer), clients learn the
         // size, and get the bytes, once the whole blob is verified.
         let announced = response.content_length();
-        let _room = self.spool_room(announced, digest)?;
+        let mut room = self.spool_room(announced, digest)?;
         publish.send_modify(|p| p.size = announced);
         // Clients are served from the spool at the upstream's pace. Storage
         // only ever sees verified bytes: they are stored after the last one
         // arrived, while late clients still read the spool.
         let size = self
-            .receive(response, fill, publish, announced, digest)
+            .receive(response, fill, publish, announced, digest, &mut room)
             .await?;
         if ns.private() {
             // Marked before the bytes become visible: no other namespace
@@ -774,8 +787,8 @@ impl Blobs {
 
     /// Makes sure a blob of `announced` bytes may be filled: not larger
     /// than the limit, and with room on the spool's volume beside what the
-    /// running fills will still write. The room is held until the guard
-    /// is dropped.
+    /// running fills have still to write. The room is held until written
+    /// or the guard is dropped.
     fn spool_room(&self, announced: Option<u64>, digest: &Digest) -> Result<SpoolRoom, OciError> {
         let size = announced.unwrap_or(0);
         if size > self.limits.max_blob_size {
@@ -794,7 +807,7 @@ impl Blobs {
             + size;
         let room = SpoolRoom {
             spooling: Arc::clone(&self.spooling),
-            size,
+            remaining: size,
         };
         let free = rustix::fs::statvfs(&self.spool_dir)
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
@@ -876,6 +889,7 @@ impl Blobs {
         publish: &watch::Sender<Progress>,
         announced: Option<u64>,
         digest: &Digest,
+        room: &mut SpoolRoom,
     ) -> Result<u64, OciError> {
         let most = announced.unwrap_or(self.limits.max_blob_size);
         let (to_hash, mut hashed) = HashQueue::new();
@@ -910,6 +924,7 @@ impl Blobs {
             fill.spool.write_all_at(&chunk, written).map_err(|e| {
                 OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
             })?;
+            room.wrote(chunk.len() as u64);
             fill.namespace
                 .metrics
                 .pulled(Kind::Blob, chunk.len() as u64);
@@ -943,16 +958,27 @@ impl Blobs {
     }
 }
 
-/// Spool room a running fill holds, given back when it ends.
+/// Spool room a running fill holds: the bytes it announced and has not
+/// written yet (what it wrote, the volume's free space already shows).
 struct SpoolRoom {
     spooling: Arc<std::sync::atomic::AtomicU64>,
-    size: u64,
+    remaining: u64,
+}
+
+impl SpoolRoom {
+    /// `n` more bytes are in the spool.
+    fn wrote(&mut self, n: u64) {
+        let n = n.min(self.remaining);
+        self.remaining -= n;
+        self.spooling
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Drop for SpoolRoom {
     fn drop(&mut self) {
         self.spooling
-            .fetch_sub(self.size, std::sync::atomic::Ordering::SeqCst);
+            .fetch_sub(self.remaining, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -20,7 +20,7 @@ use crate::namespace::Namespace;
 use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
 use crate::upstream::{Deadline, UpstreamError};
-use crate::{Swept, lock};
+use crate::{Fifo, Swept, lock};
 
 /// A manifest to serve.
 #[derive(Debug, Clone)]
@@ -33,6 +33,19 @@ pub struct Manifest {
     pub digest: Digest,
     /// Whether it came from the upstream for this request (a miss).
     pub fetched: bool,
+}
+
+impl Manifest {
+    /// `bytes` of manifest `digest`, typed by their shape; `fetched` when
+    /// they came from the upstream for this request.
+    fn new(bytes: Bytes, digest: Digest, fetched: bool) -> Self {
+        Self {
+            media_type: oci::manifest_media_type(&bytes),
+            bytes,
+            digest,
+            fetched,
+        }
+    }
 }
 
 /// The manifest store.
@@ -48,44 +61,13 @@ pub struct Manifests {
     /// stale tag wait for one resolution instead of each asking.
     resolving: Mutex<HashMap<TagKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Verified stored manifests, by digest (their bytes never change).
-    memory: Mutex<Remembered>,
+    memory: Mutex<Fifo<[u8; 32], Bytes>>,
 }
 
-/// Manifests kept in memory at most, in bytes.
+/// Verified manifests kept in memory at most, in bytes (the oldest are
+/// forgotten first): a hit by tag or digest then reads only the tag's
+/// link from storage.
 const REMEMBERED_BYTES: usize = 16 << 20;
-
-/// Verified manifests held in memory, the oldest forgotten first once they
-/// take more than [`REMEMBERED_BYTES`]: a hit by tag or digest then reads
-/// only the tag's link from storage.
-#[derive(Default)]
-struct Remembered {
-    bytes: HashMap<[u8; 32], Bytes>,
-    order: std::collections::VecDeque<[u8; 32]>,
-    size: usize,
-}
-
-impl Remembered {
-    fn get(&self, digest: &[u8; 32]) -> Option<Bytes> {
-        self.bytes.get(digest).cloned()
-    }
-
-    fn insert(&mut self, digest: [u8; 32], bytes: Bytes) {
-        let len = bytes.len();
-        if self.bytes.insert(digest, bytes).is_some() {
-            return;
-        }
-        self.order.push_back(digest);
-        self.size += len;
-        while self.size > REMEMBERED_BYTES {
-            let Some(oldest) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(gone) = self.bytes.remove(&oldest) {
-                self.size -= gone.len();
-            }
-        }
-    }
-}
 
 /// A tag of a repository.
 type TagKey = (RepoKey, String);
@@ -140,7 +122,7 @@ impl Manifests {
             request_timeout,
             confirmed: Mutex::new(Swept::new(1024)),
             resolving: Mutex::new(HashMap::new()),
-            memory: Mutex::default(),
+            memory: Mutex::new(Fifo::new(REMEMBERED_BYTES)),
         }
     }
 
@@ -247,18 +229,19 @@ impl Manifests {
         }
     }
 
+    /// Keeps the verified manifest `digest` in memory.
+    fn remember(&self, digest: &Digest, bytes: &Bytes) {
+        lock(&self.memory).insert(digest.raw(), bytes.clone(), bytes.len());
+    }
+
     /// The stored manifest `digest`, if it is one: one storage request
     /// gives its size, checked before any byte is read, so nothing larger
     /// than a manifest is read into memory. Bytes that no longer match the
     /// digest (bit rot) are deleted and count as a miss.
     async fn cached(&self, digest: &Digest) -> Result<Option<Manifest>, OciError> {
-        if let Some(bytes) = lock(&self.memory).get(&digest.raw()) {
-            return Ok(Some(Manifest {
-                fetched: false,
-                media_type: oci::manifest_media_type(&bytes),
-                bytes,
-                digest: digest.clone(),
-            }));
+        let remembered = lock(&self.memory).get(&digest.raw()).cloned();
+        if let Some(bytes) = remembered {
+            return Ok(Some(Manifest::new(bytes, digest.clone(), false)));
         }
         let path = layout::blob_data(digest);
         let file = match self.driver.open(&path, 0).await {
@@ -287,13 +270,8 @@ impl Manifests {
             }
             return Ok(None);
         }
-        lock(&self.memory).insert(digest.raw(), bytes.clone());
-        Ok(Some(Manifest {
-            fetched: false,
-            media_type: oci::manifest_media_type(&bytes),
-            bytes,
-            digest: digest.clone(),
-        }))
+        self.remember(digest, &bytes);
+        Ok(Some(Manifest::new(bytes, digest.clone(), false)))
     }
 
     async fn cached_tag(
@@ -514,16 +492,11 @@ impl Manifests {
             .put_content(&path, bytes.clone())
             .await
             .map_err(read_error)?;
-        lock(&self.memory).insert(digest.raw(), bytes.clone());
+        self.remember(&digest, &bytes);
         self.scheduler
             .ensure_link(&key, &digest, EntryKind::Manifest, false)
             .await;
-        Ok(Upstreamed::Found(Manifest {
-            fetched: true,
-            media_type: oci::manifest_media_type(&bytes),
-            bytes,
-            digest,
-        }))
+        Ok(Upstreamed::Found(Manifest::new(bytes, digest, true)))
     }
 
     async fn store_tag(&self, repo: &RepoKey, tag: &str, digest: &Digest) -> Result<(), OciError> {

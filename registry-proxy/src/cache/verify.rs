@@ -76,49 +76,50 @@ impl Verifier {
         S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     {
         struct State<S> {
+            this: Arc<Verifier>,
+            digest: Digest,
             stream: std::pin::Pin<Box<S>>,
             hasher: Sha256,
             held: Option<Bytes>,
             done: bool,
         }
         let state = State {
+            this: Arc::clone(self),
+            digest: digest.clone(),
             stream: Box::pin(stream),
             hasher: Sha256::new(),
             held: None,
             done: false,
         };
-        let (this, digest) = (Arc::clone(self), digest.clone());
-        futures::stream::unfold(state, move |mut state| {
-            let (this, digest) = (Arc::clone(&this), digest.clone());
-            async move {
-                if state.done {
-                    return None;
-                }
-                loop {
-                    match state.stream.next().await {
-                        Some(Ok(chunk)) => {
-                            state.hasher.update(&chunk);
-                            if let Some(previous) = state.held.replace(chunk) {
-                                return Some((Ok(previous), state));
-                            }
+        futures::stream::unfold(state, |mut state| async move {
+            if state.done {
+                return None;
+            }
+            loop {
+                match state.stream.next().await {
+                    Some(Ok(chunk)) => {
+                        state.hasher.update(&chunk);
+                        if let Some(previous) = state.held.replace(chunk) {
+                            return Some((Ok(previous), state));
                         }
-                        Some(Err(e)) => {
-                            state.done = true;
-                            return Some((Err(e), state));
+                    }
+                    Some(Err(e)) => {
+                        state.done = true;
+                        return Some((Err(e), state));
+                    }
+                    None => {
+                        state.done = true;
+                        let got = Digest::from_hasher(std::mem::take(&mut state.hasher));
+                        if got == state.digest {
+                            state.this.passed(&state.digest);
+                            return state.held.take().map(|last| (Ok(last), state));
                         }
-                        None => {
-                            state.done = true;
-                            let got = Digest::from_hasher(std::mem::take(&mut state.hasher));
-                            if got == digest {
-                                this.passed(&digest);
-                                return state.held.take().map(|last| (Ok(last), state));
-                            }
-                            this.failed(&digest, &got).await;
-                            let error = std::io::Error::other(format!(
-                                "stored blob {digest} is corrupt; it was deleted"
-                            ));
-                            return Some((Err(error), state));
-                        }
+                        state.this.failed(&state.digest, &got).await;
+                        let error = std::io::Error::other(format!(
+                            "stored blob {} is corrupt; it was deleted",
+                            state.digest
+                        ));
+                        return Some((Err(error), state));
                     }
                 }
             }

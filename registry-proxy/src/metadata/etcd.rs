@@ -19,8 +19,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use driver_core::StorageDriver;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LockOptions, PutOptions,
-    Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, LockOptions,
+    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt;
 use tokio::sync::{OwnedMutexGuard, mpsc, watch};
@@ -659,20 +659,16 @@ impl MetadataStore for Etcd {
                 .await
                 .map_err(etcd_error)?;
         }
-        // Every key of this replica from the first unused number on.
+        // Every key of this replica from the first unused number on, in one
+        // range delete.
         let stale_from = format!("{mine}{:06}", chunks.len());
-        let existing = client
-            .get(
-                mine.as_str(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
+        client
+            .delete(
+                stale_from,
+                Some(DeleteOptions::new().with_range(prefix_end(&mine))),
             )
             .await
             .map_err(etcd_error)?;
-        for kv in existing.kvs() {
-            if kv.key() >= stale_from.as_bytes() {
-                client.delete(kv.key(), None).await.map_err(etcd_error)?;
-            }
-        }
         Ok(())
     }
 

@@ -292,7 +292,6 @@ async fn walk(
     }
 }
 
-/// The digest of `.../blobs/sha256/<2>/<hex>/data`.
 /// What a file under `repositories/` is, if the sweep cares.
 fn repository_file(path: &StoragePath) -> Option<Found> {
     let rest = path

@@ -579,11 +579,8 @@ impl Scheduler {
     /// manifest's access keeps the content it references alive).
     pub async fn refresh(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) {
         let raw = digest.raw();
-        let exists = {
-            let inner = lock(&self.inner);
-            inner.table.contains(repo.as_str(), &raw, kind) && !inner.expiring.contains_key(&raw)
-        };
-        if exists {
+        // Content being expired is not waited for: it is going anyway.
+        if !lock(&self.inner).expiring.contains_key(&raw) {
             self.record(repo.as_str(), &raw, kind, self.clock.now_secs(), false)
                 .await;
         }
