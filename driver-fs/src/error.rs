@@ -2,7 +2,7 @@ use std::io;
 
 use driver_core::Error;
 
-use crate::driver::NAME;
+use crate::NAME;
 
 /// Converts an I/O error met by `operation` on `path` into the driver-core
 /// error: a missing file is `PathNotFound`, a file/directory collision is

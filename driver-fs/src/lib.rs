@@ -14,6 +14,7 @@
 //!   symbolic links cannot lead outside it.
 
 mod config;
+mod core;
 mod driver;
 mod error;
 mod reader;
@@ -21,3 +22,6 @@ mod writer;
 
 pub use config::{ConfigError, FsConfig, Fsync};
 pub use driver::FsDriver;
+
+/// The driver's name, as configuration and errors spell it.
+pub const NAME: &str = "filesystem";

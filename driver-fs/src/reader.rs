@@ -4,7 +4,7 @@ use bytes::Bytes;
 use driver_core::{ByteStream, Error, READ_CHUNK, StoragePath};
 use rustix::buffer::spare_capacity;
 
-use crate::driver::NAME;
+use crate::NAME;
 use crate::error::io_error;
 
 /// Streams `len - offset` bytes of `file` from `offset`, one chunk of at most

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use cap_std::fs::OpenOptions;
 use driver_core::{FileWriter, Result, StoragePath, WriterState};
 
-use crate::driver::{Inner, NAME, nonce, run_blocking};
+use crate::NAME;
+use crate::core::{Inner, nonce, run_blocking};
 use crate::error::io_error;
 
 /// Bytes buffered in memory before a write to the staged file.

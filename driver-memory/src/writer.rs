@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use driver_core::{Error, FileWriter, Result, StoragePath, WriterState};
 
-use crate::driver::{NAME, Staged, State, lock};
+use crate::NAME;
+use crate::core::{Staged, State, lock};
 
 /// A writer whose staged bytes live in the shared state, so that a closed
 /// writer can be resumed by another.

@@ -18,6 +18,7 @@
 //!   `is_temporary()` set for what a retry may fix.
 
 mod config;
+mod core;
 mod driver;
 mod error;
 mod reader;
@@ -25,3 +26,6 @@ mod writer;
 
 pub use config::{ConfigError, S3Config};
 pub use driver::S3Driver;
+
+/// The driver's name, as configuration and errors spell it.
+pub const NAME: &str = "s3";

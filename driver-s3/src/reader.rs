@@ -2,7 +2,7 @@ use aws_sdk_s3::primitives::ByteStream as SdkStream;
 use driver_core::{ByteStream, Error, READ_CHUNK, StoragePath};
 use futures::StreamExt;
 
-use crate::driver::NAME;
+use crate::NAME;
 
 /// Adapts a `GetObject` body: one streaming request per reader, so a
 /// concurrent replace of the object cannot mix two versions (the server

@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 use driver_core::{Error, FileWriter, Result, StoragePath, WriterState};
 use tokio::task::JoinSet;
 
-use crate::driver::{Inner, NAME, with_object_settings};
+use crate::NAME;
+use crate::core::{Inner, with_object_settings};
 use crate::error::sdk_error;
 
 /// Object metadata key holding a record's multipart upload id.
