@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use conformance::env_or;
+use registry_proxy::metadata::table::{Table, Ttls};
 use registry_proxy::scheduler::EntryKind;
-use registry_proxy::scheduler::table::{Table, Ttls};
 
 /// A pseudo-random 64-bit value for `i` (splitmix64).
 fn mix(i: u64) -> u64 {

@@ -25,7 +25,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::{Fifo, lock};
+use crate::sync::{Fifo, lock};
 
 /// Verified credentials remembered at most.
 const REMEMBERED: usize = 10_000;

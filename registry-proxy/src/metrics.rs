@@ -367,7 +367,7 @@ impl Metrics {
     /// counters each time for one name). They are resolved once: clones
     /// share the families' atomics, so an update skips the label lookup.
     pub fn namespace(&self, name: &str) -> Arc<NamespaceMetrics> {
-        let mut namespaces = crate::lock(&self.namespaces);
+        let mut namespaces = crate::sync::lock(&self.namespaces);
         if let Some((_, found)) = namespaces.iter().find(|(n, _)| n == name) {
             return Arc::clone(found);
         }
@@ -425,7 +425,7 @@ impl Metrics {
     }
 
     /// A garbage collection finished (a dry run only sets the gauges).
-    pub fn collected(&self, c: &crate::scheduler::Collected, dry_run: bool) {
+    pub fn collected(&self, c: &Collected, dry_run: bool) {
         let gc = &self.gc;
         gc.marked.set(i64::try_from(c.marked).unwrap_or(i64::MAX));
         for (what, took) in [("mark", c.mark), ("sweep", c.sweep)] {
@@ -528,7 +528,7 @@ impl Metrics {
     /// registry:2's `/debug/vars` shape, plus our gauges under
     /// `registry_proxy`.
     pub fn debug_vars(&self) -> serde_json::Value {
-        let namespaces = crate::lock(&self.namespaces);
+        let namespaces = crate::sync::lock(&self.namespaces);
         let total = |kind| {
             let sum = KindCounters::default();
             for (_, ns) in namespaces.iter() {
@@ -572,4 +572,26 @@ impl Metrics {
             },
         })
     }
+}
+
+/// What one collection did (or, dry, would have done).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Digests marked in use.
+    pub marked: u64,
+    /// Blobs whose bytes were deleted.
+    pub blobs: u64,
+    /// Layer and revision links deleted.
+    pub links: u64,
+    /// Tags deleted.
+    pub tags: u64,
+    /// Abandoned writers removed (idle past `uploadpurging.age`; not
+    /// counted in a dry run).
+    pub writers: u64,
+    /// Bytes of blob data freed.
+    pub bytes_freed: u64,
+    /// Time spent marking.
+    pub mark: Duration,
+    /// Time spent sweeping.
+    pub sweep: Duration,
 }

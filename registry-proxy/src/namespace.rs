@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cache::layout::RepoKey;
+use crate::layout::RepoKey;
 use crate::metrics::{Metrics, NamespaceMetrics};
 use crate::oci::{ErrorCode, OciError, RepoName};
 use crate::upstream::{Credentials, Upstream};

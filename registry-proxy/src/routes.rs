@@ -13,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use driver_core::{FileInfo, StoragePath, WalkControl, WalkOptions};
 
-use crate::AppState;
+use crate::app::AppState;
 use crate::auth::Unauthenticated;
 use crate::cache::blobs::RangeSpec;
-use crate::cache::layout;
+use crate::layout;
 use crate::metrics::Kind;
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};

@@ -13,7 +13,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
-use crate::{Swept, lock};
+use crate::sync::{Swept, lock};
 
 /// An upstream user and password, if any.
 pub type Credentials = Option<(String, Secret)>;

@@ -281,7 +281,7 @@ async fn three_replicas_share_one_bucket_through_etcd() {
     let mut dead = replicas.remove(leader);
     dead.kill();
     let layer = registry_proxy::oci::Digest::parse(&blobs[0]).expect("digest");
-    let layer_path = registry_proxy::cache::layout::blob_data(&layer);
+    let layer_path = registry_proxy::layout::blob_data(&layer);
     use driver_core::StorageDriver as _;
     eventually(
         Duration::from_secs(90),

@@ -146,7 +146,7 @@ async fn crash_during_cold_pulls(test: &str, backing: Backing) {
     // Whether the kill caught a fill while it stored is luck; one store cut
     // off as the kill would (6 MiB, a multipart upload on S3) makes the
     // restart's purge certain to have work.
-    let cut_off = registry_proxy::cache::layout::blob_data(&Digest::of(b"cut off"));
+    let cut_off = registry_proxy::layout::blob_data(&Digest::of(b"cut off"));
     let mut writer = driver.writer(&cut_off, false).await.expect("writer");
     writer
         .write(conformance::random_bytes(3, 6 << 20))

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use registry_proxy::cache::layout;
+use registry_proxy::layout;
 use registry_proxy::listener::{Limits, serve};
 use registry_proxy::oci::Digest;
 use support::InProcess;

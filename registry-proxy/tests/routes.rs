@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
-use registry_proxy::cache::layout;
+use registry_proxy::layout;
 use registry_proxy::oci::{Digest, OCI_MANIFEST, RepoName};
 use support::{InProcess, error_code};
 use tokio::sync::Notify;
@@ -1667,7 +1667,7 @@ async fn the_catalog_is_paged_by_default() {
     let s = setup().await;
     let digest = Digest::of(b"m");
     for i in 0..150 {
-        let key = registry_proxy::cache::layout::RepoKey::new(
+        let key = registry_proxy::layout::RepoKey::new(
             None,
             &RepoName::parse(&format!("team/app{i:03}")).expect("name"),
         );

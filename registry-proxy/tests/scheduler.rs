@@ -11,11 +11,11 @@ use bytes::Bytes;
 use driver_core::{StorageDriver, StoragePath};
 use driver_fs::{FsConfig, FsDriver};
 use driver_memory::MemoryDriver;
-use registry_proxy::cache::layout;
-use registry_proxy::cache::layout::RepoKey;
+use registry_proxy::layout;
+use registry_proxy::layout::RepoKey;
+use registry_proxy::metadata::journal;
 use registry_proxy::metrics::Metrics;
 use registry_proxy::oci::{Digest, RepoName};
-use registry_proxy::scheduler::journal;
 use registry_proxy::scheduler::{Clock, EntryKind, Expired, GcOptions, Options, Scheduler};
 
 const HOUR: Duration = Duration::from_secs(3600);

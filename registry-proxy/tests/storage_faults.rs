@@ -17,7 +17,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use driver_core::StorageDriver;
-use registry_proxy::cache::layout;
+use registry_proxy::layout;
 use registry_proxy::oci::Digest;
 use support::{
     Relay, Server, docker_registry, fills_settled, have, push_blob, registry_proxy,

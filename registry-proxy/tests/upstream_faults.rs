@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use bytes::Bytes;
-use registry_proxy::cache::layout;
+use registry_proxy::layout;
 use registry_proxy::oci::{Digest, OCI_MANIFEST};
 use support::{InProcess, error_code};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -20,15 +20,15 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::layout::{self, RepoKey};
 use super::verify::{Verifier, VerifyReads};
+use crate::layout::{self, RepoKey};
 use crate::metadata::{DigestLock, Lease, LockKind};
 use crate::metrics::{Kind, Metrics, NamespaceMetrics};
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
+use crate::sync::{lock, wait_until};
 use crate::upstream::{Deadline, UpstreamError};
-use crate::{lock, wait_until};
 
 /// Bytes a client stream reads from the spool at once.
 const SPOOL_READ: u64 = 256 << 10;

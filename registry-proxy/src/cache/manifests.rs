@@ -14,13 +14,13 @@ use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 
 use super::blobs::status_error;
-use super::layout::{self, RepoKey};
+use crate::layout::{self, RepoKey};
 use crate::metrics::{Kind, Metrics};
 use crate::namespace::Namespace;
 use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
 use crate::scheduler::{EntryKind, Scheduler};
+use crate::sync::{Fifo, Swept, lock};
 use crate::upstream::{Deadline, UpstreamError};
-use crate::{Fifo, Swept, lock};
 
 /// A manifest to serve.
 #[derive(Debug, Clone)]

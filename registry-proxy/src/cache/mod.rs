@@ -2,6 +2,5 @@
 //! manifest and tag store. The only code that writes cached content.
 
 pub mod blobs;
-pub mod layout;
 pub mod manifests;
 pub mod verify;

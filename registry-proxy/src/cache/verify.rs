@@ -13,10 +13,10 @@ use driver_core::{StorageDriver, StoragePath, WalkControl, WalkOptions};
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 
-use super::layout;
-use crate::lock;
+use crate::layout;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
+use crate::sync::lock;
 
 /// Which whole-blob reads are checked as they are served
 /// (`proxy.verifyreads`).

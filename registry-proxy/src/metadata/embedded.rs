@@ -16,13 +16,13 @@ use bytes::Bytes;
 use driver_core::{StorageDriver, StoragePath};
 use tokio::sync::{mpsc, watch};
 
+use super::journal::{self, SegmentKind};
+use super::registry2;
+use super::table::{Entry, Secs, Table};
 use super::{
     Change, DigestLock, Loaded, LockKind, MetadataError, MetadataStore, SCHEMA_VERSION,
     SnapshotSource,
 };
-use crate::scheduler::journal::{self, SegmentKind};
-use crate::scheduler::registry2;
-use crate::scheduler::table::{Entry, Secs, Table};
 
 /// The file holding the schema version.
 pub const VERSION: &str = "/registry-proxy/metadata/version";

@@ -27,14 +27,14 @@ use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::embedded::Embedded;
+use super::journal;
 use super::schema::{self, KINDS};
+use super::table::{Entry, EntryKind, Secs, Table};
 use super::{
     Change, DigestLock, Loaded, LockKind, MetadataError, MetadataStore, SCHEMA_VERSION,
     SnapshotSource, Unlock,
 };
-use crate::lock;
-use crate::scheduler::journal;
-use crate::scheduler::table::{Entry, EntryKind, Secs, Table};
+use crate::sync::lock;
 
 /// Keys read per request while loading.
 const PAGE: i64 = 5000;

@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::lock;
-use crate::scheduler::{Clock, Secs};
+use crate::clock::{Clock, Secs};
+use crate::sync::lock;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Held {

@@ -16,15 +16,18 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod journal;
 pub mod leases;
+pub(crate) mod registry2;
 pub mod schema;
+pub mod table;
 
 use std::collections::HashSet;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
-use crate::scheduler::table::{Entry, EntryKind, Secs, Table};
+use table::{Entry, EntryKind, Secs, Table};
 
 pub use leases::{Lease, Leases};
 

@@ -16,8 +16,8 @@
 //! registry:2 would see; `_all` holds what all namespaces share. Neither
 //! can be a namespace directory's name (those are host names).
 
-use crate::cache::layout::{RepoKey, namespace_dir_of};
-use crate::scheduler::table::EntryKind;
+use super::table::EntryKind;
+use crate::layout::{RepoKey, namespace_dir_of};
 
 /// The namespace registry:2's repositories are keyed under.
 pub const PLAIN: &str = "_";

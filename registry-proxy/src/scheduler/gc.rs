@@ -19,10 +19,11 @@ use std::time::{Duration, Instant, SystemTime};
 use driver_core::{FileInfo, StoragePath, WalkControl, WalkOptions};
 
 use super::{EntryKind, Scheduler, delete_missing_ok};
-use crate::cache::layout::{self, RepoKey};
-use crate::lock;
+use crate::layout::{self, RepoKey};
 use crate::metadata::MetadataError;
+pub use crate::metrics::Collected;
 use crate::oci::Digest;
+use crate::sync::lock;
 
 /// When and how collection runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,28 +46,6 @@ impl Default for GcOptions {
             grace: Duration::from_secs(600),
         }
     }
-}
-
-/// What one collection did (or, dry, would have done).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Collected {
-    /// Digests marked in use.
-    pub marked: u64,
-    /// Blobs whose bytes were deleted.
-    pub blobs: u64,
-    /// Layer and revision links deleted.
-    pub links: u64,
-    /// Tags deleted.
-    pub tags: u64,
-    /// Abandoned writers removed (idle past `uploadpurging.age`; not
-    /// counted in a dry run).
-    pub writers: u64,
-    /// Bytes of blob data freed.
-    pub bytes_freed: u64,
-    /// Time spent marking.
-    pub mark: Duration,
-    /// Time spent sweeping.
-    pub sweep: Duration,
 }
 
 /// A repository file the sweep looks at.

@@ -23,11 +23,7 @@
 //! deleted waits for the deletion to finish before the caller reads or
 //! fills it, so an expiry never deletes what is served or just re-filled.
 
-mod clock;
 pub mod gc;
-pub mod journal;
-pub(crate) mod registry2;
-pub mod table;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -38,17 +34,18 @@ use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-pub use clock::Clock;
+pub use crate::clock::Clock;
+use crate::metadata::table::{Entry, Table};
+pub use crate::metadata::table::{EntryKind, Secs, Ttls};
 pub use gc::{Collected, GcOptions};
-use table::{Entry, Table};
-pub use table::{EntryKind, Secs, Ttls};
 
-use crate::cache::layout::{self, RepoKey};
+use crate::layout::{self, RepoKey};
 use crate::metadata::embedded::{Embedded, encode_slots};
+use crate::metadata::journal;
 use crate::metadata::{Change, Leases, LockKind, MetadataError, MetadataStore, SnapshotSource};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
-use crate::{lock, wait_until};
+use crate::sync::{lock, wait_until};
 
 pub use crate::metadata::Loaded;
 

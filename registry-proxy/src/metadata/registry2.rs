@@ -9,11 +9,11 @@ use std::time::{Duration, SystemTime};
 use driver_core::{StorageDriver, StoragePath};
 use serde::Deserialize;
 
-use super::clock::to_secs;
 use super::journal;
 use super::table::{EntryKind, Secs, Table};
-use crate::cache::layout;
-use crate::cache::layout::RepoKey;
+use crate::clock::to_secs;
+use crate::layout;
+use crate::layout::RepoKey;
 use crate::oci::{Digest, RepoName};
 
 const STATE: &str = "/scheduler-state.json";

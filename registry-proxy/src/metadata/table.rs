@@ -8,8 +8,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-/// Seconds since the Unix epoch.
-pub type Secs = u32;
+pub use crate::clock::Secs;
 
 /// What an entry keeps alive in its repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,7 +95,7 @@ impl Ttls {
 
     /// The lifetime of the entries of the repository keyed `repo`.
     pub fn of(&self, repo: &str) -> Secs {
-        crate::cache::layout::namespace_dir_of(repo)
+        crate::layout::namespace_dir_of(repo)
             .and_then(|dir| self.namespaces.get(dir))
             .copied()
             .unwrap_or(self.default)

@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-use super::table::Secs;
+/// Seconds since the Unix epoch.
+pub type Secs = u32;
 
 /// A wall clock that advances with tokio's clock.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,144 @@
+//! The application's state and its wiring from the configuration: storage
+//! wrapped with metrics, the metadata store, the scheduler, the cache and the
+//! upstreams.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use driver_core::StorageDriver;
+
+use crate::auth::Htpasswd;
+use crate::cache::blobs::{Blobs, FillLimits};
+use crate::cache::manifests::Manifests;
+use crate::cache::verify::VerifyReads;
+use crate::metadata::MetadataStore;
+use crate::metadata::embedded::Embedded;
+use crate::metadata::etcd::{Etcd, EtcdOptions};
+use crate::metered::Metered;
+use crate::metrics::Metrics;
+use crate::namespace::{NamespaceSpec, Namespaces};
+use crate::scheduler::{Clock, LoadError, Options, Scheduler};
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The storage.
+    pub driver: Arc<dyn StorageDriver>,
+    /// Blobs and their fills.
+    pub blobs: Arc<Blobs>,
+    /// Manifests and tags.
+    pub manifests: Arc<Manifests>,
+    /// The counters.
+    pub metrics: Arc<Metrics>,
+    /// Access times and expiry.
+    pub scheduler: Arc<Scheduler>,
+    /// The upstreams, and how requests select them.
+    pub namespaces: Arc<Namespaces>,
+    /// Client authentication, when configured.
+    pub auth: Option<Arc<Htpasswd>>,
+}
+
+/// The metadata store: etcd when `coordination` names one (campaigning
+/// for leadership if a `candidate`), else the embedded store in `driver`.
+pub async fn open_store(
+    driver: &Arc<dyn StorageDriver>,
+    namespaces: &Namespaces,
+    options: &Options,
+    coordination: Option<EtcdOptions>,
+    candidate: bool,
+) -> Result<Arc<dyn MetadataStore>, LoadError> {
+    let ttl = u32::try_from(options.ttl.as_secs()).unwrap_or(u32::MAX);
+    Ok(match coordination {
+        None => Arc::new(Embedded::new(Arc::clone(driver), ttl)) as Arc<dyn MetadataStore>,
+        Some(etcd) => {
+            let dirs: Vec<Option<String>> = namespaces
+                .iter()
+                .map(|ns| ns.dir().map(str::to_owned))
+                .collect();
+            Etcd::connect(etcd, &dirs, Arc::clone(driver), ttl, candidate).await?
+        }
+    })
+}
+
+/// Tunables of [`AppState::open`], from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where fills spool the bytes waiting clients read.
+    pub spool_dir: PathBuf,
+    /// A fill that receives nothing for this long is abandoned.
+    pub fill_timeout: Duration,
+    /// How many fills run at once, and how large a blob may be.
+    pub fill_limits: FillLimits,
+    /// Which whole reads of stored blobs are checked against their digest.
+    pub verify_reads: VerifyReads,
+    /// How long a tag resolved upstream is trusted.
+    pub tag_freshness: Duration,
+    /// Timeout of upstream connections, and of manifest, token and proof
+    /// requests.
+    pub request_timeout: Duration,
+    /// Client authentication; `None`: every client may pull.
+    pub auth: Option<Arc<Htpasswd>>,
+    /// Expiry and how often its state is written.
+    pub scheduler: Options,
+    /// The clock of expiries.
+    pub clock: Clock,
+    /// The etcd shared with other replicas; `None`: a single node.
+    pub coordination: Option<EtcdOptions>,
+}
+
+impl AppState {
+    /// The state serving `driver`'s content, filling from the upstreams of
+    /// `namespaces`: loads the scheduler's state and starts its flushes and
+    /// expiry.
+    pub async fn open(
+        driver: Arc<dyn StorageDriver>,
+        namespaces: &[NamespaceSpec],
+        settings: Settings,
+    ) -> Result<Self, LoadError> {
+        let metrics = Arc::new(Metrics::default());
+        let driver: Arc<dyn StorageDriver> = Arc::new(Metered::new(driver, Arc::clone(&metrics)));
+        let mut options = settings.scheduler;
+        options.namespace_ttls = Namespaces::ttls(namespaces);
+        let namespaces = Arc::new(Namespaces::new(
+            namespaces,
+            &metrics,
+            settings.request_timeout,
+        ));
+        let store = open_store(&driver, &namespaces, &options, settings.coordination, true).await?;
+        let scheduler = Scheduler::open_with_store(
+            Arc::clone(&driver),
+            store,
+            options,
+            settings.clock,
+            Arc::clone(&metrics),
+        )
+        .await?;
+        // Leftovers of a crash go before anything new is staged.
+        scheduler.purge_writers().await;
+        scheduler.start();
+        Ok(Self {
+            blobs: Arc::new(Blobs::new(
+                Arc::clone(&driver),
+                settings.spool_dir,
+                settings.fill_timeout,
+                settings.fill_limits,
+                settings.verify_reads,
+                Arc::clone(&scheduler),
+                Arc::clone(&metrics),
+            )),
+            manifests: Arc::new(Manifests::new(
+                Arc::clone(&driver),
+                settings.tag_freshness,
+                settings.request_timeout,
+                Arc::clone(&scheduler),
+                Arc::clone(&metrics),
+            )),
+            driver,
+            metrics,
+            scheduler,
+            namespaces,
+            auth: settings.auth,
+        })
+    }
+}
