@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use conformance::env_or;
 use registry_proxy::metadata::table::{Table, Ttls};
-use registry_proxy::scheduler::EntryKind;
+use registry_proxy::oci::{Digest, Kind};
 
 /// A pseudo-random 64-bit value for `i` (splitmix64).
 fn mix(i: u64) -> u64 {
@@ -22,27 +22,27 @@ fn mix(i: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn random_digest(i: u64) -> [u8; 32] {
+fn random_digest(i: u64) -> Digest {
     let mut raw = [0; 32];
     for (n, chunk) in raw.chunks_mut(8).enumerate() {
         chunk.copy_from_slice(&mix(i * 4 + n as u64).to_le_bytes());
     }
-    raw
+    Digest::from_raw(raw)
 }
 
 /// Zero in the first 16 bytes, random after.
-fn chosen_digest(i: u64) -> [u8; 32] {
-    let mut raw = random_digest(i);
+fn chosen_digest(i: u64) -> Digest {
+    let mut raw = *random_digest(i).as_bytes();
     raw[..16].fill(0);
-    raw
+    Digest::from_raw(raw)
 }
 
 /// Upserts per second of `keys` (repository, digest) into a fresh table.
-fn rate(keys: &[(String, [u8; 32])]) -> f64 {
+fn rate(keys: &[(String, Digest)]) -> f64 {
     let mut table = Table::new(Ttls::uniform(3600));
     let started = Instant::now();
     for (at, (repo, digest)) in keys.iter().enumerate() {
-        table.upsert(repo, digest, EntryKind::Blob, at as u32);
+        table.upsert(repo, digest, Kind::Blob, at as u32);
     }
     let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(table.len(), keys.len());
@@ -64,7 +64,7 @@ fn main() {
         ("digests sharing 16 leading bytes", &chosen, &random),
         ("one digest in every repository", &shared, &spread),
     ] {
-        let median = |keys: &[(String, [u8; 32])]| {
+        let median = |keys: &[(String, Digest)]| {
             let mut rates: Vec<f64> = (0..3).map(|_| rate(keys)).collect();
             rates.sort_by(f64::total_cmp);
             rates[1]

@@ -25,8 +25,9 @@ use driver_fs::{FsConfig, FsDriver};
 use registry_proxy::layout;
 use registry_proxy::layout::RepoKey;
 use registry_proxy::metrics::Metrics;
+use registry_proxy::oci::Kind;
 use registry_proxy::oci::{Digest, RepoName};
-use registry_proxy::scheduler::{Clock, EntryKind, Options, Scheduler};
+use registry_proxy::scheduler::{Clock, Options, Scheduler};
 
 const TTL: Duration = Duration::from_secs(3600);
 const REPOS: usize = 1000;
@@ -43,7 +44,7 @@ fn digest(i: u64) -> Digest {
         x ^= x >> 31;
         chunk.copy_from_slice(&x.to_le_bytes());
     }
-    Digest::from_raw(&raw)
+    Digest::from_raw(raw)
 }
 
 fn rss_bytes() -> u64 {
@@ -88,7 +89,7 @@ async fn touch_all(scheduler: &Scheduler, repos: &[RepoKey], n: u64) -> f64 {
     let started = Instant::now();
     for i in 0..n {
         scheduler
-            .touch(&repos[i as usize % REPOS], &digest(i), EntryKind::Blob)
+            .access(&repos[i as usize % REPOS], &digest(i), Kind::Blob)
             .await;
     }
     scheduler.flush().await.expect("flush");
@@ -217,7 +218,7 @@ async fn expire_at_once(due: u64, repos: &[RepoKey]) {
     let long_ago = Clock::starting_at(SystemTime::now() - 2 * TTL);
     let old = open(&driver, long_ago).await;
     for i in 0..due {
-        old.touch(&repos[i as usize % REPOS], &digest(i), EntryKind::Blob)
+        old.access(&repos[i as usize % REPOS], &digest(i), Kind::Blob)
             .await;
     }
     old.shutdown().await.expect("shutdown");
@@ -249,7 +250,7 @@ async fn expire_at_once(due: u64, repos: &[RepoKey]) {
             while !done.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let began = Instant::now();
-                scheduler.touch(&repo, &live, EntryKind::Blob).await;
+                scheduler.access(&repo, &live, Kind::Blob).await;
                 driver.stat(&layout::blob_data(&live)).await.expect("stat");
                 driver
                     .get_content(&layout::blob_data(&live))

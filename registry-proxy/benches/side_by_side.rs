@@ -164,8 +164,7 @@ async fn measure(proxy: &Server, relay: &Relay, blobs: &Blobs, dir: &std::path::
     let before = relay.sent();
     let pulls: Vec<_> = (0..8)
         .map(|_| {
-            let (client, addr, digest) =
-                (client.clone(), proxy.addr.clone(), blobs.concurrent.clone());
+            let (client, addr, digest) = (client.clone(), proxy.addr.clone(), blobs.concurrent);
             tokio::spawn(async move { pull(&client, &addr, &digest, COLD_SIZE).await })
         })
         .collect();

@@ -10,6 +10,7 @@ use driver_core::StorageDriver;
 
 use crate::auth::Htpasswd;
 use crate::cache::blobs::{Blobs, FillLimits};
+use crate::cache::catalog::Catalog;
 use crate::cache::manifests::Manifests;
 use crate::cache::verify::VerifyReads;
 use crate::metadata::MetadataStore;
@@ -18,7 +19,7 @@ use crate::metadata::etcd::{Etcd, EtcdOptions};
 use crate::metered::Metered;
 use crate::metrics::Metrics;
 use crate::namespace::{NamespaceSpec, Namespaces};
-use crate::scheduler::{Clock, LoadError, Options, Scheduler};
+use crate::scheduler::{Clock, LoadError, Options, Scheduler, Tracker};
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -27,6 +28,8 @@ pub struct AppState {
     pub driver: Arc<dyn StorageDriver>,
     /// Blobs and their fills.
     pub blobs: Arc<Blobs>,
+    /// The repositories in storage.
+    pub catalog: Arc<Catalog>,
     /// Manifests and tags.
     pub manifests: Arc<Manifests>,
     /// The counters.
@@ -124,16 +127,17 @@ impl AppState {
                 settings.fill_timeout,
                 settings.fill_limits,
                 settings.verify_reads,
-                Arc::clone(&scheduler),
+                Tracker::new(Arc::clone(&scheduler)),
                 Arc::clone(&metrics),
             )),
             manifests: Arc::new(Manifests::new(
                 Arc::clone(&driver),
                 settings.tag_freshness,
                 settings.request_timeout,
-                Arc::clone(&scheduler),
+                Tracker::new(Arc::clone(&scheduler)),
                 Arc::clone(&metrics),
             )),
+            catalog: Arc::new(Catalog::new(Arc::clone(&driver))),
             driver,
             metrics,
             scheduler,

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use driver_core::StoragePath;
 
-use crate::oci::{Digest, RepoName};
+use crate::oci::{Digest, Kind, RepoName};
 
 const ROOT: &str = "/docker/registry/v2";
 
@@ -131,6 +131,15 @@ pub fn layer_dir(repo: &RepoKey, digest: &Digest) -> StoragePath {
 /// `repositories/<name>/_layers/sha256/<hex>/link`: the blob is in the repository.
 pub fn layer_link(repo: &RepoKey, digest: &Digest) -> StoragePath {
     path(format!("{}/link", layer_dir(repo, digest).as_str()))
+}
+
+/// The link of `digest` as `kind` in `repo`: its layer link for a blob,
+/// its revision link for a manifest.
+pub fn link(repo: &RepoKey, digest: &Digest, kind: Kind) -> StoragePath {
+    match kind {
+        Kind::Blob => layer_link(repo, digest),
+        Kind::Manifest => revision_link(repo, digest),
+    }
 }
 
 /// `repositories/<name>/_manifests/revisions/sha256/<hex>`: the directory

@@ -21,14 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
-/// The content a counter is about.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Kind {
-    /// Blobs (layers and configs).
-    Blob,
-    /// Manifests (and indexes).
-    Manifest,
-}
+pub use crate::oci::Kind;
 
 impl EncodeLabelValue for Kind {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {

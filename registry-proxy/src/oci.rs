@@ -82,11 +82,12 @@ impl fmt::Display for RepoName {
     }
 }
 
-/// A content digest; only sha256 is accepted (and verified).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest {
-    hex: String,
-}
+/// A content digest; only sha256 is accepted (and verified). Its 32 bytes
+/// are the key every layer uses (entries, leases, locks, fills), so it is
+/// `Copy` and hashes and compares as bytes; its text form is
+/// `sha256:<64 lowercase hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
 
 impl Digest {
     /// Parses `sha256:<64 lowercase hex>`.
@@ -100,9 +101,9 @@ impl Digest {
                         .bytes()
                         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
             {
-                Ok(Self {
-                    hex: hex.to_owned(),
-                })
+                let mut raw = [0; 32];
+                hex::decode_to_slice(hex, &mut raw).map_err(|_| bad())?;
+                Ok(Self(raw))
             }
             "sha512" => Err(OciError::new(
                 ErrorCode::Unsupported,
@@ -119,35 +120,70 @@ impl Digest {
 
     /// The digest a finished hasher computed.
     pub fn from_hasher(hasher: Sha256) -> Self {
-        Self {
-            hex: hex::encode(hasher.finalize()),
-        }
+        Self(hasher.finalize().into())
     }
 
-    /// The hex part.
-    pub fn hex(&self) -> &str {
-        &self.hex
+    /// The hex part: 64 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
     }
 
     /// The 32 bytes the hex part spells.
-    pub fn raw(&self) -> [u8; 32] {
-        let mut raw = [0; 32];
-        // `parse` and `from_hasher` only admit 64 hex digits.
-        let _ = hex::decode_to_slice(&self.hex, &mut raw);
-        raw
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 
     /// The digest whose bytes are `raw`.
-    pub fn from_raw(raw: &[u8; 32]) -> Self {
-        Self {
-            hex: hex::encode(raw),
-        }
+    pub fn from_raw(raw: [u8; 32]) -> Self {
+        Self(raw)
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        write!(f, "sha256:{}", self.hex())
+    }
+}
+
+impl AsRef<[u8]> for Digest {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The two kinds of content: what a scheduler entry keeps alive in its
+/// repository, and what a counter is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A blob linked into the repository (its `_layers` link).
+    Blob,
+    /// A manifest of the repository (its revision link and the tags that
+    /// point at it).
+    Manifest,
+}
+
+impl Kind {
+    /// The byte the journal stores.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Blob => 0,
+            Self::Manifest => 1,
+        }
+    }
+
+    /// The kind a journal byte (or registry:2's `EntryType`) names.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::Blob),
+            1 => Some(Self::Manifest),
+            _ => None,
+        }
     }
 }
 

@@ -11,15 +11,16 @@ use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use driver_core::{FileInfo, StoragePath, WalkControl, WalkOptions};
+use driver_core::StoragePath;
 
 use crate::app::AppState;
 use crate::auth::Unauthenticated;
 use crate::cache::blobs::RangeSpec;
-use crate::layout;
-use crate::metrics::Kind;
+use crate::cache::{CacheError, catalog};
+
 use crate::namespace::Namespace;
-use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
+use crate::oci::{Digest, ErrorCode, Kind, OciError, Reference, RepoName};
+use crate::upstream::{Asked, UpstreamError};
 
 const API_VERSION: &str = "registry/2.0";
 
@@ -276,6 +277,49 @@ fn unsupported() -> OciError {
     )
 }
 
+/// The one place where the cache's errors become OCI errors on the wire.
+impl From<CacheError> for OciError {
+    fn from(e: CacheError) -> Self {
+        match e {
+            CacheError::Answer(e) => e,
+            CacheError::Storage(e) => {
+                OciError::new(ErrorCode::Unavailable, format!("storage: {e}"))
+            }
+            CacheError::Upstream(e) => upstream_error(&e),
+        }
+    }
+}
+
+/// An upstream's failure as the client sees it: a refusal keeps its
+/// meaning (unknown, denied, too many requests with the upstream's
+/// `Retry-After`); the namespace's own credentials refused for a blob (a
+/// fill or a proof of access) is a denial, not a request that the client
+/// authenticate; anything else is `UNAVAILABLE`.
+fn upstream_error(e: &UpstreamError) -> OciError {
+    let UpstreamError::Status {
+        status,
+        retry_after,
+        asked,
+    } = e
+    else {
+        return OciError::new(ErrorCode::Unavailable, e.to_string());
+    };
+    let code = match (*status, asked) {
+        (StatusCode::NOT_FOUND, Asked::Manifest(_)) => ErrorCode::ManifestUnknown,
+        (StatusCode::NOT_FOUND, Asked::Blob(_)) => ErrorCode::BlobUnknown,
+        (StatusCode::NOT_FOUND, Asked::Tags) => ErrorCode::NameUnknown,
+        (StatusCode::UNAUTHORIZED, Asked::Blob(_)) | (StatusCode::FORBIDDEN, _) => {
+            ErrorCode::Denied
+        }
+        (StatusCode::UNAUTHORIZED, _) => ErrorCode::Unauthorized,
+        (StatusCode::TOO_MANY_REQUESTS, _) => ErrorCode::TooManyRequests,
+        _ => ErrorCode::Unavailable,
+    };
+    let mut error = OciError::new(code, e.to_string());
+    error.retry_after.clone_from(retry_after);
+    error
+}
+
 async fn manifest(
     state: &AppState,
     ns: &Namespace,
@@ -427,15 +471,8 @@ async fn tags(
     listing("tags", Some(repo), page, n, request)
 }
 
-/// Repository names in storage's walk order: component by component.
-fn walk_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.split('/').cmp(b.split('/'))
-}
-
 /// A page of the namespace's repositories with manifests in storage, in
-/// walk order: the walk starts after `last` and stops once the page is
-/// full (`n`, 100 by default, at most 1000), so a request never lists all
-/// of storage.
+/// walk order, `n` of them (100 by default, at most 1000).
 async fn catalog(
     state: &AppState,
     ns: &Namespace,
@@ -443,47 +480,10 @@ async fn catalog(
 ) -> Result<Response, OciError> {
     let n = page_size(request.query, Some(CATALOG_PAGE), CATALOG_MAX_PAGE)?;
     let want = n.unwrap_or(CATALOG_PAGE).saturating_add(1);
-    let root = layout::repositories(ns.dir());
-    let prefix = root.dir_prefix();
     let last = request.query.get("last").map(String::as_str);
-    let start_after = last.and_then(|last| root.join(last).ok());
-    let mut repos = Vec::new();
-    let mut visit = |info: &FileInfo| {
-        if !info.is_dir {
-            return WalkControl::Continue;
-        }
-        match info.path.file_name() {
-            Some("_manifests") => {
-                if let Some(parent) = info.path.parent() {
-                    let repo = &parent.as_str()[prefix.len()..];
-                    if last.is_none_or(|last| walk_order(repo, last).is_gt()) {
-                        repos.push(repo.to_owned());
-                    }
-                }
-                if repos.len() >= want {
-                    WalkControl::Stop
-                } else {
-                    WalkControl::SkipDir
-                }
-            }
-            Some(name) if name.starts_with('_') => WalkControl::SkipDir,
-            _ => WalkControl::Continue,
-        }
-    };
-    let options = WalkOptions { start_after };
-    match state.driver.walk(&root, &options, &mut visit).await {
-        Ok(()) => {}
-        Err(e) if e.is_not_found() => {}
-        Err(e) => {
-            return Err(OciError::new(
-                ErrorCode::Unavailable,
-                format!("storage: {e}"),
-            ));
-        }
-    }
-    repos.sort_by(|a, b| walk_order(a, b));
+    let repos = state.catalog.page(ns.dir(), last, want).await?;
     let page = paginate(repos, request.query, n, |repo, last| {
-        walk_order(repo, last).is_gt()
+        catalog::walk_order(repo, last).is_gt()
     });
     listing("repositories", None, page, n, request)
 }

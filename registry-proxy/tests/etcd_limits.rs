@@ -272,12 +272,12 @@ async fn leases_on_many_digests_are_published_whole() {
         let mut raw = [0u8; 32];
         raw[..4].copy_from_slice(&i.to_le_bytes());
         raw[31] = 1;
-        raw
+        Digest::from_raw(raw)
     };
-    let many: std::collections::HashSet<[u8; 32]> = (0..60_000).map(digest).collect();
+    let many: std::collections::HashSet<Digest> = (0..60_000).map(digest).collect();
     holder.publish_leases(&many).await.expect("published");
     assert_eq!(reader.remote_leases().await.expect("read"), many);
-    let few: std::collections::HashSet<[u8; 32]> = (0..5).map(digest).collect();
+    let few: std::collections::HashSet<Digest> = (0..5).map(digest).collect();
     holder.publish_leases(&few).await.expect("published");
     assert_eq!(reader.remote_leases().await.expect("read"), few);
     holder.close().await;

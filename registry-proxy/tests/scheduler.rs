@@ -11,12 +11,14 @@ use bytes::Bytes;
 use driver_core::{StorageDriver, StoragePath};
 use driver_fs::{FsConfig, FsDriver};
 use driver_memory::MemoryDriver;
+use registry_proxy::cache::links::Links;
 use registry_proxy::layout;
 use registry_proxy::layout::RepoKey;
 use registry_proxy::metadata::journal;
 use registry_proxy::metrics::Metrics;
+use registry_proxy::oci::Kind;
 use registry_proxy::oci::{Digest, RepoName};
-use registry_proxy::scheduler::{Clock, EntryKind, Expired, GcOptions, Options, Scheduler};
+use registry_proxy::scheduler::{Clock, Expired, GcOptions, Options, Scheduler, Tracker};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const T0: u64 = 1_800_000_000;
@@ -177,8 +179,8 @@ async fn expiry_deletes_links_tags_and_unused_data_on_the_filesystem() {
             .await
             .expect("link");
     }
-    scheduler.touch(&app, &layer, EntryKind::Blob).await;
-    scheduler.touch(&app, &manifest, EntryKind::Manifest).await;
+    scheduler.access(&app, &layer, Kind::Blob).await;
+    scheduler.access(&app, &manifest, Kind::Manifest).await;
 
     travel(HOUR - Duration::from_secs(1)).await;
     assert_eq!(
@@ -219,9 +221,9 @@ async fn a_hit_inside_the_ttl_postpones_expiry() {
     let scheduler = open(&driver, HOUR).await;
     let app = repo("app");
     let blob = store_blob(&driver, &app, b"hot").await;
-    scheduler.touch(&app, &blob, EntryKind::Blob).await;
+    scheduler.access(&app, &blob, Kind::Blob).await;
     travel(HOUR / 2).await;
-    scheduler.touch(&app, &blob, EntryKind::Blob).await;
+    scheduler.access(&app, &blob, Kind::Blob).await;
     travel(HOUR / 2 + Duration::from_secs(1)).await;
     assert_eq!(scheduler.expire_due().await.entries, 0);
     assert!(exists(&driver, &layout::blob_data(&blob)).await);
@@ -237,9 +239,9 @@ async fn a_blob_used_by_two_repositories_survives_the_expiry_of_one() {
     let (a, b) = (repo("team/a"), repo("team/b"));
     let blob = store_blob(&driver, &a, b"shared base layer").await;
     link(&driver, &b, &blob).await;
-    scheduler.touch(&a, &blob, EntryKind::Blob).await;
+    scheduler.access(&a, &blob, Kind::Blob).await;
     travel(HOUR / 2).await;
-    scheduler.touch(&b, &blob, EntryKind::Blob).await;
+    scheduler.access(&b, &blob, Kind::Blob).await;
     travel(HOUR / 2).await;
     assert_eq!(
         scheduler.expire_due().await,
@@ -285,7 +287,7 @@ async fn each_namespace_expires_at_its_own_ttl_and_the_bytes_go_last() {
         link(&driver, repo, &blob).await;
     }
     for repo in [&plain, &ghcr, &keep] {
-        scheduler.touch(repo, &blob, EntryKind::Blob).await;
+        scheduler.access(repo, &blob, Kind::Blob).await;
     }
     travel(HOUR).await;
     assert_eq!(
@@ -338,7 +340,7 @@ async fn a_ttl_change_applies_to_entries_already_cached() {
     let app = repo("app");
     let blob = store_blob(&driver, &app, b"old").await;
     let long = open(&driver, 10 * HOUR).await;
-    long.touch(&app, &blob, EntryKind::Blob).await;
+    long.access(&app, &blob, Kind::Blob).await;
     long.shutdown().await.expect("shutdown");
 
     travel(HOUR).await;
@@ -352,7 +354,7 @@ async fn a_ttl_change_applies_to_entries_already_cached() {
 
     // And a longer TTL keeps what the old one would have expired.
     let blob = store_blob(&driver, &app, b"new").await;
-    short.touch(&app, &blob, EntryKind::Blob).await;
+    short.access(&app, &blob, Kind::Blob).await;
     short.shutdown().await.expect("shutdown");
     travel(2 * HOUR).await;
     let longer = open(&driver, 3 * HOUR).await;
@@ -373,14 +375,14 @@ async fn state_survives_a_restart_and_stays_compact() {
     for round in 0..40 {
         for i in 0..500 {
             let d = &digests[(round * 500 + i) / 2 + (i % 2) * 7];
-            scheduler.touch(&app, d, EntryKind::Blob).await;
+            scheduler.access(&app, d, Kind::Blob).await;
         }
         scheduler.flush().await.expect("flush");
         travel(Duration::from_secs(3)).await;
     }
     let times: Vec<_> = digests
         .iter()
-        .map(|d| scheduler.access_time(&app, d, EntryKind::Blob))
+        .map(|d| scheduler.access_time(&app, d, Kind::Blob))
         .collect();
     assert!(times.iter().filter(|t| t.is_some()).count() > 9_000);
     scheduler.shutdown().await.expect("shutdown");
@@ -398,7 +400,7 @@ async fn state_survives_a_restart_and_stays_compact() {
     assert_eq!(reopened.loaded().damaged, 0);
     let reloaded: Vec<_> = digests
         .iter()
-        .map(|d| reopened.access_time(&app, d, EntryKind::Blob))
+        .map(|d| reopened.access_time(&app, d, Kind::Blob))
         .collect();
     assert_eq!(reloaded, times);
 }
@@ -409,7 +411,7 @@ async fn damaged_segments_are_skipped_and_the_rest_loads() {
     let scheduler = open(&driver, HOUR).await;
     let app = repo("app");
     let blob = Digest::of(b"x");
-    scheduler.touch(&app, &blob, EntryKind::Blob).await;
+    scheduler.access(&app, &blob, Kind::Blob).await;
     scheduler.shutdown().await.expect("shutdown");
     let mut torn = journal::frame(b"\x01\x00").to_vec();
     torn.truncate(torn.len() - 2);
@@ -423,17 +425,17 @@ async fn damaged_segments_are_skipped_and_the_rest_loads() {
     let reopened = open(&driver, HOUR).await;
     assert_eq!(reopened.loaded().damaged, 1);
     assert_eq!(
-        reopened.access_time(&app, &blob, EntryKind::Blob),
+        reopened.access_time(&app, &blob, Kind::Blob),
         Some(T0 as u32)
     );
     // New changes go after the damaged segment, so they are loaded too.
     let other = Digest::of(b"y");
-    reopened.touch(&app, &other, EntryKind::Blob).await;
+    reopened.access(&app, &other, Kind::Blob).await;
     reopened.shutdown().await.expect("shutdown");
     assert!(
         open(&driver, HOUR)
             .await
-            .access_time(&app, &other, EntryKind::Blob)
+            .access_time(&app, &other, Kind::Blob)
             .is_some()
     );
 }
@@ -470,13 +472,13 @@ async fn registry2_state_is_taken_over_on_first_start() {
     assert_eq!(scheduler.loaded().imported, 3);
     let expected_blob = (T0 + 3600 - 7200) as u32;
     assert_eq!(
-        scheduler.access_time(&app, &blob, EntryKind::Blob),
+        scheduler.access_time(&app, &blob, Kind::Blob),
         Some(expected_blob)
     );
     // 2027-02-15T09:00:00Z minus the TTL.
     for m in [&m1, &m2] {
         assert_eq!(
-            scheduler.access_time(&app, m, EntryKind::Manifest),
+            scheduler.access_time(&app, m, Kind::Manifest),
             Some(1_802_682_000 - 7200)
         );
     }
@@ -501,7 +503,7 @@ async fn an_access_waits_for_an_expiry_in_progress_and_refills_stay() {
     let scheduler = open(&driver, HOUR).await;
     let app = repo("app");
     let blob = store_blob(&driver, &app, b"about to expire").await;
-    scheduler.touch(&app, &blob, EntryKind::Blob).await;
+    scheduler.access(&app, &blob, Kind::Blob).await;
     travel(HOUR).await;
     let expiry = tokio::spawn({
         let scheduler = Arc::clone(&scheduler);
@@ -516,7 +518,7 @@ async fn an_access_waits_for_an_expiry_in_progress_and_refills_stay() {
         tokio::task::yield_now().await;
     }
     assert!(scheduler.is_empty(), "the expiry took the entry");
-    let access = scheduler.touch(&app, &blob, EntryKind::Blob).await;
+    let access = scheduler.access(&app, &blob, Kind::Blob).await;
     assert!(access.created);
     assert!(
         !exists(&driver, &layout::blob_data(&blob)).await,
@@ -536,7 +538,7 @@ async fn the_background_expirer_runs_when_entries_fall_due() {
     scheduler.start();
     let app = repo("app");
     let blob = store_blob(&driver, &app, b"bg").await;
-    scheduler.touch(&app, &blob, EntryKind::Blob).await;
+    scheduler.access(&app, &blob, Kind::Blob).await;
     travel(HOUR + Duration::from_secs(1)).await;
     for _ in 0..10_000 {
         if scheduler.is_empty() {
@@ -555,7 +557,7 @@ async fn a_zero_ttl_never_expires() {
     let scheduler = open(&driver, Duration::ZERO).await;
     let app = repo("app");
     let blob = store_blob(&driver, &app, b"kept").await;
-    scheduler.touch(&app, &blob, EntryKind::Blob).await;
+    scheduler.access(&app, &blob, Kind::Blob).await;
     travel(10_000 * HOUR).await;
     assert_eq!(scheduler.expire_due().await.entries, 0);
     assert!(exists(&driver, &layout::blob_data(&blob)).await);
@@ -579,7 +581,7 @@ async fn expiry_deletes_the_blob_data_on_s3() {
     let scheduler = open_at(&driver, HOUR, Clock::system()).await;
     let app = repo("app");
     let blob = store_blob(&driver, &app, &[1; 70_000]).await;
-    scheduler.touch(&app, &blob, EntryKind::Blob).await;
+    scheduler.access(&app, &blob, Kind::Blob).await;
     assert_eq!(scheduler.expire_due().await.entries, 0);
     scheduler.shutdown().await.expect("flush to S3");
     let later = open_at(
@@ -622,7 +624,7 @@ async fn child_writer() {
         for _ in 0..2_000 {
             next += 1;
             scheduler
-                .touch(&app, &Digest::of(&next.to_le_bytes()), EntryKind::Blob)
+                .access(&app, &Digest::of(&next.to_le_bytes()), Kind::Blob)
                 .await;
         }
         scheduler.flush().await.expect("flush");
@@ -676,14 +678,14 @@ async fn content_under_a_lease_survives_expiry_and_collection_until_the_lease_en
     let scheduler = collecting(&driver, 4 * HOUR).await;
     let app = repo("library/app");
     let pulled = store_blob(&driver, &app, &[3; 3000]).await;
-    scheduler.touch(&app, &pulled, EntryKind::Blob).await;
+    scheduler.access(&app, &pulled, Kind::Blob).await;
     // Bytes nothing references (a fill's leftover), but leased.
     let orphan = Digest::of(&[4; 500]);
     driver
         .put_content(&layout::blob_data(&orphan), Bytes::from_static(&[4; 500]))
         .await
         .expect("orphan");
-    let streaming = scheduler.leases().hold(&[pulled.raw(), orphan.raw()]);
+    let streaming = scheduler.leases().hold(&[pulled, orphan]);
 
     tokio::time::advance(2 * HOUR).await;
     assert_eq!(
@@ -720,9 +722,9 @@ async fn content_under_a_lease_survives_expiry_and_collection_until_the_lease_en
     // A pull's lease (taken when its manifest is served) ends by itself,
     // and so does one whose holder hangs.
     let again = store_blob(&driver, &app, &[5; 700]).await;
-    scheduler.touch(&app, &again, EntryKind::Blob).await;
-    scheduler.leases().extend([again.raw()]);
-    let _hung = scheduler.leases().hold(&[again.raw()]);
+    scheduler.access(&app, &again, Kind::Blob).await;
+    scheduler.leases().extend([again]);
+    let _hung = scheduler.leases().hold(&[again]);
     tokio::time::advance(2 * HOUR).await;
     assert_eq!(
         scheduler.expire_due().await.entries,
@@ -741,9 +743,9 @@ async fn a_dry_run_removes_nothing_and_counts_what_a_collection_removes() {
     let scheduler = collecting(&driver, HOUR).await;
     let app = repo("library/app");
     let kept = store_blob(&driver, &app, &[1; 100]).await;
-    scheduler.touch(&app, &kept, EntryKind::Blob).await;
-    scheduler
-        .ensure_link(&app, &kept, EntryKind::Blob, false)
+    scheduler.access(&app, &kept, Kind::Blob).await;
+    Links::new(Arc::clone(&driver), Tracker::new(Arc::clone(&scheduler)))
+        .ensure(&app, &kept, Kind::Blob, false)
         .await;
     // Garbage: bytes and a link no entry keeps, a stale revision link and
     // a tag pointing at it (what a crash mid-expiry leaves).
@@ -799,13 +801,7 @@ async fn the_unversioned_journal_is_migrated_to_version_1() {
     // The layout before the schema had a version: segments in the old
     // directory, no version file.
     let mut records = Vec::new();
-    journal::encode_upsert(
-        &mut records,
-        app.as_str(),
-        &digest.raw(),
-        EntryKind::Blob,
-        T0 as u32,
-    );
+    journal::encode_upsert(&mut records, app.as_str(), &digest, Kind::Blob, T0 as u32);
     driver
         .put_content(
             &journal::segment_path(journal::LEGACY_DIR, 1, journal::SegmentKind::Log),
@@ -816,7 +812,7 @@ async fn the_unversioned_journal_is_migrated_to_version_1() {
     let scheduler = open(&driver, HOUR).await;
     assert_eq!(scheduler.loaded().imported, 1);
     assert_eq!(
-        scheduler.access_time(&app, &digest, EntryKind::Blob),
+        scheduler.access_time(&app, &digest, Kind::Blob),
         Some(T0 as u32)
     );
     let version = StoragePath::parse(registry_proxy::metadata::embedded::VERSION).expect("path");
@@ -832,7 +828,7 @@ async fn the_unversioned_journal_is_migrated_to_version_1() {
     let reopened = open(&driver, HOUR).await;
     assert_eq!(reopened.loaded().imported, 0, "migrated once");
     assert_eq!(
-        reopened.access_time(&app, &digest, EntryKind::Blob),
+        reopened.access_time(&app, &digest, Kind::Blob),
         Some(T0 as u32)
     );
 

@@ -212,7 +212,7 @@ async fn an_s3_server_stopped_mid_fill_then_restarted() {
 
     relay.hold(true);
     let pending = tokio::spawn({
-        let (proxy, filled) = (proxy.addr.clone(), filled.clone());
+        let (proxy, filled) = (proxy.addr.clone(), filled);
         async move { get_blob_at(&proxy, "s3/app", &filled).await }
     });
     support::wait_for_fills(&proxy, |running| running > 0, "a fill started").await;

@@ -16,19 +16,21 @@ use bytes::Bytes;
 use driver_core::{ByteStream, StorageDriver};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+use super::error::CacheError;
+use super::links::Links;
 use super::verify::{Verifier, VerifyReads};
 use crate::layout::{self, RepoKey};
-use crate::metadata::{DigestLock, Lease, LockKind};
-use crate::metrics::{Kind, Metrics, NamespaceMetrics};
+use crate::metadata::Lease;
+use crate::metrics::{Metrics, NamespaceMetrics};
 use crate::namespace::Namespace;
-use crate::oci::{Digest, ErrorCode, OciError, RepoName};
-use crate::scheduler::{EntryKind, Scheduler};
+use crate::oci::{Digest, ErrorCode, Kind, OciError, RepoName};
+use crate::scheduler::Tracker;
 use crate::sync::{lock, wait_until};
-use crate::upstream::{Deadline, UpstreamError};
+use crate::upstream::{BlobBody, UpstreamError};
 
 /// Bytes a client stream reads from the spool at once.
 const SPOOL_READ: u64 = 256 << 10;
@@ -139,7 +141,7 @@ struct Progress {
     /// may still be running: clients need not wait for it).
     verified: bool,
     /// `Some(Ok)` once verified and committed; `Some(Err)` when failed.
-    outcome: Option<Result<(), OciError>>,
+    outcome: Option<Result<(), CacheError>>,
     /// Another replica stored the blob while this fill waited for the
     /// digest's lock: clients read it from storage.
     stored: bool,
@@ -240,8 +242,10 @@ pub struct Blobs {
     fills: Mutex<HashMap<Digest, Arc<Fill>>>,
     /// Notified whenever a fill ends.
     fill_ended: Notify,
-    /// Access times and expiry.
-    scheduler: Arc<Scheduler>,
+    /// Accesses, leases and fill locks.
+    tracker: Tracker,
+    /// The repositories' links.
+    links: Links,
     spool_dir: PathBuf,
     fill_timeout: Duration,
     limits: FillLimits,
@@ -255,59 +259,17 @@ pub struct Blobs {
     metrics: Arc<Metrics>,
 }
 
-fn upstream_error(e: UpstreamError) -> OciError {
-    OciError::new(ErrorCode::Unavailable, e.to_string())
-}
-
-/// Maps an upstream answer that is not a success; a 429 or 503 passes its
-/// `Retry-After` on, so that clients back off as the upstream asked.
-pub fn status_error(response: &reqwest::Response, what: &str, not_found: ErrorCode) -> OciError {
-    let status = response.status();
-    let code = match status {
-        StatusCode::NOT_FOUND => not_found,
-        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
-        StatusCode::FORBIDDEN => ErrorCode::Denied,
-        StatusCode::TOO_MANY_REQUESTS => ErrorCode::TooManyRequests,
-        _ => ErrorCode::Unavailable,
-    };
-    let mut error = OciError::new(code, format!("upstream answered {status} for {what}"));
-    if matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        error.retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .filter(|v| v.len() <= 64)
-            .cloned();
-    }
-    error
-}
-
-/// The error of an upstream that did not give blob `digest`. A proof of
-/// access to a stored blob and a fill of a missing one answer alike, so
-/// that the answer does not tell whether the cache holds the blob. The
-/// namespace's own credentials being refused is, to the client, a denial,
-/// not a request to authenticate itself.
-fn blob_refused(response: &reqwest::Response, digest: &Digest) -> OciError {
-    let mut error = status_error(response, &format!("blob {digest}"), ErrorCode::BlobUnknown);
-    if error.code == ErrorCode::Unauthorized {
-        error.code = ErrorCode::Denied;
-    }
-    error
-}
-
 impl Blobs {
     /// A store over `driver`, spooling misses in `spool_dir`, abandoning
     /// fills idle for `fill_timeout` (and proofs of access unanswered for
-    /// as long), recording accesses in `scheduler`.
+    /// as long), recording accesses through `tracker`.
     pub fn new(
         driver: Arc<dyn StorageDriver>,
         spool_dir: PathBuf,
         fill_timeout: Duration,
         limits: FillLimits,
         verify: VerifyReads,
-        scheduler: Arc<Scheduler>,
+        tracker: Tracker,
         metrics: Arc<Metrics>,
     ) -> Self {
         let verifier = Arc::new(Verifier::new(
@@ -319,10 +281,11 @@ impl Blobs {
             verifier,
             slots: Arc::new(Semaphore::new(limits.max_fills)),
             metrics,
+            links: Links::new(Arc::clone(&driver), tracker.clone()),
             driver,
             fills: Mutex::new(HashMap::new()),
             fill_ended: Notify::new(),
-            scheduler,
+            tracker,
             spool_dir,
             fill_timeout,
             limits,
@@ -339,7 +302,7 @@ impl Blobs {
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
-    ) -> Result<BlobReply, OciError> {
+    ) -> Result<BlobReply, CacheError> {
         let got = self.find(ns, repo, digest, range, head).await;
         match &got {
             Ok((_, hit)) => ns.metrics.request(Kind::Blob, *hit),
@@ -356,16 +319,13 @@ impl Blobs {
         digest: &Digest,
         range: Option<RangeSpec>,
         head: bool,
-    ) -> Result<(BlobReply, bool), OciError> {
+    ) -> Result<(BlobReply, bool), CacheError> {
         let key = ns.repo(repo);
         // What is served is leased until the response body is dropped.
-        let lease = self.scheduler.leases().hold(&[digest.raw()]);
+        let lease = self.tracker.lease(&[*digest]);
         // An access of content not known to exist creates no entry: that
         // waits until storage or the upstream shows the blob exists.
-        let access = self
-            .scheduler
-            .touch_existing(&key, digest, EntryKind::Blob)
-            .await;
+        let access = self.tracker.access_known(&key, digest, Kind::Blob).await;
         let known_linked = access.is_some_and(|a| a.linked);
         let path = layout::blob_data(digest);
         // A whole read opens the blob at once: one storage request, not a
@@ -402,10 +362,10 @@ impl Blobs {
             self.prove(ns, repo, digest).await?;
         }
         if access.is_none() {
-            self.scheduler.touch(&key, digest, EntryKind::Blob).await;
+            self.tracker.access(&key, digest, Kind::Blob).await;
         }
-        self.scheduler
-            .ensure_link(&key, digest, EntryKind::Blob, known_linked)
+        self.links
+            .ensure(&key, digest, Kind::Blob, known_linked)
             .await;
         let reply = self.stored(digest, size, range, head, opened, lease);
         Ok((reply.await?, true))
@@ -422,18 +382,18 @@ impl Blobs {
         head: bool,
         opened: Option<ByteStream>,
         lease: Lease,
-    ) -> Result<BlobReply, OciError> {
+    ) -> Result<BlobReply, CacheError> {
         let (start, end) = resolve(range, size)?;
         let body = if head {
             None
         } else {
             let stream = match opened {
                 Some(stream) if start == 0 => stream,
-                _ => self
-                    .driver
-                    .reader(&layout::blob_data(digest), start)
-                    .await
-                    .map_err(storage_error)?,
+                _ => {
+                    self.driver
+                        .reader(&layout::blob_data(digest), start)
+                        .await?
+                }
             };
             let stream = stream.map(|r| r.map_err(std::io::Error::other));
             let whole = start == 0 && end == size;
@@ -477,10 +437,7 @@ impl Blobs {
                 Source::Fill(filler) => filler.private(),
                 Source::Stored => self.came_privately(digest).await,
             };
-        due && !self
-            .scheduler
-            .link_exists(key, digest, EntryKind::Blob)
-            .await
+        due && !self.links.linked(key, digest, Kind::Blob, false).await
     }
 
     /// Whether blob `digest` came in through a private namespace (its
@@ -501,21 +458,19 @@ impl Blobs {
         ns: &Namespace,
         repo: &RepoName,
         digest: &Digest,
-    ) -> Result<(), OciError> {
+    ) -> Result<(), CacheError> {
         ns.metrics.proof();
-        let response = self.upstream_blob(ns, Method::HEAD, repo, digest).await?;
-        if !response.status().is_success() {
-            let status = response.status();
+        let proven = ns.upstream.head_blob(repo, digest, self.fill_timeout).await;
+        if let Err(UpstreamError::Status { status, .. }) = &proven {
             if matches!(
-                status,
+                *status,
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
             ) {
                 ns.metrics.denial();
             }
             tracing::info!(namespace = %ns.name, %repo, %digest, %status, "access to a stored blob not proven");
-            return Err(blob_refused(&response, digest));
         }
-        Ok(())
+        Ok(proven?)
     }
 
     /// Returns once no fill is running (fills started meanwhile included).
@@ -541,7 +496,7 @@ impl Blobs {
         range: Option<RangeSpec>,
         head: bool,
         linked: bool,
-    ) -> Result<BlobReply, OciError> {
+    ) -> Result<BlobReply, CacheError> {
         let key = ns.repo(repo);
         let mut proven = linked;
         let mut attempts = 0;
@@ -553,16 +508,14 @@ impl Blobs {
             if self.needs_proof(ns, &key, digest, proven, source).await {
                 self.prove(ns, repo, digest).await?;
                 // The proof's record, before the fill commits the bytes.
-                self.scheduler
-                    .ensure_link(&key, digest, EntryKind::Blob, false)
-                    .await;
+                self.links.ensure(&key, digest, Kind::Blob, false).await;
                 proven = true;
             }
             let client = FillClient::attach(&self.metrics);
             match self.fill_size(&fill, ns, repo, digest).await {
                 Ok(FillSize::Streaming(size)) => break (fill, size, client),
                 Ok(FillSize::Stored(size)) => {
-                    let lease = self.scheduler.leases().hold(&[digest.raw()]);
+                    let lease = self.tracker.lease(&[*digest]);
                     return self.stored(digest, size, range, head, None, lease).await;
                 }
                 Err(e) if own || attempts >= FILL_ATTEMPTS => return Err(e),
@@ -595,7 +548,7 @@ impl Blobs {
         ns: &Namespace,
         repo: &RepoName,
         digest: &Digest,
-    ) -> Result<FillSize, OciError> {
+    ) -> Result<FillSize, CacheError> {
         let mut progress = fill.progress.clone();
         loop {
             let now = progress.borrow_and_update().clone();
@@ -603,8 +556,8 @@ impl Blobs {
                 (_, Some(Err(e))) => return Err(e),
                 (Some(size), _) => {
                     // The upstream has it: now the access is recorded.
-                    self.scheduler
-                        .touch(&ns.repo(repo), digest, EntryKind::Blob)
+                    self.tracker
+                        .access(&ns.repo(repo), digest, Kind::Blob)
                         .await;
                     return Ok(if now.stored {
                         FillSize::Stored(size)
@@ -615,10 +568,9 @@ impl Blobs {
                 (None, _) => {}
             }
             if progress.changed().await.is_err() {
-                return Err(OciError::new(
-                    ErrorCode::Unavailable,
-                    "the fill ended unexpectedly",
-                ));
+                return Err(
+                    OciError::new(ErrorCode::Unavailable, "the fill ended unexpectedly").into(),
+                );
             }
         }
     }
@@ -631,7 +583,7 @@ impl Blobs {
         ns: &Arc<Namespace>,
         repo: &RepoName,
         digest: &Digest,
-    ) -> Result<Arc<Fill>, OciError> {
+    ) -> Result<Arc<Fill>, CacheError> {
         if let Some(fill) = lock(&self.fills).get(digest) {
             return Ok(Arc::clone(fill));
         }
@@ -646,7 +598,7 @@ impl Blobs {
                 ),
             );
             error.retry_after = Some(reqwest::header::HeaderValue::from_static("1"));
-            return Err(error);
+            return Err(error.into());
         };
         let mut fills = lock(&self.fills);
         if let Some(fill) = fills.get(digest) {
@@ -666,13 +618,9 @@ impl Blobs {
             spool: Arc::new(spool),
             recent: Mutex::default(),
         });
-        fills.insert(digest.clone(), Arc::clone(&fill));
-        let (this, repo, digest, running) = (
-            Arc::clone(self),
-            repo.clone(),
-            digest.clone(),
-            Arc::clone(&fill),
-        );
+        fills.insert(*digest, Arc::clone(&fill));
+        let (this, repo, digest, running) =
+            (Arc::clone(self), repo.clone(), *digest, Arc::clone(&fill));
         // The fill runs on its own task: a client that goes away does not stop it.
         self.metrics.fill_running(true);
         // It logs in the span of the request that started it. The span is
@@ -702,17 +650,10 @@ impl Blobs {
         digest: &Digest,
         fill: &Fill,
         publish: &watch::Sender<Progress>,
-    ) -> Result<(), OciError> {
-        let _lease = self.scheduler.leases().hold(&[digest.raw()]);
+    ) -> Result<(), CacheError> {
+        let _lease = self.tracker.lease(&[*digest]);
         // One fill per digest across replicas sharing the storage.
-        let store = self.scheduler.store();
-        let held = match store.lock(&digest.raw(), LockKind::Fill).await {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::warn!(%digest, error = %e, "cannot lock the fill across replicas; filling anyway");
-                DigestLock::none()
-            }
-        };
+        let held = self.tracker.fill_lock(digest).await;
         let filled = self.fill_locked(repo, digest, fill, publish).await;
         held.release().await;
         filled
@@ -726,10 +667,10 @@ impl Blobs {
         digest: &Digest,
         fill: &Fill,
         publish: &watch::Sender<Progress>,
-    ) -> Result<(), OciError> {
+    ) -> Result<(), CacheError> {
         let ns = &fill.namespace;
         let key = ns.repo(repo);
-        if self.scheduler.store().shared() {
+        if self.tracker.shared() {
             if let Ok(info) = self.driver.stat(&layout::blob_data(digest)).await {
                 if !info.is_dir {
                     // Stored by another replica: served only as a stored hit
@@ -740,28 +681,25 @@ impl Blobs {
                     {
                         self.prove(ns, repo, digest).await?;
                     }
-                    self.scheduler.touch(&key, digest, EntryKind::Blob).await;
+                    self.tracker.access(&key, digest, Kind::Blob).await;
                     publish.send_modify(|p| {
                         p.size = Some(info.size);
                         p.stored = true;
                     });
-                    self.scheduler
-                        .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
+                    self.links
+                        .ensure(&ns.repo(repo), digest, Kind::Blob, false)
                         .await;
                     return Ok(());
                 }
             }
         }
-        let response = self.upstream_blob(ns, Method::GET, repo, digest).await?;
-        if !response.status().is_success() {
-            return Err(blob_refused(&response, digest));
-        }
+        let response = ns.upstream.blob(repo, digest, self.fill_timeout).await?;
         // The blob exists: its access is recorded before its bytes are
         // stored (an expiry of the digest in progress finishes first).
-        self.scheduler.touch(&key, digest, EntryKind::Blob).await;
+        self.tracker.access(&key, digest, Kind::Blob).await;
         // Without a Content-Length (a chunked answer), clients learn the
         // size, and get the bytes, once the whole blob is verified.
-        let announced = response.content_length();
+        let announced = response.announced();
         let mut room = self.spool_room(announced, digest)?;
         publish.send_modify(|p| p.size = announced);
         // Clients are served from the spool at the upstream's pace. Storage
@@ -775,12 +713,11 @@ impl Blobs {
             // is ever served them unproven.
             self.driver
                 .put_content(&layout::blob_private_marker(digest), Bytes::new())
-                .await
-                .map_err(storage_error)?;
+                .await?;
         }
         self.store(digest, fill, size).await?;
-        self.scheduler
-            .ensure_link(&ns.repo(repo), digest, EntryKind::Blob, false)
+        self.links
+            .ensure(&ns.repo(repo), digest, Kind::Blob, false)
             .await;
         Ok(())
     }
@@ -789,7 +726,7 @@ impl Blobs {
     /// than the limit, and with room on the spool's volume beside what the
     /// running fills have still to write. The room is held until written
     /// or the guard is dropped.
-    fn spool_room(&self, announced: Option<u64>, digest: &Digest) -> Result<SpoolRoom, OciError> {
+    fn spool_room(&self, announced: Option<u64>, digest: &Digest) -> Result<SpoolRoom, CacheError> {
         let size = announced.unwrap_or(0);
         if size > self.limits.max_blob_size {
             self.metrics.fill_refused();
@@ -799,7 +736,8 @@ impl Blobs {
                     "blob {digest} is {size} bytes; this cache fills blobs of at most {} bytes",
                     self.limits.max_blob_size
                 ),
-            ));
+            )
+            .into());
         }
         let held = self
             .spooling
@@ -819,58 +757,35 @@ impl Blobs {
                 format!("no room to spool blob {digest} ({size} bytes; {free} free)"),
             );
             error.retry_after = Some(reqwest::header::HeaderValue::from_static("30"));
-            return Err(error);
+            return Err(error.into());
         }
         Ok(room)
     }
 
-    /// Sends `method` for blob `digest` of `repo` to the upstream of `ns`,
-    /// waiting at most the fill timeout for the answer's head. Only the head
-    /// is bounded: a GET's body may take as long as it keeps flowing (its
-    /// reader abandons it after the fill timeout without a byte).
-    async fn upstream_blob(
-        &self,
-        ns: &Namespace,
-        method: Method,
-        repo: &RepoName,
-        digest: &Digest,
-    ) -> Result<reqwest::Response, OciError> {
-        ns.upstream
-            .send(
-                method,
-                repo,
-                &format!("blobs/{digest}"),
-                None,
-                Deadline::Head(self.fill_timeout),
-            )
-            .await
-            .map_err(upstream_error)
-    }
-
     /// Copies the verified spool of `fill` to storage and commits it; on
     /// any failure nothing becomes visible.
-    async fn store(&self, digest: &Digest, fill: &Fill, size: u64) -> Result<(), OciError> {
+    async fn store(&self, digest: &Digest, fill: &Fill, size: u64) -> Result<(), CacheError> {
         let mut writer = self
             .driver
             .writer(&layout::blob_data(digest), false)
-            .await
-            .map_err(storage_error)?;
+            .await?;
         let mut copied = Ok(());
         let mut pos = 0;
         while pos < size && copied.is_ok() {
             copied = match read_spool(fill, pos, (size - pos).min(STORE_CHUNK)).await {
                 Ok(chunk) => {
                     pos += chunk.len() as u64;
-                    writer.write(chunk).await.map_err(storage_error)
+                    writer.write(chunk).await.map_err(CacheError::from)
                 }
                 Err(e) => Err(OciError::new(
                     ErrorCode::Unavailable,
                     format!("spool read failed: {e}"),
-                )),
+                )
+                .into()),
             };
         }
         match copied {
-            Ok(()) => writer.commit().await.map_err(storage_error),
+            Ok(()) => writer.commit().await.map_err(CacheError::from),
             Err(e) => {
                 let _ = writer.cancel().await;
                 Err(e)
@@ -884,13 +799,13 @@ impl Blobs {
     /// Returns the size.
     async fn receive(
         &self,
-        response: reqwest::Response,
+        response: BlobBody,
         fill: &Fill,
         publish: &watch::Sender<Progress>,
         announced: Option<u64>,
         digest: &Digest,
         room: &mut SpoolRoom,
-    ) -> Result<u64, OciError> {
+    ) -> Result<u64, CacheError> {
         let most = announced.unwrap_or(self.limits.max_blob_size);
         let (to_hash, mut hashed) = HashQueue::new();
         let hashing = tokio::spawn(async move {
@@ -900,7 +815,7 @@ impl Blobs {
             }
             Digest::from_hasher(hasher)
         });
-        let mut body = response.bytes_stream();
+        let mut body = std::pin::pin!(response.into_stream());
         let mut written = 0u64;
         loop {
             let next = tokio::time::timeout(self.fill_timeout, body.next())
@@ -912,14 +827,13 @@ impl Blobs {
                     )
                 })?;
             let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|e| {
-                OciError::new(ErrorCode::Unavailable, format!("upstream body failed: {e}"))
-            })?;
+            let chunk = chunk?;
             if written + chunk.len() as u64 > most {
                 return Err(OciError::new(
                     ErrorCode::Unavailable,
                     format!("the upstream sent more than {most} bytes for {digest}"),
-                ));
+                )
+                .into());
             }
             fill.spool.write_all_at(&chunk, written).map_err(|e| {
                 OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
@@ -937,7 +851,8 @@ impl Blobs {
             return Err(OciError::new(
                 ErrorCode::Unavailable,
                 format!("the upstream sent {written} of {most} bytes for {digest}"),
-            ));
+            )
+            .into());
         }
         drop(to_hash);
         let got = hashing
@@ -948,7 +863,8 @@ impl Blobs {
                 // The upstream is at fault, and a retry may succeed.
                 ErrorCode::Unavailable,
                 format!("the upstream sent {got} for {digest}"),
-            ));
+            )
+            .into());
         }
         publish.send_modify(|p| {
             p.verified = true;
@@ -1026,10 +942,6 @@ async fn read_spool(fill: &Fill, pos: u64, len: u64) -> std::io::Result<Bytes> {
     })
     .await
     .map_err(std::io::Error::other)?
-}
-
-fn storage_error(e: driver_core::Error) -> OciError {
-    OciError::new(ErrorCode::Unavailable, format!("storage: {e}"))
 }
 
 fn resolve(range: Option<RangeSpec>, size: u64) -> Result<(u64, u64), OciError> {

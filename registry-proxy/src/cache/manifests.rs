@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use driver_core::StorageDriver;
 use futures::StreamExt;
-use reqwest::{Method, StatusCode};
 
-use super::blobs::status_error;
+use super::error::CacheError;
+use super::links::Links;
 use crate::layout::{self, RepoKey};
-use crate::metrics::{Kind, Metrics};
+use crate::metrics::Metrics;
 use crate::namespace::Namespace;
-use crate::oci::{self, Digest, ErrorCode, MANIFEST_ACCEPT, OciError, Reference, RepoName};
-use crate::scheduler::{EntryKind, Scheduler};
+use crate::oci::{self, Digest, ErrorCode, Kind, OciError, Reference, RepoName};
+use crate::scheduler::Tracker;
 use crate::sync::{Fifo, Swept, lock};
-use crate::upstream::{Deadline, UpstreamError};
+use crate::upstream::UpstreamError;
 
 /// A manifest to serve.
 #[derive(Debug, Clone)]
@@ -54,14 +54,15 @@ pub struct Manifests {
     freshness: Duration,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
-    scheduler: Arc<Scheduler>,
+    tracker: Tracker,
+    links: Links,
     /// When each tag was last confirmed upstream.
     confirmed: Mutex<Swept<TagKey, Instant>>,
     /// One turn per tag being resolved upstream: concurrent requests for a
     /// stale tag wait for one resolution instead of each asking.
     resolving: Mutex<HashMap<TagKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Verified stored manifests, by digest (their bytes never change).
-    memory: Mutex<Fifo<[u8; 32], Bytes>>,
+    memory: Mutex<Fifo<Digest, Bytes>>,
 }
 
 /// Verified manifests kept in memory at most, in bytes (the oldest are
@@ -91,33 +92,22 @@ impl Drop for LeaveTurn<'_> {
     }
 }
 
-enum Upstreamed<T = Manifest> {
-    /// The upstream's answer.
-    Found(T),
-    /// The upstream could not be asked (unreachable, 5xx, 429): a cached
-    /// answer may be served instead.
-    Unavailable(OciError),
-}
-
-fn read_error(e: driver_core::Error) -> OciError {
-    OciError::new(ErrorCode::Unavailable, format!("storage: {e}"))
-}
-
 impl Manifests {
     /// A store over `driver` resolving tags upstream at most once per
     /// `freshness`; upstream manifest requests time out after `request_timeout`;
-    /// accesses are recorded in `scheduler`.
+    /// accesses are recorded through `tracker`.
     pub fn new(
         driver: Arc<dyn StorageDriver>,
         freshness: Duration,
         request_timeout: Duration,
-        scheduler: Arc<Scheduler>,
+        tracker: Tracker,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            links: Links::new(Arc::clone(&driver), tracker.clone()),
             driver,
             metrics,
-            scheduler,
+            tracker,
             freshness,
             request_timeout,
             confirmed: Mutex::new(Swept::new(1024)),
@@ -132,7 +122,7 @@ impl Manifests {
         ns: &Namespace,
         repo: &RepoName,
         reference: &Reference,
-    ) -> Result<Manifest, OciError> {
+    ) -> Result<Manifest, CacheError> {
         let got = self.find(ns, repo, reference).await;
         match &got {
             Ok(m) => {
@@ -152,19 +142,15 @@ impl Manifests {
     /// pull that follows holds a lease on them and on the manifest.
     async fn refresh_references(&self, repo: &RepoKey, m: &Manifest) {
         let references = oci::manifest_references(&m.bytes);
-        self.scheduler.leases().extend(
-            references
-                .iter()
-                .map(|(d, _)| d.raw())
-                .chain([m.digest.raw()]),
-        );
+        self.tracker
+            .extend_leases(references.iter().map(|(d, _)| *d).chain([m.digest]));
         for (digest, is_manifest) in references {
             let kind = if is_manifest {
-                EntryKind::Manifest
+                Kind::Manifest
             } else {
-                EntryKind::Blob
+                Kind::Blob
             };
-            self.scheduler.refresh(repo, &digest, kind).await;
+            self.tracker.access_reference(repo, &digest, kind).await;
         }
     }
 
@@ -176,21 +162,18 @@ impl Manifests {
         ns: &Namespace,
         repo: &RepoName,
         digest: &Digest,
-    ) -> Result<Option<Manifest>, OciError> {
+    ) -> Result<Option<Manifest>, CacheError> {
         let key = ns.repo(repo);
         let access = self
-            .scheduler
-            .touch_existing(&key, digest, EntryKind::Manifest)
+            .tracker
+            .access_known(&key, digest, Kind::Manifest)
             .await;
         // Only a manifest is served by digest here: one linked as a revision
         // of this repository (it came through its namespace's upstream).
         // Any other stored blob (a 3 GB layer, an HTML page) is a miss, and
         // the upstream decides.
-        let linked = access.is_some_and(|a| a.linked)
-            || self
-                .scheduler
-                .link_exists(&key, digest, EntryKind::Manifest)
-                .await;
+        let known = access.is_some_and(|a| a.linked);
+        let linked = self.links.linked(&key, digest, Kind::Manifest, known).await;
         if !linked {
             return Ok(None);
         }
@@ -198,12 +181,8 @@ impl Manifests {
         if found.is_some() && access.is_none() {
             // Linked and stored, without an entry (a registry:2 root taken
             // over, an entry expired while its link stayed): recorded now.
-            self.scheduler
-                .touch(&key, digest, EntryKind::Manifest)
-                .await;
-            self.scheduler
-                .ensure_link(&key, digest, EntryKind::Manifest, false)
-                .await;
+            self.tracker.access(&key, digest, Kind::Manifest).await;
+            self.links.ensure(&key, digest, Kind::Manifest, false).await;
         }
         Ok(found)
     }
@@ -213,17 +192,14 @@ impl Manifests {
         ns: &Namespace,
         repo: &RepoName,
         reference: &Reference,
-    ) -> Result<Manifest, OciError> {
+    ) -> Result<Manifest, CacheError> {
         match reference {
             Reference::Digest(digest) => match self.cached_in(ns, repo, digest).await? {
                 Some(m) => Ok(m),
-                None => match self
-                    .fetch(ns, repo, &digest.to_string(), Some(digest))
-                    .await?
-                {
-                    Upstreamed::Found(m) => Ok(m),
-                    Upstreamed::Unavailable(e) => Err(e),
-                },
+                None => {
+                    self.fetch(ns, repo, &digest.to_string(), Some(digest))
+                        .await
+                }
             },
             Reference::Tag(tag) => self.by_tag(ns, repo, tag).await,
         }
@@ -231,23 +207,23 @@ impl Manifests {
 
     /// Keeps the verified manifest `digest` in memory.
     fn remember(&self, digest: &Digest, bytes: &Bytes) {
-        lock(&self.memory).insert(digest.raw(), bytes.clone(), bytes.len());
+        lock(&self.memory).insert(*digest, bytes.clone(), bytes.len());
     }
 
     /// The stored manifest `digest`, if it is one: one storage request
     /// gives its size, checked before any byte is read, so nothing larger
     /// than a manifest is read into memory. Bytes that no longer match the
     /// digest (bit rot) are deleted and count as a miss.
-    async fn cached(&self, digest: &Digest) -> Result<Option<Manifest>, OciError> {
-        let remembered = lock(&self.memory).get(&digest.raw()).cloned();
+    async fn cached(&self, digest: &Digest) -> Result<Option<Manifest>, CacheError> {
+        let remembered = lock(&self.memory).get(digest).cloned();
         if let Some(bytes) = remembered {
-            return Ok(Some(Manifest::new(bytes, digest.clone(), false)));
+            return Ok(Some(Manifest::new(bytes, *digest, false)));
         }
         let path = layout::blob_data(digest);
         let file = match self.driver.open(&path, 0).await {
             Ok(file) => file,
             Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(read_error(e)),
+            Err(e) => return Err(e.into()),
         };
         if file.size > oci::MAX_MANIFEST_BYTES as u64 {
             return Ok(None);
@@ -255,7 +231,7 @@ impl Manifests {
         let mut bytes = Vec::with_capacity(file.size as usize);
         let mut stream = file.stream;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(read_error)?;
+            let chunk = chunk?;
             if bytes.len() + chunk.len() > oci::MAX_MANIFEST_BYTES {
                 return Ok(None);
             }
@@ -271,7 +247,7 @@ impl Manifests {
             return Ok(None);
         }
         self.remember(digest, &bytes);
-        Ok(Some(Manifest::new(bytes, digest.clone(), false)))
+        Ok(Some(Manifest::new(bytes, *digest, false)))
     }
 
     async fn cached_tag(
@@ -279,7 +255,7 @@ impl Manifests {
         ns: &Namespace,
         repo: &RepoName,
         tag: &str,
-    ) -> Result<Option<Manifest>, OciError> {
+    ) -> Result<Option<Manifest>, CacheError> {
         let link = match self
             .driver
             .get_content(&layout::tag_current_link(&ns.repo(repo), tag))
@@ -287,7 +263,7 @@ impl Manifests {
         {
             Ok(link) => link,
             Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(read_error(e)),
+            Err(e) => return Err(e.into()),
         };
         let Ok(digest) = Digest::parse(String::from_utf8_lossy(&link).trim()) else {
             return Ok(None);
@@ -314,7 +290,7 @@ impl Manifests {
         ns: &Namespace,
         repo: &RepoName,
         tag: &str,
-    ) -> Result<Manifest, OciError> {
+    ) -> Result<Manifest, CacheError> {
         if let Some(m) = self.fresh_tag(ns, repo, tag).await? {
             return Ok(m);
         }
@@ -338,7 +314,7 @@ impl Manifests {
         ns: &Namespace,
         repo: &RepoName,
         tag: &str,
-    ) -> Result<Option<Manifest>, OciError> {
+    ) -> Result<Option<Manifest>, CacheError> {
         if !self.is_fresh(&ns.repo(repo), tag) {
             return Ok(None);
         }
@@ -353,7 +329,7 @@ impl Manifests {
         ns: &Namespace,
         repo: &RepoName,
         tag: &str,
-    ) -> Result<Manifest, OciError> {
+    ) -> Result<Manifest, CacheError> {
         if let Some(m) = self.fresh_tag(ns, repo, tag).await? {
             return Ok(m);
         }
@@ -361,7 +337,11 @@ impl Manifests {
         let cached = self.cached_tag(ns, repo, tag).await?;
         // One HEAD tells whether the cached digest is still current.
         if let Some(m) = &cached {
-            match self.head_digest(ns, repo, tag).await {
+            match ns
+                .upstream
+                .head_manifest(repo, tag, self.request_timeout)
+                .await
+            {
                 Ok(Some(current)) if current == m.digest => {
                     self.confirm(&key, tag);
                     return Ok(m.clone());
@@ -375,52 +355,21 @@ impl Manifests {
             }
         }
         match self.fetch(ns, repo, tag, None).await {
-            Ok(Upstreamed::Found(m)) => {
+            Ok(m) => {
                 self.store_tag(&key, tag, &m.digest).await?;
                 self.confirm(&key, tag);
                 Ok(m)
             }
-            Ok(Upstreamed::Unavailable(e)) => match cached {
+            Err(CacheError::Upstream(e)) if e.is_outage() => match cached {
                 Some(m) => {
                     tracing::warn!(%key, tag, error = %e, "upstream unavailable; serving the cached tag");
                     self.metrics.stale_serve();
                     Ok(m)
                 }
-                None => Err(e),
+                None => Err(e.into()),
             },
             Err(e) => Err(e),
         }
-    }
-
-    /// The digest the upstream gives for `tag` in answer to HEAD; `Ok(None)`
-    /// when it does not say (or refuses HEAD: GET decides then); `Err` when
-    /// the upstream cannot be asked.
-    async fn head_digest(
-        &self,
-        ns: &Namespace,
-        repo: &RepoName,
-        tag: &str,
-    ) -> Result<Option<Digest>, OciError> {
-        let response = ns
-            .upstream
-            .send(
-                Method::HEAD,
-                repo,
-                &format!("manifests/{tag}"),
-                Some(MANIFEST_ACCEPT),
-                Deadline::Whole(self.request_timeout),
-            )
-            .await
-            .map_err(unavailable)?;
-        let status = response.status();
-        if is_outage(status) {
-            return Err(status_error(&response, tag, ErrorCode::ManifestUnknown));
-        }
-        Ok(response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Digest::parse(v).ok()))
     }
 
     /// GETs a manifest from upstream, checks its digest (against `expected`,
@@ -431,45 +380,19 @@ impl Manifests {
         repo: &RepoName,
         reference: &str,
         expected: Option<&Digest>,
-    ) -> Result<Upstreamed, OciError> {
-        let mut response = match ns
+    ) -> Result<Manifest, CacheError> {
+        let fetched = match ns
             .upstream
-            .send(
-                Method::GET,
-                repo,
-                &format!("manifests/{reference}"),
-                Some(MANIFEST_ACCEPT),
-                Deadline::Whole(self.request_timeout),
-            )
+            .manifest(repo, reference, self.request_timeout)
             .await
         {
-            Ok(r) => r,
-            Err(e) => return Ok(Upstreamed::Unavailable(unavailable(e))),
-        };
-        let status = response.status();
-        if !status.is_success() {
-            let error = status_error(&response, reference, ErrorCode::ManifestUnknown);
-            return if is_outage(status) {
-                Ok(Upstreamed::Unavailable(error))
-            } else {
-                Err(error)
-            };
-        }
-        let claimed = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Digest::parse(v).ok());
-        let bytes = match read_bounded(&mut response, oci::MAX_MANIFEST_BYTES, "manifest").await {
-            Ok(bytes) => bytes,
-            Err(Bounded::TooLarge) => {
-                return Err(OciError::new(
-                    ErrorCode::ManifestInvalid,
-                    "the upstream manifest exceeds 4 MiB",
-                ));
+            Ok(fetched) => fetched,
+            Err(UpstreamError::TooLarge(message)) => {
+                return Err(OciError::new(ErrorCode::ManifestInvalid, message).into());
             }
-            Err(Bounded::Failed(e)) => return Ok(Upstreamed::Unavailable(e)),
+            Err(e) => return Err(e.into()),
         };
+        let (bytes, claimed) = (fetched.bytes, fetched.claimed);
         let digest = Digest::of(&bytes);
         for want in expected.into_iter().chain(claimed.as_ref()) {
             if want != &digest {
@@ -477,134 +400,57 @@ impl Manifests {
                     // The upstream is at fault, and a retry may succeed.
                     ErrorCode::Unavailable,
                     format!("the upstream sent {digest} for {want}"),
-                ));
+                )
+                .into());
             }
         }
         // Recorded first: an expiry of this content in progress finishes
         // before the bytes are stored again. Leased while it is stored.
-        let _lease = self.scheduler.leases().hold(&[digest.raw()]);
+        let _lease = self.tracker.lease(&[digest]);
         let key = ns.repo(repo);
-        self.scheduler
-            .touch(&key, &digest, EntryKind::Manifest)
-            .await;
+        self.tracker.access(&key, &digest, Kind::Manifest).await;
         let path = layout::blob_data(&digest);
-        self.driver
-            .put_content(&path, bytes.clone())
-            .await
-            .map_err(read_error)?;
+        self.driver.put_content(&path, bytes.clone()).await?;
         self.remember(&digest, &bytes);
-        self.scheduler
-            .ensure_link(&key, &digest, EntryKind::Manifest, false)
+        self.links
+            .ensure(&key, &digest, Kind::Manifest, false)
             .await;
-        Ok(Upstreamed::Found(Manifest::new(bytes, digest, true)))
+        Ok(Manifest::new(bytes, digest, true))
     }
 
-    async fn store_tag(&self, repo: &RepoKey, tag: &str, digest: &Digest) -> Result<(), OciError> {
+    async fn store_tag(
+        &self,
+        repo: &RepoKey,
+        tag: &str,
+        digest: &Digest,
+    ) -> Result<(), CacheError> {
         let link = layout::link_content(digest);
         self.driver
             .put_content(&layout::tag_index_link(repo, tag, digest), link.clone())
-            .await
-            .map_err(read_error)?;
+            .await?;
         self.driver
             .put_content(&layout::tag_current_link(repo, tag), link)
             .await
-            .map_err(read_error)
+            .map_err(CacheError::from)
     }
 
     /// The tags of `repo`, sorted: the upstream's list (every page) when
     /// the upstream answers, the cached tags when it is unreachable or
     /// answers 5xx/429.
-    pub async fn tags(&self, ns: &Namespace, repo: &RepoName) -> Result<Vec<String>, OciError> {
-        match self.upstream_tags(ns, repo).await {
-            Ok(Upstreamed::Found(tags)) => Ok(tags),
-            Ok(Upstreamed::Unavailable(e)) => {
+    pub async fn tags(&self, ns: &Namespace, repo: &RepoName) -> Result<Vec<String>, CacheError> {
+        match ns.upstream.tags(repo, self.request_timeout).await {
+            Ok(tags) => Ok(tags),
+            Err(e) if e.is_outage() => {
                 let key = ns.repo(repo);
                 tracing::warn!(%key, error = %e, "upstream unavailable; listing the cached tags");
                 self.cached_tags(&key).await
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         }
-    }
-
-    async fn upstream_tags(
-        &self,
-        ns: &Namespace,
-        repo: &RepoName,
-    ) -> Result<Upstreamed<Vec<String>>, OciError> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            tags: Option<Vec<String>>,
-        }
-        let mut tags = Vec::new();
-        let mut rest = "tags/list".to_owned();
-        for _ in 0..MAX_TAG_PAGES {
-            let response = match ns
-                .upstream
-                .send(
-                    Method::GET,
-                    repo,
-                    &rest,
-                    None,
-                    Deadline::Whole(self.request_timeout),
-                )
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => return Ok(Upstreamed::Unavailable(unavailable(e))),
-            };
-            let status = response.status();
-            if !status.is_success() {
-                let error = status_error(&response, "the tag list", ErrorCode::NameUnknown);
-                return if is_outage(status) {
-                    Ok(Upstreamed::Unavailable(error))
-                } else {
-                    Err(error)
-                };
-            }
-            let next = response
-                .headers()
-                .get(reqwest::header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(next_page_query);
-            let mut response = response;
-            let body = match read_bounded(&mut response, MAX_TAG_PAGE_BYTES, "tag list").await {
-                Ok(body) => body,
-                Err(Bounded::TooLarge) => {
-                    return Ok(Upstreamed::Unavailable(OciError::new(
-                        ErrorCode::Unavailable,
-                        "an upstream tag list page exceeds 4 MiB",
-                    )));
-                }
-                Err(Bounded::Failed(e)) => return Ok(Upstreamed::Unavailable(e)),
-            };
-            let page: Page = match serde_json::from_slice(&body) {
-                Ok(p) => p,
-                Err(e) => {
-                    return Ok(Upstreamed::Unavailable(OciError::new(
-                        ErrorCode::Unavailable,
-                        format!("upstream tag list: {e}"),
-                    )));
-                }
-            };
-            tags.extend(page.tags.unwrap_or_default());
-            if tags.len() > MAX_TAGS {
-                return Ok(Upstreamed::Unavailable(OciError::new(
-                    ErrorCode::Unavailable,
-                    format!("the upstream lists more than {MAX_TAGS} tags"),
-                )));
-            }
-            match next {
-                Some(query) => rest = format!("tags/list?{query}"),
-                None => break,
-            }
-        }
-        tags.sort();
-        tags.dedup();
-        Ok(Upstreamed::Found(tags))
     }
 
     /// The cached tags of `repo`, sorted.
-    async fn cached_tags(&self, repo: &RepoKey) -> Result<Vec<String>, OciError> {
+    async fn cached_tags(&self, repo: &RepoKey) -> Result<Vec<String>, CacheError> {
         match self.driver.list(&layout::tags_dir(repo)).await {
             Ok(paths) => Ok(paths
                 .iter()
@@ -613,76 +459,9 @@ impl Manifests {
             Err(e) if e.is_not_found() => Err(OciError::new(
                 ErrorCode::NameUnknown,
                 format!("repository {repo} is not known here"),
-            )),
-            Err(e) => Err(read_error(e)),
+            )
+            .into()),
+            Err(e) => Err(e.into()),
         }
     }
-}
-
-/// Pages of an upstream tag list followed at most.
-const MAX_TAG_PAGES: usize = 100;
-
-/// The largest upstream tag list page read.
-const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
-
-/// The most tags of one repository listed from upstream.
-const MAX_TAGS: usize = 100_000;
-
-/// Why [`read_bounded`] gave no body.
-enum Bounded {
-    /// The body is larger than allowed (announced or received).
-    TooLarge,
-    /// The body broke off.
-    Failed(OciError),
-}
-
-/// The body of `response`, read chunk by chunk up to `limit` bytes: an
-/// answer larger (announced, or without a Content-Length and sent) is
-/// refused instead of being held whole in memory.
-async fn read_bounded(
-    response: &mut reqwest::Response,
-    limit: usize,
-    what: &str,
-) -> Result<Bytes, Bounded> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Err(Bounded::TooLarge);
-    }
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) if bytes.len() + chunk.len() > limit => {
-                return Err(Bounded::TooLarge);
-            }
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            Ok(None) => return Ok(Bytes::from(bytes)),
-            Err(e) => {
-                return Err(Bounded::Failed(OciError::new(
-                    ErrorCode::Unavailable,
-                    format!("upstream {what} body: {e}"),
-                )));
-            }
-        }
-    }
-}
-
-/// Whether an upstream status means "try again later" rather than an answer.
-fn is_outage(status: StatusCode) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
-}
-
-/// The query of the `rel="next"` target of a `Link` header
-/// (`</v2/repo/tags/list?last=x&n=100>; rel="next"` gives `last=x&n=100`).
-fn next_page_query(link: &str) -> Option<String> {
-    link.split(',').find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        if !params.replace(' ', "").contains("rel=\"next\"") {
-            return None;
-        }
-        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-        target.split_once('?').map(|(_, q)| q.to_owned())
-    })
-}
-
-fn unavailable(e: UpstreamError) -> OciError {
-    OciError::new(ErrorCode::Unavailable, e.to_string())
 }

@@ -1,6 +1,14 @@
-//! The cache: distribution's layout, the blob store with its fills, and the
-//! manifest and tag store. The only code that writes cached content.
+//! The cache: blobs served from storage or from one fill per digest,
+//! manifests and tags, the repositories' links, the repository catalog,
+//! and the read checks. The
+//! only code that writes cached content (the scheduler's expiry and
+//! collection delete it).
 
 pub mod blobs;
+pub mod catalog;
+pub mod error;
+pub mod links;
 pub mod manifests;
 pub mod verify;
+
+pub use error::CacheError;

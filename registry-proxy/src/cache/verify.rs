@@ -38,7 +38,7 @@ const REMEMBERED: usize = 1 << 20;
 /// The checker of served blobs.
 pub struct Verifier {
     mode: VerifyReads,
-    verified: Mutex<HashSet<[u8; 32]>>,
+    verified: Mutex<HashSet<Digest>>,
     driver: Arc<dyn StorageDriver>,
     metrics: Arc<Metrics>,
 }
@@ -59,7 +59,7 @@ impl Verifier {
         match self.mode {
             VerifyReads::Never => false,
             VerifyReads::Always => true,
-            VerifyReads::First => !lock(&self.verified).contains(&digest.raw()),
+            VerifyReads::First => !lock(&self.verified).contains(digest),
         }
     }
 
@@ -85,7 +85,7 @@ impl Verifier {
         }
         let state = State {
             this: Arc::clone(self),
-            digest: digest.clone(),
+            digest: *digest,
             stream: Box::pin(stream),
             hasher: Sha256::new(),
             held: None,
@@ -132,14 +132,14 @@ impl Verifier {
             if verified.len() >= REMEMBERED {
                 verified.clear();
             }
-            verified.insert(digest.raw());
+            verified.insert(*digest);
         }
     }
 
     /// Deletes blob `digest`, whose bytes hash to `got`, and counts it.
     async fn failed(&self, digest: &Digest, got: &Digest) {
         self.metrics.corrupt_blob();
-        lock(&self.verified).remove(&digest.raw());
+        lock(&self.verified).remove(digest);
         tracing::error!(%digest, %got, "a stored blob does not match its digest; deleting it");
         if let Err(e) = delete_blob(&*self.driver, digest).await {
             tracing::warn!(%digest, error = %e, "could not delete a corrupt blob");

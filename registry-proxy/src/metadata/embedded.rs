@@ -23,6 +23,7 @@ use super::{
     Change, DigestLock, Loaded, LockKind, MetadataError, MetadataStore, SCHEMA_VERSION,
     SnapshotSource,
 };
+use crate::oci::Digest;
 
 /// The file holding the schema version.
 pub const VERSION: &str = "/registry-proxy/metadata/version";
@@ -310,11 +311,11 @@ impl MetadataStore for Embedded {
         Ok(None)
     }
 
-    async fn referenced(&self, _digest: &[u8; 32]) -> Result<bool, MetadataError> {
+    async fn referenced(&self, _digest: &Digest) -> Result<bool, MetadataError> {
         Ok(false)
     }
 
-    async fn lock(&self, _digest: &[u8; 32], _kind: LockKind) -> Result<DigestLock, MetadataError> {
+    async fn lock(&self, _digest: &Digest, _kind: LockKind) -> Result<DigestLock, MetadataError> {
         Ok(DigestLock::none())
     }
 
@@ -322,11 +323,11 @@ impl MetadataStore for Embedded {
         self.leader.subscribe()
     }
 
-    async fn publish_leases(&self, _digests: &HashSet<[u8; 32]>) -> Result<(), MetadataError> {
+    async fn publish_leases(&self, _digests: &HashSet<Digest>) -> Result<(), MetadataError> {
         Ok(())
     }
 
-    async fn remote_leases(&self) -> Result<HashSet<[u8; 32]>, MetadataError> {
+    async fn remote_leases(&self) -> Result<HashSet<Digest>, MetadataError> {
         Ok(HashSet::new())
     }
 

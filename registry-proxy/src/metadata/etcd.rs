@@ -29,11 +29,12 @@ use tokio::task::JoinHandle;
 use super::embedded::Embedded;
 use super::journal;
 use super::schema::{self, KINDS};
-use super::table::{Entry, EntryKind, Secs, Table};
+use super::table::{Entry, Secs, Table};
 use super::{
     Change, DigestLock, Loaded, LockKind, MetadataError, MetadataStore, SCHEMA_VERSION,
     SnapshotSource, Unlock,
 };
+use crate::oci::{Digest, Kind};
 use crate::sync::lock;
 
 /// Keys read per request while loading.
@@ -506,7 +507,7 @@ impl MetadataStore for Etcd {
         let mut records = std::mem::take(&mut *retry);
         records.extend_from_slice(pending);
         // The newest access of each entry; removals were written when made.
-        let mut newest: HashMap<(&str, [u8; 32], u8), Secs> = HashMap::new();
+        let mut newest: HashMap<(&str, Digest, u8), Secs> = HashMap::new();
         let parsed = journal::for_each_record(&records, |upsert, repo, digest, kind, at| {
             if upsert {
                 let at_most = newest.entry((repo, *digest, kind.code())).or_default();
@@ -524,7 +525,7 @@ impl MetadataStore for Etcd {
                 Some(Entry {
                     repo: repo.into(),
                     digest,
-                    kind: EntryKind::from_code(kind)?,
+                    kind: Kind::from_code(kind)?,
                     at,
                 })
             })
@@ -584,7 +585,7 @@ impl MetadataStore for Etcd {
         Ok(newer.filter(|&at| at > entry.at))
     }
 
-    async fn referenced(&self, digest: &[u8; 32]) -> Result<bool, MetadataError> {
+    async fn referenced(&self, digest: &Digest) -> Result<bool, MetadataError> {
         let counts: Vec<TxnOp> = self
             .namespaces
             .iter()
@@ -608,7 +609,7 @@ impl MetadataStore for Etcd {
             .any(|r| matches!(r, TxnOpResponse::Get(g) if g.count() > 0)))
     }
 
-    async fn lock(&self, digest: &[u8; 32], kind: LockKind) -> Result<DigestLock, MetadataError> {
+    async fn lock(&self, digest: &Digest, kind: LockKind) -> Result<DigestLock, MetadataError> {
         let name = match kind {
             LockKind::Fill => schema::lock_key(&self.options.prefix, digest),
             LockKind::Content => {
@@ -634,7 +635,7 @@ impl MetadataStore for Etcd {
         self.leader.subscribe()
     }
 
-    async fn publish_leases(&self, digests: &HashSet<[u8; 32]>) -> Result<(), MetadataError> {
+    async fn publish_leases(&self, digests: &HashSet<Digest>) -> Result<(), MetadataError> {
         // One key per LEASES_PER_KEY digests (`<replica>/<n>`), each put in
         // a request of its own: etcd refuses requests over 1.5 MiB, which
         // one key of every digest passed at about 23,000 of them. The new
@@ -672,7 +673,7 @@ impl MetadataStore for Etcd {
         Ok(())
     }
 
-    async fn remote_leases(&self) -> Result<HashSet<[u8; 32]>, MetadataError> {
+    async fn remote_leases(&self) -> Result<HashSet<Digest>, MetadataError> {
         let root = schema::leases_root(&self.options.prefix);
         let mine = format!("{root}{}/", self.replica);
         let end = prefix_end(&root);
@@ -696,7 +697,7 @@ impl MetadataStore for Etcd {
                 for hex in kv.value_str().unwrap_or("").lines() {
                     let mut digest = [0; 32];
                     if hex::decode_to_slice(hex, &mut digest).is_ok() {
-                        leased.insert(digest);
+                        leased.insert(Digest::from_raw(digest));
                     }
                 }
             }

@@ -11,7 +11,8 @@
 use bytes::Bytes;
 use driver_core::{StorageDriver, StoragePath};
 
-use super::table::{EntryKind, Secs, Table};
+use super::table::{Secs, Table};
+use crate::oci::{Digest, Kind};
 
 /// Where the segments of metadata schema version 1 live.
 pub const DIR: &str = "/registry-proxy/metadata/v1/journal";
@@ -24,22 +25,22 @@ const UPSERT: u8 = 1;
 const REMOVE: u8 = 2;
 
 /// Appends an upsert record (an entry and its access time) to `buf`.
-pub fn encode_upsert(buf: &mut Vec<u8>, repo: &str, digest: &[u8; 32], kind: EntryKind, at: Secs) {
+pub fn encode_upsert(buf: &mut Vec<u8>, repo: &str, digest: &Digest, kind: Kind, at: Secs) {
     encode(buf, UPSERT, repo, digest, kind, at);
 }
 
 /// Appends a removal record to `buf`.
-pub fn encode_remove(buf: &mut Vec<u8>, repo: &str, digest: &[u8; 32], kind: EntryKind) {
+pub fn encode_remove(buf: &mut Vec<u8>, repo: &str, digest: &Digest, kind: Kind) {
     encode(buf, REMOVE, repo, digest, kind, 0);
 }
 
-fn encode(buf: &mut Vec<u8>, op: u8, repo: &str, digest: &[u8; 32], kind: EntryKind, at: Secs) {
+fn encode(buf: &mut Vec<u8>, op: u8, repo: &str, digest: &Digest, kind: Kind, at: Secs) {
     // Repository names are at most 255 bytes (validated before they get here).
     let name = &repo.as_bytes()[..repo.len().min(u16::MAX as usize)];
     buf.push(op);
     buf.push(kind.code());
     buf.extend_from_slice(&at.to_le_bytes());
-    buf.extend_from_slice(digest);
+    buf.extend_from_slice(digest.as_ref());
     buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
     buf.extend_from_slice(name);
 }
@@ -121,7 +122,7 @@ pub fn apply(name: &str, segment: &[u8], table: &mut Table) -> Result<usize, Seg
 /// upsert, the repository key, digest, kind and access time.
 pub fn for_each_record<'a>(
     records: &'a [u8],
-    mut each: impl FnMut(bool, &'a str, &[u8; 32], EntryKind, Secs),
+    mut each: impl FnMut(bool, &'a str, &Digest, Kind, Secs),
 ) -> Result<usize, SegmentError> {
     parse("records", records, |r| {
         each(r.op == UPSERT, r.repo, &r.digest, r.kind, r.at)
@@ -130,9 +131,9 @@ pub fn for_each_record<'a>(
 
 struct Record<'a> {
     op: u8,
-    kind: EntryKind,
+    kind: Kind,
     at: Secs,
-    digest: [u8; 32],
+    digest: Digest,
     repo: &'a str,
 }
 
@@ -148,7 +149,7 @@ fn parse<'a>(
         let malformed = || SegmentError::Malformed(name.to_owned(), MAGIC.len() + pos);
         let head = records.get(pos..pos + 40).ok_or_else(malformed)?;
         let op = head[0];
-        let kind = EntryKind::from_code(head[1]).ok_or_else(malformed)?;
+        let kind = Kind::from_code(head[1]).ok_or_else(malformed)?;
         if !matches!(op, UPSERT | REMOVE) {
             return Err(malformed());
         }
@@ -164,7 +165,7 @@ fn parse<'a>(
             op,
             kind,
             at,
-            digest,
+            digest: Digest::from_raw(digest),
             repo,
         });
         pos += 40 + len;
@@ -231,15 +232,32 @@ mod tests {
     #[test]
     fn a_segment_round_trips_and_damage_is_detected() {
         let mut buf = Vec::new();
-        encode_upsert(&mut buf, "library/alpine", &[7; 32], EntryKind::Blob, 42);
-        encode_upsert(&mut buf, "a/b", &[8; 32], EntryKind::Manifest, 43);
-        encode_remove(&mut buf, "library/alpine", &[7; 32], EntryKind::Blob);
+        encode_upsert(
+            &mut buf,
+            "library/alpine",
+            &Digest::from_raw([7; 32]),
+            Kind::Blob,
+            42,
+        );
+        encode_upsert(
+            &mut buf,
+            "a/b",
+            &Digest::from_raw([8; 32]),
+            Kind::Manifest,
+            43,
+        );
+        encode_remove(
+            &mut buf,
+            "library/alpine",
+            &Digest::from_raw([7; 32]),
+            Kind::Blob,
+        );
         let segment = frame(&buf);
         let mut table = Table::default();
         assert_eq!(apply("s", &segment, &mut table).expect("applies"), 3);
         assert_eq!(table.len(), 1);
         assert_eq!(
-            table.access_time("a/b", &[8; 32], EntryKind::Manifest),
+            table.access_time("a/b", &Digest::from_raw([8; 32]), Kind::Manifest),
             Some(43)
         );
         for cut in [0, 5, 12, segment.len() - 1] {

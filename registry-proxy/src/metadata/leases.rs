@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::{Clock, Secs};
+use crate::oci::Digest;
 use crate::sync::lock;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -37,7 +38,7 @@ pub struct Leases {
     clock: Clock,
     /// A lease's longest life.
     timeout: Secs,
-    held: Mutex<HashMap<[u8; 32], Held>>,
+    held: Mutex<HashMap<Digest, Held>>,
 }
 
 impl Leases {
@@ -53,7 +54,7 @@ impl Leases {
 
     /// A lease on `digests` until the returned value is dropped (or the
     /// timeout passes).
-    pub fn hold(self: &Arc<Self>, digests: &[[u8; 32]]) -> Lease {
+    pub fn hold(self: &Arc<Self>, digests: &[Digest]) -> Lease {
         let now = self.clock.now_secs();
         let until = now.saturating_add(self.timeout);
         let mut held = lock(&self.held);
@@ -73,7 +74,7 @@ impl Leases {
 
     /// A lease on `digests` for the timeout from now: a client pull's,
     /// taken when its manifest is served.
-    pub fn extend(&self, digests: impl IntoIterator<Item = [u8; 32]>) {
+    pub fn extend(&self, digests: impl IntoIterator<Item = Digest>) {
         let until = self.clock.now_secs().saturating_add(self.timeout);
         let mut held = lock(&self.held);
         for digest in digests {
@@ -83,13 +84,13 @@ impl Leases {
     }
 
     /// Whether a live lease covers `digest`.
-    pub fn is_held(&self, digest: &[u8; 32]) -> bool {
+    pub fn is_held(&self, digest: &Digest) -> bool {
         let now = self.clock.now_secs();
         lock(&self.held).get(digest).is_some_and(|h| h.live(now))
     }
 
     /// Every digest under a live lease (forgetting the ended ones).
-    pub fn live(&self) -> HashSet<[u8; 32]> {
+    pub fn live(&self) -> HashSet<Digest> {
         let now = self.clock.now_secs();
         let mut held = lock(&self.held);
         held.retain(|_, h| h.holders > 0 || now < h.until);
@@ -102,7 +103,7 @@ impl Leases {
     /// The digests other replicas must know about: under a timed lease, or
     /// held for at least `min_age` (a short response needs no lease beyond
     /// its fresh access time, so warm hits publish nothing).
-    pub fn lasting(&self, min_age: Secs) -> HashSet<[u8; 32]> {
+    pub fn lasting(&self, min_age: Secs) -> HashSet<Digest> {
         let now = self.clock.now_secs();
         lock(&self.held)
             .iter()
@@ -114,7 +115,7 @@ impl Leases {
             .collect()
     }
 
-    fn release(&self, digests: &[[u8; 32]]) {
+    fn release(&self, digests: &[Digest]) {
         let now = self.clock.now_secs();
         let mut held = lock(&self.held);
         for digest in digests {
@@ -131,7 +132,7 @@ impl Leases {
 /// A lease held until dropped.
 pub struct Lease {
     leases: Arc<Leases>,
-    digests: Vec<[u8; 32]>,
+    digests: Vec<Digest>,
 }
 
 impl Drop for Lease {
@@ -147,7 +148,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn leases_end_when_dropped_or_timed_out() {
         let leases = Leases::new(Clock::system(), Duration::from_secs(60));
-        let (a, b) = ([1; 32], [2; 32]);
+        let (a, b) = (Digest::from_raw([1; 32]), Digest::from_raw([2; 32]));
         let first = leases.hold(&[a]);
         let second = leases.hold(&[a, b]);
         drop(first);

@@ -27,7 +27,8 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
 
-use table::{Entry, EntryKind, Secs, Table};
+use crate::oci::{Digest, Kind};
+use table::{Entry, Secs, Table};
 
 pub use leases::{Lease, Leases};
 
@@ -77,9 +78,9 @@ pub enum Change {
         /// The repository key.
         repo: Box<str>,
         /// The content.
-        digest: [u8; 32],
+        digest: Digest,
         /// What it kept alive.
-        kind: EntryKind,
+        kind: Kind,
     },
 }
 
@@ -165,10 +166,10 @@ pub trait MetadataStore: Send + Sync {
 
     /// Whether any entry of any namespace references `digest` (asked of
     /// the shared state; a single node answers from its table instead).
-    async fn referenced(&self, digest: &[u8; 32]) -> Result<bool, MetadataError>;
+    async fn referenced(&self, digest: &Digest) -> Result<bool, MetadataError>;
 
     /// Takes the `kind` lock of `digest`.
-    async fn lock(&self, digest: &[u8; 32], kind: LockKind) -> Result<DigestLock, MetadataError>;
+    async fn lock(&self, digest: &Digest, kind: LockKind) -> Result<DigestLock, MetadataError>;
 
     /// Whether this replica leads (runs expiry and collection), as it
     /// changes.
@@ -176,10 +177,10 @@ pub trait MetadataStore: Send + Sync {
 
     /// Publishes the digests this replica holds leases on, replacing what
     /// it published before.
-    async fn publish_leases(&self, digests: &HashSet<[u8; 32]>) -> Result<(), MetadataError>;
+    async fn publish_leases(&self, digests: &HashSet<Digest>) -> Result<(), MetadataError>;
 
     /// The digests other replicas published leases on.
-    async fn remote_leases(&self) -> Result<HashSet<[u8; 32]>, MetadataError>;
+    async fn remote_leases(&self) -> Result<HashSet<Digest>, MetadataError>;
 
     /// Changes made by other replicas, to apply to the local table; `None`
     /// when nobody else writes (or when taken already).

@@ -10,10 +10,11 @@ use driver_core::{StorageDriver, StoragePath};
 use serde::Deserialize;
 
 use super::journal;
-use super::table::{EntryKind, Secs, Table};
+use super::table::{Secs, Table};
 use crate::clock::to_secs;
 use crate::layout;
 use crate::layout::RepoKey;
+use crate::oci::Kind;
 use crate::oci::{Digest, RepoName};
 
 const STATE: &str = "/scheduler-state.json";
@@ -53,7 +54,7 @@ pub async fn import(
     let mut imported = 0;
     for entry in entries.values() {
         let (Some(kind), Some(expiry)) = (
-            EntryKind::from_code(entry.entry_type),
+            Kind::from_code(entry.entry_type),
             parse_rfc3339(&entry.expiry),
         ) else {
             tracing::warn!(
@@ -78,7 +79,7 @@ pub async fn import(
             None => revisions(driver, &repo).await?,
         };
         for digest in digests {
-            let raw = digest.raw();
+            let raw = digest;
             table.upsert(repo.as_str(), &raw, kind, at);
             journal::encode_upsert(journal, repo.as_str(), &raw, kind, at);
             imported += 1;

@@ -16,8 +16,8 @@
 //! registry:2 would see; `_all` holds what all namespaces share. Neither
 //! can be a namespace directory's name (those are host names).
 
-use super::table::EntryKind;
 use crate::layout::{RepoKey, namespace_dir_of};
+use crate::oci::{Digest, Kind};
 
 /// The namespace registry:2's repositories are keyed under.
 pub const PLAIN: &str = "_";
@@ -35,10 +35,10 @@ pub fn root(prefix: &str) -> String {
     format!("{prefix}/v{}/", super::SCHEMA_VERSION)
 }
 
-fn kind_name(kind: EntryKind) -> &'static str {
+fn kind_name(kind: Kind) -> &'static str {
     match kind {
-        EntryKind::Blob => "blob",
-        EntryKind::Manifest => "manifest",
+        Kind::Blob => "blob",
+        Kind::Manifest => "manifest",
     }
 }
 
@@ -52,14 +52,14 @@ fn split(repo: &str) -> (&str, &str) {
 }
 
 /// The key recording that `repo` references `digest` as `kind`.
-pub fn ref_key(prefix: &str, repo: &str, digest: &[u8; 32], kind: EntryKind) -> String {
+pub fn ref_key(prefix: &str, repo: &str, digest: &Digest, kind: Kind) -> String {
     let (ns, name) = split(repo);
     format!("{}{}", digest_refs(prefix, ns, kind, digest), name)
 }
 
 /// The start of the keys of every repository of namespace `ns` that
 /// references `digest` as `kind`.
-pub fn digest_refs(prefix: &str, ns: &str, kind: EntryKind, digest: &[u8; 32]) -> String {
+pub fn digest_refs(prefix: &str, ns: &str, kind: Kind, digest: &Digest) -> String {
     format!(
         "{}{ns}/refs/{}/{}/",
         root(prefix),
@@ -69,17 +69,17 @@ pub fn digest_refs(prefix: &str, ns: &str, kind: EntryKind, digest: &[u8; 32]) -
 }
 
 /// Every kind of entry.
-pub const KINDS: [EntryKind; 2] = [EntryKind::Blob, EntryKind::Manifest];
+pub const KINDS: [Kind; 2] = [Kind::Blob, Kind::Manifest];
 
 /// The repository key, digest and kind a reference key names.
-pub fn parse_ref_key(prefix: &str, key: &str) -> Option<(RepoKey, [u8; 32], EntryKind)> {
+pub fn parse_ref_key(prefix: &str, key: &str) -> Option<(RepoKey, Digest, Kind)> {
     let rest = key.strip_prefix(&root(prefix))?;
     let (ns, rest) = rest.split_once('/')?;
     let rest = rest.strip_prefix("refs/")?;
     let (kind, rest) = rest.split_once('/')?;
     let kind = match kind {
-        "blob" => EntryKind::Blob,
-        "manifest" => EntryKind::Manifest,
+        "blob" => Kind::Blob,
+        "manifest" => Kind::Manifest,
         _ => return None,
     };
     let (hex, name) = rest.split_once('/')?;
@@ -90,11 +90,11 @@ pub fn parse_ref_key(prefix: &str, key: &str) -> Option<(RepoKey, [u8; 32], Entr
     } else {
         RepoKey::parse(&format!("_namespaces/{ns}/{name}"))?
     };
-    Some((repo, digest, kind))
+    Some((repo, Digest::from_raw(digest), kind))
 }
 
 /// The lock of fills and deletions of `digest`.
-pub fn lock_key(prefix: &str, digest: &[u8; 32]) -> String {
+pub fn lock_key(prefix: &str, digest: &Digest) -> String {
     format!("{}{ALL}/ingests/{}", root(prefix), hex::encode(digest))
 }
 
@@ -125,21 +125,29 @@ mod tests {
         for dir in [None, Some("ghcr.io"), Some("localhost_5000")] {
             let repo = RepoKey::new(dir, &name);
             for kind in KINDS {
-                let key = ref_key("/rp", repo.as_str(), &[9; 32], kind);
-                assert!(key.starts_with(&digest_refs("/rp", namespace_key(dir), kind, &[9; 32])));
+                let key = ref_key("/rp", repo.as_str(), &Digest::from_raw([9; 32]), kind);
+                assert!(key.starts_with(&digest_refs(
+                    "/rp",
+                    namespace_key(dir),
+                    kind,
+                    &Digest::from_raw([9; 32])
+                )));
                 assert_eq!(
                     parse_ref_key("/rp", &key),
-                    Some((repo.clone(), [9; 32], kind))
+                    Some((repo.clone(), Digest::from_raw([9; 32]), kind))
                 );
             }
         }
         assert_eq!(
-            ref_key("/rp", "a/b", &[1; 32], EntryKind::Blob),
+            ref_key("/rp", "a/b", &Digest::from_raw([1; 32]), Kind::Blob),
             format!("/rp/v1/_/refs/blob/{}/a/b", hex::encode([1; 32]))
         );
         assert_eq!(parse_ref_key("/rp", "/rp/v1/_all/leases/x"), None);
         assert_eq!(
-            parse_ref_key("/other", &ref_key("/rp", "a", &[1; 32], EntryKind::Blob)),
+            parse_ref_key(
+                "/other",
+                &ref_key("/rp", "a", &Digest::from_raw([1; 32]), Kind::Blob)
+            ),
             None
         );
     }

@@ -8,36 +8,9 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
+use crate::oci::{Digest, Kind};
+
 pub use crate::clock::Secs;
-
-/// What an entry keeps alive in its repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EntryKind {
-    /// A blob linked into the repository (its `_layers` link).
-    Blob,
-    /// A manifest of the repository (its revision link and the tags that
-    /// point at it).
-    Manifest,
-}
-
-impl EntryKind {
-    /// The byte the journal stores.
-    pub fn code(self) -> u8 {
-        match self {
-            Self::Blob => 0,
-            Self::Manifest => 1,
-        }
-    }
-
-    /// The kind a journal byte (or registry:2's `EntryType`) names.
-    pub fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(Self::Blob),
-            1 => Some(Self::Manifest),
-            _ => None,
-        }
-    }
-}
 
 /// An entry the table hands out: owned, detached from the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,9 +18,9 @@ pub struct Entry {
     /// The repository name.
     pub repo: Box<str>,
     /// The content's sha256.
-    pub digest: [u8; 32],
+    pub digest: Digest,
     /// What the entry keeps alive.
-    pub kind: EntryKind,
+    pub kind: Kind,
     /// The last access.
     pub at: Secs,
 }
@@ -57,10 +30,10 @@ const LINKED: u8 = 2;
 
 #[derive(Clone, Copy)]
 struct Slot {
-    digest: [u8; 32],
+    digest: Digest,
     repo: u32,
     at: Secs,
-    kind: EntryKind,
+    kind: Kind,
     flags: u8,
 }
 
@@ -141,12 +114,12 @@ pub struct Table {
     repo_index: HashTable<u32>,
     hasher: std::hash::RandomState,
     /// How many entries use each digest.
-    users: HashMap<[u8; 32], u32>,
+    users: HashMap<Digest, u32>,
     live: usize,
 }
 
 /// The index's hash of an entry's key.
-fn key_hash(hasher: &std::hash::RandomState, repo: u32, digest: &[u8; 32], kind: EntryKind) -> u64 {
+fn key_hash(hasher: &std::hash::RandomState, repo: u32, digest: &Digest, kind: Kind) -> u64 {
     hasher.hash_one((repo, digest, kind))
 }
 
@@ -199,7 +172,7 @@ impl Table {
             .copied()
     }
 
-    fn find(&self, repo: u32, digest: &[u8; 32], kind: EntryKind) -> Option<u32> {
+    fn find(&self, repo: u32, digest: &Digest, kind: Kind) -> Option<u32> {
         self.index
             .find(key_hash(&self.hasher, repo, digest, kind), |&i| {
                 let s = &self.slots[i as usize];
@@ -209,7 +182,7 @@ impl Table {
     }
 
     /// Records an access at `at` (never moving an entry's time backwards).
-    pub fn upsert(&mut self, repo: &str, digest: &[u8; 32], kind: EntryKind, at: Secs) -> Upserted {
+    pub fn upsert(&mut self, repo: &str, digest: &Digest, kind: Kind, at: Secs) -> Upserted {
         let repo = self.repo_id(repo);
         if let Some(i) = self.find(repo, digest, kind) {
             let slot = &mut self.slots[i as usize];
@@ -259,7 +232,7 @@ impl Table {
     }
 
     /// Notes that the entry's link exists in storage.
-    pub fn set_linked(&mut self, repo: &str, digest: &[u8; 32], kind: EntryKind) {
+    pub fn set_linked(&mut self, repo: &str, digest: &Digest, kind: Kind) {
         if let Some(i) = self
             .known_repo(repo)
             .and_then(|r| self.find(r, digest, kind))
@@ -269,27 +242,27 @@ impl Table {
     }
 
     /// Whether the entry exists and its link is known to exist in storage.
-    pub fn is_linked(&self, repo: &str, digest: &[u8; 32], kind: EntryKind) -> bool {
+    pub fn is_linked(&self, repo: &str, digest: &Digest, kind: Kind) -> bool {
         self.known_repo(repo)
             .and_then(|r| self.find(r, digest, kind))
             .is_some_and(|i| self.slots[i as usize].flags & LINKED != 0)
     }
 
     /// Whether the entry exists.
-    pub fn contains(&self, repo: &str, digest: &[u8; 32], kind: EntryKind) -> bool {
+    pub fn contains(&self, repo: &str, digest: &Digest, kind: Kind) -> bool {
         self.known_repo(repo)
             .and_then(|r| self.find(r, digest, kind))
             .is_some()
     }
 
     /// The entry's access time.
-    pub fn access_time(&self, repo: &str, digest: &[u8; 32], kind: EntryKind) -> Option<Secs> {
+    pub fn access_time(&self, repo: &str, digest: &Digest, kind: Kind) -> Option<Secs> {
         let i = self.find(self.known_repo(repo)?, digest, kind)?;
         Some(self.slots[i as usize].at)
     }
 
     /// Removes an entry; whether it existed.
-    pub fn remove(&mut self, repo: &str, digest: &[u8; 32], kind: EntryKind) -> bool {
+    pub fn remove(&mut self, repo: &str, digest: &Digest, kind: Kind) -> bool {
         match self
             .known_repo(repo)
             .and_then(|r| self.find(r, digest, kind))
@@ -322,7 +295,7 @@ impl Table {
     }
 
     /// Whether any entry still uses `digest`.
-    pub fn uses(&self, digest: &[u8; 32]) -> bool {
+    pub fn uses(&self, digest: &Digest) -> bool {
         self.users.contains_key(digest)
     }
 
@@ -393,7 +366,7 @@ impl Table {
     pub fn entries_in(
         &self,
         range: std::ops::Range<usize>,
-    ) -> impl Iterator<Item = (&str, &[u8; 32], EntryKind, Secs)> {
+    ) -> impl Iterator<Item = (&str, &Digest, Kind, Secs)> {
         let end = range.end.min(self.slots.len());
         let start = range.start.min(end);
         self.slots[start..end]
@@ -421,11 +394,11 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    fn d(n: u8) -> [u8; 32] {
+    fn d(n: u8) -> Digest {
         let mut d = [0; 32];
         d[0] = n % 3; // digests sharing a prefix, as chosen ones do
         d[31] = n;
-        d
+        Digest::from_raw(d)
     }
 
     #[derive(Debug, Clone)]
@@ -459,12 +432,8 @@ mod tests {
         ]
     }
 
-    fn kind(manifest: bool) -> EntryKind {
-        if manifest {
-            EntryKind::Manifest
-        } else {
-            EntryKind::Blob
-        }
+    fn kind(manifest: bool) -> Kind {
+        if manifest { Kind::Manifest } else { Kind::Blob }
     }
 
     proptest! {
@@ -474,7 +443,7 @@ mod tests {
         fn matches_a_map_model(ops in proptest::collection::vec(op(), 1..400)) {
             let ttls = ttls();
             let mut table = Table::new(ttls.clone());
-            let mut model: BTreeMap<(String, [u8; 32], u8), Secs> = BTreeMap::new();
+            let mut model: BTreeMap<(String, Digest, u8), Secs> = BTreeMap::new();
             for op in ops {
                 match op {
                     Op::Upsert(r, g, m, t) => {

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use driver_core::{FileInfo, StoragePath, WalkControl, WalkOptions};
 
-use super::{EntryKind, Scheduler, delete_missing_ok};
+use super::{Scheduler, delete_missing_ok};
 use crate::layout::{self, RepoKey};
 use crate::metadata::MetadataError;
 pub use crate::metrics::Collected;
 use crate::oci::Digest;
+use crate::oci::Kind;
 use crate::sync::lock;
 
 /// When and how collection runs.
@@ -50,7 +51,7 @@ impl Default for GcOptions {
 
 /// A repository file the sweep looks at.
 enum Found {
-    Link(RepoKey, Digest, EntryKind),
+    Link(RepoKey, Digest, Kind),
     Tag(RepoKey, String),
 }
 
@@ -60,7 +61,7 @@ impl Scheduler {
         let mut stats = Collected::default();
         let started = Instant::now();
         let remote = self.store.remote_leases().await?;
-        let mut marked: HashSet<[u8; 32]> = {
+        let mut marked: HashSet<Digest> = {
             let inner = lock(&self.inner);
             let table = &inner.table;
             table
@@ -106,7 +107,7 @@ impl Scheduler {
     /// Deletes the bytes of every blob older than `old` that nothing marked.
     async fn sweep_blobs(
         &self,
-        marked: &HashSet<[u8; 32]>,
+        marked: &HashSet<Digest>,
         old: SystemTime,
         dry_run: bool,
         stats: &mut Collected,
@@ -114,7 +115,7 @@ impl Scheduler {
         let mut found = Vec::new();
         walk(&*self.driver, &layout::blobs_root(), |info| {
             if let Some(digest) = layout::blob_digest(&info.path) {
-                if info.modified < old && !marked.contains(&digest.raw()) {
+                if info.modified < old && !marked.contains(&digest) {
                     found.push((digest, info.size));
                 }
             }
@@ -122,7 +123,7 @@ impl Scheduler {
         })
         .await?;
         for (digest, size) in found {
-            let raw = digest.raw();
+            let raw = digest;
             {
                 // In use since the mark: kept, and not counted by a dry run.
                 let mut inner = lock(&self.inner);
@@ -187,8 +188,8 @@ impl Scheduler {
                         continue;
                     }
                     let dir = match kind {
-                        EntryKind::Blob => layout::layer_dir(repo, digest),
-                        EntryKind::Manifest => layout::revision_dir(repo, digest),
+                        Kind::Blob => layout::layer_dir(repo, digest),
+                        Kind::Manifest => layout::revision_dir(repo, digest),
                     };
                     (dir, &mut stats.links)
                 }
@@ -205,7 +206,7 @@ impl Scheduler {
                     let target = std::str::from_utf8(current.trim_ascii())
                         .ok()
                         .and_then(|d| Digest::parse(d).ok());
-                    if target.is_some_and(|d| self.keeps(repo, &d, EntryKind::Manifest)) {
+                    if target.is_some_and(|d| self.keeps(repo, &d, Kind::Manifest)) {
                         continue;
                     }
                     (layout::tag_dir(repo, tag), &mut stats.tags)
@@ -221,9 +222,9 @@ impl Scheduler {
 
     /// Whether an entry of `repo` keeps `digest` as `kind` (or a lease the
     /// digest).
-    fn keeps(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) -> bool {
-        let raw = digest.raw();
-        lock(&self.inner).table.contains(repo.as_str(), &raw, kind) || self.leases.is_held(&raw)
+    fn keeps(&self, repo: &RepoKey, digest: &Digest, kind: Kind) -> bool {
+        let raw = digest;
+        lock(&self.inner).table.contains(repo.as_str(), raw, kind) || self.leases.is_held(raw)
     }
 
     /// Collects on the schedule and after expiries, while this replica
@@ -281,12 +282,12 @@ fn repository_file(path: &StoragePath) -> Option<Found> {
     if let Some(at) = rest.find("/_layers/sha256/") {
         let hex = rest[at + "/_layers/sha256/".len()..].strip_suffix("/link")?;
         let digest = Digest::parse(&format!("sha256:{hex}")).ok()?;
-        return Some(Found::Link(key(at)?, digest, EntryKind::Blob));
+        return Some(Found::Link(key(at)?, digest, Kind::Blob));
     }
     if let Some(at) = rest.find("/_manifests/revisions/sha256/") {
         let hex = rest[at + "/_manifests/revisions/sha256/".len()..].strip_suffix("/link")?;
         let digest = Digest::parse(&format!("sha256:{hex}")).ok()?;
-        return Some(Found::Link(key(at)?, digest, EntryKind::Manifest));
+        return Some(Found::Link(key(at)?, digest, Kind::Manifest));
     }
     let at = rest.find("/_manifests/tags/")?;
     let tag = rest[at + "/_manifests/tags/".len()..].strip_suffix("/current/link")?;
@@ -309,9 +310,8 @@ mod tests {
         let hex = "ab".repeat(32);
         let root = "/docker/registry/v2";
         assert_eq!(
-            layout::blob_digest(&path(&format!("{root}/blobs/sha256/ab/{hex}/data")))
-                .map(|d| d.raw()),
-            Some([0xab; 32])
+            layout::blob_digest(&path(&format!("{root}/blobs/sha256/ab/{hex}/data"))),
+            Some(Digest::from_raw([0xab; 32]))
         );
         assert!(
             layout::blob_digest(&path(&format!("{root}/blobs/sha256/ab/{hex}/other"))).is_none()
@@ -321,14 +321,14 @@ mod tests {
         ));
         assert!(matches!(
             repository_file(&layer),
-            Some(Found::Link(r, _, EntryKind::Blob)) if r.as_str() == "a/b"
+            Some(Found::Link(r, _, Kind::Blob)) if r.as_str() == "a/b"
         ));
         let revision = path(&format!(
             "{root}/repositories/_namespaces/ghcr.io/x/_manifests/revisions/sha256/{hex}/link"
         ));
         assert!(matches!(
             repository_file(&revision),
-            Some(Found::Link(r, _, EntryKind::Manifest)) if r.as_str() == "_namespaces/ghcr.io/x"
+            Some(Found::Link(r, _, Kind::Manifest)) if r.as_str() == "_namespaces/ghcr.io/x"
         ));
         let tag = path(&format!(
             "{root}/repositories/a/_manifests/tags/v1/current/link"

@@ -36,13 +36,16 @@ use tokio::task::JoinHandle;
 
 pub use crate::clock::Clock;
 use crate::metadata::table::{Entry, Table};
-pub use crate::metadata::table::{EntryKind, Secs, Ttls};
+pub use crate::metadata::table::{Secs, Ttls};
+use crate::oci::Kind;
 pub use gc::{Collected, GcOptions};
 
 use crate::layout::{self, RepoKey};
 use crate::metadata::embedded::{Embedded, encode_slots};
 use crate::metadata::journal;
-use crate::metadata::{Change, Leases, LockKind, MetadataError, MetadataStore, SnapshotSource};
+use crate::metadata::{
+    Change, DigestLock, Lease, Leases, LockKind, MetadataError, MetadataStore, SnapshotSource,
+};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::sync::{lock, wait_until};
@@ -137,12 +140,12 @@ struct Inner {
     /// Records not yet written to the store.
     pending: Vec<u8>,
     /// Digests with an expiry or collection in progress, and how many.
-    expiring: HashMap<[u8; 32], u32>,
+    expiring: HashMap<Digest, u32>,
 }
 
 impl Inner {
     /// One expiry or collection of `digest` ended.
-    fn end_expiry(&mut self, digest: &[u8; 32]) {
+    fn end_expiry(&mut self, digest: &Digest) {
         if let Some(n) = self.expiring.get_mut(digest) {
             *n -= 1;
             if *n == 0 {
@@ -186,10 +189,78 @@ pub struct Scheduler {
     /// Notified when an expiry pass removed something (collection follows).
     expired: Notify,
     /// The leases last published (shared stores).
-    published: Mutex<HashSet<[u8; 32]>>,
+    published: Mutex<HashSet<Digest>>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     loaded: Loaded,
+}
+
+/// The cache's narrow handle on the scheduler: it records accesses, notes
+/// links, holds leases and takes a digest's fill lock, and reaches nothing
+/// else (not the metadata store, not expiry).
+#[derive(Clone)]
+pub struct Tracker(Arc<Scheduler>);
+
+impl Tracker {
+    /// A handle on `scheduler`.
+    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+        Self(scheduler)
+    }
+
+    /// See [`Scheduler::access`].
+    pub async fn access(&self, repo: &RepoKey, digest: &Digest, kind: Kind) -> Access {
+        self.0.access(repo, digest, kind).await
+    }
+
+    /// See [`Scheduler::access_known`].
+    pub async fn access_known(
+        &self,
+        repo: &RepoKey,
+        digest: &Digest,
+        kind: Kind,
+    ) -> Option<Access> {
+        self.0.access_known(repo, digest, kind).await
+    }
+
+    /// See [`Scheduler::access_reference`].
+    pub async fn access_reference(&self, repo: &RepoKey, digest: &Digest, kind: Kind) {
+        self.0.access_reference(repo, digest, kind).await;
+    }
+
+    /// See [`Scheduler::mark_linked`].
+    pub fn mark_linked(&self, repo: &RepoKey, digest: &Digest, kind: Kind) {
+        self.0.mark_linked(repo, digest, kind);
+    }
+
+    /// Leases `digests` (nothing expires or collects them) until the lease
+    /// is dropped.
+    pub fn lease(&self, digests: &[Digest]) -> Lease {
+        self.0.leases.hold(digests)
+    }
+
+    /// Extends the leases of `digests` by the lease timeout (the pull that
+    /// follows a manifest).
+    pub fn extend_leases(&self, digests: impl IntoIterator<Item = Digest>) {
+        self.0.leases.extend(digests);
+    }
+
+    /// Whether replicas share the storage (content may appear that this
+    /// replica did not fill).
+    pub fn shared(&self) -> bool {
+        self.0.store.shared()
+    }
+
+    /// The lock of the one fill of `digest` across replicas; when the
+    /// store cannot lock, that is logged and the fill goes ahead unlocked.
+    pub async fn fill_lock(&self, digest: &Digest) -> DigestLock {
+        match self.0.store.lock(digest, LockKind::Fill).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "cannot lock the fill across replicas; filling anyway");
+                DigestLock::none()
+            }
+        }
+    }
 }
 
 fn secs(d: Duration) -> Secs {
@@ -290,10 +361,10 @@ impl Scheduler {
     }
 
     /// The last access of an entry, if it exists.
-    pub fn access_time(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) -> Option<Secs> {
+    pub fn access_time(&self, repo: &RepoKey, digest: &Digest, kind: Kind) -> Option<Secs> {
         lock(&self.inner)
             .table
-            .access_time(repo.as_str(), &digest.raw(), kind)
+            .access_time(repo.as_str(), digest, kind)
     }
 
     /// Runs the flusher, the expirer (unless no content ever expires) and
@@ -432,36 +503,34 @@ impl Scheduler {
     /// Records an access of `digest` as `kind` in `repo` now, creating the
     /// entry if needed. If the content is being deleted by an expiry, waits
     /// until the deletion is over (the caller then finds it absent).
-    pub async fn touch(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) -> Access {
-        let (now, raw) = (self.clock.now_secs(), digest.raw());
-        let access = self.record(repo.as_str(), &raw, kind, now, true);
+    pub async fn access(&self, repo: &RepoKey, digest: &Digest, kind: Kind) -> Access {
+        let access = self.note(repo.as_str(), digest, kind, self.clock.now_secs(), true);
         access.await.unwrap_or(Access {
             created: false,
             linked: false,
         })
     }
 
-    /// [`Self::touch`] of an entry that exists; `None` (and nothing
+    /// [`Self::access`] of an entry that exists; `None` (and nothing
     /// created) when there is none. Content not known to exist gets no
     /// entry: a request for a digest nobody has must not grow the table.
-    pub async fn touch_existing(
+    pub async fn access_known(
         &self,
         repo: &RepoKey,
         digest: &Digest,
-        kind: EntryKind,
+        kind: Kind,
     ) -> Option<Access> {
         let now = self.clock.now_secs();
-        self.record(repo.as_str(), &digest.raw(), kind, now, false)
-            .await
+        self.note(repo.as_str(), digest, kind, now, false).await
     }
 
     /// Records an access at `at`, creating the entry if `create`; `None`
     /// when there is no entry and none was created.
-    async fn record(
+    async fn note(
         &self,
         repo: &str,
-        digest: &[u8; 32],
-        kind: EntryKind,
+        digest: &Digest,
+        kind: Kind,
         at: Secs,
         create: bool,
     ) -> Option<Access> {
@@ -520,8 +589,8 @@ impl Scheduler {
         &self,
         table: &Table,
         repo: &str,
-        digest: &[u8; 32],
-        kind: EntryKind,
+        digest: &Digest,
+        kind: Kind,
         now: Secs,
     ) -> WriteThrough {
         if !self.store.shared() {
@@ -572,54 +641,22 @@ impl Scheduler {
         );
     }
 
-    /// Refreshes the entry of `digest` as `kind` in `repo` if it exists (a
-    /// manifest's access keeps the content it references alive).
-    pub async fn refresh(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) {
-        let raw = digest.raw();
-        // Content being expired is not waited for: it is going anyway.
-        if !lock(&self.inner).expiring.contains_key(&raw) {
-            self.record(repo.as_str(), &raw, kind, self.clock.now_secs(), false)
+    /// An access of content a manifest references, if it has an entry in
+    /// `repo` (a manifest's access keeps what it names alive). Content being
+    /// expired is not waited for: it is going anyway.
+    pub async fn access_reference(&self, repo: &RepoKey, digest: &Digest, kind: Kind) {
+        if !lock(&self.inner).expiring.contains_key(digest) {
+            self.note(repo.as_str(), digest, kind, self.clock.now_secs(), false)
                 .await;
         }
     }
 
-    /// Whether the link of an entry exists in storage (noted in the entry,
-    /// so that [`Self::touch`] reports it linked from then on).
-    pub async fn link_exists(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind) -> bool {
-        if self
-            .driver
-            .stat(&link_path(repo, digest, kind))
-            .await
-            .is_err()
-        {
-            return false;
-        }
+    /// Notes in the entry that its link exists in storage, so that
+    /// [`Self::access`] reports it linked from then on.
+    pub fn mark_linked(&self, repo: &RepoKey, digest: &Digest, kind: Kind) {
         lock(&self.inner)
             .table
-            .set_linked(repo.as_str(), &digest.raw(), kind);
-        true
-    }
-
-    /// Makes sure the link of an entry exists in storage (a layer link for a
-    /// blob, a revision link for a manifest), unless it is `known` to.
-    pub async fn ensure_link(&self, repo: &RepoKey, digest: &Digest, kind: EntryKind, known: bool) {
-        if known {
-            return;
-        }
-        let link = link_path(repo, digest, kind);
-        if self.driver.stat(&link).await.is_err() {
-            if let Err(e) = self
-                .driver
-                .put_content(&link, layout::link_content(digest))
-                .await
-            {
-                tracing::warn!(%repo, %digest, error = %e, "could not link content into its repository");
-                return;
-            }
-        }
-        lock(&self.inner)
-            .table
-            .set_linked(repo.as_str(), &digest.raw(), kind);
+            .set_linked(repo.as_str(), digest, kind);
     }
 
     /// Writes the changes made since the last flush to the store (and,
@@ -734,7 +771,7 @@ impl Scheduler {
                             .upsert(&entry.repo, &entry.digest, entry.kind, at);
                     }
                     Err(e) => {
-                        tracing::warn!(repo = %entry.repo, digest = %Digest::from_raw(&entry.digest), error = %e, "expiry failed; trying again later");
+                        tracing::warn!(repo = %entry.repo, digest = %entry.digest, error = %e, "expiry failed; trying again later");
                         let ttl = inner.table.ttl_of(&entry.repo);
                         let at = self.clock.now_secs().saturating_sub(ttl) + RETRY;
                         inner
@@ -767,7 +804,7 @@ impl Scheduler {
     /// content as being deleted; `true` where no other entry uses the
     /// content, so its bytes go too. Entries whose content is leased (here
     /// or in `remote`) are put off.
-    fn take_due(&self, remote: &HashSet<[u8; 32]>) -> Vec<(Entry, bool)> {
+    fn take_due(&self, remote: &HashSet<Digest>) -> Vec<(Entry, bool)> {
         let now = self.clock.now_secs();
         let mut inner = lock(&self.inner);
         let mut batch = Vec::new();
@@ -798,14 +835,14 @@ impl Scheduler {
         if let Some(at) = self.store.remove(entry).await? {
             return Ok(Deleted::Kept(at));
         }
-        let digest = Digest::from_raw(&entry.digest);
+        let digest = entry.digest;
         // Names come from requests or from our own journal, both validated.
         if let Some(repo) = RepoKey::parse(&entry.repo) {
             match entry.kind {
-                EntryKind::Blob => {
+                Kind::Blob => {
                     delete_missing_ok(&*self.driver, &layout::layer_dir(&repo, &digest)).await?
                 }
-                EntryKind::Manifest => {
+                Kind::Manifest => {
                     delete_missing_ok(&*self.driver, &layout::revision_dir(&repo, &digest)).await?;
                     self.untag(&repo, &digest).await?;
                 }
@@ -819,7 +856,7 @@ impl Scheduler {
 
     /// Deletes the bytes of `digest` under its lock, unless another replica
     /// references or leases it; the bytes freed.
-    async fn delete_data(&self, digest: &[u8; 32]) -> Result<u64, MetadataError> {
+    async fn delete_data(&self, digest: &Digest) -> Result<u64, MetadataError> {
         let held = self.store.lock(digest, LockKind::Content).await?;
         let deleted = async {
             if self.store.referenced(digest).await?
@@ -827,13 +864,13 @@ impl Scheduler {
             {
                 return Ok(0);
             }
-            let path = layout::blob_data(&Digest::from_raw(digest));
+            let path = layout::blob_data(&*digest);
             let size = match self.driver.stat(&path).await {
                 Ok(info) => info.size,
                 Err(e) if e.is_not_found() => 0,
                 Err(e) => return Err(e.into()),
             };
-            delete_missing_ok(&*self.driver, &layout::blob_dir(&Digest::from_raw(digest))).await?;
+            delete_missing_ok(&*self.driver, &layout::blob_dir(&*digest)).await?;
             Ok(size)
         }
         .await;
@@ -882,15 +919,6 @@ enum Deleted {
 impl SnapshotSource for Scheduler {
     fn records(&self, from: usize, count: usize) -> (Vec<u8>, bool) {
         encode_slots(&lock(&self.inner).table, from, count)
-    }
-}
-
-/// The link that puts content of `kind` into `repo`: a layer link for a
-/// blob, a revision link for a manifest.
-fn link_path(repo: &RepoKey, digest: &Digest, kind: EntryKind) -> StoragePath {
-    match kind {
-        EntryKind::Blob => layout::layer_link(repo, digest),
-        EntryKind::Manifest => layout::revision_link(repo, digest),
     }
 }
 

@@ -1,0 +1,14 @@
+//! A registry client for one upstream: [`Upstream`] asks for manifests, tag
+//! lists and blobs ([`registry`]) over an authenticated HTTP client
+//! ([`client`], [`auth`]) and answers with bytes, digests and typed
+//! [`UpstreamError`]s ([`error`]); no caller reads a status or a header.
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod registry;
+
+pub use auth::{Challenge, Credentials, parse_challenge};
+pub use client::{Deadline, Upstream};
+pub use error::{Asked, UpstreamError};
+pub use registry::{BlobBody, Fetched};

@@ -1,0 +1,259 @@
+//! The registry API the cache asks of an upstream: manifests (HEAD for the
+//! digest, GET bounded to the largest manifest), tag lists (every page,
+//! bounded in pages, bytes and tags) and blobs (HEAD as a proof of access,
+//! GET streamed). Statuses, headers, pagination and body limits are read
+//! here; callers see bytes, digests and [`UpstreamError`]s.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt};
+use reqwest::{Method, Response};
+
+use super::client::{Deadline, Upstream};
+use super::error::{Asked, UpstreamError, is_outage};
+use crate::oci::{self, Digest, MANIFEST_ACCEPT, RepoName};
+
+/// Pages of an upstream tag list followed at most.
+const MAX_TAG_PAGES: usize = 100;
+
+/// The largest upstream tag list page read.
+const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
+
+/// The most tags of one repository listed from upstream.
+const MAX_TAGS: usize = 100_000;
+
+/// A manifest as the upstream sent it.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Its bytes (at most [`oci::MAX_MANIFEST_BYTES`]).
+    pub bytes: Bytes,
+    /// The digest the upstream's `Docker-Content-Digest` claims, if any.
+    pub claimed: Option<Digest>,
+}
+
+/// An upstream's answer to a blob GET, its body not yet read.
+#[derive(Debug)]
+pub struct BlobBody(Response);
+
+impl BlobBody {
+    /// The size the upstream announced (`None`: a chunked answer).
+    pub fn announced(&self) -> Option<u64> {
+        self.0.content_length()
+    }
+
+    /// The bytes as they arrive.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, UpstreamError>> + Send {
+        self.0.bytes_stream().map_err(|e| UpstreamError::Body {
+            what: "blob body",
+            detail: e.to_string(),
+        })
+    }
+}
+
+impl Upstream {
+    /// The digest the upstream gives for manifest `reference` of `repo` in
+    /// answer to HEAD; `Ok(None)` when it does not say (or refuses HEAD:
+    /// a GET decides then); `Err` only when it cannot be asked now.
+    pub async fn head_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+        timeout: Duration,
+    ) -> Result<Option<Digest>, UpstreamError> {
+        let response = self
+            .send(
+                Method::HEAD,
+                repo,
+                &format!("manifests/{reference}"),
+                Some(MANIFEST_ACCEPT),
+                Deadline::Whole(timeout),
+            )
+            .await?;
+        if is_outage(response.status()) {
+            return Err(UpstreamError::status(
+                &response,
+                Asked::Manifest(reference.to_owned()),
+            ));
+        }
+        Ok(content_digest(&response))
+    }
+
+    /// Manifest `reference` of `repo`, read whole within `timeout` (at most
+    /// [`oci::MAX_MANIFEST_BYTES`]: a larger one is [`UpstreamError::TooLarge`]).
+    pub async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+        timeout: Duration,
+    ) -> Result<Fetched, UpstreamError> {
+        let mut response = self
+            .send(
+                Method::GET,
+                repo,
+                &format!("manifests/{reference}"),
+                Some(MANIFEST_ACCEPT),
+                Deadline::Whole(timeout),
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(UpstreamError::status(
+                &response,
+                Asked::Manifest(reference.to_owned()),
+            ));
+        }
+        let claimed = content_digest(&response);
+        let bytes = read_bounded(&mut response, oci::MAX_MANIFEST_BYTES, "manifest body")
+            .await?
+            .ok_or_else(|| UpstreamError::TooLarge("the upstream manifest exceeds 4 MiB".into()))?;
+        Ok(Fetched { bytes, claimed })
+    }
+
+    /// The tags of `repo`, sorted and without duplicates: every page of the
+    /// upstream's list, each request within `timeout`. A list beyond this
+    /// cache's bounds (pages of 4 MiB, 100,000 tags) is an outage: the
+    /// cached tags are the better answer then.
+    pub async fn tags(
+        &self,
+        repo: &RepoName,
+        timeout: Duration,
+    ) -> Result<Vec<String>, UpstreamError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let beyond = |detail: String| UpstreamError::Body {
+            what: "tag list",
+            detail,
+        };
+        let mut tags = Vec::new();
+        let mut rest = "tags/list".to_owned();
+        for _ in 0..MAX_TAG_PAGES {
+            let mut response = self
+                .send(Method::GET, repo, &rest, None, Deadline::Whole(timeout))
+                .await?;
+            if !response.status().is_success() {
+                return Err(UpstreamError::status(&response, Asked::Tags));
+            }
+            let next = response
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_page_query);
+            let body = read_bounded(&mut response, MAX_TAG_PAGE_BYTES, "tag list")
+                .await?
+                .ok_or_else(|| beyond("a page exceeds 4 MiB".into()))?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| beyond(e.to_string()))?;
+            tags.extend(page.tags.unwrap_or_default());
+            if tags.len() > MAX_TAGS {
+                return Err(beyond(format!("more than {MAX_TAGS} tags")));
+            }
+            match next {
+                Some(query) => rest = format!("tags/list?{query}"),
+                None => break,
+            }
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    /// Whether `repo` has blob `digest`, by HEAD with this upstream's
+    /// credentials (the proof of access), waiting at most `head` for the
+    /// answer: `Err` with the upstream's status when it does not say yes.
+    pub async fn head_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        head: Duration,
+    ) -> Result<(), UpstreamError> {
+        self.blob_request(Method::HEAD, repo, digest, head)
+            .await
+            .map(drop)
+    }
+
+    /// Blob `digest` of `repo`, waiting at most `head` for the answer's
+    /// head. Only the head is bounded: the body may take as long as it
+    /// keeps flowing (its reader bounds the silence between bytes).
+    pub async fn blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        head: Duration,
+    ) -> Result<BlobBody, UpstreamError> {
+        self.blob_request(Method::GET, repo, digest, head)
+            .await
+            .map(BlobBody)
+    }
+
+    async fn blob_request(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        digest: &Digest,
+        head: Duration,
+    ) -> Result<Response, UpstreamError> {
+        let response = self
+            .send(
+                method,
+                repo,
+                &format!("blobs/{digest}"),
+                None,
+                Deadline::Head(head),
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(UpstreamError::status(&response, Asked::Blob(*digest)));
+        }
+        Ok(response)
+    }
+}
+
+/// The digest an answer's `Docker-Content-Digest` names, if valid.
+fn content_digest(response: &Response) -> Option<Digest> {
+    response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Digest::parse(v).ok())
+}
+
+/// The body of `response`, read chunk by chunk up to `limit` bytes: an
+/// answer larger (announced, or without a Content-Length and sent) is
+/// `Ok(None)` instead of being held whole in memory.
+async fn read_bounded(
+    response: &mut Response,
+    limit: usize,
+    what: &'static str,
+) -> Result<Option<Bytes>, UpstreamError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() > limit => return Ok(None),
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => return Ok(Some(Bytes::from(bytes))),
+            Err(e) => {
+                return Err(UpstreamError::Body {
+                    what,
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// The query of the `rel="next"` target of a `Link` header
+/// (`</v2/repo/tags/list?last=x&n=100>; rel="next"` gives `last=x&n=100`).
+fn next_page_query(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        if !params.replace(' ', "").contains("rel=\"next\"") {
+            return None;
+        }
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        target.split_once('?').map(|(_, q)| q.to_owned())
+    })
+}
