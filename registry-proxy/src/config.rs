@@ -620,7 +620,7 @@ impl Config {
                 ttl,
                 sharing,
                 users: self.users(&key("users"), entry.users.as_ref())?,
-                plain: false,
+                registry2_dir: false,
                 default: entry.default,
             });
         }
@@ -1087,7 +1087,7 @@ proxy:
             "https://registry-1.docker.io/"
         );
         assert_eq!(namespaces[0].name, "docker.io");
-        assert!(namespaces[0].plain && namespaces[0].default);
+        assert!(namespaces[0].registry2_dir && namespaces[0].default);
         assert_eq!(
             config.tag_freshness().expect("freshness"),
             Duration::from_secs(5)
@@ -1188,7 +1188,7 @@ proxy:
         let specs = config.namespaces().expect("namespaces");
         let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["docker.io", "ghcr.io"]);
-        assert!(specs.iter().all(|s| !s.plain));
+        assert!(specs.iter().all(|s| !s.registry2_dir));
         assert_eq!(specs[0].credentials, Some(("u".into(), "p".into())));
         assert_eq!(
             (specs[0].sharing, specs[0].ttl, specs[0].default),
@@ -1209,7 +1209,7 @@ proxy:
         .namespaces()
         .expect("namespaces");
         assert_eq!(both[0].name, "127.0.0.1:5001");
-        assert!(both[0].plain && both[0].default && !both[1].default);
+        assert!(both[0].registry2_dir && both[0].default && !both[1].default);
     }
 
     #[test]

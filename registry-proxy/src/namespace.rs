@@ -52,7 +52,7 @@ pub struct NamespaceSpec {
     /// Whether it is stored where registry:2 keeps repositories (the
     /// namespace of a plain `proxy.remoteurl` config), rather than in a
     /// directory of its own.
-    pub plain: bool,
+    pub registry2_dir: bool,
     /// Whether requests that name no namespace go to it.
     pub default: bool,
 }
@@ -68,7 +68,7 @@ impl NamespaceSpec {
             ttl: None,
             sharing: Sharing::Shared,
             users: None,
-            plain: true,
+            registry2_dir: true,
             default: true,
         }
     }
@@ -189,7 +189,7 @@ impl Namespaces {
                 .with_metrics(Arc::clone(metrics));
                 Arc::new(Namespace {
                     name: spec.name.clone(),
-                    dir: (!spec.plain).then(|| dir_of(&spec.name)),
+                    dir: (!spec.registry2_dir).then(|| dir_of(&spec.name)),
                     upstream: Arc::new(upstream),
                     sharing: spec.sharing,
                     users: spec.users.as_ref().map(|u| u.iter().cloned().collect()),
@@ -208,7 +208,7 @@ impl Namespaces {
     pub fn ttls(specs: &[NamespaceSpec]) -> HashMap<String, Duration> {
         specs
             .iter()
-            .filter(|s| !s.plain)
+            .filter(|s| !s.registry2_dir)
             .filter_map(|s| s.ttl.map(|ttl| (dir_of(&s.name), ttl)))
             .collect()
     }
@@ -258,11 +258,11 @@ impl Namespaces {
 mod tests {
     use super::*;
 
-    fn spec(name: &str, plain: bool) -> NamespaceSpec {
+    fn spec(name: &str, registry2_dir: bool) -> NamespaceSpec {
         NamespaceSpec {
             name: name.into(),
-            plain,
-            default: plain,
+            registry2_dir,
+            default: registry2_dir,
             ..NamespaceSpec::single("http://127.0.0.1:1".parse().expect("url"), None)
         }
     }

@@ -201,7 +201,7 @@ async fn an_isolated_fill_finding_the_blob_stored_elsewhere_proves_access_first(
     namespaces.push(NamespaceSpec {
         name: "iso.test".to_owned(),
         sharing: Sharing::Isolated,
-        plain: false,
+        registry2_dir: false,
         default: false,
         ..NamespaceSpec::single(empty.parse().expect("url"), None)
     });

@@ -1183,7 +1183,7 @@ async fn an_isolated_namespace_joins_a_running_fill_only_after_proof() {
     let spec = |name: &str, base: &str, sharing| NamespaceSpec {
         name: name.to_owned(),
         sharing,
-        plain: false,
+        registry2_dir: false,
         default: false,
         ..NamespaceSpec::single(base.parse().expect("url"), None)
     };
@@ -1527,7 +1527,7 @@ async fn content_of_an_isolated_namespace_does_not_leak_through_a_shared_one() {
     let spec = |name: &str, base: &str, sharing, default| NamespaceSpec {
         name: name.to_owned(),
         sharing,
-        plain: false,
+        registry2_dir: false,
         default,
         ..NamespaceSpec::single(base.parse().expect("url"), None)
     };
