@@ -19,7 +19,7 @@ use crate::cache::verify::VerifyReads;
 use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Sharing};
-use crate::scheduler::{GcOptions, Purge};
+use crate::scheduler::{GcOptions, Options, Purge};
 use crate::upstream::Credentials;
 
 /// A configuration that cannot be used; `key` is the dotted path at fault.
@@ -38,6 +38,10 @@ fn invalid(key: impl Into<String>, reason: impl ToString) -> ConfigError {
         reason: reason.to_string(),
     }
 }
+
+/// Timeout of upstream connections, and of manifest, token and proof
+/// requests (no key: distribution has none).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The configuration used when none is given: filesystem storage in
 /// `./data`, listening on 127.0.0.1:5000, Docker Hub upstream.
@@ -768,13 +772,13 @@ impl Config {
     /// Removal of abandoned writers, `None` when disabled (or a dry run).
     pub fn upload_purging(&self) -> Result<Option<Purge>, ConfigError> {
         let section = &self.storage.maintenance.uploadpurging;
-        let hour = Duration::from_secs(3600);
+        let defaults = Purge::default();
         let key = "storage.maintenance.uploadpurging";
-        let age = duration(&format!("{key}.age"), section.age.as_deref(), hour)?;
+        let age = duration(&format!("{key}.age"), section.age.as_deref(), defaults.age)?;
         let interval = duration(
             &format!("{key}.interval"),
             section.interval.as_deref(),
-            hour,
+            defaults.interval,
         )?;
         if interval.is_zero() {
             return Err(invalid(format!("{key}.interval"), "must be more than 0"));
@@ -784,20 +788,24 @@ impl Config {
 
     /// Garbage collection's schedule and grace, and the lease timeout.
     pub fn gc(&self) -> Result<(GcOptions, Duration), ConfigError> {
-        let minute = Duration::from_secs(60);
-        let interval = duration("gc.interval", self.gc.interval.as_deref(), 60 * minute)?;
-        let grace = duration("gc.grace", self.gc.grace.as_deref(), 10 * minute)?;
+        let defaults = GcOptions::default();
+        let interval = duration(
+            "gc.interval",
+            self.gc.interval.as_deref(),
+            defaults.interval.unwrap_or_default(),
+        )?;
+        let grace = duration("gc.grace", self.gc.grace.as_deref(), defaults.grace)?;
         let lease = duration(
             "gc.leasetimeout",
             self.gc.leasetimeout.as_deref(),
-            10 * minute,
+            Options::default().lease_timeout,
         )?;
         if lease.is_zero() {
             return Err(invalid("gc.leasetimeout", "must be more than 0"));
         }
         let options = GcOptions {
             interval: (!interval.is_zero()).then_some(interval),
-            after_expiry: self.gc.afterexpiry.unwrap_or(true),
+            after_expiry: self.gc.afterexpiry.unwrap_or(defaults.after_expiry),
             grace,
         };
         Ok((options, lease))
@@ -861,7 +869,7 @@ impl Config {
         duration(
             "proxy.ttl",
             self.proxy.ttl.as_deref(),
-            Duration::from_secs(168 * 3600),
+            Options::default().ttl,
         )
     }
 }

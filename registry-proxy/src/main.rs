@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use driver_core::StorageDriver;
-use registry_proxy::config::{Backend, Config};
-use registry_proxy::scheduler::{Clock, Options, Scheduler};
+use registry_proxy::config::{Backend, Config, ConfigError, REQUEST_TIMEOUT};
+use registry_proxy::metadata::MetadataError;
+use registry_proxy::scheduler::{Clock, LoadError, Options, Scheduler};
 use registry_proxy::{AppState, Settings, app, debug_app};
 use tokio::net::TcpListener;
 
@@ -55,9 +56,49 @@ enum Command {
     },
 }
 
-/// How often the scheduler writes its changes (a crash loses at most this
-/// much of access times).
-const SCHEDULER_FLUSH: Duration = Duration::from_secs(1);
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The S3 storage configuration is invalid.
+    #[error(transparent)]
+    S3Config(#[from] driver_s3::ConfigError),
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(#[from] driver_core::Error),
+    /// The scheduler's state could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The metadata store failed.
+    #[error("metadata: {0}")]
+    Metadata(#[from] MetadataError),
+    /// A file or socket could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was tried.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// `scrub --rate` is not a size.
+    #[error("--rate {0:?}: not a size (100MiB, 1GiB, 0)")]
+    Rate(String),
+    /// `scrub` found blobs it could not vouch for.
+    #[error("{corrupt} corrupt and {unreadable} unreadable blobs")]
+    Unsound {
+        /// Blobs that did not match their digest.
+        corrupt: u64,
+        /// Blobs that could not be read.
+        unreadable: u64,
+    },
+}
+
+/// `what` failed with `source`.
+fn io(what: String) -> impl FnOnce(std::io::Error) -> Failure {
+    move |source| Failure::Io { what, source }
+}
 
 /// Threads for blocking storage calls (file reads and writes). Few are
 /// enough for two cores; more only multiply per-thread memory.
@@ -117,25 +158,15 @@ fn init_logging(config: &Config) {
 }
 
 /// The storage the config selects, and its description for logs.
-async fn open_driver(config: &Config) -> Result<(Arc<dyn StorageDriver>, String), String> {
-    Ok(match config.backend().map_err(|e| e.to_string())? {
+async fn open_driver(config: &Config) -> Result<(Arc<dyn StorageDriver>, String), Failure> {
+    Ok(match config.backend()? {
         Backend::Filesystem(fs) => {
             let where_ = format!("filesystem {}", fs.root_directory.display());
-            (
-                Arc::new(driver_fs::FsDriver::open(&fs).map_err(|e| e.to_string())?),
-                where_,
-            )
+            (Arc::new(driver_fs::FsDriver::open(&fs)?), where_)
         }
         Backend::S3(s3) => {
             let where_ = format!("s3 bucket {} root {:?}", s3.bucket, s3.root_directory);
-            (
-                Arc::new(
-                    driver_s3::S3Driver::new(*s3)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                ),
-                where_,
-            )
+            (Arc::new(driver_s3::S3Driver::new(*s3).await?), where_)
         }
         Backend::InMemory => (
             Arc::new(driver_memory::MemoryDriver::new()),
@@ -145,32 +176,29 @@ async fn open_driver(config: &Config) -> Result<(Arc<dyn StorageDriver>, String)
 }
 
 /// The scheduler's options from the config.
-fn scheduler_options(config: &Config) -> Result<Options, String> {
-    let (gc, lease_timeout) = config.gc().map_err(|e| e.to_string())?;
+fn scheduler_options(config: &Config) -> Result<Options, Failure> {
+    let (gc, lease_timeout) = config.gc()?;
     Ok(Options {
-        ttl: config.ttl().map_err(|e| e.to_string())?,
-        namespace_ttls: Default::default(),
-        flush_interval: SCHEDULER_FLUSH,
-        purge: config.upload_purging().map_err(|e| e.to_string())?,
+        ttl: config.ttl()?,
+        purge: config.upload_purging()?,
         lease_timeout,
         gc,
+        ..Options::default()
     })
 }
 
 /// `registry-proxy gc`: one collection over the config's storage and
 /// metadata store.
-async fn gc(config: Config, dry_run: bool) -> Result<(), String> {
+async fn gc(config: Config, dry_run: bool) -> Result<(), Failure> {
     let (driver, storage) = open_driver(&config).await?;
-    let specs = config.namespaces().map_err(|e| e.to_string())?;
+    let specs = config.namespaces()?;
     let metrics = Arc::new(registry_proxy::metrics::Metrics::default());
-    let namespaces =
-        registry_proxy::namespace::Namespaces::new(&specs, &metrics, Duration::from_secs(10));
+    let namespaces = registry_proxy::namespace::Namespaces::new(&specs, &metrics, REQUEST_TIMEOUT);
     let mut options = scheduler_options(&config)?;
     options.namespace_ttls = registry_proxy::namespace::Namespaces::ttls(&specs);
-    let coordination = config.etcd().map_err(|e| e.to_string())?;
-    let store = registry_proxy::open_store(&driver, &namespaces, &options, coordination, false)
-        .await
-        .map_err(|e| e.to_string())?;
+    let coordination = config.etcd()?;
+    let store =
+        registry_proxy::open_store(&driver, &namespaces, &options, coordination, false).await?;
     tracing::info!(storage, store = %store.describe(), dry_run, "collecting garbage");
     let scheduler = Scheduler::open_with_store(
         driver,
@@ -179,11 +207,10 @@ async fn gc(config: Config, dry_run: bool) -> Result<(), String> {
         Clock::system(),
         metrics,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let collected = scheduler.gc(dry_run).await;
     store.close().await;
-    let c = collected.map_err(|e| e.to_string())?;
+    let c = collected?;
     println!(
         "{}marked {} digests in use; removed {} blobs ({} bytes), {} links, {} tags, {} abandoned writers; mark {:?}, sweep {:?}",
         if dry_run { "dry run: " } else { "" },
@@ -199,15 +226,14 @@ async fn gc(config: Config, dry_run: bool) -> Result<(), String> {
     Ok(())
 }
 
-async fn scrub(config: Config, rate: &str, dry_run: bool) -> Result<(), String> {
-    let rate = registry_proxy::config::bytes_of(rate)
-        .ok_or_else(|| format!("--rate {rate:?}: not a size (100MiB, 1GiB, 0)"))?;
+async fn scrub(config: Config, rate: &str, dry_run: bool) -> Result<(), Failure> {
+    let rate =
+        registry_proxy::config::bytes_of(rate).ok_or_else(|| Failure::Rate(rate.to_owned()))?;
     let (driver, storage) = open_driver(&config).await?;
     tracing::info!(storage, rate, dry_run, "scrubbing");
     let metrics = registry_proxy::metrics::Metrics::default();
-    let found = registry_proxy::cache::verify::scrub(&*driver, Some(rate), dry_run, &metrics)
-        .await
-        .map_err(|e| e.to_string())?;
+    let found =
+        registry_proxy::cache::verify::scrub(&*driver, Some(rate), dry_run, &metrics).await?;
     println!(
         "{}checked {} blobs ({} bytes): {} corrupt{}, {} unreadable",
         if dry_run { "dry run: " } else { "" },
@@ -218,54 +244,45 @@ async fn scrub(config: Config, rate: &str, dry_run: bool) -> Result<(), String> 
         found.unreadable
     );
     if found.corrupt > 0 || found.unreadable > 0 {
-        return Err(format!(
-            "{} corrupt and {} unreadable blobs",
-            found.corrupt, found.unreadable
-        ));
+        return Err(Failure::Unsound {
+            corrupt: found.corrupt,
+            unreadable: found.unreadable,
+        });
     }
     Ok(())
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+async fn serve(config: Config) -> Result<(), Failure> {
     let (driver, storage) = open_driver(&config).await?;
-    let namespaces = config.namespaces().map_err(|e| e.to_string())?;
+    let namespaces = config.namespaces()?;
     // Every key is checked before any state is opened.
-    let limits = config.listener_limits().map_err(|e| e.to_string())?;
+    let limits = config.listener_limits()?;
     let spool_dir = config.spool_dir();
     // Spool files are unnamed, so a crash leaves none behind; check now
     // that the directory takes them.
     if config.proxy.spooldirectory.is_none() {
-        std::fs::create_dir_all(&spool_dir).map_err(|e| {
-            format!(
-                "cannot create the spool directory {}: {e}",
-                spool_dir.display()
-            )
-        })?;
-    }
-    tempfile::tempfile_in(&spool_dir).map_err(|e| {
-        format!(
-            "proxy.spooldirectory: cannot create spool files in {}: {e}",
+        std::fs::create_dir_all(&spool_dir).map_err(io(format!(
+            "cannot create the spool directory {}",
             spool_dir.display()
-        )
-    })?;
+        )))?;
+    }
+    tempfile::tempfile_in(&spool_dir).map_err(io(format!(
+        "proxy.spooldirectory: cannot create spool files in {}",
+        spool_dir.display()
+    )))?;
     let settings = Settings {
         spool_dir,
-        fill_timeout: config.fill_timeout().map_err(|e| e.to_string())?,
-        fill_limits: config.fill_limits().map_err(|e| e.to_string())?,
-        verify_reads: config.verify_reads().map_err(|e| e.to_string())?,
-        tag_freshness: config.tag_freshness().map_err(|e| e.to_string())?,
-        request_timeout: Duration::from_secs(10),
-        auth: config
-            .client_auth()
-            .map_err(|e| e.to_string())?
-            .map(Arc::new),
+        fill_timeout: config.fill_timeout()?,
+        fill_limits: config.fill_limits()?,
+        verify_reads: config.verify_reads()?,
+        tag_freshness: config.tag_freshness()?,
+        request_timeout: REQUEST_TIMEOUT,
+        auth: config.client_auth()?.map(Arc::new),
         scheduler: scheduler_options(&config)?,
         clock: Clock::system(),
-        coordination: config.etcd().map_err(|e| e.to_string())?,
+        coordination: config.etcd()?,
     };
-    let state = AppState::open(driver, &namespaces, settings)
-        .await
-        .map_err(|e| e.to_string())?;
+    let state = AppState::open(driver, &namespaces, settings).await?;
     let loaded = state.scheduler.loaded();
     tracing::info!(
         entries = loaded.entries,
@@ -284,14 +301,14 @@ async fn serve(config: Config) -> Result<(), String> {
         );
     }
     let scheduler = Arc::clone(&state.scheduler);
-    let addr = config.listen_addr().map_err(|e| e.to_string())?;
+    let addr = config.listen_addr()?;
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    if let Some(debug_addr) = config.debug_addr().map_err(|e| e.to_string())? {
+        .map_err(io(format!("cannot listen on {addr}")))?;
+    if let Some(debug_addr) = config.debug_addr()? {
         let debug_listener = TcpListener::bind(debug_addr)
             .await
-            .map_err(|e| format!("cannot listen on {debug_addr}: {e}"))?;
+            .map_err(io(format!("cannot listen on {debug_addr}")))?;
         let router = debug_app(state.clone());
         tokio::spawn(async move { axum::serve(debug_listener, router).await });
         tracing::info!(%debug_addr, "debug listener");

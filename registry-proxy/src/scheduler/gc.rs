@@ -39,11 +39,12 @@ pub struct GcOptions {
 }
 
 impl Default for GcOptions {
-    /// No scheduled collection; ten minutes' grace.
+    /// The configuration's defaults (`gc.interval: 1h`, `gc.afterexpiry:
+    /// true`, `gc.grace: 10m`), defined here only.
     fn default() -> Self {
         Self {
-            interval: None,
-            after_expiry: false,
+            interval: Some(Duration::from_secs(3600)),
+            after_expiry: true,
             grace: Duration::from_secs(600),
         }
     }
@@ -233,7 +234,7 @@ impl Scheduler {
         if self.gc.interval.is_none() && !self.gc.after_expiry {
             return;
         }
-        let mut stopped = self.stop.subscribe();
+        let mut stopped = self.stopped();
         // Without a schedule (or with a huge one), a deadline far enough
         // to never come, and never past what an instant holds.
         let interval = self
@@ -243,12 +244,16 @@ impl Scheduler {
             .min(Duration::from_secs(1 << 30));
         let mut next = tokio::time::Instant::now() + interval;
         while self.lead(&mut stopped).await {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next) => {
-                    next = tokio::time::Instant::now() + interval;
+            let woke = stopped.until(async {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {
+                        next = tokio::time::Instant::now() + interval;
+                    }
+                    _ = self.expired.notified(), if self.gc.after_expiry => {}
                 }
-                _ = self.expired.notified(), if self.gc.after_expiry => {}
-                _ = stopped.wait_for(|s| *s) => return,
+            });
+            if woke.await.is_none() {
+                return;
             }
             if !*self.store.leader().borrow() {
                 continue;

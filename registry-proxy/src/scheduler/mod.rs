@@ -88,8 +88,10 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// A week's TTL, flushes every second, no purge, ten-minute leases, no
-    /// scheduled collection.
+    /// The configuration's defaults, defined here only: a week's TTL
+    /// (`proxy.ttl`), ten-minute leases (`gc.leasetimeout`), collection as
+    /// [`GcOptions::default`]; flushes every second, and no purge (the
+    /// configuration turns it on with [`Purge::default`]).
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(168 * 3600),
@@ -110,6 +112,16 @@ pub struct Purge {
     pub age: Duration,
     /// How often to look for them (and once at start).
     pub interval: Duration,
+}
+
+impl Default for Purge {
+    /// Distribution's defaults: writers idle for an hour, looked for hourly.
+    fn default() -> Self {
+        Self {
+            age: Duration::from_secs(3600),
+            interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// What [`Scheduler::touch`] found.
@@ -263,6 +275,19 @@ impl Tracker {
     }
 }
 
+/// A background loop's view of [`Scheduler::shutdown`].
+struct Stopped(watch::Receiver<bool>);
+
+impl Stopped {
+    /// `work`'s output, or `None` once the scheduler stops first.
+    async fn until<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            done = work => Some(done),
+            _ = self.0.wait_for(|s| *s) => None,
+        }
+    }
+}
+
 fn secs(d: Duration) -> Secs {
     Secs::try_from(d.as_secs()).unwrap_or(Secs::MAX)
 }
@@ -400,13 +425,11 @@ impl Scheduler {
 
     /// Applies other replicas' changes to the table until the stream ends.
     async fn apply_changes(&self, mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>) {
-        let mut stopped = self.stop.subscribe();
+        let mut stopped = self.stopped();
         loop {
-            let change = tokio::select! {
-                c = changes.recv() => c,
-                _ = stopped.wait_for(|s| *s) => None,
+            let Some(Some(change)) = stopped.until(changes.recv()).await else {
+                return;
             };
-            let Some(change) = change else { return };
             let mut inner = lock(&self.inner);
             match change {
                 Change::Upsert(e) => {
@@ -428,25 +451,27 @@ impl Scheduler {
 
     /// Keeps the leadership metric current.
     async fn report_leadership(&self) {
-        let mut stopped = self.stop.subscribe();
+        let mut stopped = self.stopped();
         let mut leader = self.store.leader();
         loop {
             let leads = *leader.borrow_and_update();
             self.metrics.leading(leads);
-            tokio::select! {
-                changed = leader.changed() => if changed.is_err() { return },
-                _ = stopped.wait_for(|s| *s) => return,
-            }
+            let Some(Ok(())) = stopped.until(leader.changed()).await else {
+                return;
+            };
         }
     }
 
     /// Waits until this replica leads (or the scheduler stops: `false`).
-    async fn lead(&self, stopped: &mut watch::Receiver<bool>) -> bool {
+    async fn lead(&self, stopped: &mut Stopped) -> bool {
         let mut leader = self.store.leader();
-        tokio::select! {
-            led = leader.wait_for(|l| *l) => led.is_ok(),
-            _ = stopped.wait_for(|s| *s) => false,
-        }
+        let led = stopped.until(leader.wait_for(|l| *l)).await;
+        led.is_some_and(|led| led.is_ok())
+    }
+
+    /// A watch on [`Self::shutdown`], for the background loops.
+    fn stopped(&self) -> Stopped {
+        Stopped(self.stop.subscribe())
     }
 
     /// Removes the writers idle for longer than the purge age: what fills
@@ -477,12 +502,8 @@ impl Scheduler {
     }
 
     async fn purge_loop(&self, interval: Duration) {
-        let mut stopped = self.stop.subscribe();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = stopped.wait_for(|s| *s) => return,
-            }
+        let mut stopped = self.stopped();
+        while stopped.until(tokio::time::sleep(interval)).await.is_some() {
             self.purge_writers().await;
         }
     }
@@ -685,14 +706,10 @@ impl Scheduler {
     }
 
     async fn flush_loop(&self) {
-        let mut stopped = self.stop.subscribe();
+        let mut stopped = self.stopped();
         let mut tick = tokio::time::interval(self.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stopped.wait_for(|s| *s) => return,
-            }
+        while stopped.until(tick.tick()).await.is_some() {
             if let Err(e) = self.flush().await {
                 tracing::warn!(error = %e, "could not write the scheduler state; retrying");
             }
@@ -700,7 +717,7 @@ impl Scheduler {
     }
 
     async fn expiry_loop(&self) {
-        let mut stopped = self.stop.subscribe();
+        let mut stopped = self.stopped();
         while self.lead(&mut stopped).await {
             let next = lock(&self.inner).table.next_due();
             let wake = match next {
@@ -716,11 +733,17 @@ impl Scheduler {
             let mut leader = self.store.leader();
             // Wake early now and then: other replicas add entries.
             let check = self.flush_interval.max(Duration::from_secs(1)) * 10;
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => {}
-                _ = tokio::time::sleep(check), if self.store.shared() => continue,
-                _ = leader.wait_for(|l| !*l) => continue,
-                _ = stopped.wait_for(|s| *s) => return,
+            let due = stopped.until(async {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => true,
+                    _ = tokio::time::sleep(check), if self.store.shared() => false,
+                    _ = leader.wait_for(|l| !*l) => false,
+                }
+            });
+            match due.await {
+                None => return,
+                Some(false) => continue,
+                Some(true) => {}
             }
             if self.expire_due().await.entries > 0 {
                 self.expired.notify_one();
