@@ -19,10 +19,7 @@
 //!
 //! Run with `scripts/bench-cluster.sh`.
 
-// Shared with the test binaries; the benchmark uses a part.
-#[allow(dead_code)]
-#[path = "../tests/support/mod.rs"]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::path::Path;
 use std::process::Command;

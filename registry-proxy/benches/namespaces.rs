@@ -7,10 +7,7 @@
 //! proxies run on CPU 0 and wrk on CPU 1.
 //! Run with `scripts/bench-namespaces.sh`.
 
-// Shared with the test binaries; the benchmark uses a part.
-#[allow(dead_code)]
-#[path = "../tests/support/mod.rs"]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::path::Path;
 

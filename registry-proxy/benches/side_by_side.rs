@@ -19,10 +19,7 @@
 //! `BENCH_STORAGE` replaces registry-proxy's `storage` block (YAML, indented
 //! two spaces), e.g. to measure it on S3.
 
-// Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-#[path = "../tests/support/mod.rs"]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::process::Command;
 use std::time::Instant;

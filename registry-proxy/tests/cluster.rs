@@ -8,8 +8,7 @@
 //! or the S3 variables, unless `REQUIRE_E2E=1` / `REQUIRE_S3=1`.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -8,8 +8,7 @@
 //! the S3 variables unless skipped the same way (`REQUIRE_S3=1` in CI).
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -7,8 +7,7 @@
 //! without etcd unless `REQUIRE_E2E=1`.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,11 +65,7 @@ async fn start_upstream(blob: Bytes) -> (Arc<Upstream>, String) {
             response
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let base = support::fakes::serve(router).await;
     (upstream, base)
 }
 
@@ -191,12 +186,8 @@ async fn an_isolated_fill_finding_the_blob_stored_elsewhere_proves_access_first(
     let digest = Digest::of(&blob);
     let (upstream, base) = start_upstream(blob.clone()).await;
     // An upstream that has nothing.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let empty = format!("http://{}", listener.local_addr().expect("addr"));
     let router = axum::Router::new().fallback(|| async { StatusCode::NOT_FOUND });
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let empty = support::fakes::serve(router).await;
     let mut namespaces = single(&base);
     namespaces.push(NamespaceSpec {
         name: "iso.test".to_owned(),

@@ -4,8 +4,7 @@
 //! socket, a gauge falling), never for a length of time.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::time::Duration;
 

@@ -7,8 +7,7 @@
 //! reason printed, without it unless `REQUIRE_E2E=1`).
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

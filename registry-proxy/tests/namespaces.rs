@@ -7,8 +7,7 @@
 //! `skopeo` is missing, unless `REQUIRE_E2E=1` (set by CI).
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::path::Path;
 

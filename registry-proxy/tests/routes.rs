@@ -3,8 +3,7 @@
 //! bytes, short bodies, stalls, error statuses, and each auth scheme.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -396,12 +395,8 @@ async fn start_fake(auth: Auth) -> (Arc<Fake>, String) {
         .route("/cdn/{digest}", get(cdn))
         .route("/v2/{*rest}", any(serve))
         .with_state(Arc::clone(&fake));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let base = support::fakes::serve(router).await;
     *fake.base.lock().expect("lock") = base.clone();
-    tokio::spawn(async move { axum::serve(listener, router).await });
     (fake, base)
 }
 

@@ -9,8 +9,7 @@
 //! (`REQUIRE_S3=1` for the S3 case).
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

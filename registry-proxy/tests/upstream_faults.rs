@@ -7,8 +7,7 @@
 //! fills the blob once the upstream behaves again.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
-#[allow(dead_code)]
-mod support;
+use registry_proxy_testkit as support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

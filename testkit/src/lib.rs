@@ -1,0 +1,18 @@
+//! What registry-proxy's tests and benchmarks share, by concern: real
+//! servers as processes ([`processes`]), images pushed and pulled
+//! ([`images`], [`skopeo`]), a proxy in this process ([`in_process`]),
+//! tiny upstream fakes ([`fakes`]), and load and measurement ([`load`]).
+//! A crate of its own, so that each test uses what it needs without
+//! compiling (and silencing) the rest.
+
+pub mod fakes;
+pub mod images;
+pub mod in_process;
+pub mod load;
+pub mod processes;
+pub mod skopeo;
+
+pub use images::*;
+pub use in_process::*;
+pub use load::*;
+pub use processes::*;
