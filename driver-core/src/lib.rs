@@ -34,7 +34,7 @@ pub use driver::{
     StorageDriver, WalkControl, WalkFn, WalkOptions,
 };
 pub use error::{BoxError, Error, ErrorKind, Result};
-pub use path::{MAX_PATH_LEN, MAX_SEGMENT_LEN, PathError, StoragePath};
+pub use path::{MAX_PATH_LEN, MAX_SEGMENT_LEN, PathError, Segment, StoragePath};
 pub use secret::Secret;
 pub use walk::{FlatWalk, walk_key};
 

@@ -1,5 +1,6 @@
 //! [`StoragePath`]: a driver path validated once, at the boundary.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,8 +24,11 @@ pub struct PathError {
 ///
 /// The grammar is distribution's, `^(/[A-Za-z0-9._-]+)+$`, with two
 /// restrictions that keep every backend safe: no segment is `.` or `..`, and
-/// segments and whole paths have length limits ([`MAX_SEGMENT_LEN`],
-/// [`MAX_PATH_LEN`]). The root, `/`, is also a `StoragePath`; only
+/// text parsed into segments and paths has length limits ([`MAX_SEGMENT_LEN`],
+/// [`MAX_PATH_LEN`]). A path built from [`Segment`]s ([`StoragePath::child`],
+/// [`StoragePath::descend`]) needs no parse: its grammar holds by
+/// construction, and its length is what its builder makes it (a backend
+/// refuses a name too long for it with an error). The root, `/`, is also a `StoragePath`; only
 /// [`list`](crate::StorageDriver::list), [`stat`](crate::StorageDriver::stat)
 /// and [`walk`](crate::StorageDriver::walk) accept it.
 ///
@@ -82,6 +86,34 @@ impl StoragePath {
         }
     }
 
+    /// This path with `segment` appended: `/a` and `b` make `/a/b`.
+    pub fn child(&self, segment: &Segment) -> Self {
+        self.descend([segment])
+    }
+
+    /// This path with `segments` appended in order.
+    pub fn descend<'a>(&self, segments: impl IntoIterator<Item = &'a Segment>) -> Self {
+        let mut path = if self.is_root() {
+            String::new()
+        } else {
+            self.0.to_string()
+        };
+        for segment in segments {
+            path.push('/');
+            path.push_str(segment.as_str());
+        }
+        if path.is_empty() {
+            return self.clone();
+        }
+        Self(Arc::from(path))
+    }
+
+    /// The last segment; `None` for the root.
+    pub fn last_segment(&self) -> Option<Segment> {
+        self.file_name()
+            .map(|name| Segment(Cow::Owned(name.to_owned())))
+    }
+
     /// The directory holding this path; `None` for the root.
     pub fn parent(&self) -> Option<Self> {
         if self.is_root() {
@@ -125,6 +157,85 @@ impl StoragePath {
             format!("{}/", self.0)
         }
     }
+}
+
+/// One validated path segment, `[A-Za-z0-9._-]+` and not `.` or `..`: what
+/// a [`StoragePath`] is made of. Paths built from segments cannot fail, so
+/// code that builds paths from parts it validated (names, digests,
+/// constants) never needs a fallback.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Segment(Cow<'static, str>);
+
+impl Segment {
+    /// Parses and validates one segment (at most [`MAX_SEGMENT_LEN`] bytes).
+    pub fn parse(s: &str) -> Result<Self, PathError> {
+        check_segment(s).map_err(|reason| PathError {
+            path: s.to_owned(),
+            reason,
+        })?;
+        Ok(Self(Cow::Owned(s.to_owned())))
+    }
+
+    /// A segment from a literal, checked when the program is compiled:
+    /// `const DATA: Segment = Segment::from_static("data");` does not
+    /// compile if the literal is not a segment.
+    pub const fn from_static(s: &'static str) -> Self {
+        assert!(is_segment(s.as_bytes()), "not a storage path segment");
+        Self(Cow::Borrowed(s))
+    }
+
+    /// `bytes` in lowercase hex (two characters a byte).
+    pub fn hex(bytes: &[u8]) -> Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let text = bytes
+            .iter()
+            .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+            .map(char::from)
+            .collect();
+        Self(Cow::Owned(text))
+    }
+
+    /// `self-other`: two segments joined by a dash are one segment.
+    pub fn dashed(&self, other: &Segment) -> Self {
+        Self(Cow::Owned(format!("{}-{}", self.0, other.0)))
+    }
+
+    /// The segment as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// The grammar of a segment, without its length limit (`const`, for
+/// [`Segment::from_static`]).
+const fn is_segment(s: &[u8]) -> bool {
+    if s.is_empty()
+        || (s.len() == 1 && s[0] == b'.')
+        || (s.len() == 2 && s[0] == b'.' && s[1] == b'.')
+    {
+        return false;
+    }
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        if !(b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 fn check_segment(segment: &str) -> Result<(), &'static str> {
@@ -174,6 +285,25 @@ impl AsRef<str> for StoragePath {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Built paths are what parsing their text gives; a static segment is
+    /// checked when compiled; hex spells bytes.
+    #[test]
+    fn paths_built_from_segments_are_the_parsed_ones() {
+        const A: Segment = Segment::from_static("a");
+        let b = Segment::parse("b.c_d-e").expect("segment");
+        let built = StoragePath::root()
+            .descend([&A, &b])
+            .child(&Segment::hex(&[0, 0xab]));
+        assert_eq!(built, StoragePath::parse("/a/b.c_d-e/00ab").expect("path"));
+        assert_eq!(StoragePath::root().descend([]), StoragePath::root());
+        assert_eq!(A.dashed(&b).as_str(), "a-b.c_d-e");
+        assert_eq!(built.last_segment().expect("last").as_str(), "00ab");
+        for bad in ["", ".", "..", "a/b", "a b", "\u{e9}"] {
+            assert!(Segment::parse(bad).is_err(), "{bad:?}");
+            assert!(!is_segment(bad.as_bytes()), "{bad:?}");
+        }
+    }
 
     #[test]
     fn accepts_distribution_valid_paths() {

@@ -19,6 +19,6 @@ fuzz_target!(|input: &str| {
     if let Ok(digest) = Digest::parse(input) {
         assert_eq!(digest.to_string(), input);
         assert_eq!(digest.hex().len(), 64);
-        assert_eq!(Digest::from_raw(&digest.raw()), digest);
+        assert_eq!(Digest::from_raw(*digest.as_bytes()), digest);
     }
 });

@@ -18,7 +18,7 @@ use crate::metadata::embedded::Embedded;
 use crate::metadata::etcd::{Etcd, EtcdOptions};
 use crate::metered::Metered;
 use crate::metrics::Metrics;
-use crate::namespace::{NamespaceSpec, Namespaces};
+use crate::namespace::{InvalidNamespace, NamespaceSpec, Namespaces};
 use crate::scheduler::{Clock, LoadError, Options, Scheduler, Tracker};
 
 /// Everything a request handler needs; cheap to clone.
@@ -42,6 +42,17 @@ pub struct AppState {
     pub auth: Option<Arc<Htpasswd>>,
 }
 
+/// Why the application state could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A namespace cannot be stored.
+    #[error(transparent)]
+    Namespace(#[from] InvalidNamespace),
+    /// The scheduler's state could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
 /// The metadata store: etcd when `coordination` names one (campaigning
 /// for leadership if a `candidate`), else the embedded store in `driver`.
 pub async fn open_store(
@@ -57,7 +68,7 @@ pub async fn open_store(
         Some(etcd) => {
             let dirs: Vec<Option<String>> = namespaces
                 .iter()
-                .map(|ns| ns.dir().map(str::to_owned))
+                .map(|ns| ns.dir().map(|dir| dir.as_str().to_owned()))
                 .collect();
             Etcd::connect(etcd, &dirs, Arc::clone(driver), ttl, candidate).await?
         }
@@ -98,7 +109,7 @@ impl AppState {
         driver: Arc<dyn StorageDriver>,
         namespaces: &[NamespaceSpec],
         settings: Settings,
-    ) -> Result<Self, LoadError> {
+    ) -> Result<Self, OpenError> {
         let metrics = Arc::new(Metrics::default());
         let driver: Arc<dyn StorageDriver> = Arc::new(Metered::new(driver, Arc::clone(&metrics)));
         let mut options = settings.scheduler;
@@ -107,7 +118,7 @@ impl AppState {
             namespaces,
             &metrics,
             settings.request_timeout,
-        ));
+        )?);
         let store = open_store(&driver, &namespaces, &options, settings.coordination, true).await?;
         let scheduler = Scheduler::open_with_store(
             Arc::clone(&driver),

@@ -2,60 +2,104 @@
 //! that registry:2 and registry-proxy can read each other's content.
 
 use bytes::Bytes;
-use driver_core::StoragePath;
+use driver_core::{Segment, StoragePath};
 
 use crate::oci::{Digest, Kind, RepoName};
-
-const ROOT: &str = "/docker/registry/v2";
 
 /// The directory under `repositories/` holding the namespaces that are not
 /// registry:2's: `_` starts no repository name, so it never collides.
 const NAMESPACES: &str = "_namespaces";
 
+static DOCKER: Segment = Segment::from_static("docker");
+static REGISTRY: Segment = Segment::from_static("registry");
+static V2: Segment = Segment::from_static("v2");
+static BLOBS: Segment = Segment::from_static("blobs");
+static SHA256: Segment = Segment::from_static("sha256");
+static DATA: Segment = Segment::from_static("data");
+static PRIVATE: Segment = Segment::from_static("private");
+static REPOSITORIES: Segment = Segment::from_static("repositories");
+static NAMESPACES_DIR: Segment = Segment::from_static(NAMESPACES);
+static LAYERS: Segment = Segment::from_static("_layers");
+static MANIFESTS: Segment = Segment::from_static("_manifests");
+static REVISIONS: Segment = Segment::from_static("revisions");
+static TAGS: Segment = Segment::from_static("tags");
+static CURRENT: Segment = Segment::from_static("current");
+static INDEX: Segment = Segment::from_static("index");
+static LINK: Segment = Segment::from_static("link");
+
+/// `/docker/registry/v2`, followed by `rest`. Every path here is built from
+/// segments (constants, and the segments of validated names, tags and
+/// digests), so none can fail to build or fall back to anything.
+fn under_root<'a>(rest: impl IntoIterator<Item = &'a Segment>) -> StoragePath {
+    StoragePath::root().descend([&DOCKER, &REGISTRY, &V2].into_iter().chain(rest))
+}
+
 /// A repository as stored: its name, under its namespace's directory unless
 /// it belongs to the namespace registry:2 would see (`repositories/<name>`).
 /// Different namespaces' repositories of one name are different keys.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RepoKey(String);
+pub struct RepoKey {
+    text: String,
+    /// The key's segments below `repositories/`.
+    segments: Vec<Segment>,
+}
 
 impl RepoKey {
     /// `name` in the namespace stored under `dir` (`None`: registry:2's).
-    pub fn new(dir: Option<&str>, name: &RepoName) -> Self {
+    pub fn new(dir: Option<&Segment>, name: &RepoName) -> Self {
         match dir {
-            None => Self(name.as_str().to_owned()),
-            Some(dir) => Self(format!("{NAMESPACES}/{dir}/{name}")),
+            None => Self {
+                text: name.as_str().to_owned(),
+                segments: name.segments().to_vec(),
+            },
+            Some(dir) => Self {
+                text: format!("{NAMESPACES}/{dir}/{name}"),
+                segments: [NAMESPACES_DIR.clone(), dir.clone()]
+                    .into_iter()
+                    .chain(name.segments().iter().cloned())
+                    .collect(),
+            },
         }
     }
 
     /// Parses a key [`Self::as_str`] gave (the scheduler's journal).
     pub fn parse(s: &str) -> Option<Self> {
-        let name = match s.strip_prefix(NAMESPACES).and_then(|r| r.strip_prefix('/')) {
+        match s.strip_prefix(NAMESPACES).and_then(|r| r.strip_prefix('/')) {
             Some(rest) => {
                 let (dir, name) = rest.split_once('/')?;
                 if !is_namespace_dir(dir) {
                     return None;
                 }
-                name
+                let dir = Segment::parse(dir).ok()?;
+                Some(Self::new(Some(&dir), &RepoName::parse(name).ok()?))
             }
-            None => s,
-        };
-        RepoName::parse(name).ok().map(|_| Self(s.to_owned()))
+            None => Some(Self::new(None, &RepoName::parse(s).ok()?)),
+        }
     }
 
     /// The namespace's directory, `None` for registry:2's namespace.
     pub fn namespace_dir(&self) -> Option<&str> {
-        namespace_dir_of(&self.0)
+        namespace_dir_of(&self.text)
     }
 
     /// The key as stored.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// `repositories/<key>`, followed by `rest`.
+    fn dir<'a>(&'a self, rest: impl IntoIterator<Item = &'a Segment>) -> StoragePath {
+        under_root(
+            std::iter::once(&REPOSITORIES)
+                .chain(&self.segments)
+                .chain(rest),
+        )
     }
 }
 
 impl std::fmt::Display for RepoKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -68,23 +112,12 @@ pub fn namespace_dir_of(key: &str) -> Option<&str> {
 /// Whether `dir` is a namespace directory: a storage path component
 /// (`[A-Za-z0-9._-]+`, not `.` or `..`).
 pub fn is_namespace_dir(dir: &str) -> bool {
-    !dir.is_empty()
-        && dir != "."
-        && dir != ".."
-        && dir
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-fn path(s: String) -> StoragePath {
-    // Names, tags and digests are validated before they reach the layout,
-    // and their grammars are subsets of the storage path grammar.
-    StoragePath::parse(&s).unwrap_or_else(|_| StoragePath::root())
+    Segment::parse(dir).is_ok()
 }
 
 /// `blobs/sha256/<2 hex>/<hex>/data`: the bytes of a blob or manifest.
 pub fn blob_data(digest: &Digest) -> StoragePath {
-    path(format!("{}/data", blob_dir(digest).as_str()))
+    blob_dir(digest).child(&DATA)
 }
 
 /// `blobs/sha256/<2 hex>/<hex>/private`: present when the blob came in
@@ -92,7 +125,7 @@ pub fn blob_data(digest: &Digest) -> StoragePath {
 /// that other namespaces prove access before they are served it. Our own
 /// file, next to registry:2's `data`.
 pub fn blob_private_marker(digest: &Digest) -> StoragePath {
-    path(format!("{}/private", blob_dir(digest).as_str()))
+    blob_dir(digest).child(&PRIVATE)
 }
 
 /// The digest whose data `path` is (`blobs/sha256/<2 hex>/<hex>/data`).
@@ -106,7 +139,7 @@ pub fn blob_digest(path: &StoragePath) -> Option<Digest> {
 
 /// `blobs`: every blob's directory is beneath it.
 pub fn blobs_root() -> StoragePath {
-    path(format!("{ROOT}/blobs"))
+    under_root([&BLOBS])
 }
 
 /// `repositories`: every namespace's repositories are beneath it.
@@ -116,21 +149,22 @@ pub fn repositories_root() -> StoragePath {
 
 /// `blobs/sha256/<2 hex>/<hex>`: the directory holding a blob's data.
 pub fn blob_dir(digest: &Digest) -> StoragePath {
-    let hex = digest.hex();
-    path(format!("{ROOT}/blobs/sha256/{}/{hex}", &hex[..2]))
+    under_root([
+        &BLOBS,
+        &SHA256,
+        &digest.prefix_segment(),
+        &digest.hex_segment(),
+    ])
 }
 
 /// `repositories/<name>/_layers/sha256/<hex>`: the directory of a layer link.
 pub fn layer_dir(repo: &RepoKey, digest: &Digest) -> StoragePath {
-    path(format!(
-        "{ROOT}/repositories/{repo}/_layers/sha256/{}",
-        digest.hex()
-    ))
+    repo.dir([&LAYERS, &SHA256, &digest.hex_segment()])
 }
 
 /// `repositories/<name>/_layers/sha256/<hex>/link`: the blob is in the repository.
 pub fn layer_link(repo: &RepoKey, digest: &Digest) -> StoragePath {
-    path(format!("{}/link", layer_dir(repo, digest).as_str()))
+    layer_dir(repo, digest).child(&LINK)
 }
 
 /// The link of `digest` as `kind` in `repo`: its layer link for a blob,
@@ -145,64 +179,59 @@ pub fn link(repo: &RepoKey, digest: &Digest, kind: Kind) -> StoragePath {
 /// `repositories/<name>/_manifests/revisions/sha256/<hex>`: the directory
 /// of a revision link.
 pub fn revision_dir(repo: &RepoKey, digest: &Digest) -> StoragePath {
-    path(format!(
-        "{ROOT}/repositories/{repo}/_manifests/revisions/sha256/{}",
-        digest.hex()
-    ))
+    repo.dir([&MANIFESTS, &REVISIONS, &SHA256, &digest.hex_segment()])
 }
 
 /// `repositories/<name>/_manifests/revisions/sha256/<hex>/link`.
 pub fn revision_link(repo: &RepoKey, digest: &Digest) -> StoragePath {
-    path(format!("{}/link", revision_dir(repo, digest).as_str()))
+    revision_dir(repo, digest).child(&LINK)
 }
 
 /// `repositories/<name>/_manifests/revisions/sha256`: one directory per
 /// manifest of the repository.
 pub fn revisions_dir(repo: &RepoKey) -> StoragePath {
-    path(format!(
-        "{ROOT}/repositories/{repo}/_manifests/revisions/sha256"
-    ))
+    repo.dir([&MANIFESTS, &REVISIONS, &SHA256])
 }
 
 /// `repositories/<name>/_manifests/tags`: one directory per tag.
 pub fn tags_dir(repo: &RepoKey) -> StoragePath {
-    path(format!("{ROOT}/repositories/{repo}/_manifests/tags"))
+    repo.dir([&MANIFESTS, &TAGS])
 }
 
 /// `…/tags/<tag>`: everything about one tag.
-pub fn tag_dir(repo: &RepoKey, tag: &str) -> StoragePath {
-    path(format!("{ROOT}/repositories/{repo}/_manifests/tags/{tag}"))
+pub fn tag_dir(repo: &RepoKey, tag: &Segment) -> StoragePath {
+    repo.dir([&MANIFESTS, &TAGS, tag])
 }
 
 /// `…/tags/<tag>/current/link`: the digest the tag points to.
-pub fn tag_current_link(repo: &RepoKey, tag: &str) -> StoragePath {
-    path(format!("{}/current/link", tag_dir(repo, tag).as_str()))
+pub fn tag_current_link(repo: &RepoKey, tag: &Segment) -> StoragePath {
+    repo.dir([&MANIFESTS, &TAGS, tag, &CURRENT, &LINK])
 }
 
 /// `…/tags/<tag>/index/sha256/<hex>`: the directory of a digest the tag
 /// pointed to.
-pub fn tag_index_dir(repo: &RepoKey, tag: &str, digest: &Digest) -> StoragePath {
-    path(format!(
-        "{}/index/sha256/{}",
-        tag_dir(repo, tag).as_str(),
-        digest.hex()
-    ))
+pub fn tag_index_dir(repo: &RepoKey, tag: &Segment, digest: &Digest) -> StoragePath {
+    repo.dir([
+        &MANIFESTS,
+        &TAGS,
+        tag,
+        &INDEX,
+        &SHA256,
+        &digest.hex_segment(),
+    ])
 }
 
 /// `…/tags/<tag>/index/sha256/<hex>/link`: a digest the tag pointed to.
-pub fn tag_index_link(repo: &RepoKey, tag: &str, digest: &Digest) -> StoragePath {
-    path(format!(
-        "{}/link",
-        tag_index_dir(repo, tag, digest).as_str()
-    ))
+pub fn tag_index_link(repo: &RepoKey, tag: &Segment, digest: &Digest) -> StoragePath {
+    tag_index_dir(repo, tag, digest).child(&LINK)
 }
 
 /// `repositories`, or `repositories/_namespaces/<dir>` for a namespace
 /// stored in `dir`: where its catalog is found.
-pub fn repositories(dir: Option<&str>) -> StoragePath {
+pub fn repositories(dir: Option<&Segment>) -> StoragePath {
     match dir {
-        None => path(format!("{ROOT}/repositories")),
-        Some(dir) => path(format!("{ROOT}/repositories/{NAMESPACES}/{dir}")),
+        None => under_root([&REPOSITORIES]),
+        Some(dir) => under_root([&REPOSITORIES, &NAMESPACES_DIR, dir]),
     }
 }
 
@@ -225,7 +254,7 @@ mod tests {
             format!("/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2])
         );
         assert_eq!(
-            tag_current_link(&repo, "3.20").as_str(),
+            tag_current_link(&repo, &Segment::parse("3.20").expect("tag")).as_str(),
             "/docker/registry/v2/repositories/library/alpine/_manifests/tags/3.20/current/link"
         );
         assert_eq!(
@@ -239,12 +268,12 @@ mod tests {
     fn namespaces_keep_apart() {
         let name = RepoName::parse("org/app").expect("name");
         let plain = RepoKey::new(None, &name);
-        let ghcr = RepoKey::new(Some("ghcr.io"), &name);
+        let ghcr = RepoKey::new(Some(&Segment::parse("ghcr.io").expect("dir")), &name);
         assert_ne!(plain, ghcr);
         assert_eq!(plain.namespace_dir(), None);
         assert_eq!(ghcr.namespace_dir(), Some("ghcr.io"));
         assert_eq!(
-            tag_current_link(&ghcr, "v1").as_str(),
+            tag_current_link(&ghcr, &Segment::parse("v1").expect("tag")).as_str(),
             "/docker/registry/v2/repositories/_namespaces/ghcr.io/org/app/_manifests/tags/v1/current/link"
         );
         for key in [&plain, &ghcr] {

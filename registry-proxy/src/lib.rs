@@ -29,5 +29,5 @@ pub mod scheduler;
 pub(crate) mod sync;
 pub mod upstream;
 
-pub use app::{AppState, Settings, open_store};
+pub use app::{AppState, OpenError, Settings, open_store};
 pub use routes::{app, debug_app};

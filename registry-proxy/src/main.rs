@@ -71,6 +71,12 @@ enum Failure {
     /// The scheduler's state could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The application state could not be opened.
+    #[error(transparent)]
+    Open(#[from] registry_proxy::OpenError),
+    /// A namespace cannot be stored.
+    #[error(transparent)]
+    Namespace(#[from] registry_proxy::namespace::InvalidNamespace),
     /// The metadata store failed.
     #[error("metadata: {0}")]
     Metadata(#[from] MetadataError),
@@ -193,7 +199,7 @@ async fn gc(config: Config, dry_run: bool) -> Result<(), Failure> {
     let (driver, storage) = open_driver(&config).await?;
     let specs = config.namespaces()?;
     let metrics = Arc::new(registry_proxy::metrics::Metrics::default());
-    let namespaces = registry_proxy::namespace::Namespaces::new(&specs, &metrics, REQUEST_TIMEOUT);
+    let namespaces = registry_proxy::namespace::Namespaces::new(&specs, &metrics, REQUEST_TIMEOUT)?;
     let mut options = scheduler_options(&config)?;
     options.namespace_ttls = registry_proxy::namespace::Namespaces::ttls(&specs);
     let coordination = config.etcd()?;

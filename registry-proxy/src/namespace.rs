@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use driver_core::Segment;
 use serde::Deserialize;
 
 use crate::layout::RepoKey;
@@ -113,9 +114,15 @@ pub fn valid_name(name: &str) -> bool {
 
 /// The storage directory of namespace `name` (`:` is not a storage path
 /// character; `_` is in no valid name, so the mapping is one to one).
-fn dir_of(name: &str) -> String {
-    name.replace(':', "_")
+fn dir_of(name: &str) -> Result<Segment, InvalidNamespace> {
+    Segment::parse(&name.replace(':', "_")).map_err(|_| InvalidNamespace(name.to_owned()))
 }
+
+/// A namespace name that cannot name a storage directory (the
+/// configuration admits only registry host names).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("namespace {0:?} cannot be stored: not a registry host name")]
+pub struct InvalidNamespace(pub String);
 
 /// One namespace.
 #[derive(Debug)]
@@ -123,7 +130,7 @@ pub struct Namespace {
     /// The name clients select it by.
     pub name: String,
     /// Its storage directory; `None` where registry:2 keeps repositories.
-    dir: Option<String>,
+    dir: Option<Segment>,
     /// Its upstream.
     pub upstream: Arc<Upstream>,
     /// Its content-sharing policy.
@@ -136,12 +143,12 @@ pub struct Namespace {
 impl Namespace {
     /// The storage key of its repository `name`.
     pub fn repo(&self, name: &RepoName) -> RepoKey {
-        RepoKey::new(self.dir.as_deref(), name)
+        RepoKey::new(self.dir.as_ref(), name)
     }
 
     /// Its storage directory (`None`: registry:2's place).
-    pub fn dir(&self) -> Option<&str> {
-        self.dir.as_deref()
+    pub fn dir(&self) -> Option<&Segment> {
+        self.dir.as_ref()
     }
 
     /// Whether `user` may pull through it.
@@ -177,7 +184,11 @@ impl Namespaces {
     /// The namespaces of `specs` (validated by the configuration), their
     /// upstreams connecting within `connect_timeout` and reporting into
     /// `metrics`. The default is the spec marked so, else the first.
-    pub fn new(specs: &[NamespaceSpec], metrics: &Arc<Metrics>, connect_timeout: Duration) -> Self {
+    pub fn new(
+        specs: &[NamespaceSpec],
+        metrics: &Arc<Metrics>,
+        connect_timeout: Duration,
+    ) -> Result<Self, InvalidNamespace> {
         let list = specs
             .iter()
             .map(|spec| {
@@ -187,20 +198,23 @@ impl Namespaces {
                     connect_timeout,
                 )
                 .with_metrics(Arc::clone(metrics));
-                Arc::new(Namespace {
+                Ok(Arc::new(Namespace {
                     name: spec.name.clone(),
-                    dir: (!spec.registry2_dir).then(|| dir_of(&spec.name)),
+                    dir: match spec.registry2_dir {
+                        true => None,
+                        false => Some(dir_of(&spec.name)?),
+                    },
                     upstream: Arc::new(upstream),
                     sharing: spec.sharing,
                     users: spec.users.as_ref().map(|u| u.iter().cloned().collect()),
                     metrics: metrics.namespace(&spec.name),
-                })
+                }))
             })
-            .collect();
-        Self {
+            .collect::<Result<_, InvalidNamespace>>()?;
+        Ok(Self {
             list,
             default: specs.iter().position(|s| s.default).unwrap_or(0),
-        }
+        })
     }
 
     /// The lifetimes of the namespaces stored in directories of their own
@@ -209,7 +223,7 @@ impl Namespaces {
         specs
             .iter()
             .filter(|s| !s.registry2_dir)
-            .filter_map(|s| s.ttl.map(|ttl| (dir_of(&s.name), ttl)))
+            .filter_map(|s| Some((dir_of(&s.name).ok()?.as_str().to_owned(), s.ttl?)))
             .collect()
     }
 
@@ -310,7 +324,8 @@ mod tests {
             &[spec("docker.io", true), spec("localhost:5000", false)],
             &metrics,
             Duration::from_secs(1),
-        );
+        )
+        .expect("namespaces");
         let route = |ns, rest| {
             all.route(ns, rest)
                 .map(|(n, r)| (n.name.clone(), r.to_owned()))

@@ -2,9 +2,11 @@
 //! media types, and the error type rendered as the OCI JSON error body.
 
 use std::fmt;
+use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use driver_core::Segment;
 use sha2::{Digest as _, Sha256};
 
 /// The longest repository name accepted.
@@ -25,28 +27,79 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 /// Every manifest type this proxy asks upstream for.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
-/// A validated repository name such as `library/alpine`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RepoName(String);
+/// A validated repository name such as `library/alpine`. Its components
+/// are storage path segments too (the name grammar is a subset of theirs),
+/// so the paths of its content are built without another check.
+#[derive(Clone)]
+pub struct RepoName {
+    name: String,
+    segments: Arc<[Segment]>,
+}
 
 impl RepoName {
     /// Parses `s`: `/`-separated components of `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`,
     /// at most [`MAX_NAME_LEN`] bytes.
     pub fn parse(s: &str) -> Result<Self, OciError> {
-        let valid = !s.is_empty() && s.len() <= MAX_NAME_LEN && s.split('/').all(valid_component);
-        if valid {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(OciError::new(
+        let invalid = || {
+            OciError::new(
                 ErrorCode::NameInvalid,
                 format!("invalid repository name {s:?}"),
-            ))
+            )
+        };
+        if s.is_empty() || s.len() > MAX_NAME_LEN || !s.split('/').all(valid_component) {
+            return Err(invalid());
         }
+        let segments = s
+            .split('/')
+            .map(Segment::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| invalid())?;
+        Ok(Self {
+            name: s.to_owned(),
+            segments,
+        })
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.name
+    }
+
+    /// Its components, as storage path segments.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+}
+
+impl PartialEq for RepoName {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for RepoName {}
+
+impl std::hash::Hash for RepoName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl PartialOrd for RepoName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for RepoName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name.cmp(&other.name)
+    }
+}
+
+impl fmt::Debug for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.name, f)
     }
 }
 
@@ -78,7 +131,7 @@ fn valid_component(c: &str) -> bool {
 
 impl fmt::Display for RepoName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.name)
     }
 }
 
@@ -126,6 +179,17 @@ impl Digest {
     /// The hex part: 64 lowercase hex digits.
     pub fn hex(&self) -> String {
         hex::encode(self.0)
+    }
+
+    /// The hex part as a storage path segment.
+    pub fn hex_segment(&self) -> Segment {
+        Segment::hex(&self.0)
+    }
+
+    /// The first two hex digits as a storage path segment (distribution
+    /// spreads blobs over 256 directories by them).
+    pub fn prefix_segment(&self) -> Segment {
+        Segment::hex(&self.0[..1])
     }
 
     /// The 32 bytes the hex part spells.
@@ -187,11 +251,49 @@ impl Kind {
     }
 }
 
+/// A tag, `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`: a storage path segment too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tag(Segment);
+
+impl Tag {
+    /// Parses a tag.
+    pub fn parse(s: &str) -> Result<Self, OciError> {
+        let bytes = s.as_bytes();
+        let first_ok = bytes
+            .first()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+        let rest_ok = bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        let invalid = || OciError::new(ErrorCode::ManifestInvalid, format!("invalid tag {s:?}"));
+        if !(first_ok && rest_ok && s.len() <= 128) {
+            return Err(invalid());
+        }
+        Segment::parse(s).map(Self).map_err(|_| invalid())
+    }
+
+    /// The tag.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The tag as a storage path segment.
+    pub fn segment(&self) -> &Segment {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A manifest reference: a tag or a digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reference {
-    /// `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
-    Tag(String),
+    /// A tag.
+    Tag(Tag),
     /// A digest.
     Digest(Digest),
 }
@@ -202,28 +304,14 @@ impl Reference {
         if s.contains(':') {
             return Digest::parse(s).map(Self::Digest);
         }
-        let bytes = s.as_bytes();
-        let first_ok = bytes
-            .first()
-            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
-        let rest_ok = bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if first_ok && rest_ok && s.len() <= 128 {
-            Ok(Self::Tag(s.to_owned()))
-        } else {
-            Err(OciError::new(
-                ErrorCode::ManifestInvalid,
-                format!("invalid tag {s:?}"),
-            ))
-        }
+        Tag::parse(s).map(Self::Tag)
     }
 }
 
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Tag(t) => f.write_str(t),
+            Self::Tag(t) => t.fmt(f),
             Self::Digest(d) => d.fmt(f),
         }
     }
@@ -455,7 +543,7 @@ mod tests {
     fn references() {
         assert_eq!(
             Reference::parse("latest").expect("tag"),
-            Reference::Tag("latest".into())
+            Reference::Tag(Tag::parse("latest").expect("tag"))
         );
         assert!(Reference::parse(".hidden").is_err());
         assert!(Reference::parse(&"t".repeat(129)).is_err());

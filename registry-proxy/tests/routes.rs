@@ -1105,7 +1105,7 @@ async fn expiry_keeps_what_a_live_manifest_uses_then_frees_it_and_refills() {
         layout::blob_data(&manifest_digest),
         layout::tag_current_link(
             &layout::RepoKey::new(None, &RepoName::parse("team/app").expect("name")),
-            "v1",
+            &driver_core::Segment::parse("v1").expect("tag"),
         ),
     ] {
         assert!(

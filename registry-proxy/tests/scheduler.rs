@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use driver_core::{StorageDriver, StoragePath};
+use driver_core::{Segment, StorageDriver, StoragePath};
 use driver_fs::{FsConfig, FsDriver};
 use driver_memory::MemoryDriver;
 use registry_proxy::cache::links::Links;
@@ -113,6 +113,11 @@ async fn files(driver: &Arc<dyn StorageDriver>) -> Vec<String> {
     found
 }
 
+/// A path segment (a tag, a namespace directory) from a literal.
+fn segment(s: &str) -> Segment {
+    Segment::parse(s).expect("segment")
+}
+
 fn repo(name: &str) -> RepoKey {
     RepoKey::new(None, &RepoName::parse(name).expect("name"))
 }
@@ -169,10 +174,16 @@ async fn expiry_deletes_links_tags_and_unused_data_on_the_filesystem() {
         .expect("manifest");
     for (path, digest) in [
         (layout::revision_link(&app, &manifest), &manifest),
-        (layout::tag_current_link(&app, "v1"), &manifest),
-        (layout::tag_index_link(&app, "v1", &manifest), &manifest),
-        (layout::tag_current_link(&app, "v2"), &layer),
-        (layout::tag_index_link(&app, "v2", &manifest), &manifest),
+        (layout::tag_current_link(&app, &segment("v1")), &manifest),
+        (
+            layout::tag_index_link(&app, &segment("v1"), &manifest),
+            &manifest,
+        ),
+        (layout::tag_current_link(&app, &segment("v2")), &layer),
+        (
+            layout::tag_index_link(&app, &segment("v2"), &manifest),
+            &manifest,
+        ),
     ] {
         driver
             .put_content(&path, layout::link_content(digest))
@@ -203,13 +214,13 @@ async fn expiry_deletes_links_tags_and_unused_data_on_the_filesystem() {
         layout::blob_dir(&manifest),
         layout::layer_dir(&app, &layer),
         layout::revision_dir(&app, &manifest),
-        layout::tag_dir(&app, "v1"),
-        layout::tag_index_dir(&app, "v2", &manifest),
+        layout::tag_dir(&app, &segment("v1")),
+        layout::tag_index_dir(&app, &segment("v2"), &manifest),
     ] {
         assert!(!on_disk(gone.clone()).exists(), "{gone} survived expiry");
     }
     assert!(
-        on_disk(layout::tag_current_link(&app, "v2")).exists(),
+        on_disk(layout::tag_current_link(&app, &segment("v2"))).exists(),
         "a tag pointing elsewhere was removed"
     );
     assert!(scheduler.is_empty());
@@ -279,8 +290,8 @@ async fn each_namespace_expires_at_its_own_ttl_and_the_bytes_go_last() {
     let name = RepoName::parse("org/app").expect("name");
     let (plain, ghcr, keep) = (
         RepoKey::new(None, &name),
-        RepoKey::new(Some("ghcr.io"), &name),
-        RepoKey::new(Some("keep"), &name),
+        RepoKey::new(Some(&segment("ghcr.io")), &name),
+        RepoKey::new(Some(&segment("keep")), &name),
     );
     let blob = store_blob(&driver, &plain, b"base layer").await;
     for repo in [&ghcr, &keep] {
@@ -387,10 +398,7 @@ async fn state_survives_a_restart_and_stays_compact() {
     assert!(times.iter().filter(|t| t.is_some()).count() > 9_000);
     scheduler.shutdown().await.expect("shutdown");
 
-    let segments = driver
-        .list(&StoragePath::parse(journal::DIR).expect("dir"))
-        .await
-        .expect("segments");
+    let segments = driver.list(&journal::dir()).await.expect("segments");
     assert!(
         segments.len() < 20,
         "old segments are deleted after a snapshot: {} remain",
@@ -417,7 +425,7 @@ async fn damaged_segments_are_skipped_and_the_rest_loads() {
     torn.truncate(torn.len() - 2);
     driver
         .put_content(
-            &journal::segment_path(journal::DIR, 99, journal::SegmentKind::Log),
+            &journal::segment_path(&journal::dir(), 99, journal::SegmentKind::Log),
             torn.into(),
         )
         .await
@@ -754,7 +762,7 @@ async fn a_dry_run_removes_nothing_and_counts_what_a_collection_removes() {
     let manifest = Digest::of(b"{}");
     for (path, to) in [
         (layout::revision_link(&other, &manifest), &manifest),
-        (layout::tag_current_link(&other, "v1"), &manifest),
+        (layout::tag_current_link(&other, &segment("v1")), &manifest),
         (layout::layer_link(&other, &kept), &kept),
     ] {
         driver
@@ -780,7 +788,7 @@ async fn a_dry_run_removes_nothing_and_counts_what_a_collection_removes() {
     );
     assert!(!exists(&driver, &layout::blob_data(&garbage)).await);
     assert!(!exists(&driver, &layout::layer_link(&other, &kept)).await);
-    assert!(!exists(&driver, &layout::tag_current_link(&other, "v1")).await);
+    assert!(!exists(&driver, &layout::tag_current_link(&other, &segment("v1"))).await);
     assert!(
         exists(&driver, &layout::blob_data(&kept)).await,
         "in use: kept"
@@ -804,7 +812,7 @@ async fn the_unversioned_journal_is_migrated_to_version_1() {
     journal::encode_upsert(&mut records, app.as_str(), &digest, Kind::Blob, T0 as u32);
     driver
         .put_content(
-            &journal::segment_path(journal::LEGACY_DIR, 1, journal::SegmentKind::Log),
+            &journal::segment_path(&journal::legacy_dir(), 1, journal::SegmentKind::Log),
             journal::frame(&records),
         )
         .await
@@ -815,10 +823,10 @@ async fn the_unversioned_journal_is_migrated_to_version_1() {
         scheduler.access_time(&app, &digest, Kind::Blob),
         Some(T0 as u32)
     );
-    let version = StoragePath::parse(registry_proxy::metadata::embedded::VERSION).expect("path");
+    let version = registry_proxy::metadata::embedded::version_path();
     assert_eq!(driver.get_content(&version).await.expect("version"), "1");
     assert!(
-        journal::list(&*driver, journal::LEGACY_DIR)
+        journal::list(&*driver, &journal::legacy_dir())
             .await
             .expect("list")
             .is_empty(),

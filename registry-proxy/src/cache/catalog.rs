@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use driver_core::{FileInfo, StorageDriver, WalkControl, WalkOptions};
+use driver_core::{FileInfo, Segment, StorageDriver, WalkControl, WalkOptions};
 
 use super::error::CacheError;
 use crate::layout;
@@ -30,7 +30,7 @@ impl Catalog {
     /// registry:2's) that come after `last` in [`walk_order`], sorted so.
     pub async fn page(
         &self,
-        dir: Option<&str>,
+        dir: Option<&Segment>,
         last: Option<&str>,
         want: usize,
     ) -> Result<Vec<String>, CacheError> {

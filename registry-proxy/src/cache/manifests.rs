@@ -17,7 +17,7 @@ use super::links::Links;
 use crate::layout::{self, RepoKey};
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
-use crate::oci::{self, Digest, ErrorCode, Kind, OciError, Reference, RepoName};
+use crate::oci::{self, Digest, ErrorCode, Kind, OciError, Reference, RepoName, Tag};
 use crate::scheduler::Tracker;
 use crate::sync::{Fifo, Swept, lock};
 use crate::upstream::UpstreamError;
@@ -254,11 +254,11 @@ impl Manifests {
         &self,
         ns: &Namespace,
         repo: &RepoName,
-        tag: &str,
+        tag: &Tag,
     ) -> Result<Option<Manifest>, CacheError> {
         let link = match self
             .driver
-            .get_content(&layout::tag_current_link(&ns.repo(repo), tag))
+            .get_content(&layout::tag_current_link(&ns.repo(repo), tag.segment()))
             .await
         {
             Ok(link) => link,
@@ -271,30 +271,32 @@ impl Manifests {
         self.cached_in(ns, repo, &digest).await
     }
 
-    fn is_fresh(&self, repo: &RepoKey, tag: &str) -> bool {
+    fn is_fresh(&self, repo: &RepoKey, tag: &Tag) -> bool {
         let confirmed = lock(&self.confirmed);
         confirmed
-            .get(&(repo.clone(), tag.to_owned()))
+            .get(&(repo.clone(), tag.as_str().to_owned()))
             .is_some_and(|t| t.elapsed() < self.freshness)
     }
 
-    fn confirm(&self, repo: &RepoKey, tag: &str) {
+    fn confirm(&self, repo: &RepoKey, tag: &Tag) {
         let freshness = self.freshness;
-        lock(&self.confirmed).insert((repo.clone(), tag.to_owned()), Instant::now(), |at| {
-            at.elapsed() < freshness
-        });
+        lock(&self.confirmed).insert(
+            (repo.clone(), tag.as_str().to_owned()),
+            Instant::now(),
+            |at| at.elapsed() < freshness,
+        );
     }
 
     async fn by_tag(
         &self,
         ns: &Namespace,
         repo: &RepoName,
-        tag: &str,
+        tag: &Tag,
     ) -> Result<Manifest, CacheError> {
         if let Some(m) = self.fresh_tag(ns, repo, tag).await? {
             return Ok(m);
         }
-        let key = (ns.repo(repo), tag.to_owned());
+        let key = (ns.repo(repo), tag.as_str().to_owned());
         let turn = Arc::clone(lock(&self.resolving).entry(key.clone()).or_default());
         // Leaves the map when its last waiter is done, even one whose
         // client went away mid-resolution (its future dropped).
@@ -313,7 +315,7 @@ impl Manifests {
         &self,
         ns: &Namespace,
         repo: &RepoName,
-        tag: &str,
+        tag: &Tag,
     ) -> Result<Option<Manifest>, CacheError> {
         if !self.is_fresh(&ns.repo(repo), tag) {
             return Ok(None);
@@ -328,7 +330,7 @@ impl Manifests {
         &self,
         ns: &Namespace,
         repo: &RepoName,
-        tag: &str,
+        tag: &Tag,
     ) -> Result<Manifest, CacheError> {
         if let Some(m) = self.fresh_tag(ns, repo, tag).await? {
             return Ok(m);
@@ -339,7 +341,7 @@ impl Manifests {
         if let Some(m) = &cached {
             match ns
                 .upstream
-                .head_manifest(repo, tag, self.request_timeout)
+                .head_manifest(repo, tag.as_str(), self.request_timeout)
                 .await
             {
                 Ok(Some(current)) if current == m.digest => {
@@ -348,13 +350,13 @@ impl Manifests {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(%key, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    tracing::warn!(%key, %tag, error = %e, "upstream unavailable; serving the cached tag");
                     self.metrics.stale_serve();
                     return Ok(m.clone());
                 }
             }
         }
-        match self.fetch(ns, repo, tag, None).await {
+        match self.fetch(ns, repo, tag.as_str(), None).await {
             Ok(m) => {
                 self.store_tag(&key, tag, &m.digest).await?;
                 self.confirm(&key, tag);
@@ -362,7 +364,7 @@ impl Manifests {
             }
             Err(CacheError::Upstream(e)) if e.is_outage() => match cached {
                 Some(m) => {
-                    tracing::warn!(%key, tag, error = %e, "upstream unavailable; serving the cached tag");
+                    tracing::warn!(%key, %tag, error = %e, "upstream unavailable; serving the cached tag");
                     self.metrics.stale_serve();
                     Ok(m)
                 }
@@ -421,15 +423,18 @@ impl Manifests {
     async fn store_tag(
         &self,
         repo: &RepoKey,
-        tag: &str,
+        tag: &Tag,
         digest: &Digest,
     ) -> Result<(), CacheError> {
         let link = layout::link_content(digest);
         self.driver
-            .put_content(&layout::tag_index_link(repo, tag, digest), link.clone())
+            .put_content(
+                &layout::tag_index_link(repo, tag.segment(), digest),
+                link.clone(),
+            )
             .await?;
         self.driver
-            .put_content(&layout::tag_current_link(repo, tag), link)
+            .put_content(&layout::tag_current_link(repo, tag.segment()), link)
             .await
             .map_err(CacheError::from)
     }

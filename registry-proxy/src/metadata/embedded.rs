@@ -1,9 +1,9 @@
 //! The single-node store: the scheduler's journal, written through the
 //! storage driver next to the content (see [`journal`]).
 //!
-//! Schema version 1 keeps its segments under [`journal::DIR`] and the
-//! version in [`VERSION`]. The version before kept them under
-//! [`journal::LEGACY_DIR`] with no version key (and before that, the state
+//! Schema version 1 keeps its segments under [`journal::dir`] and the
+//! version in [`version_path`]. The version before kept them under
+//! [`journal::legacy_dir`] with no version key (and before that, the state
 //! was registry:2's `/scheduler-state.json`); opening such storage loads
 //! that state, writes it as a version 1 snapshot, then records the version
 //! and deletes the old segments. A crash in between repeats the migration.
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use driver_core::{StorageDriver, StoragePath};
+use driver_core::{Segment, StorageDriver, StoragePath};
 use tokio::sync::{mpsc, watch};
 
 use super::journal::{self, SegmentKind};
@@ -25,8 +25,11 @@ use super::{
 };
 use crate::oci::Digest;
 
-/// The file holding the schema version.
-pub const VERSION: &str = "/registry-proxy/metadata/version";
+/// `/registry-proxy/metadata/version`: the file holding the schema version.
+pub fn version_path() -> StoragePath {
+    static VERSION: Segment = Segment::from_static("version");
+    journal::metadata_dir().child(&VERSION)
+}
 
 /// Slots encoded per piece while a snapshot is written.
 const SNAPSHOT_SLOTS: usize = 16 << 10;
@@ -82,7 +85,7 @@ impl Embedded {
     ) -> Result<(), driver_core::Error> {
         let seq = persisted.next_seq;
         persisted.next_seq += 1;
-        let path = journal::segment_path(journal::DIR, seq, SegmentKind::Snapshot);
+        let path = journal::segment_path(&journal::dir(), seq, SegmentKind::Snapshot);
         let mut writer = self.driver.writer(&path, false).await?;
         let (mut framer, header) = journal::Framer::start();
         let mut written = writer.write(header).await;
@@ -106,7 +109,7 @@ impl Embedded {
         }
         writer.commit().await?;
         for (old, kind) in std::mem::take(&mut persisted.segments) {
-            delete_segment(&*self.driver, journal::DIR, old, kind).await;
+            delete_segment(&*self.driver, &journal::dir(), old, kind).await;
         }
         persisted.segments.push((seq, SegmentKind::Snapshot));
         persisted.logs = 0;
@@ -119,7 +122,7 @@ impl Embedded {
     /// snapshot, then the logs after it.
     async fn read(
         &self,
-        dir: &str,
+        dir: &StoragePath,
         table: &mut Table,
         loaded: &mut Loaded,
     ) -> Result<(Vec<(u64, SegmentKind)>, Persisted), driver_core::Error> {
@@ -167,7 +170,7 @@ impl Embedded {
     ) -> Result<(), driver_core::Error> {
         let mut legacy = Vec::new();
         if persisted.segments.is_empty() {
-            let (old, _) = self.read(journal::LEGACY_DIR, table, loaded).await?;
+            let (old, _) = self.read(&journal::legacy_dir(), table, loaded).await?;
             legacy = old;
             if legacy.is_empty() {
                 loaded.imported =
@@ -180,13 +183,10 @@ impl Embedded {
             }
         }
         self.driver
-            .put_content(
-                &fixed_path(VERSION),
-                Bytes::from(SCHEMA_VERSION.to_string()),
-            )
+            .put_content(&version_path(), Bytes::from(SCHEMA_VERSION.to_string()))
             .await?;
         for (seq, kind) in legacy {
-            delete_segment(&*self.driver, journal::LEGACY_DIR, seq, kind).await;
+            delete_segment(&*self.driver, &journal::legacy_dir(), seq, kind).await;
         }
         if loaded.imported > 0 {
             tracing::info!(
@@ -218,12 +218,12 @@ pub fn encode_slots(table: &Table, from: usize, count: usize) -> (Vec<u8>, bool)
     (records, from.saturating_add(count) >= table.slot_count())
 }
 
-fn fixed_path(path: &str) -> StoragePath {
-    // Built from constants that parse.
-    StoragePath::parse(path).unwrap_or_else(|_| StoragePath::root())
-}
-
-async fn delete_segment(driver: &dyn StorageDriver, dir: &str, seq: u64, kind: SegmentKind) {
+async fn delete_segment(
+    driver: &dyn StorageDriver,
+    dir: &StoragePath,
+    seq: u64,
+    kind: SegmentKind,
+) {
     match driver.delete(&journal::segment_path(dir, seq, kind)).await {
         Ok(()) => {}
         Err(e) if e.is_not_found() => {}
@@ -234,7 +234,7 @@ async fn delete_segment(driver: &dyn StorageDriver, dir: &str, seq: u64, kind: S
 #[async_trait]
 impl MetadataStore for Embedded {
     fn describe(&self) -> String {
-        format!("embedded ({})", journal::DIR)
+        format!("embedded ({})", journal::dir())
     }
 
     fn shared(&self) -> bool {
@@ -242,7 +242,7 @@ impl MetadataStore for Embedded {
     }
 
     async fn load(&self, table: &mut Table) -> Result<Loaded, MetadataError> {
-        let version = match self.driver.get_content(&fixed_path(VERSION)).await {
+        let version = match self.driver.get_content(&version_path()).await {
             Ok(v) => Some(String::from_utf8_lossy(&v).trim().to_owned()),
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
@@ -256,7 +256,7 @@ impl MetadataStore for Embedded {
             });
         }
         let mut loaded = Loaded::default();
-        let (_, mut persisted) = self.read(journal::DIR, table, &mut loaded).await?;
+        let (_, mut persisted) = self.read(&journal::dir(), table, &mut loaded).await?;
         if version.is_none() {
             self.migrate(table, &mut loaded, &mut persisted).await?;
         }
@@ -282,7 +282,7 @@ impl MetadataStore for Embedded {
         if let Err(e) = self
             .driver
             .put_content(
-                &journal::segment_path(journal::DIR, seq, SegmentKind::Log),
+                &journal::segment_path(&journal::dir(), seq, SegmentKind::Log),
                 segment,
             )
             .await
@@ -342,7 +342,7 @@ impl MetadataStore for Embedded {
 /// damaged.
 async fn read_segment(
     driver: &dyn StorageDriver,
-    dir: &str,
+    dir: &StoragePath,
     seq: u64,
     kind: SegmentKind,
     table: &mut Table,

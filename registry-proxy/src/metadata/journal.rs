@@ -1,5 +1,5 @@
 //! The scheduler's state in storage, through the driver: numbered segments
-//! under [`DIR`] (the embedded metadata store's format). A log segment holds the changes of one flush; a snapshot
+//! under [`dir`] (the embedded metadata store's format). A log segment holds the changes of one flush; a snapshot
 //! segment holds every entry. Loading takes the newest intact snapshot and
 //! replays the logs numbered after it. Every record states an entry's whole
 //! state, so replaying one twice changes nothing: a snapshot taken while
@@ -9,16 +9,35 @@
 //! CRC-32 of its bytes, so a torn or foreign file is detected and skipped.
 
 use bytes::Bytes;
-use driver_core::{StorageDriver, StoragePath};
+use driver_core::{Segment, StorageDriver, StoragePath};
 
 use super::table::{Secs, Table};
 use crate::oci::{Digest, Kind};
 
-/// Where the segments of metadata schema version 1 live.
-pub const DIR: &str = "/registry-proxy/metadata/v1/journal";
+static REGISTRY_PROXY: Segment = Segment::from_static("registry-proxy");
+static METADATA: Segment = Segment::from_static("metadata");
+static LOG: Segment = Segment::from_static("log");
+static SNAPSHOT: Segment = Segment::from_static("snapshot");
 
-/// Where the segments lived before the schema had a version.
-pub const LEGACY_DIR: &str = "/registry-proxy/scheduler";
+/// `/registry-proxy/metadata`: the embedded metadata store's directory.
+pub fn metadata_dir() -> StoragePath {
+    StoragePath::root().descend([&REGISTRY_PROXY, &METADATA])
+}
+
+/// `/registry-proxy/metadata/v1/journal`: where the segments of metadata
+/// schema version 1 live.
+pub fn dir() -> StoragePath {
+    static V1: Segment = Segment::from_static("v1");
+    static JOURNAL: Segment = Segment::from_static("journal");
+    metadata_dir().descend([&V1, &JOURNAL])
+}
+
+/// `/registry-proxy/scheduler`: where the segments lived before the schema
+/// had a version.
+pub fn legacy_dir() -> StoragePath {
+    static SCHEDULER: Segment = Segment::from_static("scheduler");
+    StoragePath::root().descend([&REGISTRY_PROXY, &SCHEDULER])
+}
 
 const MAGIC: &[u8; 8] = b"RPXSCHD1";
 const UPSERT: u8 = 1;
@@ -197,23 +216,21 @@ pub fn parse_name(name: &str) -> Option<(u64, SegmentKind)> {
 }
 
 /// The path of segment `seq` of `kind` in `dir`.
-pub fn segment_path(dir: &str, seq: u64, kind: SegmentKind) -> StoragePath {
+pub fn segment_path(dir: &StoragePath, seq: u64, kind: SegmentKind) -> StoragePath {
     let prefix = match kind {
-        SegmentKind::Log => "log",
-        SegmentKind::Snapshot => "snapshot",
+        SegmentKind::Log => &LOG,
+        SegmentKind::Snapshot => &SNAPSHOT,
     };
-    // The name is built from fixed ASCII, so it always parses.
-    StoragePath::parse(&format!("{dir}/{prefix}-{seq:016x}"))
-        .unwrap_or_else(|_| StoragePath::root())
+    // `<prefix>-<16 hex digits>`.
+    dir.child(&prefix.dashed(&Segment::hex(&seq.to_be_bytes())))
 }
 
 /// The segments present in `dir`, ordered by number.
 pub async fn list(
     driver: &dyn StorageDriver,
-    dir: &str,
+    dir: &StoragePath,
 ) -> driver_core::Result<Vec<(u64, SegmentKind)>> {
-    let dir = StoragePath::parse(dir).unwrap_or_else(|_| StoragePath::root());
-    let mut found: Vec<_> = match driver.list(&dir).await {
+    let mut found: Vec<_> = match driver.list(dir).await {
         Ok(paths) => paths
             .iter()
             .filter_map(|p| p.file_name().and_then(parse_name))
@@ -276,7 +293,7 @@ mod tests {
     #[test]
     fn names_round_trip() {
         for kind in [SegmentKind::Log, SegmentKind::Snapshot] {
-            let path = segment_path(DIR, 0xab, kind);
+            let path = segment_path(&dir(), 0xab, kind);
             assert_eq!(
                 parse_name(path.file_name().expect("name")),
                 Some((0xab, kind))

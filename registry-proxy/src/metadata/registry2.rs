@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use driver_core::{StorageDriver, StoragePath};
+use driver_core::{Segment, StorageDriver, StoragePath};
 use serde::Deserialize;
 
 use super::journal;
@@ -17,7 +17,8 @@ use crate::layout::RepoKey;
 use crate::oci::Kind;
 use crate::oci::{Digest, RepoName};
 
-const STATE: &str = "/scheduler-state.json";
+/// registry:2's state file, at the root of its storage.
+static STATE: Segment = Segment::from_static("scheduler-state.json");
 
 #[derive(Deserialize)]
 struct Registry2Entry {
@@ -38,7 +39,7 @@ pub async fn import(
     table: &mut Table,
     journal: &mut Vec<u8>,
 ) -> Result<usize, driver_core::Error> {
-    let path = StoragePath::parse(STATE).unwrap_or_else(|_| StoragePath::root());
+    let path = StoragePath::root().child(&STATE);
     let bytes = match driver.get_content(&path).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(0),
@@ -47,7 +48,7 @@ pub async fn import(
     let entries: HashMap<String, Registry2Entry> = match serde_json::from_slice(&bytes) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(error = %e, "ignoring registry:2's unreadable {STATE}");
+            tracing::warn!(error = %e, "ignoring registry:2's unreadable {path}");
             return Ok(0);
         }
     };

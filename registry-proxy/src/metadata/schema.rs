@@ -123,12 +123,13 @@ mod tests {
     fn reference_keys_round_trip_in_every_namespace() {
         let name = RepoName::parse("library/alpine").expect("name");
         for dir in [None, Some("ghcr.io"), Some("localhost_5000")] {
-            let repo = RepoKey::new(dir, &name);
+            let dir = dir.map(|d| driver_core::Segment::parse(d).expect("dir"));
+            let repo = RepoKey::new(dir.as_ref(), &name);
             for kind in KINDS {
                 let key = ref_key("/rp", repo.as_str(), &Digest::from_raw([9; 32]), kind);
                 assert!(key.starts_with(&digest_refs(
                     "/rp",
-                    namespace_key(dir),
+                    namespace_key(dir.as_ref().map(driver_core::Segment::as_str)),
                     kind,
                     &Digest::from_raw([9; 32])
                 )));

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
 
-use driver_core::{FileInfo, StoragePath, WalkControl, WalkOptions};
+use driver_core::{FileInfo, Segment, StoragePath, WalkControl, WalkOptions};
 
 use super::{Scheduler, delete_missing_ok};
 use crate::layout::{self, RepoKey};
@@ -53,7 +53,7 @@ impl Default for GcOptions {
 /// A repository file the sweep looks at.
 enum Found {
     Link(RepoKey, Digest, Kind),
-    Tag(RepoKey, String),
+    Tag(RepoKey, Segment),
 }
 
 impl Scheduler {
@@ -299,7 +299,7 @@ fn repository_file(path: &StoragePath) -> Option<Found> {
     if tag.contains('/') {
         return None;
     }
-    Some(Found::Tag(key(at)?, tag.to_owned()))
+    Some(Found::Tag(key(at)?, Segment::parse(tag).ok()?))
 }
 
 #[cfg(test)]
@@ -339,7 +339,7 @@ mod tests {
             "{root}/repositories/a/_manifests/tags/v1/current/link"
         ));
         assert!(
-            matches!(repository_file(&tag), Some(Found::Tag(r, t)) if r.as_str() == "a" && t == "v1")
+            matches!(repository_file(&tag), Some(Found::Tag(r, t)) if r.as_str() == "a" && t.as_str() == "v1")
         );
         let index = path(&format!(
             "{root}/repositories/a/_manifests/tags/v1/index/sha256/{hex}/link"

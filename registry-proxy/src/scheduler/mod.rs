@@ -910,7 +910,8 @@ impl Scheduler {
             Err(e) => return Err(e),
         };
         let want = layout::link_content(digest);
-        for tag in tags.iter().filter_map(StoragePath::file_name) {
+        for tag in tags.iter().filter_map(StoragePath::last_segment) {
+            let tag = &tag;
             match self
                 .driver
                 .get_content(&layout::tag_current_link(repo, tag))
