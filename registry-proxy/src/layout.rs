@@ -264,6 +264,18 @@ mod tests {
         assert_eq!(link_content(&d), format!("sha256:{hex}"));
     }
 
+    /// The longest path built here (a 255-byte namespace directory, a
+    /// 255-byte name, a 128-byte tag) still parses: within the whole-path
+    /// limit that keeps S3 keys legal, though nothing here parses it.
+    #[test]
+    fn the_longest_path_is_within_the_limit() {
+        let dir = Segment::parse(&"d".repeat(driver_core::MAX_SEGMENT_LEN)).expect("dir");
+        let name = RepoName::parse(&["a".repeat(127), "b".repeat(127)].join("/")).expect("name");
+        let tag = Segment::parse(&"t".repeat(128)).expect("tag");
+        let longest = tag_index_link(&RepoKey::new(Some(&dir), &name), &tag, &Digest::of(b""));
+        assert_eq!(StoragePath::parse(longest.as_str()), Ok(longest));
+    }
+
     #[test]
     fn namespaces_keep_apart() {
         let name = RepoName::parse("org/app").expect("name");

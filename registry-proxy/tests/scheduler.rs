@@ -14,7 +14,9 @@ use driver_memory::MemoryDriver;
 use registry_proxy::cache::links::Links;
 use registry_proxy::layout;
 use registry_proxy::layout::RepoKey;
-use registry_proxy::metadata::journal;
+use registry_proxy::metadata::Change;
+use registry_proxy::metadata::embedded::journal;
+use registry_proxy::metadata::table::Entry;
 use registry_proxy::metrics::Metrics;
 use registry_proxy::oci::Kind;
 use registry_proxy::oci::{Digest, RepoName};
@@ -808,8 +810,12 @@ async fn the_unversioned_journal_is_migrated_to_version_1() {
     let digest = store_blob(&driver, &app, &[9; 10]).await;
     // The layout before the schema had a version: segments in the old
     // directory, no version file.
-    let mut records = Vec::new();
-    journal::encode_upsert(&mut records, app.as_str(), &digest, Kind::Blob, T0 as u32);
+    let records = journal::encode([Change::Upsert(Entry {
+        repo: app.as_str().into(),
+        digest,
+        kind: Kind::Blob,
+        at: T0 as u32,
+    })]);
     driver
         .put_content(
             &journal::segment_path(&journal::legacy_dir(), 1, journal::SegmentKind::Log),

@@ -27,7 +27,6 @@ use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::embedded::Embedded;
-use super::journal;
 use super::schema::{self, KINDS};
 use super::table::{Entry, Secs, Table};
 use super::{
@@ -90,7 +89,7 @@ pub struct Etcd {
     changes: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
     changes_tx: mpsc::UnboundedSender<Change>,
     /// Records whose write failed, written with the next persist.
-    retry: tokio::sync::Mutex<Vec<u8>>,
+    retry: tokio::sync::Mutex<Vec<Entry>>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Itself, for the tasks it starts.
     me: std::sync::Weak<Self>,
@@ -500,45 +499,44 @@ impl MetadataStore for Etcd {
 
     async fn persist(
         &self,
-        pending: &[u8],
+        changes: Vec<Change>,
         _table: &dyn SnapshotSource,
     ) -> Result<(), MetadataError> {
         let mut retry = self.retry.lock().await;
-        let mut records = std::mem::take(&mut *retry);
-        records.extend_from_slice(pending);
+        let mut entries = std::mem::take(&mut *retry);
         // The newest access of each entry; removals were written when made.
-        let mut newest: HashMap<(&str, Digest, u8), Secs> = HashMap::new();
-        let parsed = journal::for_each_record(&records, |upsert, repo, digest, kind, at| {
-            if upsert {
-                let at_most = newest.entry((repo, *digest, kind.code())).or_default();
-                *at_most = (*at_most).max(at);
-            }
-        });
-        if let Err(e) = parsed {
-            tracing::warn!(error = %e, "dropping unreadable pending records");
-            return Ok(());
+        entries.extend(changes.into_iter().filter_map(|change| match change {
+            Change::Upsert(entry) => Some(entry),
+            Change::Remove { .. } => None,
+        }));
+        let mut newest: HashMap<(Box<str>, Digest, Kind), Secs> = HashMap::new();
+        for entry in &entries {
+            let at_most = newest
+                .entry((entry.repo.clone(), entry.digest, entry.kind))
+                .or_default();
+            *at_most = (*at_most).max(entry.at);
         }
         // Only entries that still exist: a leader may have expired one.
-        let entries: Vec<Entry> = newest
+        let newest: Vec<Entry> = newest
             .into_iter()
-            .filter_map(|((repo, digest, kind), at)| {
-                Some(Entry {
-                    repo: repo.into(),
-                    digest,
-                    kind: Kind::from_code(kind)?,
-                    at,
-                })
+            .map(|((repo, digest, kind), at)| Entry {
+                repo,
+                digest,
+                kind,
+                at,
             })
             .collect();
-        let writes = entries
-            .into_iter()
-            .map(|entry| self.put_if(entry, CompareOp::Greater));
+        let writes: Vec<_> = newest
+            .iter()
+            .cloned()
+            .map(|entry| self.put_if(entry, CompareOp::Greater))
+            .collect();
         let results: Vec<_> = futures::stream::iter(writes)
             .buffer_unordered(WRITES)
             .collect()
             .await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            *retry = records;
+            *retry = newest;
             return Err(e);
         }
         Ok(())

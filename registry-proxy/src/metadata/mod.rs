@@ -16,9 +16,7 @@
 
 pub mod embedded;
 pub mod etcd;
-pub mod journal;
 pub mod leases;
-pub(crate) mod registry2;
 pub mod schema;
 pub mod table;
 
@@ -68,7 +66,8 @@ pub struct Loaded {
     pub imported: usize,
 }
 
-/// A change another replica made, applied to the local table.
+/// A change to the entries: what the scheduler hands a store to persist,
+/// and what another replica made, applied to the local table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// An entry was created or accessed at `at`.
@@ -86,9 +85,9 @@ pub enum Change {
 
 /// The scheduler's table as a store reads it for a snapshot, piece by piece.
 pub trait SnapshotSource: Send + Sync {
-    /// Journal records of the entries from slot `from` on (at most `count`
-    /// slots), and whether the table ends there.
-    fn records(&self, from: usize, count: usize) -> (Vec<u8>, bool);
+    /// The entries from slot `from` on (at most `count` slots), and whether
+    /// the table ends there.
+    fn entries(&self, from: usize, count: usize) -> (Vec<Entry>, bool);
 }
 
 /// What a per-digest lock excludes.
@@ -147,11 +146,12 @@ pub trait MetadataStore: Send + Sync {
     /// Loads every reference into `table`, migrating the schema before.
     async fn load(&self, table: &mut Table) -> Result<Loaded, MetadataError>;
 
-    /// Persists `records` (journal-encoded changes since the last call);
-    /// `table` supplies whole snapshots when the store wants one.
+    /// Persists the `changes` since the last call; `table` supplies whole
+    /// snapshots when the store wants one. Changes that could not be
+    /// written are kept and go with the next call.
     async fn persist(
         &self,
-        records: &[u8],
+        changes: Vec<Change>,
         table: &dyn SnapshotSource,
     ) -> Result<(), MetadataError>;
 

@@ -357,6 +357,22 @@ impl Table {
         })
     }
 
+    /// The entries in slots `from..from + count`, and whether the table
+    /// ends there (a snapshot's piece).
+    pub fn slots(&self, from: usize, count: usize) -> (Vec<Entry>, bool) {
+        let end = from.saturating_add(count);
+        let entries = self
+            .entries_in(from..end)
+            .map(|(repo, digest, kind, at)| Entry {
+                repo: repo.into(),
+                digest: *digest,
+                kind,
+                at,
+            })
+            .collect();
+        (entries, end >= self.slot_count())
+    }
+
     /// The slot count: [`Self::entries_in`] covers `0..slot_count()`.
     pub fn slot_count(&self) -> usize {
         self.slots.len()

@@ -41,8 +41,7 @@ use crate::oci::Kind;
 pub use gc::{Collected, GcOptions};
 
 use crate::layout::{self, RepoKey};
-use crate::metadata::embedded::{Embedded, encode_slots};
-use crate::metadata::journal;
+use crate::metadata::embedded::Embedded;
 use crate::metadata::{
     Change, DigestLock, Lease, Leases, LockKind, MetadataError, MetadataStore, SnapshotSource,
 };
@@ -150,7 +149,7 @@ pub struct LoadError(#[from] pub MetadataError);
 struct Inner {
     table: Table,
     /// Records not yet written to the store.
-    pending: Vec<u8>,
+    pending: Vec<Change>,
     /// Digests with an expiry or collection in progress, and how many.
     expiring: HashMap<Digest, u32>,
 }
@@ -574,7 +573,12 @@ impl Scheduler {
             }
             let up = inner.table.upsert(repo, digest, kind, at);
             if up.changed && matches!(through, WriteThrough::Flush) {
-                journal::encode_upsert(&mut inner.pending, repo, digest, kind, at);
+                inner.pending.push(Change::Upsert(Entry {
+                    repo: repo.into(),
+                    digest: *digest,
+                    kind,
+                    at,
+                }));
             }
             if up.created {
                 self.metrics.scheduler_entries(inner.table.len());
@@ -653,13 +657,7 @@ impl Scheduler {
     fn write_later(&self, entry: &Entry, error: MetadataError) {
         tracing::warn!(error = %error, "could not record an access now; it goes with the next flush");
         let mut inner = lock(&self.inner);
-        journal::encode_upsert(
-            &mut inner.pending,
-            &entry.repo,
-            &entry.digest,
-            entry.kind,
-            entry.at,
-        );
+        inner.pending.push(Change::Upsert(entry.clone()));
     }
 
     /// An access of content a manifest references, if it has an entry in
@@ -685,7 +683,7 @@ impl Scheduler {
     pub async fn flush(&self) -> Result<(), MetadataError> {
         let _flushing = self.flushing.lock().await;
         let pending = std::mem::take(&mut lock(&self.inner).pending);
-        self.store.persist(&pending, self).await?;
+        self.store.persist(pending, self).await?;
         if self.store.shared() {
             self.publish_leases().await?;
         }
@@ -800,13 +798,10 @@ impl Scheduler {
                         inner
                             .table
                             .upsert(&entry.repo, &entry.digest, entry.kind, at);
-                        journal::encode_upsert(
-                            &mut inner.pending,
-                            &entry.repo,
-                            &entry.digest,
-                            entry.kind,
+                        inner.pending.push(Change::Upsert(Entry {
                             at,
-                        );
+                            ..entry.clone()
+                        }));
                     }
                 }
             }
@@ -845,7 +840,11 @@ impl Scheduler {
                     .upsert(&entry.repo, &entry.digest, entry.kind, at);
                 continue;
             }
-            journal::encode_remove(&mut inner.pending, &entry.repo, &entry.digest, entry.kind);
+            inner.pending.push(Change::Remove {
+                repo: entry.repo.clone(),
+                digest: entry.digest,
+                kind: entry.kind,
+            });
             *inner.expiring.entry(entry.digest).or_default() += 1;
             let unused = !inner.table.uses(&entry.digest);
             batch.push((entry, unused));
@@ -941,8 +940,8 @@ enum Deleted {
 }
 
 impl SnapshotSource for Scheduler {
-    fn records(&self, from: usize, count: usize) -> (Vec<u8>, bool) {
-        encode_slots(&lock(&self.inner).table, from, count)
+    fn entries(&self, from: usize, count: usize) -> (Vec<Entry>, bool) {
+        lock(&self.inner).table.slots(from, count)
     }
 }
 

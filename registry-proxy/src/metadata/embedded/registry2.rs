@@ -9,11 +9,10 @@ use std::time::{Duration, SystemTime};
 use driver_core::{Segment, StorageDriver, StoragePath};
 use serde::Deserialize;
 
-use super::journal;
-use super::table::{Secs, Table};
 use crate::clock::to_secs;
 use crate::layout;
 use crate::layout::RepoKey;
+use crate::metadata::table::{Secs, Table};
 use crate::oci::Kind;
 use crate::oci::{Digest, RepoName};
 
@@ -30,14 +29,12 @@ struct Registry2Entry {
     entry_type: u8,
 }
 
-/// Reads registry:2's state, if there is one, into `table` (recording the
-/// entries in `journal`). An entry keeps registry:2's expiry: its access
+/// Reads registry:2's state, if there is one, into `table`. An entry keeps registry:2's expiry: its access
 /// time is the expiry minus `ttl`. Returns the entries taken over.
 pub async fn import(
     driver: &dyn StorageDriver,
     ttl: Secs,
     table: &mut Table,
-    journal: &mut Vec<u8>,
 ) -> Result<usize, driver_core::Error> {
     let path = StoragePath::root().child(&STATE);
     let bytes = match driver.get_content(&path).await {
@@ -80,9 +77,7 @@ pub async fn import(
             None => revisions(driver, &repo).await?,
         };
         for digest in digests {
-            let raw = digest;
-            table.upsert(repo.as_str(), &raw, kind, at);
-            journal::encode_upsert(journal, repo.as_str(), &raw, kind, at);
+            table.upsert(repo.as_str(), &digest, kind, at);
             imported += 1;
         }
     }

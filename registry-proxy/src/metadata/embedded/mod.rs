@@ -8,6 +8,9 @@
 //! that state, writes it as a version 1 snapshot, then records the version
 //! and deletes the old segments. A crash in between repeats the migration.
 
+pub mod journal;
+mod registry2;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -16,8 +19,7 @@ use bytes::Bytes;
 use driver_core::{Segment, StorageDriver, StoragePath};
 use tokio::sync::{mpsc, watch};
 
-use super::journal::{self, SegmentKind};
-use super::registry2;
+use self::journal::SegmentKind;
 use super::table::{Entry, Secs, Table};
 use super::{
     Change, DigestLock, Loaded, LockKind, MetadataError, MetadataStore, SCHEMA_VERSION,
@@ -91,7 +93,8 @@ impl Embedded {
         let mut written = writer.write(header).await;
         let mut slot = 0;
         while written.is_ok() {
-            let (records, done) = table.records(slot, SNAPSHOT_SLOTS);
+            let (entries, done) = table.entries(slot, SNAPSHOT_SLOTS);
+            let records = journal::encode(entries.into_iter().map(Change::Upsert));
             slot += SNAPSHOT_SLOTS;
             framer.piece(&records);
             written = writer.write(records.into()).await;
@@ -173,8 +176,7 @@ impl Embedded {
             let (old, _) = self.read(&journal::legacy_dir(), table, loaded).await?;
             legacy = old;
             if legacy.is_empty() {
-                loaded.imported =
-                    registry2::import(&*self.driver, self.ttl, table, &mut Vec::new()).await?;
+                loaded.imported = registry2::import(&*self.driver, self.ttl, table).await?;
             } else {
                 loaded.imported = table.len();
             }
@@ -203,19 +205,9 @@ impl Embedded {
 struct TableRef<'a>(&'a Table);
 
 impl SnapshotSource for TableRef<'_> {
-    fn records(&self, from: usize, count: usize) -> (Vec<u8>, bool) {
-        encode_slots(self.0, from, count)
+    fn entries(&self, from: usize, count: usize) -> (Vec<Entry>, bool) {
+        self.0.slots(from, count)
     }
-}
-
-/// Journal records of the table's entries in slots `from..from + count`,
-/// and whether the table ends there.
-pub fn encode_slots(table: &Table, from: usize, count: usize) -> (Vec<u8>, bool) {
-    let mut records = Vec::new();
-    for (repo, digest, kind, at) in table.entries_in(from..from.saturating_add(count)) {
-        journal::encode_upsert(&mut records, repo, digest, kind, at);
-    }
-    (records, from.saturating_add(count) >= table.slot_count())
 }
 
 async fn delete_segment(
@@ -267,12 +259,12 @@ impl MetadataStore for Embedded {
 
     async fn persist(
         &self,
-        pending: &[u8],
+        changes: Vec<Change>,
         table: &dyn SnapshotSource,
     ) -> Result<(), MetadataError> {
         let mut persisted = self.persisted.lock().await;
         let mut records = std::mem::take(&mut persisted.retry);
-        records.extend_from_slice(pending);
+        records.extend_from_slice(&journal::encode(changes));
         if records.is_empty() {
             return Ok(());
         }

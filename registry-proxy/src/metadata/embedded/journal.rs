@@ -11,7 +11,8 @@
 use bytes::Bytes;
 use driver_core::{Segment, StorageDriver, StoragePath};
 
-use super::table::{Secs, Table};
+use crate::metadata::Change;
+use crate::metadata::table::{Secs, Table};
 use crate::oci::{Digest, Kind};
 
 static REGISTRY_PROXY: Segment = Segment::from_static("registry-proxy");
@@ -43,17 +44,22 @@ const MAGIC: &[u8; 8] = b"RPXSCHD1";
 const UPSERT: u8 = 1;
 const REMOVE: u8 = 2;
 
-/// Appends an upsert record (an entry and its access time) to `buf`.
-pub fn encode_upsert(buf: &mut Vec<u8>, repo: &str, digest: &Digest, kind: Kind, at: Secs) {
-    encode(buf, UPSERT, repo, digest, kind, at);
+/// The records of `changes`: an upsert (an entry and its access time) or a
+/// removal each.
+pub fn encode(changes: impl IntoIterator<Item = Change>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for change in changes {
+        match change {
+            Change::Upsert(e) => encode_record(&mut buf, UPSERT, &e.repo, &e.digest, e.kind, e.at),
+            Change::Remove { repo, digest, kind } => {
+                encode_record(&mut buf, REMOVE, &repo, &digest, kind, 0);
+            }
+        }
+    }
+    buf
 }
 
-/// Appends a removal record to `buf`.
-pub fn encode_remove(buf: &mut Vec<u8>, repo: &str, digest: &Digest, kind: Kind) {
-    encode(buf, REMOVE, repo, digest, kind, 0);
-}
-
-fn encode(buf: &mut Vec<u8>, op: u8, repo: &str, digest: &Digest, kind: Kind, at: Secs) {
+fn encode_record(buf: &mut Vec<u8>, op: u8, repo: &str, digest: &Digest, kind: Kind, at: Secs) {
     // Repository names are at most 255 bytes (validated before they get here).
     let name = &repo.as_bytes()[..repo.len().min(u16::MAX as usize)];
     buf.push(op);
@@ -134,18 +140,6 @@ pub fn apply(name: &str, segment: &[u8], table: &mut Table) -> Result<usize, Seg
         }
     })?;
     Ok(count)
-}
-
-/// Calls `each` with every record of unframed `records` (as
-/// [`encode_upsert`] and [`encode_remove`] wrote them): whether it is an
-/// upsert, the repository key, digest, kind and access time.
-pub fn for_each_record<'a>(
-    records: &'a [u8],
-    mut each: impl FnMut(bool, &'a str, &Digest, Kind, Secs),
-) -> Result<usize, SegmentError> {
-    parse("records", records, |r| {
-        each(r.op == UPSERT, r.repo, &r.digest, r.kind, r.at)
-    })
 }
 
 struct Record<'a> {
@@ -245,30 +239,25 @@ pub async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::table::Entry;
 
     #[test]
     fn a_segment_round_trips_and_damage_is_detected() {
-        let mut buf = Vec::new();
-        encode_upsert(
-            &mut buf,
-            "library/alpine",
-            &Digest::from_raw([7; 32]),
-            Kind::Blob,
-            42,
-        );
-        encode_upsert(
-            &mut buf,
-            "a/b",
-            &Digest::from_raw([8; 32]),
-            Kind::Manifest,
-            43,
-        );
-        encode_remove(
-            &mut buf,
-            "library/alpine",
-            &Digest::from_raw([7; 32]),
-            Kind::Blob,
-        );
+        let entry = |repo: &str, raw: u8, kind, at| Entry {
+            repo: repo.into(),
+            digest: Digest::from_raw([raw; 32]),
+            kind,
+            at,
+        };
+        let buf = encode([
+            Change::Upsert(entry("library/alpine", 7, Kind::Blob, 42)),
+            Change::Upsert(entry("a/b", 8, Kind::Manifest, 43)),
+            Change::Remove {
+                repo: "library/alpine".into(),
+                digest: Digest::from_raw([7; 32]),
+                kind: Kind::Blob,
+            },
+        ]);
         let segment = frame(&buf);
         let mut table = Table::default();
         assert_eq!(apply("s", &segment, &mut table).expect("applies"), 3);
