@@ -235,7 +235,7 @@ async fn an_isolated_fill_finding_the_blob_stored_elsewhere_proves_access_first(
 /// Publishing fewer afterwards leaves none of the old ones behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_on_many_digests_are_published_whole() {
-    use registry_proxy::metadata::MetadataStore;
+    use registry_proxy::metadata::Coordination;
     use registry_proxy::metadata::etcd::Etcd;
     if !have("etcd") {
         conformance::skip(

@@ -30,7 +30,7 @@ use super::embedded::Embedded;
 use super::schema::{self, KINDS};
 use super::table::{Entry, Secs, Table};
 use super::{
-    Change, DigestLock, Loaded, LockKind, MetadataError, MetadataStore, SCHEMA_VERSION,
+    Change, Coordination, DigestLock, Loaded, LockKind, MetadataError, Persistence, SCHEMA_VERSION,
     SnapshotSource, Unlock,
 };
 use crate::oci::{Digest, Kind};
@@ -455,7 +455,7 @@ impl Unlock for EtcdLock {
 }
 
 #[async_trait]
-impl MetadataStore for Etcd {
+impl Persistence for Etcd {
     fn describe(&self) -> String {
         format!(
             "etcd {} (prefix {}, replica {})",
@@ -464,11 +464,6 @@ impl MetadataStore for Etcd {
             self.replica
         )
     }
-
-    fn shared(&self) -> bool {
-        true
-    }
-
     async fn load(&self, table: &mut Table) -> Result<Loaded, MetadataError> {
         let version = self
             .client()
@@ -581,6 +576,13 @@ impl MetadataStore for Etcd {
         });
         // Absent: removed already (by an earlier leader).
         Ok(newer.filter(|&at| at > entry.at))
+    }
+}
+
+#[async_trait]
+impl Coordination for Etcd {
+    fn shared(&self) -> bool {
+        true
     }
 
     async fn referenced(&self, digest: &Digest) -> Result<bool, MetadataError> {

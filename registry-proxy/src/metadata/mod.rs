@@ -129,19 +129,12 @@ impl DigestLock {
     }
 }
 
-/// Where the scheduler keeps references, and how replicas coordinate.
-///
-/// A single node's store needs no coordination: its lock is
-/// [`DigestLock::none`], it is always the leader, and the scheduler's table
-/// is the whole truth. A shared store is written through on creation and
-/// near expiry, so that a replica never serves what the leader removes.
+/// Where the scheduler's entries persist: loaded once, then written as
+/// typed changes (and, in a shared store, single accesses written through).
 #[async_trait]
-pub trait MetadataStore: Send + Sync {
+pub trait Persistence: Send + Sync {
     /// What the store is, for logs: `embedded` or `etcd <endpoints>`.
     fn describe(&self) -> String;
-
-    /// Whether other replicas share this state.
-    fn shared(&self) -> bool;
 
     /// Loads every reference into `table`, migrating the schema before.
     async fn load(&self, table: &mut Table) -> Result<Loaded, MetadataError>;
@@ -163,6 +156,18 @@ pub trait MetadataStore: Send + Sync {
     /// Removes an expired entry unless another replica accessed it since:
     /// `None` when removed, else the newer access time.
     async fn remove(&self, entry: &Entry) -> Result<Option<Secs>, MetadataError>;
+}
+
+/// How replicas sharing the storage coordinate: per-digest locks, one
+/// leader, published leases, and the feed of each other's changes. For a
+/// single node it is a local no-op: its lock is [`DigestLock::none`], it
+/// always leads, and its table is the whole truth.
+#[async_trait]
+pub trait Coordination: Send + Sync {
+    /// Whether other replicas share this state (a shared store is written
+    /// through on creation and near expiry, so that a replica never serves
+    /// what the leader removes).
+    fn shared(&self) -> bool;
 
     /// Whether any entry of any namespace references `digest` (asked of
     /// the shared state; a single node answers from its table instead).
@@ -189,3 +194,9 @@ pub trait MetadataStore: Send + Sync {
     /// Gives up leadership, locks and the session (on shutdown).
     async fn close(&self);
 }
+
+/// A metadata store: where entries persist, and how replicas coordinate
+/// over them (the embedded journal for one node, etcd for several).
+pub trait MetadataStore: Persistence + Coordination {}
+
+impl<T: Persistence + Coordination> MetadataStore for T {}

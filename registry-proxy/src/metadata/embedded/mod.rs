@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use self::journal::SegmentKind;
 use super::table::{Entry, Secs, Table};
 use super::{
-    Change, DigestLock, Loaded, LockKind, MetadataError, MetadataStore, SCHEMA_VERSION,
+    Change, Coordination, DigestLock, Loaded, LockKind, MetadataError, Persistence, SCHEMA_VERSION,
     SnapshotSource,
 };
 use crate::oci::Digest;
@@ -224,15 +224,10 @@ async fn delete_segment(
 }
 
 #[async_trait]
-impl MetadataStore for Embedded {
+impl Persistence for Embedded {
     fn describe(&self) -> String {
         format!("embedded ({})", journal::dir())
     }
-
-    fn shared(&self) -> bool {
-        false
-    }
-
     async fn load(&self, table: &mut Table) -> Result<Loaded, MetadataError> {
         let version = match self.driver.get_content(&version_path()).await {
             Ok(v) => Some(String::from_utf8_lossy(&v).trim().to_owned()),
@@ -301,6 +296,13 @@ impl MetadataStore for Embedded {
 
     async fn remove(&self, _entry: &Entry) -> Result<Option<Secs>, MetadataError> {
         Ok(None)
+    }
+}
+
+#[async_trait]
+impl Coordination for Embedded {
+    fn shared(&self) -> bool {
+        false
     }
 
     async fn referenced(&self, _digest: &Digest) -> Result<bool, MetadataError> {
