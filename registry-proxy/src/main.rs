@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use driver_core::StorageDriver;
-use registry_proxy::config::{Backend, Config, ConfigError, REQUEST_TIMEOUT};
+use registry_proxy::config::{Backend, Config, ConfigError, Plan};
 use registry_proxy::metadata::MetadataError;
-use registry_proxy::scheduler::{Clock, LoadError, Options, Scheduler};
-use registry_proxy::{AppState, Settings, app, debug_app};
+use registry_proxy::scheduler::{Clock, LoadError, Scheduler};
+use registry_proxy::{AppState, app, debug_app};
 use tokio::net::TcpListener;
 
 /// How long in-flight responses may run after SIGTERM.
@@ -135,10 +135,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let plan = match config.plan() {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::error!("{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let done = match command {
-        Command::Serve { .. } => runtime.block_on(serve(config)),
-        Command::Gc { dry_run, .. } => runtime.block_on(gc(config, dry_run)),
-        Command::Scrub { rate, dry_run, .. } => runtime.block_on(scrub(config, &rate, dry_run)),
+        Command::Serve { .. } => runtime.block_on(serve(plan)),
+        Command::Gc { dry_run, .. } => runtime.block_on(gc(plan, dry_run)),
+        Command::Scrub { rate, dry_run, .. } => runtime.block_on(scrub(plan, &rate, dry_run)),
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -163,9 +170,9 @@ fn init_logging(config: &Config) {
     }
 }
 
-/// The storage the config selects, and its description for logs.
-async fn open_driver(config: &Config) -> Result<(Arc<dyn StorageDriver>, String), Failure> {
-    Ok(match config.backend()? {
+/// The storage a plan selects, and its description for logs.
+async fn open_driver(storage: &Backend) -> Result<(Arc<dyn StorageDriver>, String), Failure> {
+    Ok(match storage.clone() {
         Backend::Filesystem(fs) => {
             let where_ = format!("filesystem {}", fs.root_directory.display());
             (Arc::new(driver_fs::FsDriver::open(&fs)?), where_)
@@ -181,28 +188,20 @@ async fn open_driver(config: &Config) -> Result<(Arc<dyn StorageDriver>, String)
     })
 }
 
-/// The scheduler's options from the config.
-fn scheduler_options(config: &Config) -> Result<Options, Failure> {
-    let (gc, lease_timeout) = config.gc()?;
-    Ok(Options {
-        ttl: config.ttl()?,
-        purge: config.upload_purging()?,
-        lease_timeout,
-        gc,
-        ..Options::default()
-    })
-}
-
 /// `registry-proxy gc`: one collection over the config's storage and
 /// metadata store.
-async fn gc(config: Config, dry_run: bool) -> Result<(), Failure> {
-    let (driver, storage) = open_driver(&config).await?;
-    let specs = config.namespaces()?;
+async fn gc(plan: Plan, dry_run: bool) -> Result<(), Failure> {
+    let (driver, storage) = open_driver(&plan.storage).await?;
+    let specs = plan.namespaces;
     let metrics = Arc::new(registry_proxy::metrics::Metrics::default());
-    let namespaces = registry_proxy::namespace::Namespaces::new(&specs, &metrics, REQUEST_TIMEOUT)?;
-    let mut options = scheduler_options(&config)?;
+    let namespaces = registry_proxy::namespace::Namespaces::new(
+        &specs,
+        &metrics,
+        plan.settings.request_timeout,
+    )?;
+    let mut options = plan.settings.scheduler;
     options.namespace_ttls = registry_proxy::namespace::Namespaces::ttls(&specs);
-    let coordination = config.etcd()?;
+    let coordination = plan.settings.coordination;
     let store =
         registry_proxy::open_store(&driver, &namespaces, &options, coordination, false).await?;
     tracing::info!(storage, store = %store.describe(), dry_run, "collecting garbage");
@@ -232,10 +231,10 @@ async fn gc(config: Config, dry_run: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn scrub(config: Config, rate: &str, dry_run: bool) -> Result<(), Failure> {
+async fn scrub(plan: Plan, rate: &str, dry_run: bool) -> Result<(), Failure> {
     let rate =
         registry_proxy::config::bytes_of(rate).ok_or_else(|| Failure::Rate(rate.to_owned()))?;
-    let (driver, storage) = open_driver(&config).await?;
+    let (driver, storage) = open_driver(&plan.storage).await?;
     tracing::info!(storage, rate, dry_run, "scrubbing");
     let metrics = registry_proxy::metrics::Metrics::default();
     let found =
@@ -258,37 +257,22 @@ async fn scrub(config: Config, rate: &str, dry_run: bool) -> Result<(), Failure>
     Ok(())
 }
 
-async fn serve(config: Config) -> Result<(), Failure> {
-    let (driver, storage) = open_driver(&config).await?;
-    let namespaces = config.namespaces()?;
-    // Every key is checked before any state is opened.
-    let limits = config.listener_limits()?;
-    let spool_dir = config.spool_dir();
+async fn serve(plan: Plan) -> Result<(), Failure> {
+    let (driver, storage) = open_driver(&plan.storage).await?;
+    let spool_dir = &plan.settings.spool_dir;
     // Spool files are unnamed, so a crash leaves none behind; check now
     // that the directory takes them.
-    if config.proxy.spooldirectory.is_none() {
-        std::fs::create_dir_all(&spool_dir).map_err(io(format!(
+    if plan.default_spool {
+        std::fs::create_dir_all(spool_dir).map_err(io(format!(
             "cannot create the spool directory {}",
             spool_dir.display()
         )))?;
     }
-    tempfile::tempfile_in(&spool_dir).map_err(io(format!(
+    tempfile::tempfile_in(spool_dir).map_err(io(format!(
         "proxy.spooldirectory: cannot create spool files in {}",
         spool_dir.display()
     )))?;
-    let settings = Settings {
-        spool_dir,
-        fill_timeout: config.fill_timeout()?,
-        fill_limits: config.fill_limits()?,
-        verify_reads: config.verify_reads()?,
-        tag_freshness: config.tag_freshness()?,
-        request_timeout: REQUEST_TIMEOUT,
-        auth: config.client_auth()?.map(Arc::new),
-        scheduler: scheduler_options(&config)?,
-        clock: Clock::system(),
-        coordination: config.etcd()?,
-    };
-    let state = AppState::open(driver, &namespaces, settings).await?;
+    let state = AppState::open(driver, &plan.namespaces, plan.settings).await?;
     let loaded = state.scheduler.loaded();
     tracing::info!(
         entries = loaded.entries,
@@ -307,11 +291,11 @@ async fn serve(config: Config) -> Result<(), Failure> {
         );
     }
     let scheduler = Arc::clone(&state.scheduler);
-    let addr = config.listen_addr()?;
+    let addr = plan.listen;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(io(format!("cannot listen on {addr}")))?;
-    if let Some(debug_addr) = config.debug_addr()? {
+    if let Some(debug_addr) = plan.debug {
         let debug_listener = TcpListener::bind(debug_addr)
             .await
             .map_err(io(format!("cannot listen on {debug_addr}")))?;
@@ -319,17 +303,7 @@ async fn serve(config: Config) -> Result<(), Failure> {
         tokio::spawn(async move { axum::serve(debug_listener, router).await });
         tracing::info!(%debug_addr, "debug listener");
     }
-    let mut headers = axum::http::HeaderMap::new();
-    for (name, values) in &config.http.headers {
-        for value in values {
-            if let (Ok(n), Ok(v)) = (
-                axum::http::HeaderName::try_from(name.as_str()),
-                axum::http::HeaderValue::try_from(value.as_str()),
-            ) {
-                headers.append(n, v);
-            }
-        }
-    }
+    let headers: axum::http::HeaderMap = plan.headers.into_iter().collect();
     let blobs = Arc::clone(&state.blobs);
     let metrics = Arc::clone(&state.metrics);
     let router = app(state).layer(axum::middleware::map_response(
@@ -343,10 +317,11 @@ async fn serve(config: Config) -> Result<(), Failure> {
     ));
     tracing::info!(%addr, storage, "registry-proxy listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = registry_proxy::listener::serve(listener, router, limits, metrics, async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(());
-    });
+    let server =
+        registry_proxy::listener::serve(listener, router, plan.listener, metrics, async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(());
+        });
     let server = tokio::spawn(server);
     // After the signal, in-flight responses and fills get DRAIN to finish;
     // a fill cut short commits nothing.

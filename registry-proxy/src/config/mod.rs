@@ -1,6 +1,8 @@
 //! Distribution's YAML configuration, overridden by `REGISTRY_*` variables,
 //! into a typed, validated [`Config`].
 
+mod plan;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Sharing};
 use crate::scheduler::{GcOptions, Options, Purge};
 use crate::upstream::Credentials;
+pub use plan::Plan;
 
 /// A configuration that cannot be used; `key` is the dotted path at fault.
 #[derive(Debug, thiserror::Error)]
