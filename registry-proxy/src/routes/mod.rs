@@ -6,21 +6,23 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use driver_core::StoragePath;
 
+mod content;
+mod error;
+mod listing;
+
 use crate::app::AppState;
 use crate::auth::Unauthenticated;
-use crate::cache::blobs::RangeSpec;
-use crate::cache::{CacheError, catalog};
 
 use crate::namespace::Namespace;
-use crate::oci::{Digest, ErrorCode, Kind, OciError, Reference, RepoName};
-use crate::upstream::{Asked, UpstreamError};
+use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
+use content::{blob, manifest};
+use listing::{Listing, catalog, tags};
 
 const API_VERSION: &str = "registry/2.0";
 
@@ -263,229 +265,11 @@ async fn dispatch(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// What a paginated listing needs of its request.
-struct Listing<'a> {
-    query: &'a HashMap<String, String>,
-    /// The request's path, for the `Link` to the next page.
-    path: String,
-}
-
 fn unsupported() -> OciError {
     OciError::new(
         ErrorCode::Unsupported,
         "this registry is a pull-through cache: push and delete are not supported",
     )
-}
-
-/// The one place where the cache's errors become OCI errors on the wire.
-impl From<CacheError> for OciError {
-    fn from(e: CacheError) -> Self {
-        match e {
-            CacheError::Answer(e) => e,
-            CacheError::Storage(e) => {
-                OciError::new(ErrorCode::Unavailable, format!("storage: {e}"))
-            }
-            CacheError::Upstream(e) => upstream_error(&e),
-        }
-    }
-}
-
-/// An upstream's failure as the client sees it: a refusal keeps its
-/// meaning (unknown, denied, too many requests with the upstream's
-/// `Retry-After`); the namespace's own credentials refused for a blob (a
-/// fill or a proof of access) is a denial, not a request that the client
-/// authenticate; anything else is `UNAVAILABLE`.
-fn upstream_error(e: &UpstreamError) -> OciError {
-    let UpstreamError::Status {
-        status,
-        retry_after,
-        asked,
-    } = e
-    else {
-        return OciError::new(ErrorCode::Unavailable, e.to_string());
-    };
-    let code = match (*status, asked) {
-        (StatusCode::NOT_FOUND, Asked::Manifest(_)) => ErrorCode::ManifestUnknown,
-        (StatusCode::NOT_FOUND, Asked::Blob(_)) => ErrorCode::BlobUnknown,
-        (StatusCode::NOT_FOUND, Asked::Tags) => ErrorCode::NameUnknown,
-        (StatusCode::UNAUTHORIZED, Asked::Blob(_)) | (StatusCode::FORBIDDEN, _) => {
-            ErrorCode::Denied
-        }
-        (StatusCode::UNAUTHORIZED, _) => ErrorCode::Unauthorized,
-        (StatusCode::TOO_MANY_REQUESTS, _) => ErrorCode::TooManyRequests,
-        _ => ErrorCode::Unavailable,
-    };
-    let mut error = OciError::new(code, e.to_string());
-    error.retry_after.clone_from(retry_after);
-    error
-}
-
-async fn manifest(
-    state: &AppState,
-    ns: &Namespace,
-    repo: &RepoName,
-    reference: &Reference,
-    head: bool,
-) -> Result<Response, OciError> {
-    let m = state.manifests.get(ns, repo, reference).await?;
-    let builder = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, &m.media_type)
-        .header(header::CONTENT_LENGTH, m.bytes.len())
-        .header("docker-content-digest", m.digest.to_string())
-        .header(header::ETAG, format!("\"{}\"", m.digest));
-    let body = if head {
-        Body::empty()
-    } else {
-        ns.metrics.pushed(Kind::Manifest, m.bytes.len() as u64);
-        Body::from(m.bytes)
-    };
-    builder
-        .body(body)
-        .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))
-}
-
-async fn blob(
-    state: &AppState,
-    ns: &Arc<Namespace>,
-    repo: &RepoName,
-    digest: &Digest,
-    headers: &HeaderMap,
-    head: bool,
-) -> Result<Response, OciError> {
-    // A Range this server does not understand (another unit, several
-    // ranges, garbage) is ignored, as RFC 9110 says: the whole blob, 200.
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(RangeSpec::parse);
-    let reply = state.blobs.get(ns, repo, digest, range, head).await?;
-    let (start, end) = reply.range;
-    let mut builder = Response::builder()
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, end - start)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header("docker-content-digest", digest.to_string())
-        .header(header::ETAG, format!("\"{digest}\""));
-    builder = if range.is_some() {
-        builder.status(StatusCode::PARTIAL_CONTENT).header(
-            header::CONTENT_RANGE,
-            format!("bytes {start}-{}/{}", end.saturating_sub(1), reply.size),
-        )
-    } else {
-        builder.status(StatusCode::OK)
-    };
-    let body = match reply.counted_body(Arc::clone(&ns.metrics)) {
-        Some(stream) => Body::from_stream(stream),
-        None => Body::empty(),
-    };
-    builder
-        .body(body)
-        .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))
-}
-
-/// The page size of `_catalog` when the request gives none.
-const CATALOG_PAGE: usize = 100;
-
-/// The largest page `_catalog` answers; a larger `n` is cut to it.
-const CATALOG_MAX_PAGE: usize = 1000;
-
-/// The `n` of a listing request: its own (at most `max`), else `default`.
-fn page_size(
-    query: &HashMap<String, String>,
-    default: Option<usize>,
-    max: usize,
-) -> Result<Option<usize>, OciError> {
-    match query.get("n") {
-        Some(n) => n.parse::<usize>().map(|n| Some(n.min(max))).map_err(|_| {
-            OciError::new(ErrorCode::PaginationNumberInvalid, format!("invalid n={n}"))
-        }),
-        None => Ok(default),
-    }
-}
-
-/// `n` and `last` of a paginated listing applied to `items`, sorted in
-/// the order `after` tells; returns the page and whether more follow.
-fn paginate(
-    items: Vec<String>,
-    query: &HashMap<String, String>,
-    n: Option<usize>,
-    after: impl Fn(&str, &str) -> bool,
-) -> (Vec<String>, bool) {
-    let rest: Vec<String> = match query.get("last") {
-        Some(last) => items.into_iter().filter(|i| after(i, last)).collect(),
-        None => items,
-    };
-    match n {
-        Some(n) if rest.len() > n => (rest[..n].to_vec(), true),
-        _ => (rest, false),
-    }
-}
-
-/// A page of a listing as JSON, with a `Link` to the next page when more
-/// follow (keeping the request's path and `ns`).
-fn listing(
-    key: &str,
-    name: Option<&RepoName>,
-    (page, more): (Vec<String>, bool),
-    n: Option<usize>,
-    request: &Listing<'_>,
-) -> Result<Response, OciError> {
-    let mut body = serde_json::Map::new();
-    if let Some(name) = name {
-        body.insert("name".into(), name.as_str().into());
-    }
-    let last = page.last().cloned();
-    body.insert(key.into(), page.into());
-    let mut response = (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::Value::Object(body).to_string(),
-    )
-        .into_response();
-    if let (true, Some(last), Some(n)) = (more, last, n) {
-        let ns = request
-            .query
-            .get("ns")
-            .map(|ns| format!("ns={ns}&"))
-            .unwrap_or_default();
-        let path = &request.path;
-        if let Ok(link) =
-            HeaderValue::from_str(&format!("<{path}?{ns}n={n}&last={last}>; rel=\"next\""))
-        {
-            response.headers_mut().insert(header::LINK, link);
-        }
-    }
-    Ok(response)
-}
-
-async fn tags(
-    state: &AppState,
-    ns: &Namespace,
-    repo: &RepoName,
-    request: &Listing<'_>,
-) -> Result<Response, OciError> {
-    let n = page_size(request.query, None, usize::MAX)?;
-    let tags = state.manifests.tags(ns, repo).await?;
-    let page = paginate(tags, request.query, n, |tag, last| tag > last);
-    listing("tags", Some(repo), page, n, request)
-}
-
-/// A page of the namespace's repositories with manifests in storage, in
-/// walk order, `n` of them (100 by default, at most 1000).
-async fn catalog(
-    state: &AppState,
-    ns: &Namespace,
-    request: &Listing<'_>,
-) -> Result<Response, OciError> {
-    let n = page_size(request.query, Some(CATALOG_PAGE), CATALOG_MAX_PAGE)?;
-    let want = n.unwrap_or(CATALOG_PAGE).saturating_add(1);
-    let last = request.query.get("last").map(String::as_str);
-    let repos = state.catalog.page(ns.dir(), last, want).await?;
-    let page = paginate(repos, request.query, n, |repo, last| {
-        catalog::walk_order(repo, last).is_gt()
-    });
-    listing("repositories", None, page, n, request)
 }
 
 /// The router of the debug listener: `/healthz` says whether storage answers.
