@@ -9,8 +9,9 @@ use std::time::Duration;
 use driver_core::StorageDriver;
 
 use crate::auth::Htpasswd;
-use crate::cache::blobs::{Blobs, FillLimits};
+use crate::cache::blobs::Blobs;
 use crate::cache::catalog::Catalog;
+use crate::cache::fill::FillLimits;
 use crate::cache::manifests::Manifests;
 use crate::cache::verify::VerifyReads;
 use crate::metadata::MetadataStore;

@@ -1586,7 +1586,7 @@ async fn content_of_an_isolated_namespace_does_not_leak_through_a_shared_one() {
 }
 
 /// A proxy in front of `fake` with fill limits `limits`.
-async fn limited(base: &str, limits: registry_proxy::cache::blobs::FillLimits) -> InProcess {
+async fn limited(base: &str, limits: registry_proxy::cache::fill::FillLimits) -> InProcess {
     let spec = registry_proxy::namespace::NamespaceSpec::single(base.parse().expect("url"), None);
     InProcess::with_settings(&[spec], Duration::from_secs(60), |settings| {
         settings.fill_limits = limits;
@@ -1601,7 +1601,7 @@ async fn limited(base: &str, limits: registry_proxy::cache::blobs::FillLimits) -
 /// `proxy.maxblobsize` is refused and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fills_are_bounded_in_number_and_size() {
-    use registry_proxy::cache::blobs::FillLimits;
+    use registry_proxy::cache::fill::FillLimits;
     let (fake, base) = start_fake(Auth::Anonymous).await;
     let proxy = limited(
         &base,

@@ -7,8 +7,10 @@
 pub mod blobs;
 pub mod catalog;
 pub mod error;
+pub mod fill;
 pub mod links;
 pub mod manifests;
+pub(crate) mod proof;
 pub mod verify;
 
 pub use error::CacheError;

@@ -16,7 +16,7 @@ use serde::de::{Deserializer, Visitor};
 use serde_norway::Value;
 
 use crate::auth::Htpasswd;
-use crate::cache::blobs::FillLimits;
+use crate::cache::fill::FillLimits;
 use crate::cache::verify::VerifyReads;
 use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
