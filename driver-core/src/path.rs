@@ -1,6 +1,5 @@
 //! [`StoragePath`]: a driver path validated once, at the boundary.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -111,7 +110,7 @@ impl StoragePath {
     /// The last segment; `None` for the root.
     pub fn last_segment(&self) -> Option<Segment> {
         self.file_name()
-            .map(|name| Segment(Cow::Owned(name.to_owned())))
+            .map(|name| Segment(Text::Shared(Arc::from(name))))
     }
 
     /// The directory holding this path; `None` for the root.
@@ -163,8 +162,16 @@ impl StoragePath {
 /// a [`StoragePath`] is made of. Paths built from segments cannot fail, so
 /// code that builds paths from parts it validated (names, digests,
 /// constants) never needs a fallback.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Segment(Cow<'static, str>);
+/// Cloning is cheap: a literal is borrowed, other text shared.
+#[derive(Clone)]
+pub struct Segment(Text);
+
+/// A segment's text.
+#[derive(Clone)]
+enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
 
 impl Segment {
     /// Parses and validates one segment (at most [`MAX_SEGMENT_LEN`] bytes).
@@ -173,7 +180,7 @@ impl Segment {
             path: s.to_owned(),
             reason,
         })?;
-        Ok(Self(Cow::Owned(s.to_owned())))
+        Ok(Self(Text::Shared(Arc::from(s))))
     }
 
     /// A segment from a literal, checked when the program is compiled:
@@ -181,40 +188,73 @@ impl Segment {
     /// compile if the literal is not a segment.
     pub const fn from_static(s: &'static str) -> Self {
         assert!(is_segment(s.as_bytes()), "not a storage path segment");
-        Self(Cow::Borrowed(s))
+        Self(Text::Static(s))
     }
 
     /// `bytes` in lowercase hex (two characters a byte).
     pub fn hex(bytes: &[u8]) -> Self {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let text = bytes
+        let text: String = bytes
             .iter()
             .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
             .map(char::from)
             .collect();
-        Self(Cow::Owned(text))
+        Self(Text::Shared(Arc::from(text)))
     }
 
     /// `self-other`: two segments joined by a dash are one segment.
     pub fn dashed(&self, other: &Segment) -> Self {
-        Self(Cow::Owned(format!("{}-{}", self.0, other.0)))
+        Self(Text::Shared(Arc::from(format!(
+            "{}-{}",
+            self.as_str(),
+            other.as_str()
+        ))))
     }
 
     /// The segment as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Segment {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Segment {}
+
+impl std::hash::Hash for Segment {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for Segment {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Segment {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
 impl fmt::Display for Segment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Segment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 

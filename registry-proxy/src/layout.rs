@@ -41,7 +41,7 @@ fn under_root<'a>(rest: impl IntoIterator<Item = &'a Segment>) -> StoragePath {
 pub struct RepoKey {
     text: String,
     /// The key's segments below `repositories/`.
-    segments: Vec<Segment>,
+    segments: std::sync::Arc<[Segment]>,
 }
 
 impl RepoKey {
@@ -50,7 +50,7 @@ impl RepoKey {
         match dir {
             None => Self {
                 text: name.as_str().to_owned(),
-                segments: name.segments().to_vec(),
+                segments: name.segments().into(),
             },
             Some(dir) => Self {
                 text: format!("{NAMESPACES}/{dir}/{name}"),
@@ -91,7 +91,7 @@ impl RepoKey {
     fn dir<'a>(&'a self, rest: impl IntoIterator<Item = &'a Segment>) -> StoragePath {
         under_root(
             std::iter::once(&REPOSITORIES)
-                .chain(&self.segments)
+                .chain(self.segments.iter())
                 .chain(rest),
         )
     }
