@@ -75,6 +75,10 @@ impl NamespaceSpec {
     }
 }
 
+/// The name of Docker Hub's namespace (its API host is
+/// `registry-1.docker.io`).
+const DOCKER_HUB: &str = "docker.io";
+
 /// The name of the namespace an upstream URL gives when none is
 /// configured: its host and port, with Docker Hub's API host named
 /// `docker.io`, as containerd's `?ns=` names it.
@@ -85,7 +89,7 @@ pub fn name_of_url(url: &reqwest::Url) -> String {
         None => host,
     };
     if name == "registry-1.docker.io" || name == "index.docker.io" {
-        "docker.io".to_owned()
+        DOCKER_HUB.to_owned()
     } else {
         name
     }
@@ -138,9 +142,23 @@ pub struct Namespace {
     users: Option<HashSet<String>>,
     /// Its counters.
     pub metrics: Arc<NamespaceMetrics>,
+    /// Whether it stands for Docker Hub, whose one-component names are
+    /// official images under `library/`.
+    docker_hub: bool,
 }
 
 impl Namespace {
+    /// The repository `name` stands for here: in a namespace for Docker
+    /// Hub a one-component name is `library/<name>`, as Docker resolves it
+    /// (`cache/docker.io/alpine` and `cache/alpine` both mean
+    /// `library/alpine`, stored and asked upstream as such).
+    pub fn canonical(&self, name: RepoName) -> RepoName {
+        if !self.docker_hub || name.segments().len() > 1 {
+            return name;
+        }
+        RepoName::parse(&format!("library/{name}")).unwrap_or(name)
+    }
+
     /// The storage key of its repository `name`.
     pub fn repo(&self, name: &RepoName) -> RepoKey {
         RepoKey::new(self.dir.as_ref(), name)
@@ -208,6 +226,7 @@ impl Namespaces {
                     sharing: spec.sharing,
                     users: spec.users.as_ref().map(|u| u.iter().cloned().collect()),
                     metrics: metrics.namespace(&spec.name),
+                    docker_hub: spec.name == DOCKER_HUB || name_of_url(&spec.remote) == DOCKER_HUB,
                 }))
             })
             .collect::<Result<_, InvalidNamespace>>()?;

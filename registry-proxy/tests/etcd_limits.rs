@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Method, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use registry_proxy::metadata::etcd::EtcdOptions;
@@ -274,4 +274,37 @@ async fn leases_on_many_digests_are_published_whole() {
     holder.close().await;
     reader.close().await;
     drop(etcd);
+}
+
+/// Readiness follows storage and etcd, not the upstream: with the upstream
+/// unreachable a replica is ready; with etcd gone it is not, while it
+/// stays live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_etcd_not_the_upstream() {
+    if !have("etcd") {
+        conformance::skip(
+            "readiness_follows_etcd_not_the_upstream",
+            "REQUIRE_E2E",
+            "etcd is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let mut etcd = etcd(dir.path());
+    let driver: Arc<dyn driver_core::StorageDriver> = Arc::new(driver_memory::MemoryDriver::new());
+    let prefix = format!("/ready-{:x}", rand::random::<u64>());
+    let unreachable = single("http://127.0.0.1:1");
+    let state = replica(&driver, &unreachable, &etcd.addr, &prefix, dir.path()).await;
+    let probe = |path: &'static str| {
+        let router = registry_proxy::debug_app(state.clone());
+        async move {
+            let request = Request::get(path).body(Body::empty()).expect("request");
+            router.oneshot(request).await.expect("response").status()
+        }
+    };
+    assert_eq!(probe("/readyz").await, StatusCode::OK);
+    assert_eq!(probe("/livez").await, StatusCode::OK);
+    etcd.kill();
+    assert_eq!(probe("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(probe("/livez").await, StatusCode::OK);
 }

@@ -1778,3 +1778,51 @@ async fn scrub_deletes_corrupt_blobs_at_a_limited_rate() {
     assert!(driver.stat(&layout::blob_data(&bad_digest)).await.is_err());
     assert!(driver.stat(&layout::blob_data(&good_digest)).await.is_ok());
 }
+
+/// In a namespace for Docker Hub, a one-component name is an official
+/// image: `alpine` and `docker.io/alpine` both pull `library/alpine` (the
+/// second from the cache the first filled); a namespace for another
+/// registry keeps the name as it is.
+#[tokio::test]
+async fn one_component_names_are_official_images_on_docker_hub() {
+    use registry_proxy::namespace::NamespaceSpec;
+    let (fake, base) = start_fake(Auth::Anonymous).await;
+    let spec = |name: &str, default: bool| NamespaceSpec {
+        name: name.to_owned(),
+        registry2_dir: default,
+        default,
+        ..NamespaceSpec::single(base.parse().expect("url"), None)
+    };
+    let proxy = InProcess::with_namespaces(
+        &[spec("docker.io", true), spec("lab.test", false)],
+        Duration::from_secs(60),
+    )
+    .await;
+    let layer = fake.add_blob(b"an official layer");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": layer.to_string(), "size": 17},
+        "layers": []
+    })
+    .to_string();
+    let digest = fake.tag("3", manifest.as_bytes());
+
+    for uri in ["/v2/alpine/manifests/3", "/v2/docker.io/alpine/manifests/3"] {
+        let (status, headers, _) = proxy.get(uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert_eq!(headers["docker-content-digest"], digest.to_string());
+    }
+    assert_eq!(fake.count("GET library/alpine/manifests/3"), 1);
+    assert_eq!(fake.count(" alpine/manifests/3"), 0);
+    let (status, _, body) = proxy
+        .get(&format!("/v2/docker.io/alpine/blobs/{layer}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(Digest::of(&body.expect("body")), layer);
+    assert_eq!(fake.count(&format!("GET library/alpine/blobs/{layer}")), 1);
+
+    let (status, _, _) = proxy.get("/v2/lab.test/alpine/manifests/3").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fake.count("GET alpine/manifests/3"), 1);
+}

@@ -715,6 +715,18 @@ impl Coordination for Etcd {
         lock(&self.changes).take()
     }
 
+    async fn ready(&self) -> Result<(), MetadataError> {
+        // One cheap read under the client's request timeout.
+        self.client()
+            .get(
+                schema::version_key(&self.options.prefix),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await
+            .map_err(etcd_error)?;
+        Ok(())
+    }
+
     async fn close(&self) {
         for task in std::mem::take(&mut *lock(&self.tasks)) {
             task.abort();

@@ -191,6 +191,10 @@ pub trait Coordination: Send + Sync {
     /// when nobody else writes (or when taken already).
     fn changes(&self) -> Option<mpsc::UnboundedReceiver<Change>>;
 
+    /// Whether the shared state answers now (readiness): always for one
+    /// node.
+    async fn ready(&self) -> Result<(), MetadataError>;
+
     /// Gives up leadership, locks and the session (on shutdown).
     async fn close(&self);
 }

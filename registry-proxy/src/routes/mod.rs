@@ -257,9 +257,15 @@ async fn dispatch(
         path: format!("/v2/{path}"),
     };
     let result = match target {
-        Target::Manifest(repo, reference) => manifest(&state, &ns, &repo, &reference, head).await,
-        Target::Blob(repo, digest) => blob(&state, &ns, &repo, &digest, &headers, head).await,
-        Target::Tags(repo) => tags(&state, &ns, &repo, &list).await,
+        Target::Manifest(repo, reference) => {
+            let repo = ns.canonical(repo);
+            manifest(&state, &ns, &repo, &reference, head).await
+        }
+        Target::Blob(repo, digest) => {
+            let repo = ns.canonical(repo);
+            blob(&state, &ns, &repo, &digest, &headers, head).await
+        }
+        Target::Tags(repo) => tags(&state, &ns, &ns.canonical(repo), &list).await,
         Target::Catalog => catalog(&state, &ns, &list).await,
     };
     result.unwrap_or_else(IntoResponse::into_response)
@@ -272,17 +278,47 @@ fn unsupported() -> OciError {
     )
 }
 
-/// The router of the debug listener: `/healthz` says whether storage answers.
+/// Whether storage answers: `Err` with why not.
+async fn storage_answers(state: &AppState) -> Result<(), String> {
+    match state.driver.stat(&StoragePath::root()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(format!("storage: {e}")),
+    }
+}
+
+/// 200 `ok`, or 503 with why not.
+fn health(answer: Result<(), String>) -> (StatusCode, String) {
+    match answer {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+/// The router of the debug listener: `/livez` says the process serves
+/// (a liveness probe), `/readyz` that storage and, for replicas, etcd
+/// answer (a readiness probe; an upstream outage is not unreadiness, the
+/// cache serves what it holds), `/healthz` that storage answers (what it
+/// always said), `/metrics` and `/debug/vars` the counters.
 pub fn debug_app(state: AppState) -> Router {
     Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(state): State<AppState>| async move {
+                let storage = storage_answers(&state).await;
+                let ready = match storage {
+                    Ok(()) => (state.scheduler.store().ready().await)
+                        .map_err(|e| format!("metadata: {e}")),
+                    failed => failed,
+                };
+                health(ready)
+            }),
+        )
         .route(
             "/healthz",
             get(|State(state): State<AppState>| async move {
-                match state.driver.stat(&StoragePath::root()).await {
-                    Ok(_) => (StatusCode::OK, "ok".to_owned()),
-                    Err(e) if e.is_not_found() => (StatusCode::OK, "ok".to_owned()),
-                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage: {e}")),
-                }
+                health(storage_answers(&state).await)
             }),
         )
         .route(

@@ -329,6 +329,10 @@ impl Coordination for Embedded {
         None
     }
 
+    async fn ready(&self) -> Result<(), MetadataError> {
+        Ok(())
+    }
+
     async fn close(&self) {}
 }
 
