@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use driver_core::StorageDriver;
@@ -11,9 +10,6 @@ use registry_proxy::metadata::MetadataError;
 use registry_proxy::scheduler::{Clock, LoadError, Scheduler};
 use registry_proxy::{AppState, app, debug_app};
 use tokio::net::TcpListener;
-
-/// How long in-flight responses may run after SIGTERM.
-const DRAIN: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(version, about = "A pull-through cache for OCI and Docker registries")]
@@ -142,6 +138,12 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    for key in &plan.ignored {
+        tracing::warn!(
+            key,
+            "accepted from distribution's configuration, not applied here"
+        );
+    }
     let done = match command {
         Command::Serve { .. } => runtime.block_on(serve(plan)),
         Command::Gc { dry_run, .. } => runtime.block_on(gc(plan, dry_run)),
@@ -258,6 +260,7 @@ async fn scrub(plan: Plan, rate: &str, dry_run: bool) -> Result<(), Failure> {
 }
 
 async fn serve(plan: Plan) -> Result<(), Failure> {
+    let drain = plan.drain;
     let (driver, storage) = open_driver(&plan.storage).await?;
     let spool_dir = &plan.settings.spool_dir;
     // Spool files are unnamed, so a crash leaves none behind; check now
@@ -323,11 +326,11 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
             let _ = stop_tx.send(());
         });
     let server = tokio::spawn(server);
-    // After the signal, in-flight responses and fills get DRAIN to finish;
+    // After the signal, in-flight responses and fills get `drain` to finish;
     // a fill cut short commits nothing.
     let _ = stop_rx.await;
     tracing::info!("shutting down: no new connections, draining");
-    let deadline = tokio::time::Instant::now() + DRAIN;
+    let deadline = tokio::time::Instant::now() + drain;
     let drained = tokio::time::timeout_at(deadline, server).await.is_ok()
         && tokio::time::timeout_at(deadline, blobs.fills_done())
             .await
@@ -335,7 +338,7 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
     if drained {
         tracing::info!("stopped");
     } else {
-        tracing::warn!("stopped with responses or fills still running after {DRAIN:?}");
+        tracing::warn!("stopped with responses or fills still running after {drain:?}");
     }
     if let Err(e) = scheduler.shutdown().await {
         tracing::warn!(error = %e, "could not write the scheduler state");

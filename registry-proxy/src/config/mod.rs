@@ -83,6 +83,99 @@ pub struct Config {
     /// Where several replicas coordinate (registry-proxy's own); absent:
     /// a single node.
     pub coordination: CoordinationConfig,
+    /// Distribution's deprecated `loglevel`: accepted, not applied.
+    pub loglevel: Value,
+    /// Distribution's middleware: accepted, not applied.
+    pub middleware: Value,
+    /// Distribution's error reporting (bugsnag, newrelic): accepted, not applied.
+    pub reporting: Value,
+    /// Distribution's webhooks: accepted, not applied (a cache pushes nothing).
+    pub notifications: Value,
+    /// Distribution's redis: accepted, not applied.
+    pub redis: Value,
+    /// Distribution's schema 1 compatibility: accepted, not applied.
+    pub compatibility: Value,
+    /// Distribution's manifest validation: accepted, not applied.
+    pub validation: Value,
+}
+
+impl Config {
+    /// The keys this configuration sets that registry-proxy accepts from
+    /// distribution's reference but does not apply (each logged once at
+    /// start).
+    pub fn ignored_keys(&self) -> Vec<&'static str> {
+        let http = &self.http;
+        [
+            ("loglevel", &self.loglevel),
+            ("middleware", &self.middleware),
+            ("reporting", &self.reporting),
+            ("notifications", &self.notifications),
+            ("redis", &self.redis),
+            ("compatibility", &self.compatibility),
+            ("validation", &self.validation),
+            ("health", &self.health),
+            ("log.accesslog", &self.log.accesslog),
+            ("log.hooks", &self.log.hooks),
+            ("log.reportcaller", &self.log.reportcaller),
+            ("storage.delete", &self.storage.delete),
+            ("storage.cache", &self.storage.cache),
+            ("storage.redirect", &self.storage.redirect),
+            ("storage.tag", &self.storage.tag),
+            (
+                "storage.maintenance.readonly",
+                &self.storage.maintenance.readonly,
+            ),
+            ("http.prefix", &http.prefix),
+            ("http.host", &http.host),
+            ("http.secret", &http.secret),
+            ("http.relativeurls", &http.relativeurls),
+            ("http.http2", &http.http2),
+            ("http.h2c", &http.h2c),
+            ("http.debug.prometheus", &http.debug.prometheus),
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(key, _)| key)
+        .collect()
+    }
+
+    /// The keys that would make the cache do less than the configuration
+    /// asks (serve plain HTTP where it asks for TLS, a socket where it asks
+    /// for a Unix one, no client authentication where it asks for another
+    /// scheme): refused rather than ignored.
+    fn refused(&self) -> Result<(), ConfigError> {
+        if !self.http.tls.is_null() {
+            return Err(invalid(
+                "http.tls",
+                "TLS serving is not built yet: terminate TLS in front of the cache",
+            ));
+        }
+        if !self.http.net.is_null() && self.http.net.as_str() != Some("tcp") {
+            return Err(invalid("http.net", "only tcp is served"));
+        }
+        for (key, value) in [
+            ("auth.silly", &self.auth.silly),
+            ("auth.token", &self.auth.token),
+        ] {
+            if !value.is_null() {
+                return Err(invalid(
+                    key,
+                    "only auth.htpasswd authenticates clients here",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// How long in-flight responses and fills may run after SIGTERM
+    /// (`http.draintimeout`, default 30 s).
+    pub fn drain_timeout(&self) -> Result<Duration, ConfigError> {
+        duration(
+            "http.draintimeout",
+            self.http.draintimeout.as_deref(),
+            Duration::from_secs(30),
+        )
+    }
 }
 
 /// `gc` section.
@@ -141,6 +234,10 @@ pub struct LogConfig {
     pub fields: BTreeMap<String, Value>,
     /// Distribution's access log switch; accepted, not used.
     pub accesslog: Value,
+    /// Distribution's log hooks (mail): accepted, not applied.
+    pub hooks: Value,
+    /// Distribution's caller reporting: accepted, not applied.
+    pub reportcaller: Value,
 }
 
 impl Default for LogConfig {
@@ -150,6 +247,8 @@ impl Default for LogConfig {
             formatter: "text".into(),
             fields: BTreeMap::new(),
             accesslog: Value::Null,
+            hooks: Value::Null,
+            reportcaller: Value::Null,
         }
     }
 }
@@ -185,6 +284,8 @@ pub struct StorageConfig {
     pub maintenance: Maintenance,
     /// Distribution's redirect switch; accepted.
     pub redirect: Value,
+    /// Distribution's tag lookup concurrency: accepted, not applied.
+    pub tag: Value,
 }
 
 /// `storage.maintenance`.
@@ -258,6 +359,26 @@ pub struct HttpConfig {
     /// `60s`).
     #[serde(deserialize_with = "scalar_text")]
     pub writetimeout: Option<String>,
+    /// How long in-flight responses may run after SIGTERM (default `30s`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub draintimeout: Option<String>,
+    /// Distribution's TLS serving: refused until it is built.
+    pub tls: Value,
+    /// Distribution's listener network: `tcp` only.
+    pub net: Value,
+    /// Distribution's path prefix: accepted, not applied.
+    pub prefix: Value,
+    /// Distribution's external URL: accepted, not applied.
+    pub host: Value,
+    /// Distribution's upload-state secret: accepted, not needed (a cache
+    /// takes no uploads).
+    pub secret: Value,
+    /// Distribution's relative Location URLs: accepted, not applied.
+    pub relativeurls: Value,
+    /// Distribution's HTTP/2 switch: accepted, not applied.
+    pub http2: Value,
+    /// Distribution's cleartext HTTP/2 switch: accepted, not applied.
+    pub h2c: Value,
 }
 
 impl Default for HttpConfig {
@@ -270,6 +391,15 @@ impl Default for HttpConfig {
             readheadertimeout: None,
             idletimeout: None,
             writetimeout: None,
+            draintimeout: None,
+            tls: Value::Null,
+            net: Value::Null,
+            prefix: Value::Null,
+            host: Value::Null,
+            secret: Value::Null,
+            relativeurls: Value::Null,
+            http2: Value::Null,
+            h2c: Value::Null,
         }
     }
 }
@@ -280,6 +410,9 @@ impl Default for HttpConfig {
 pub struct DebugConfig {
     /// Listen address of the debug server; none when empty.
     pub addr: String,
+    /// Distribution's Prometheus switch and path: accepted, not applied
+    /// (`/metrics` is always served on the debug listener).
+    pub prometheus: Value,
 }
 
 /// `auth` section: registry:2's `htpasswd` (other schemes are refused).
@@ -288,6 +421,10 @@ pub struct DebugConfig {
 pub struct AuthConfig {
     /// Basic authentication against an htpasswd file of bcrypt hashes.
     pub htpasswd: Option<HtpasswdConfig>,
+    /// Distribution's test scheme: refused.
+    pub silly: Value,
+    /// Distribution's token scheme: refused (not built yet).
+    pub token: Value,
 }
 
 /// `auth.htpasswd`.
@@ -499,6 +636,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.refused()?;
+        self.drain_timeout()?;
         self.backend()?;
         self.listen_addr()?;
         self.debug_addr()?;
@@ -1183,6 +1322,197 @@ proxy:
             load("storage:\n  inmemory: {}\nproxy:\n  password: [a]\n", &[]).expect_err("a list");
         assert_eq!(e.key, "proxy.password");
         assert!(e.reason.contains("expected a string"), "{e}");
+    }
+
+    /// Every key of distribution's configuration reference (filesystem
+    /// storage; TLS, Unix sockets and other client auth schemes are
+    /// refused, below) is accepted; those a cache does not apply are
+    /// named, one each, to be logged at start; a misspelt key still stops
+    /// the start naming it.
+    #[test]
+    fn every_key_of_distributions_reference_is_accepted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let htpasswd = dir.path().join("htpasswd");
+        let hash = bcrypt::hash("pw", 4).expect("hash");
+        std::fs::write(&htpasswd, format!("alice:{hash}\n")).expect("write");
+        let yaml = format!(
+            "version: 0.1
+log:
+  accesslog: {{disabled: true}}
+  level: debug
+  formatter: json
+  fields: {{service: cache}}
+  hooks:
+    - type: mail
+      disabled: true
+      levels: [panic]
+      options: {{smtp: {{addr: mail.test:25}}, from: a@b.test, to: [c@d.test]}}
+  reportcaller: true
+loglevel: debug
+storage:
+  filesystem: {{rootdirectory: {root}, maxthreads: 50}}
+  delete: {{enabled: true}}
+  redirect: {{disable: true}}
+  cache: {{blobdescriptor: inmemory, blobdescriptorsize: 1000}}
+  tag: {{concurrencylimit: 8}}
+  maintenance:
+    uploadpurging: {{enabled: true, age: 168h, interval: 24h, dryrun: false}}
+    readonly: {{enabled: false}}
+auth:
+  htpasswd: {{realm: cache, path: {htpasswd}}}
+middleware:
+  registry: [{{name: a, options: {{x: y}}}}]
+  repository: [{{name: b}}]
+  storage: [{{name: redirect, options: {{baseurl: https://cdn.test/}}}}]
+reporting:
+  bugsnag: {{apikey: k, releasestage: s, endpoint: e}}
+  newrelic: {{licensekey: k, name: n, verbose: true}}
+http:
+  addr: 127.0.0.1:5000
+  prefix: /nested/
+  host: https://cache.test:5000
+  secret: s3cr3t
+  relativeurls: true
+  draintimeout: 5s
+  net: tcp
+  debug:
+    addr: 127.0.0.1:5001
+    prometheus: {{enabled: true, path: /metrics}}
+  headers: {{X-Content-Type-Options: [nosniff]}}
+  http2: {{disabled: false}}
+  h2c: {{enabled: false}}
+notifications:
+  events: {{includereferences: true}}
+  endpoints: [{{name: l, disabled: true, url: https://hook.test/, timeout: 1s, threshold: 10, backoff: 1s}}]
+redis:
+  addr: 127.0.0.1:6379
+  password: p
+  db: 0
+  dialtimeout: 10ms
+  readtimeout: 10ms
+  writetimeout: 10ms
+  pool: {{maxidle: 16, maxactive: 64, idletimeout: 300s}}
+health:
+  storagedriver: {{enabled: true, interval: 10s, threshold: 3}}
+  file: [{{file: /tmp/x, interval: 10s}}]
+  http: [{{uri: http://h.test/, statuscode: 200, timeout: 3s, interval: 10s, threshold: 3}}]
+  tcp: [{{addr: h.test:6379, timeout: 3s, interval: 10s, threshold: 3}}]
+proxy:
+  remoteurl: https://registry-1.docker.io
+  username: u
+  password: p
+  ttl: 24h
+compatibility:
+  schema1: {{signingkeyfile: /k.json, enabled: true}}
+validation:
+  manifests: {{urls: {{allow: ['^https?://']}}}}
+",
+            root = dir.path().display(),
+            htpasswd = htpasswd.display(),
+        );
+        let config = load(&yaml, &[]).expect("every reference key is accepted");
+        let plan = config.plan().expect("plan");
+        assert_eq!(
+            plan.drain,
+            Duration::from_secs(5),
+            "http.draintimeout applies"
+        );
+        assert_eq!(
+            plan.ignored,
+            [
+                "loglevel",
+                "middleware",
+                "reporting",
+                "notifications",
+                "redis",
+                "compatibility",
+                "validation",
+                "health",
+                "log.accesslog",
+                "log.hooks",
+                "log.reportcaller",
+                "storage.delete",
+                "storage.cache",
+                "storage.redirect",
+                "storage.tag",
+                "storage.maintenance.readonly",
+                "http.prefix",
+                "http.host",
+                "http.secret",
+                "http.relativeurls",
+                "http.http2",
+                "http.h2c",
+                "http.debug.prometheus",
+            ]
+        );
+        let e = load(&yaml.replace("relativeurls", "relativeurl"), &[]).expect_err("misspelt");
+        assert!(e.to_string().contains("relativeurl"), "{e}");
+    }
+
+    /// What would make the cache do less than asked is refused, naming
+    /// the key: TLS (plain HTTP would be served), a Unix socket, client
+    /// authentication other than htpasswd (every client would be let in).
+    #[test]
+    fn tls_unix_sockets_and_other_auth_schemes_are_refused() {
+        for (section, key) in [
+            (
+                "http:\n  tls:\n    certificate: /c.pem\n    key: /k.pem\n",
+                "http.tls",
+            ),
+            ("http:\n  net: unix\n  addr: /run/cache.sock\n", "http.net"),
+            (
+                "auth:\n  token:\n    realm: https://auth.test/\n    service: s\n",
+                "auth.token",
+            ),
+            (
+                "auth:\n  silly:\n    realm: r\n    service: s\n",
+                "auth.silly",
+            ),
+        ] {
+            let yaml = format!("storage:\n  inmemory: {{}}\n{section}");
+            let e = load(&yaml, &[]).expect_err(key);
+            assert_eq!(e.key, key);
+        }
+    }
+
+    /// Debian's packaged registry config (`/etc/docker/registry/config.yml`,
+    /// installed with the tests' upstream) plans, its htpasswd path pointed
+    /// at a real file.
+    #[test]
+    fn debians_registry_config_plans() {
+        let path = std::path::Path::new("/etc/docker/registry/config.yml");
+        if !path.exists() {
+            conformance::skip(
+                "debians_registry_config_plans",
+                "REQUIRE_E2E",
+                "docker-registry is not installed",
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, "").expect("write");
+        let env = [
+            (
+                "REGISTRY_AUTH_HTPASSWD_PATH",
+                htpasswd.to_str().expect("utf-8"),
+            ),
+            (
+                "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY",
+                dir.path().to_str().expect("utf-8"),
+            ),
+        ];
+        let config = Config::load(
+            Some(path),
+            env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+        .expect("Debian's config loads");
+        let plan = config.plan().expect("and plans");
+        assert!(
+            plan.ignored.contains(&"storage.cache"),
+            "{:?}",
+            plan.ignored
+        );
     }
 
     #[test]

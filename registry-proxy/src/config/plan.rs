@@ -34,12 +34,17 @@ pub struct Plan {
     pub default_spool: bool,
     /// Headers added to every response (`http.headers`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// How long in-flight responses and fills may run after SIGTERM.
+    pub drain: std::time::Duration,
+    /// Keys accepted from distribution's reference but not applied.
+    pub ignored: Vec<&'static str>,
 }
 
 impl Config {
     /// The plan of this configuration: every key checked, every default
     /// applied (the defaults live with the options they belong to).
     pub fn plan(&self) -> Result<Plan, ConfigError> {
+        self.refused()?;
         let (gc, lease_timeout) = self.gc()?;
         let scheduler = Options {
             ttl: self.ttl()?,
@@ -82,6 +87,8 @@ impl Config {
             settings,
             default_spool: self.proxy.spooldirectory.is_none(),
             headers,
+            drain: self.drain_timeout()?,
+            ignored: self.ignored_keys(),
         })
     }
 }
