@@ -50,6 +50,14 @@ enum Command {
         /// The config.yml of the cache.
         config: PathBuf,
     },
+    /// Checks a configuration without starting anything: prints the
+    /// effective configuration (every default applied, secrets masked) and
+    /// every key accepted but not applied, or what would stop the start
+    /// (exit status 2).
+    CheckConfig {
+        /// The config.yml to check (`REGISTRY_*` variables apply).
+        config: PathBuf,
+    },
 }
 
 /// Why a command failed.
@@ -110,7 +118,9 @@ fn main() -> std::process::ExitCode {
     let command = Cli::parse().command;
     let path = match &command {
         Command::Serve { config } => config.clone(),
-        Command::Gc { config, .. } | Command::Scrub { config, .. } => Some(config.clone()),
+        Command::Gc { config, .. }
+        | Command::Scrub { config, .. }
+        | Command::CheckConfig { config } => Some(config.clone()),
     };
     let config = match Config::load(path.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -119,6 +129,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Command::CheckConfig { .. } = command {
+        return check_config(&config);
+    }
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -148,12 +161,32 @@ fn main() -> std::process::ExitCode {
         Command::Serve { .. } => runtime.block_on(serve(plan)),
         Command::Gc { dry_run, .. } => runtime.block_on(gc(plan, dry_run)),
         Command::Scrub { rate, dry_run, .. } => runtime.block_on(scrub(plan, &rate, dry_run)),
+        Command::CheckConfig { .. } => Ok(()),
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `registry-proxy check-config`: the plan of `config`, or why there is none.
+fn check_config(config: &Config) -> std::process::ExitCode {
+    match config.plan() {
+        Ok(plan) => {
+            println!("effective configuration (secrets masked):\n{plan:#?}");
+            for key in &plan.ignored {
+                println!(
+                    "ignored: {key} (accepted from distribution's configuration, not applied)"
+                );
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("refused: {e}");
+            std::process::ExitCode::from(2)
         }
     }
 }
