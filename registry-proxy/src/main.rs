@@ -58,6 +58,14 @@ enum Command {
         /// The config.yml to check (`REGISTRY_*` variables apply).
         config: PathBuf,
     },
+    /// Prints the completion script of `shell` (for example to
+    /// `/usr/share/bash-completion/completions/registry-proxy`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff, for `man -l -` or `/usr/share/man/man1`).
+    Man,
 }
 
 /// Why a command failed.
@@ -116,11 +124,30 @@ const BLOCKING_THREADS: usize = 16;
 
 fn main() -> std::process::ExitCode {
     let command = Cli::parse().command;
+    match &command {
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cli, "registry-proxy", &mut std::io::stdout());
+            return std::process::ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            return match page.render(&mut std::io::stdout()) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("registry-proxy: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let path = match &command {
         Command::Serve { config } => config.clone(),
         Command::Gc { config, .. }
         | Command::Scrub { config, .. }
         | Command::CheckConfig { config } => Some(config.clone()),
+        Command::Completions { .. } | Command::Man => None,
     };
     let config = match Config::load(path.as_deref(), std::env::vars()) {
         Ok(c) => c,
@@ -161,7 +188,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve { .. } => runtime.block_on(serve(plan)),
         Command::Gc { dry_run, .. } => runtime.block_on(gc(plan, dry_run)),
         Command::Scrub { rate, dry_run, .. } => runtime.block_on(scrub(plan, &rate, dry_run)),
-        Command::CheckConfig { .. } => Ok(()),
+        Command::CheckConfig { .. } | Command::Completions { .. } | Command::Man => Ok(()),
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,

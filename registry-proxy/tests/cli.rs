@@ -51,3 +51,29 @@ fn check_config_prints_the_plan_masked_or_what_is_refused() {
     );
     assert!(said.contains("http.tls"), "{said}");
 }
+
+/// Shell completions and the man page come from the command-line
+/// definitions: they name every subcommand.
+#[test]
+fn completions_and_the_man_page_name_every_subcommand() {
+    let run = |args: &[&str]| {
+        let out = Command::new(registry_proxy_binary())
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let bash = run(&["completions", "bash"]);
+    let man = run(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH"),
+        "not roff: {man}"
+    );
+    for subcommand in ["serve", "scrub", "gc", "check-config"] {
+        assert!(bash.contains(subcommand), "completions lack {subcommand}");
+        // roff spells a hyphen `\-`.
+        let roff = subcommand.replace('-', "\\-");
+        assert!(man.contains(&roff), "the man page lacks {subcommand}");
+    }
+}
