@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_rust
-ensure_apt docker-registry:docker-registry skopeo:skopeo etcd:etcd-server
+ensure_apt docker-registry:docker-registry skopeo:skopeo etcd:etcd-server curl:curl
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::layout::RepoKey;
 use crate::metrics::{Metrics, NamespaceMetrics};
 use crate::oci::{ErrorCode, OciError, RepoName};
-use crate::upstream::{Credentials, Upstream};
+use crate::upstream::{Credentials, Upstream, UpstreamTls};
 
 /// Which stored blobs a namespace is served (containerd's content sharing
 /// policy between namespaces).
@@ -56,6 +56,8 @@ pub struct NamespaceSpec {
     pub registry2_dir: bool,
     /// Whether requests that name no namespace go to it.
     pub default: bool,
+    /// How its https upstream is trusted beyond the platform's roots.
+    pub tls: UpstreamTls,
 }
 
 impl NamespaceSpec {
@@ -71,6 +73,7 @@ impl NamespaceSpec {
             users: None,
             registry2_dir: true,
             default: true,
+            tls: UpstreamTls::default(),
         }
     }
 }
@@ -210,9 +213,13 @@ impl Namespaces {
         let list = specs
             .iter()
             .map(|spec| {
+                if spec.tls.insecure {
+                    tracing::warn!(namespace = %spec.name, "tls.insecure: the upstream's certificate is not checked");
+                }
                 let upstream = Upstream::new(
                     spec.remote.clone(),
                     spec.credentials.clone(),
+                    &spec.tls,
                     connect_timeout,
                 )
                 .with_metrics(Arc::clone(metrics));

@@ -22,7 +22,7 @@ use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Sharing};
 use crate::scheduler::{GcOptions, Options, Purge};
-use crate::upstream::Credentials;
+use crate::upstream::{Credentials, UpstreamTls};
 pub use plan::Plan;
 
 /// A configuration that cannot be used; `key` is the dotted path at fault.
@@ -477,6 +477,43 @@ pub struct UpstreamEntry {
     pub users: Option<Vec<String>>,
     /// Whether requests naming no namespace go here.
     pub default: bool,
+    /// How its upstream is trusted beyond the platform's roots.
+    pub tls: UpstreamTlsConfig,
+}
+
+/// `proxy.tls` and `proxy.upstreams[].tls`: trust for an https upstream
+/// beyond the platform's roots (the system store, `SSL_CERT_FILE`,
+/// `SSL_CERT_DIR`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// A PEM bundle of more roots (a company CA).
+    pub ca: Option<PathBuf>,
+    /// Accept any certificate (a self-signed lab registry; warned at start).
+    pub insecure: bool,
+}
+
+impl UpstreamTlsConfig {
+    /// The trust of `key`'s upstream, its CA bundle read and checked.
+    fn read(&self, key: &str) -> Result<UpstreamTls, ConfigError> {
+        let ca_pem = match &self.ca {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    invalid(
+                        format!("{key}.ca"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                UpstreamTls::check_bundle(&pem).map_err(|e| invalid(format!("{key}.ca"), e))?;
+                Some(pem)
+            }
+        };
+        Ok(UpstreamTls {
+            ca_pem,
+            insecure: self.insecure,
+        })
+    }
 }
 
 /// `proxy` section.
@@ -502,6 +539,8 @@ pub struct ProxyConfig {
     pub users: Option<Vec<String>>,
     /// Ours: more upstreams, one namespace each.
     pub upstreams: Vec<UpstreamEntry>,
+    /// Ours: how `remoteurl` is trusted beyond the platform's roots.
+    pub tls: UpstreamTlsConfig,
     /// Ours: how long a tag resolved upstream is trusted before asking again
     /// (default `5s`).
     #[serde(deserialize_with = "scalar_text")]
@@ -726,6 +765,7 @@ impl Config {
                 spec.name = name.clone();
             }
             spec.users = self.users("proxy.users", proxy.users.as_ref())?;
+            spec.tls = proxy.tls.read("proxy.tls")?;
             spec.default = !proxy.upstreams.iter().any(|u| u.default);
             specs.push(spec);
         }
@@ -768,6 +808,7 @@ impl Config {
                 users: self.users(&key("users"), entry.users.as_ref())?,
                 registry2_dir: false,
                 default: entry.default,
+                tls: entry.tls.read(&key("tls"))?,
             });
         }
         if specs.iter().filter(|s| s.default).count() > 1 {

@@ -34,6 +34,28 @@ impl Deadline {
     }
 }
 
+/// How the client trusts an https upstream beyond the platform's roots
+/// (the system store, `SSL_CERT_FILE` and `SSL_CERT_DIR` honoured) and the
+/// compiled-in web roots.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// More roots: a PEM bundle (a company CA).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Accept any certificate (a self-signed lab registry); warned about.
+    pub insecure: bool,
+}
+
+impl UpstreamTls {
+    /// Checks that `pem` is a bundle of at least one certificate.
+    pub fn check_bundle(pem: &[u8]) -> Result<(), String> {
+        match reqwest::Certificate::from_pem_bundle(pem) {
+            Ok(certs) if !certs.is_empty() => Ok(()),
+            Ok(_) => Err("holds no certificate".to_owned()),
+            Err(e) => Err(format!("not a PEM certificate bundle: {e}")),
+        }
+    }
+}
+
 /// The upstream registry.
 pub struct Upstream {
     base: Url,
@@ -54,7 +76,12 @@ impl Upstream {
     /// A client for the registry at `base` (`https://registry-1.docker.io`).
     /// `connect_timeout` bounds connecting; each request passes its own
     /// timeout to [`Upstream::send`] (fills bound blob bodies by idleness).
-    pub fn new(base: Url, credentials: Credentials, connect_timeout: Duration) -> Self {
+    pub fn new(
+        base: Url,
+        credentials: Credentials,
+        tls: &UpstreamTls,
+        connect_timeout: Duration,
+    ) -> Self {
         let home = reach(&base);
         let secure = base.scheme() == "https";
         // Docker Hub sends blobs to a CDN. reqwest drops the Authorization
@@ -73,11 +100,19 @@ impl Upstream {
                 attempt.follow()
             }
         });
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .redirect(policy)
-            .build()
-            .unwrap_or_default();
+            .danger_accept_invalid_certs(tls.insecure);
+        // Checked when the configuration was read.
+        let roots = tls
+            .ca_pem
+            .as_deref()
+            .map(reqwest::Certificate::from_pem_bundle);
+        for root in roots.into_iter().flatten().flatten() {
+            builder = builder.add_root_certificate(root);
+        }
+        let client = builder.build().unwrap_or_default();
         Self {
             auth: Auth::new(base.clone(), credentials),
             base,
@@ -237,7 +272,12 @@ mod tests {
                 "https://h.example/a/b/v2/library/alpine/manifests/3",
             ),
         ] {
-            let upstream = Upstream::new(base.parse().expect("url"), None, Duration::from_secs(1));
+            let upstream = Upstream::new(
+                base.parse().expect("url"),
+                None,
+                &UpstreamTls::default(),
+                Duration::from_secs(1),
+            );
             assert_eq!(
                 upstream.url(&repo, "manifests/3").expect("url").as_str(),
                 expected

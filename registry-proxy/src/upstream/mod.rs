@@ -9,6 +9,6 @@ pub mod error;
 pub mod registry;
 
 pub use auth::{Challenge, Credentials, parse_challenge};
-pub use client::{Deadline, Upstream};
+pub use client::{Deadline, Upstream, UpstreamTls};
 pub use error::{Asked, UpstreamError};
 pub use registry::{BlobBody, Fetched};
