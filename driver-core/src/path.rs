@@ -187,19 +187,16 @@ impl Segment {
     /// `const DATA: Segment = Segment::from_static("data");` does not
     /// compile if the literal is not a segment.
     pub const fn from_static(s: &'static str) -> Self {
-        assert!(is_segment(s.as_bytes()), "not a storage path segment");
+        assert!(
+            segment_problem(s.as_bytes()).is_none(),
+            "not a storage path segment"
+        );
         Self(Text::Static(s))
     }
 
     /// `bytes` in lowercase hex (two characters a byte).
     pub fn hex(bytes: &[u8]) -> Self {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let text: String = bytes
-            .iter()
-            .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
-            .map(char::from)
-            .collect();
-        Self(Text::Shared(Arc::from(text)))
+        Self(Text::Shared(Arc::from(hex::encode(bytes))))
     }
 
     /// `self-other`: two segments joined by a dash are one segment.
@@ -258,43 +255,35 @@ impl fmt::Debug for Segment {
     }
 }
 
-/// The grammar of a segment, without its length limit (`const`, for
-/// [`Segment::from_static`]).
-const fn is_segment(s: &[u8]) -> bool {
-    if s.is_empty()
-        || (s.len() == 1 && s[0] == b'.')
-        || (s.len() == 2 && s[0] == b'.' && s[1] == b'.')
-    {
-        return false;
+/// Why `s` is not a segment, or `None` when it is: the one statement of
+/// the segment grammar, `const` so that [`Segment::from_static`] checks
+/// literals when the program is compiled.
+const fn segment_problem(s: &[u8]) -> Option<&'static str> {
+    if s.is_empty() {
+        return Some("empty segment (\"//\" or trailing '/')");
+    }
+    if (s.len() == 1 && s[0] == b'.') || (s.len() == 2 && s[0] == b'.' && s[1] == b'.') {
+        return Some("'.' and '..' segments are not allowed");
+    }
+    if s.len() > MAX_SEGMENT_LEN {
+        return Some("segment too long");
     }
     let mut i = 0;
     while i < s.len() {
         let b = s[i];
         if !(b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
-            return false;
+            return Some("segments may only contain A-Z, a-z, 0-9, '.', '_' and '-'");
         }
         i += 1;
     }
-    true
+    None
 }
 
 fn check_segment(segment: &str) -> Result<(), &'static str> {
-    if segment.is_empty() {
-        return Err("empty segment (\"//\" or trailing '/')");
+    match segment_problem(segment.as_bytes()) {
+        None => Ok(()),
+        Some(reason) => Err(reason),
     }
-    if segment == "." || segment == ".." {
-        return Err("'.' and '..' segments are not allowed");
-    }
-    if segment.len() > MAX_SEGMENT_LEN {
-        return Err("segment too long");
-    }
-    if !segment
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err("segments may only contain A-Z, a-z, 0-9, '.', '_' and '-'");
-    }
-    Ok(())
 }
 
 impl fmt::Display for StoragePath {
@@ -341,7 +330,7 @@ mod tests {
         assert_eq!(built.last_segment().expect("last").as_str(), "00ab");
         for bad in ["", ".", "..", "a/b", "a b", "\u{e9}"] {
             assert!(Segment::parse(bad).is_err(), "{bad:?}");
-            assert!(!is_segment(bad.as_bytes()), "{bad:?}");
+            assert!(segment_problem(bad.as_bytes()).is_some(), "{bad:?}");
         }
     }
 

@@ -37,12 +37,28 @@ impl Deadline {
 /// How the client trusts an https upstream beyond the platform's roots
 /// (the system store, `SSL_CERT_FILE` and `SSL_CERT_DIR` honoured) and the
 /// compiled-in web roots.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct UpstreamTls {
     /// More roots: a PEM bundle (a company CA).
     pub ca_pem: Option<Vec<u8>>,
     /// Accept any certificate (a self-signed lab registry); warned about.
     pub insecure: bool,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    /// The bundle's size, not its bytes (`check-config` prints plans).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field(
+                "ca_pem",
+                &self
+                    .ca_pem
+                    .as_ref()
+                    .map(|pem| format!("{} bytes", pem.len())),
+            )
+            .field("insecure", &self.insecure)
+            .finish()
+    }
 }
 
 impl UpstreamTls {
