@@ -20,6 +20,7 @@ use crate::metadata::etcd::{Etcd, EtcdOptions};
 use crate::metered::Metered;
 use crate::metrics::Metrics;
 use crate::namespace::{InvalidNamespace, NamespaceSpec, Namespaces};
+use crate::routes::Urls;
 use crate::scheduler::{Clock, LoadError, Options, Scheduler, Tracker};
 
 /// Everything a request handler needs; cheap to clone.
@@ -41,6 +42,8 @@ pub struct AppState {
     pub namespaces: Arc<Namespaces>,
     /// Client authentication, when configured.
     pub auth: Option<Arc<Htpasswd>>,
+    /// The URLs the cache writes.
+    pub urls: Arc<Urls>,
 }
 
 /// Why the application state could not be opened.
@@ -100,6 +103,8 @@ pub struct Settings {
     pub clock: Clock,
     /// The etcd shared with other replicas; `None`: a single node.
     pub coordination: Option<EtcdOptions>,
+    /// The URLs the cache writes (`http.prefix`, `http.host`).
+    pub urls: Urls,
 }
 
 impl AppState {
@@ -155,6 +160,7 @@ impl AppState {
             scheduler,
             namespaces,
             auth: settings.auth,
+            urls: Arc::new(settings.urls),
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod health;
 pub mod layout;
 pub mod listener;
 pub mod metadata;
@@ -27,6 +28,7 @@ pub mod oci;
 pub mod routes;
 pub mod scheduler;
 pub(crate) mod sync;
+pub mod tls;
 pub mod upstream;
 
 pub use app::{AppState, OpenError, Settings, open_store};

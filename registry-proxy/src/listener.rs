@@ -13,7 +13,7 @@
 //!   kernel's backlog until one ends.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,14 +24,15 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::metrics::Metrics;
+use crate::tls::ServerTls;
 
 /// The listener's limits (`http.*` keys of the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,12 +179,62 @@ impl Activity {
     }
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown`
-/// completes, then stops accepting and waits for the connections being
-/// served to finish (the caller bounds that wait). Each request carries
-/// its client's address as [`ConnectInfo`].
+/// Where connections arrive (`http.net`).
+#[derive(Debug)]
+pub enum Bound {
+    /// A TCP socket (`tcp`).
+    Tcp(TcpListener),
+    /// A Unix socket (`unix`); its clients show as [`UNIX_PEER`].
+    Unix(UnixListener),
+}
+
+/// The address a Unix socket's clients carry as [`ConnectInfo`] (they
+/// have none; failed-login throttling then counts them as one).
+pub const UNIX_PEER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+impl Bound {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Self::Tcp(listener) => {
+                let (socket, remote) = listener.accept().await?;
+                let _ = socket.set_nodelay(true);
+                Ok((Socket::Tcp(socket), remote))
+            }
+            Self::Unix(listener) => {
+                let (socket, _) = listener.accept().await?;
+                Ok((Socket::Unix(socket), UNIX_PEER))
+            }
+        }
+    }
+}
+
+/// An accepted connection.
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// An accepted connection and its client's address.
+type Accepted = (Socket, SocketAddr);
+
+/// What every connection shares.
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    router: Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    tls: Option<Arc<ServerTls>>,
+    epoch: Instant,
+    tick: Duration,
+}
+
+/// Serves `router` on `listener` within `limits`, over TLS when `tls` is
+/// given, until `shutdown` completes, then stops accepting and waits for
+/// the connections being served to finish (the caller bounds that wait).
+/// Each request carries its client's address as [`ConnectInfo`].
 pub async fn serve(
-    listener: TcpListener,
+    listener: Bound,
+    tls: Option<Arc<ServerTls>>,
     router: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -198,10 +249,8 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.idle_timeout / 2);
-    let builder = Arc::new(builder);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let epoch = Instant::now();
     // The watchdog looks often enough to close within a quarter of a limit.
     let tick = limits
         .idle_timeout
@@ -209,6 +258,15 @@ pub async fn serve(
         .checked_div(4)
         .unwrap_or_default()
         .max(Duration::from_millis(50));
+    let shared = Arc::new(Shared {
+        builder,
+        router,
+        limits,
+        metrics,
+        tls,
+        epoch: Instant::now(),
+        tick,
+    });
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -230,47 +288,79 @@ pub async fn serve(
                 }
             },
         };
-        let _ = socket.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            shared.metrics.connection(true);
+            match socket {
+                Socket::Tcp(socket) => shared.connection(socket, remote, watcher).await,
+                Socket::Unix(socket) => shared.connection(socket, remote, watcher).await,
+            }
+            shared.metrics.connection(false);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+impl Shared {
+    /// Serves one connection: the TLS handshake first when there is TLS
+    /// (within the header time limit), then HTTP until it ends or its
+    /// watchdog closes it.
+    async fn connection<S>(&self, socket: S, remote: SocketAddr, watcher: Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Arc::new(Activity::default());
-        activity.last.store(millis(epoch), Ordering::Relaxed);
-        let io = TokioIo::new(Watched {
+        activity.last.store(millis(self.epoch), Ordering::Relaxed);
+        let watched = Watched {
             inner: socket,
             activity: Arc::clone(&activity),
-            epoch,
-        });
-        let router = router.clone();
+            epoch: self.epoch,
+        };
+        let Some(tls) = &self.tls else {
+            return self.http(watched, remote, &activity, watcher).await;
+        };
+        let handshake = tokio::time::timeout(self.limits.header_read_timeout, tls.accept(watched));
+        match handshake.await {
+            Ok(Ok(Some(stream))) => self.http(stream, remote, &activity, watcher).await,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%remote, "TLS handshake too slow"),
+        }
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends or
+    /// overstays a time limit.
+    async fn http<I>(&self, io: I, remote: SocketAddr, activity: &Activity, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let router = self.router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request
                 .extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
-        let builder = Arc::clone(&builder);
-        let connection = graceful.watch(
-            builder
-                .serve_connection_with_upgrades(io, service)
+        let connection = watcher.watch(
+            self.builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned(),
         );
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            metrics.connection(true);
-            tokio::pin!(connection);
-            let mut ticks = tokio::time::interval(tick);
-            loop {
-                tokio::select! {
-                    _ = &mut connection => break,
-                    _ = ticks.tick() => {
-                        if let Some(why) = activity.overstayed(millis(epoch), &limits) {
-                            tracing::debug!(%remote, ?why, "closing a connection past its time limit");
-                            break;
-                        }
+        tokio::pin!(connection);
+        let mut ticks = tokio::time::interval(self.tick);
+        loop {
+            tokio::select! {
+                _ = &mut connection => break,
+                _ = ticks.tick() => {
+                    if let Some(why) = activity.overstayed(millis(self.epoch), &self.limits) {
+                        tracing::debug!(%remote, ?why, "closing a connection past its time limit");
+                        break;
                     }
                 }
             }
-            metrics.connection(false);
-            drop(permit);
-        });
+        }
     }
-    drop(listener);
-    graceful.shutdown().await;
 }

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use driver_core::StorageDriver;
-use registry_proxy::config::{Backend, Config, ConfigError, Plan};
+use registry_proxy::config::{Backend, Config, ConfigError, Listen, Plan};
+use registry_proxy::listener::Bound;
 use registry_proxy::metadata::MetadataError;
 use registry_proxy::scheduler::{Clock, LoadError, Scheduler};
+use registry_proxy::tls::ServerTls;
 use registry_proxy::{AppState, app, debug_app};
 use tokio::net::TcpListener;
 
@@ -92,6 +94,9 @@ enum Failure {
     /// The metadata store failed.
     #[error("metadata: {0}")]
     Metadata(#[from] MetadataError),
+    /// TLS cannot be served as configured.
+    #[error(transparent)]
+    Tls(#[from] registry_proxy::tls::TlsError),
     /// A file or socket could not be used.
     #[error("{what}: {source}")]
     Io {
@@ -354,22 +359,29 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
         );
     }
     let scheduler = Arc::clone(&state.scheduler);
-    let addr = plan.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(io(format!("cannot listen on {addr}")))?;
+    let listener = bind(&plan.listen).await?;
+    let tls = match &plan.tls {
+        None => None,
+        Some(spec) => {
+            for warning in &spec.warnings {
+                tracing::warn!("{warning}");
+            }
+            Some(Arc::new(ServerTls::start(spec)?))
+        }
+    };
     if let Some(debug_addr) = plan.debug {
         let debug_listener = TcpListener::bind(debug_addr)
             .await
             .map_err(io(format!("cannot listen on {debug_addr}")))?;
-        let router = debug_app(state.clone());
+        let router = debug_app(state.clone(), &plan.debug_surface);
         tokio::spawn(async move { axum::serve(debug_listener, router).await });
         tracing::info!(%debug_addr, "debug listener");
     }
     let headers: axum::http::HeaderMap = plan.headers.into_iter().collect();
     let blobs = Arc::clone(&state.blobs);
     let metrics = Arc::clone(&state.metrics);
-    let router = app(state).layer(axum::middleware::map_response(
+    let prefix = state.urls.prefix.clone();
+    let mut router = app(state).layer(axum::middleware::map_response(
         move |mut response: axum::response::Response| {
             let headers = headers.clone();
             async move {
@@ -378,13 +390,22 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
             }
         },
     ));
-    tracing::info!(%addr, storage, "registry-proxy listening");
+    if !prefix.is_empty() {
+        router = axum::Router::new().nest(&prefix, router);
+    }
+    tracing::info!(listen = ?plan.listen, tls = plan.tls.is_some(), prefix, storage, "registry-proxy listening");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server =
-        registry_proxy::listener::serve(listener, router, plan.listener, metrics, async move {
+    let server = registry_proxy::listener::serve(
+        listener,
+        tls,
+        router,
+        plan.listener,
+        metrics,
+        async move {
             shutdown_signal().await;
             let _ = stop_tx.send(());
-        });
+        },
+    );
     let server = tokio::spawn(server);
     // After the signal, in-flight responses and fills get `drain` to finish;
     // a fill cut short commits nothing.
@@ -404,6 +425,27 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
         tracing::warn!(error = %e, "could not write the scheduler state");
     }
     Ok(())
+}
+
+/// The public listener's socket. A Unix socket left by an earlier run is
+/// replaced (any other file at its path is not).
+async fn bind(listen: &Listen) -> Result<Bound, Failure> {
+    match listen {
+        Listen::Tcp(addr) => TcpListener::bind(addr)
+            .await
+            .map(Bound::Tcp)
+            .map_err(io(format!("cannot listen on {addr}"))),
+        Listen::Unix(path) => {
+            use std::os::unix::fs::FileTypeExt as _;
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(path)
+                    .map_err(io(format!("cannot replace the socket {}", path.display())))?;
+            }
+            tokio::net::UnixListener::bind(path)
+                .map(Bound::Unix)
+                .map_err(io(format!("cannot listen on {}", path.display())))
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -267,26 +267,6 @@ async fn sigterm_stops_accepting_finishes_responses_and_keeps_what_it_filled() {
     assert_eq!(Digest::of(&again.bytes().await.expect("body")), digest);
 }
 
-/// A CA made here, and a certificate it signed for 127.0.0.1: the files
-/// `ca.pem`, `server.pem` and `server.key` in `dir`.
-fn private_ca(dir: &std::path::Path) {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "registry-proxy test CA");
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("params")
-        .signed_by(&key, &issuer)
-        .expect("server");
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("ca.pem");
-    std::fs::write(dir.join("server.pem"), server.pem()).expect("server.pem");
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("server.key");
-}
-
 /// An https upstream signed by a private CA is trusted through the
 /// namespace's `tls.ca` and through `SSL_CERT_FILE` (the platform's trust
 /// store as OpenSSL-based tools read it); without either, the pull is
@@ -298,7 +278,9 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    private_ca(d);
+    let ca = support::tls::TestCa::new("registry-proxy test CA");
+    let ca_file = ca.write(&d.join("ca.pem"));
+    let server = ca.issue(&["127.0.0.1"], d, "server");
     let root = d.join("upstream-root");
     let image = make_image(d, "tls", 3, &["amd64"]);
     let plain = docker_registry(d, "plain", &root, "");
@@ -307,8 +289,8 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
     drop(plain);
     let tls = format!(
         "  tls:\n    certificate: {}\n    key: {}\n",
-        d.join("server.pem").display(),
-        d.join("server.key").display()
+        server.cert.display(),
+        server.key.display()
     );
     let upstream = docker_registry(d, "tls", &root, &tls);
     let proxy = |name: &str, trust: &str, env: &[(&str, &str)]| {
@@ -321,8 +303,7 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
         );
         (support::registry_proxy_env(&dir, &sections, env), dir)
     };
-    let ca = d.join("ca.pem");
-    let ca = ca.to_str().expect("utf-8");
+    let ca = ca_file.to_str().expect("utf-8");
 
     let (configured, out) = proxy("configured", &format!("  tls:\n    ca: {ca}\n"), &[]);
     pull_and_check(

@@ -95,6 +95,7 @@ async fn replica(
             lease_ttl: Duration::from_secs(10),
             timeout: ETCD_TIMEOUT,
         }),
+        urls: Default::default(),
     };
     AppState::open(Arc::clone(driver), namespaces, settings)
         .await
@@ -296,7 +297,7 @@ async fn readiness_follows_etcd_not_the_upstream() {
     let unreachable = single("http://127.0.0.1:1");
     let state = replica(&driver, &unreachable, &etcd.addr, &prefix, dir.path()).await;
     let probe = |path: &'static str| {
-        let router = registry_proxy::debug_app(state.clone());
+        let router = registry_proxy::debug_app(state.clone(), &Default::default());
         async move {
             let request = Request::get(path).body(Body::empty()).expect("request");
             router.oneshot(request).await.expect("response").status()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use registry_proxy::layout;
-use registry_proxy::listener::{Limits, serve};
+use registry_proxy::listener::{Bound, Limits, serve};
 use registry_proxy::oci::Digest;
 use support::InProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,7 +34,8 @@ async fn listening(proxy: &InProcess) -> String {
     let router = registry_proxy::app(proxy.state.clone());
     let metrics = std::sync::Arc::clone(&proxy.state.metrics);
     tokio::spawn(serve(
-        listener,
+        Bound::Tcp(listener),
+        None,
         router,
         LIMITS,
         metrics,

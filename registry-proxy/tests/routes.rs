@@ -974,7 +974,7 @@ async fn tags_list_and_catalog_paginate() {
 
 /// GETs `uri` from the debug listener's router.
 async fn debug_get(s: &Setup, uri: &str) -> Bytes {
-    let response = registry_proxy::debug_app(s.state.clone())
+    let response = registry_proxy::debug_app(s.state.clone(), &Default::default())
         .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
         .await
         .expect("debug response");
@@ -1434,7 +1434,7 @@ async fn redirects_carry_no_credentials_and_never_reach_link_local_addresses() {
 /// Polls the proxy's debug variables until `FillClients` reaches `n`.
 async fn wait_for_fill_clients(s: &InProcess, n: u64) {
     for _ in 0..10_000 {
-        let response = registry_proxy::debug_app(s.state.clone())
+        let response = registry_proxy::debug_app(s.state.clone(), &Default::default())
             .oneshot(
                 Request::get("/debug/vars")
                     .body(Body::empty())

@@ -68,6 +68,7 @@ impl InProcess {
             scheduler: Default::default(),
             clock: Clock::system(),
             coordination: None,
+            urls: Default::default(),
         };
         tweak(&mut settings);
         let state =

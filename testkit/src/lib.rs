@@ -1,7 +1,8 @@
 //! What registry-proxy's tests and benchmarks share, by concern: real
 //! servers as processes ([`processes`]), images pushed and pulled
 //! ([`images`], [`skopeo`]), a proxy in this process ([`in_process`]),
-//! tiny upstream fakes ([`fakes`]), and load and measurement ([`load`]).
+//! tiny upstream fakes ([`fakes`]), certificates ([`tls`]), and load and
+//! measurement ([`load`]).
 //! A crate of its own, so that each test uses what it needs without
 //! compiling (and silencing) the rest.
 
@@ -11,6 +12,7 @@ pub mod in_process;
 pub mod load;
 pub mod processes;
 pub mod skopeo;
+pub mod tls;
 
 pub use images::*;
 pub use in_process::*;

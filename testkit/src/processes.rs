@@ -225,10 +225,26 @@ pub fn registry_proxy_with(dir: &Path, sections: &str) -> Server {
 /// [`registry_proxy_with`], with `env` added to the process's environment.
 pub fn registry_proxy_env(dir: &Path, sections: &str, env: &[(&str, &str)]) -> Server {
     let addr = format!("127.0.0.1:{}", free_port());
+    registry_proxy_http(dir, &addr, "", sections, env)
+}
+
+/// The registry-proxy binary listening on `addr` (a TCP address, or a
+/// socket path with `net: unix` in `http`), with the lines `http` (indented
+/// two spaces) added to its `http` section and a debug listener, the config
+/// `sections` and `env`. Ready once the debug listener answers (it starts
+/// after the public one is bound).
+pub fn registry_proxy_http(
+    dir: &Path,
+    addr: &str,
+    http: &str,
+    sections: &str,
+    env: &[(&str, &str)],
+) -> Server {
     let config = dir.join("proxy.yml");
     let debug = format!("127.0.0.1:{}", free_port());
-    let yaml =
-        format!("version: 0.1\nhttp:\n  addr: {addr}\n  debug:\n    addr: {debug}\n{sections}");
+    let yaml = format!(
+        "version: 0.1\nhttp:\n  addr: {addr}\n{http}  debug:\n    addr: {debug}\n{sections}"
+    );
     std::fs::write(&config, yaml).expect("config");
     let config = config.to_str().expect("utf-8 path");
     let binary = registry_proxy_binary();
@@ -236,10 +252,11 @@ pub fn registry_proxy_env(dir: &Path, sections: &str, env: &[(&str, &str)]) -> S
         binary.to_str().expect("utf-8 path"),
         &["serve", config],
         "proxy",
-        addr,
+        debug.clone(),
         dir,
         env,
     );
+    server.addr = addr.to_owned();
     server.debug = Some(debug);
     server
 }

@@ -1,6 +1,7 @@
 //! Distribution's YAML configuration, overridden by `REGISTRY_*` variables,
 //! into a typed, validated [`Config`].
 
+mod http;
 mod plan;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,9 @@ use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Sharing};
 use crate::scheduler::{GcOptions, Options, Purge};
 use crate::upstream::{Credentials, UpstreamTls};
+pub use http::{
+    HealthConfig, HttpTlsConfig, LetsEncryptConfig, Listen, PrometheusConfig, StorageDriverHealth,
+};
 pub use plan::Plan;
 
 /// A configuration that cannot be used; `key` is the dotted path at fault.
@@ -75,9 +79,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Client authentication.
     pub auth: AuthConfig,
-    /// Distribution's health checks: accepted, not used (`/healthz` on the
-    /// debug listener checks storage).
-    pub health: Value,
+    /// Health checks: `storagedriver` applied, the others accepted.
+    pub health: HealthConfig,
     /// Garbage collection and leases (registry-proxy's own).
     pub gc: GcConfig,
     /// Where several replicas coordinate (registry-proxy's own); absent:
@@ -113,7 +116,9 @@ impl Config {
             ("redis", &self.redis),
             ("compatibility", &self.compatibility),
             ("validation", &self.validation),
-            ("health", &self.health),
+            ("health.file", &self.health.file),
+            ("health.http", &self.health.http),
+            ("health.tcp", &self.health.tcp),
             ("log.accesslog", &self.log.accesslog),
             ("log.hooks", &self.log.hooks),
             ("log.reportcaller", &self.log.reportcaller),
@@ -125,13 +130,9 @@ impl Config {
                 "storage.maintenance.readonly",
                 &self.storage.maintenance.readonly,
             ),
-            ("http.prefix", &http.prefix),
-            ("http.host", &http.host),
             ("http.secret", &http.secret),
-            ("http.relativeurls", &http.relativeurls),
             ("http.http2", &http.http2),
             ("http.h2c", &http.h2c),
-            ("http.debug.prometheus", &http.debug.prometheus),
         ]
         .into_iter()
         .filter(|(_, value)| !value.is_null())
@@ -140,19 +141,9 @@ impl Config {
     }
 
     /// The keys that would make the cache do less than the configuration
-    /// asks (serve plain HTTP where it asks for TLS, a socket where it asks
-    /// for a Unix one, no client authentication where it asks for another
-    /// scheme): refused rather than ignored.
+    /// asks (no client authentication where it asks for another scheme):
+    /// refused rather than ignored.
     fn refused(&self) -> Result<(), ConfigError> {
-        if !self.http.tls.is_null() {
-            return Err(invalid(
-                "http.tls",
-                "TLS serving is not built yet: terminate TLS in front of the cache",
-            ));
-        }
-        if !self.http.net.is_null() && self.http.net.as_str() != Some("tcp") {
-            return Err(invalid("http.net", "only tcp is served"));
-        }
         for (key, value) in [
             ("auth.silly", &self.auth.silly),
             ("auth.token", &self.auth.token),
@@ -362,19 +353,21 @@ pub struct HttpConfig {
     /// How long in-flight responses may run after SIGTERM (default `30s`).
     #[serde(deserialize_with = "scalar_text")]
     pub draintimeout: Option<String>,
-    /// Distribution's TLS serving: refused until it is built.
-    pub tls: Value,
-    /// Distribution's listener network: `tcp` only.
-    pub net: Value,
-    /// Distribution's path prefix: accepted, not applied.
-    pub prefix: Value,
-    /// Distribution's external URL: accepted, not applied.
-    pub host: Value,
+    /// TLS serving.
+    pub tls: HttpTlsConfig,
+    /// The listener's network: `tcp` (default) or `unix` (then `addr` is
+    /// the socket's path).
+    pub net: Option<String>,
+    /// The path the API is served under (`/registry` serves
+    /// `/registry/v2/`).
+    pub prefix: Option<String>,
+    /// The cache's external URL, for the absolute URLs it writes.
+    pub host: Option<String>,
     /// Distribution's upload-state secret: accepted, not needed (a cache
     /// takes no uploads).
     pub secret: Value,
-    /// Distribution's relative Location URLs: accepted, not applied.
-    pub relativeurls: Value,
+    /// Write relative URLs even when `host` is set.
+    pub relativeurls: Option<bool>,
     /// Distribution's HTTP/2 switch: accepted, not applied.
     pub http2: Value,
     /// Distribution's cleartext HTTP/2 switch: accepted, not applied.
@@ -392,12 +385,12 @@ impl Default for HttpConfig {
             idletimeout: None,
             writetimeout: None,
             draintimeout: None,
-            tls: Value::Null,
-            net: Value::Null,
-            prefix: Value::Null,
-            host: Value::Null,
+            tls: HttpTlsConfig::default(),
+            net: None,
+            prefix: None,
+            host: None,
             secret: Value::Null,
-            relativeurls: Value::Null,
+            relativeurls: None,
             http2: Value::Null,
             h2c: Value::Null,
         }
@@ -410,9 +403,8 @@ impl Default for HttpConfig {
 pub struct DebugConfig {
     /// Listen address of the debug server; none when empty.
     pub addr: String,
-    /// Distribution's Prometheus switch and path: accepted, not applied
-    /// (`/metrics` is always served on the debug listener).
-    pub prometheus: Value,
+    /// The metrics' switch and path (served unless `enabled: false`).
+    pub prometheus: PrometheusConfig,
 }
 
 /// `auth` section: registry:2's `htpasswd` (other schemes are refused).
@@ -678,7 +670,10 @@ impl Config {
         self.refused()?;
         self.drain_timeout()?;
         self.backend()?;
-        self.listen_addr()?;
+        self.listen()?;
+        self.server_tls()?;
+        self.urls()?;
+        self.debug_surface()?;
         self.debug_addr()?;
         self.namespaces()?;
         self.client_auth()?;
@@ -724,11 +719,6 @@ impl Config {
                 "only one of filesystem, s3, inmemory may be set",
             )),
         }
-    }
-
-    /// The public listener's address.
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        parse_addr("http.addr", &self.http.addr)
     }
 
     /// The debug listener's address, if configured.
@@ -1128,6 +1118,9 @@ fn set(tree: &mut Value, keys: &[String], value: Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::StorageCheck;
+    use crate::routes::{DebugSurface, Urls};
+    use crate::tls::MinimumTls;
 
     /// The config.yml registry:2 ships, turned into a proxy as its docs say.
     const REGISTRY2_PROXY: &str = "\
@@ -1173,8 +1166,8 @@ proxy:
             matches!(config.backend(), Ok(Backend::Filesystem(fs)) if fs.root_directory == std::path::Path::new("/var/lib/registry"))
         );
         assert_eq!(
-            config.listen_addr().expect("addr").to_string(),
-            "0.0.0.0:5000"
+            config.listen().expect("addr"),
+            Listen::Tcp("0.0.0.0:5000".parse().expect("addr"))
         );
         assert_eq!(config.ttl().expect("ttl"), Duration::from_secs(168 * 3600));
         assert_eq!(config.proxy.username.as_deref(), Some("user"));
@@ -1268,8 +1261,8 @@ proxy:
             matches!(config.backend(), Ok(Backend::Filesystem(fs)) if fs.root_directory == std::path::Path::new("./data"))
         );
         assert_eq!(
-            config.listen_addr().expect("addr").to_string(),
-            "127.0.0.1:5000"
+            config.listen().expect("addr"),
+            Listen::Tcp("127.0.0.1:5000".parse().expect("addr"))
         );
         let namespaces = config.namespaces().expect("namespaces");
         assert_eq!(namespaces.len(), 1);
@@ -1312,8 +1305,8 @@ proxy:
             "http://other:5000/"
         );
         assert_eq!(
-            config.listen_addr().expect("addr").to_string(),
-            "127.0.0.1:6000"
+            config.listen().expect("addr"),
+            Listen::Tcp("127.0.0.1:6000".parse().expect("addr"))
         );
     }
 
@@ -1376,6 +1369,7 @@ proxy:
         let htpasswd = dir.path().join("htpasswd");
         let hash = bcrypt::hash("pw", 4).expect("hash");
         std::fs::write(&htpasswd, format!("alice:{hash}\n")).expect("write");
+        let (cert, key) = self_signed(dir.path());
         let yaml = format!(
             "version: 0.1
 log:
@@ -1416,9 +1410,15 @@ http:
   relativeurls: true
   draintimeout: 5s
   net: tcp
+  tls:
+    certificate: {cert}
+    key: {key}
+    clientcas: [{cert}]
+    minimumtls: tls1.0
+    ciphersuites: [TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]
   debug:
     addr: 127.0.0.1:5001
-    prometheus: {{enabled: true, path: /metrics}}
+    prometheus: {{enabled: true, path: /prom}}
   headers: {{X-Content-Type-Options: [nosniff]}}
   http2: {{disabled: false}}
   h2c: {{enabled: false}}
@@ -1454,6 +1454,42 @@ validation:
         let config = load(&yaml, &[]).expect("every reference key is accepted");
         let plan = config.plan().expect("plan");
         assert_eq!(
+            plan.settings.urls,
+            Urls {
+                prefix: "/nested".into(),
+                base: None
+            },
+            "relative URLs under the prefix"
+        );
+        assert_eq!(
+            plan.debug_surface,
+            DebugSurface {
+                metrics_path: Some("/prom".into()),
+                storage_check: Some(StorageCheck {
+                    interval: Duration::from_secs(10),
+                    threshold: 3
+                }),
+            }
+        );
+        let tls = plan.tls.expect("tls");
+        assert_eq!(tls.minimum, MinimumTls::Tls12);
+        assert_eq!(tls.client_cas.len(), 1);
+        assert_eq!(
+            tls.suites.as_deref(),
+            Some(&["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256".to_owned()][..])
+        );
+        assert_eq!(tls.warnings.len(), 2, "{:?}", tls.warnings);
+        let absolute = load(
+            &yaml.replace("relativeurls: true", "relativeurls: false"),
+            &[],
+        )
+        .expect("absolute");
+        assert_eq!(
+            absolute.urls().expect("urls").v2("a/tags/list"),
+            "https://cache.test:5000/nested/v2/a/tags/list"
+        );
+        let plan = config.plan().expect("plan");
+        assert_eq!(
             plan.drain,
             Duration::from_secs(5),
             "http.draintimeout applies"
@@ -1468,7 +1504,9 @@ validation:
                 "redis",
                 "compatibility",
                 "validation",
-                "health",
+                "health.file",
+                "health.http",
+                "health.tcp",
                 "log.accesslog",
                 "log.hooks",
                 "log.reportcaller",
@@ -1477,43 +1515,90 @@ validation:
                 "storage.redirect",
                 "storage.tag",
                 "storage.maintenance.readonly",
-                "http.prefix",
-                "http.host",
                 "http.secret",
-                "http.relativeurls",
                 "http.http2",
                 "http.h2c",
-                "http.debug.prometheus",
             ]
         );
         let e = load(&yaml.replace("relativeurls", "relativeurl"), &[]).expect_err("misspelt");
         assert!(e.to_string().contains("relativeurl"), "{e}");
     }
 
-    /// What would make the cache do less than asked is refused, naming
-    /// the key: TLS (plain HTTP would be served), a Unix socket, client
-    /// authentication other than htpasswd (every client would be let in).
+    /// What cannot be served as asked is refused, naming the key: TLS
+    /// files that do not load or do not match, ambiguous or incomplete TLS,
+    /// unknown TLS versions and suite names, other networks, prefixes and
+    /// hosts that are not a path and a URL, a metrics path that hides a
+    /// probe, client authentication other than htpasswd (every client
+    /// would be let in).
     #[test]
-    fn tls_unix_sockets_and_other_auth_schemes_are_refused() {
+    fn what_cannot_be_honoured_is_refused_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = self_signed(dir.path());
+        let files = format!("certificate: {cert}\n    key: {key}");
         for (section, key) in [
             (
-                "http:\n  tls:\n    certificate: /c.pem\n    key: /k.pem\n",
+                "http:\n  tls:\n    certificate: /nonexistent/c.pem\n    key: /k.pem\n".to_owned(),
+                "http.tls.certificate",
+            ),
+            (
+                format!("http:\n  tls:\n    certificate: {cert}\n"),
+                "http.tls.key",
+            ),
+            (
+                format!("http:\n  tls:\n    certificate: {cert}\n    key: {cert}\n"),
+                "http.tls.key",
+            ),
+            (
+                format!(
+                    "http:\n  tls:\n    {files}\n    letsencrypt: {{cachefile: /c, hosts: [a.test]}}\n"
+                ),
                 "http.tls",
             ),
-            ("http:\n  net: unix\n  addr: /run/cache.sock\n", "http.net"),
             (
-                "auth:\n  token:\n    realm: https://auth.test/\n    service: s\n",
+                "http:\n  tls:\n    letsencrypt: {cachefile: /c, email: a@b.test}\n".to_owned(),
+                "http.tls.letsencrypt.hosts",
+            ),
+            (
+                format!("http:\n  tls:\n    {files}\n    minimumtls: tls9\n"),
+                "http.tls.minimumtls",
+            ),
+            (
+                format!("http:\n  tls:\n    {files}\n    ciphersuites: [rc4]\n"),
+                "http.tls.ciphersuites",
+            ),
+            ("http:\n  net: udp\n".to_owned(), "http.net"),
+            ("http:\n  net: unix\n  addr: ''\n".to_owned(), "http.addr"),
+            ("http:\n  prefix: nested\n".to_owned(), "http.prefix"),
+            ("http:\n  host: cache.test\n".to_owned(), "http.host"),
+            (
+                "http:\n  debug:\n    addr: 127.0.0.1:0\n    prometheus: {path: /livez}\n"
+                    .to_owned(),
+                "http.debug.prometheus.path",
+            ),
+            (
+                "auth:\n  token:\n    realm: https://auth.test/\n    service: s\n".to_owned(),
                 "auth.token",
             ),
             (
-                "auth:\n  silly:\n    realm: r\n    service: s\n",
+                "auth:\n  silly:\n    realm: r\n    service: s\n".to_owned(),
                 "auth.silly",
             ),
         ] {
             let yaml = format!("storage:\n  inmemory: {{}}\n{section}");
             let e = load(&yaml, &[]).expect_err(key);
-            assert_eq!(e.key, key);
+            assert_eq!(e.key, key, "{section}: {e}");
         }
+    }
+
+    /// A self-signed certificate for `localhost` and its key, as PEM files
+    /// in `dir`.
+    fn self_signed(dir: &std::path::Path) -> (String, String) {
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        std::fs::write(&cert, pair.cert.pem()).expect("cert");
+        std::fs::write(&key, pair.signing_key.serialize_pem()).expect("key");
+        (cert.display().to_string(), key.display().to_string())
     }
 
     /// Debian's packaged registry config (`/etc/docker/registry/config.yml`,

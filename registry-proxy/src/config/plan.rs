@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use axum::http::{HeaderName, HeaderValue};
 
-use super::{Backend, Config, ConfigError, REQUEST_TIMEOUT};
+use super::{Backend, Config, ConfigError, Listen, REQUEST_TIMEOUT};
 use crate::app::Settings;
 use crate::clock::Clock;
 use crate::listener::Limits;
 use crate::namespace::NamespaceSpec;
+use crate::routes::DebugSurface;
 use crate::scheduler::Options;
+use crate::tls::TlsSpec;
 
 /// What a configuration asks the process to run.
 #[derive(Debug, Clone)]
@@ -19,9 +21,13 @@ pub struct Plan {
     /// The storage and its description for logs.
     pub storage: Backend,
     /// Where clients connect.
-    pub listen: SocketAddr,
+    pub listen: Listen,
+    /// The public listener's TLS, if any.
+    pub tls: Option<TlsSpec>,
     /// Where metrics and health are served, if anywhere.
     pub debug: Option<SocketAddr>,
+    /// What the debug listener serves.
+    pub debug_surface: DebugSurface,
     /// The listener's timeouts and connection limit.
     pub listener: Limits,
     /// The upstreams, one namespace each.
@@ -64,6 +70,7 @@ impl Config {
             scheduler,
             clock: Clock::system(),
             coordination: self.etcd()?,
+            urls: self.urls()?,
         };
         // As before the plan: a name or value that is not one is skipped.
         let headers = self
@@ -80,7 +87,9 @@ impl Config {
             .collect();
         Ok(Plan {
             storage: self.backend()?,
-            listen: self.listen_addr()?,
+            listen: self.listen()?,
+            tls: self.server_tls()?,
+            debug_surface: self.debug_surface()?,
             debug: self.debug_addr()?,
             listener: self.listener_limits()?,
             namespaces: self.namespaces()?,
@@ -110,7 +119,12 @@ mod tests {
             .plan()
             .expect("plan");
         assert!(matches!(plan.storage, Backend::Filesystem(_)));
-        assert_eq!(plan.listen, "127.0.0.1:5000".parse().expect("addr"));
+        assert_eq!(
+            plan.listen,
+            Listen::Tcp("127.0.0.1:5000".parse().expect("addr"))
+        );
+        assert!(plan.tls.is_none());
+        assert_eq!(plan.debug_surface, DebugSurface::default());
         assert_eq!(plan.namespaces.len(), 1);
         assert_eq!(plan.namespaces[0].name, "docker.io");
         assert!(plan.default_spool);

@@ -10,7 +10,6 @@ use axum::extract::{ConnectInfo, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use driver_core::StoragePath;
 
 mod content;
 mod error;
@@ -18,6 +17,7 @@ mod listing;
 
 use crate::app::AppState;
 use crate::auth::Unauthenticated;
+use crate::health::{StorageCheck, StorageHealth, probe};
 
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
@@ -254,7 +254,7 @@ async fn dispatch(
     }
     let list = Listing {
         query: &query,
-        path: format!("/v2/{path}"),
+        path: state.urls.v2(&path),
     };
     let result = match target {
         Target::Manifest(repo, reference) => {
@@ -278,15 +278,6 @@ fn unsupported() -> OciError {
     )
 }
 
-/// Whether storage answers: `Err` with why not.
-async fn storage_answers(state: &AppState) -> Result<(), String> {
-    match state.driver.stat(&StoragePath::root()).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_not_found() => Ok(()),
-        Err(e) => Err(format!("storage: {e}")),
-    }
-}
-
 /// 200 `ok`, or 503 with why not.
 fn health(answer: Result<(), String>) -> (StatusCode, String) {
     match answer {
@@ -295,34 +286,123 @@ fn health(answer: Result<(), String>) -> (StatusCode, String) {
     }
 }
 
-/// The router of the debug listener: `/livez` says the process serves
-/// (a liveness probe), `/readyz` that storage and, for replicas, etcd
-/// answer (a readiness probe; an upstream outage is not unreadiness, the
-/// cache serves what it holds), `/healthz` that storage answers (what it
-/// always said), `/metrics` and `/debug/vars` the counters.
-pub fn debug_app(state: AppState) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(|State(state): State<AppState>| async move {
-                let storage = storage_answers(&state).await;
-                let ready = match storage {
-                    Ok(()) => (state.scheduler.store().ready().await)
-                        .map_err(|e| format!("metadata: {e}")),
-                    failed => failed,
-                };
-                health(ready)
-            }),
+/// The paths the debug listener serves besides the metrics.
+pub const DEBUG_PATHS: [&str; 5] = [
+    "/livez",
+    "/readyz",
+    "/healthz",
+    "/debug/health",
+    "/debug/vars",
+];
+
+/// What the debug listener serves beyond its fixed paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugSurface {
+    /// Where the Prometheus metrics are served; `None`: nowhere.
+    pub metrics_path: Option<String>,
+    /// The periodic storage check, when configured; otherwise each probe
+    /// checks storage.
+    pub storage_check: Option<StorageCheck>,
+}
+
+impl Default for DebugSurface {
+    fn default() -> Self {
+        Self {
+            metrics_path: Some("/metrics".to_owned()),
+            storage_check: None,
+        }
+    }
+}
+
+/// The URLs the cache writes in `Link` headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Urls {
+    /// The path the API is served under (`/registry`; empty: the root).
+    pub prefix: String,
+    /// The scheme and authority of absolute URLs (`https://cache.example`);
+    /// `None`: URLs are relative to the request.
+    pub base: Option<String>,
+}
+
+impl Urls {
+    /// The URL of the API path `/v2/<rest>`.
+    pub fn v2(&self, rest: &str) -> String {
+        format!(
+            "{}{}/v2/{rest}",
+            self.base.as_deref().unwrap_or(""),
+            self.prefix
         )
-        .route(
-            "/healthz",
-            get(|State(state): State<AppState>| async move {
-                health(storage_answers(&state).await)
-            }),
-        )
-        .route(
-            "/metrics",
+    }
+}
+
+/// The router of the debug listener (start it on a runtime: a periodic
+/// storage check starts with it):
+///
+/// - `/livez` says the process serves (a liveness probe);
+/// - `/readyz` that storage and, for replicas, etcd answer (a readiness
+///   probe; an upstream outage is not unreadiness, the cache serves what
+///   it holds);
+/// - `/healthz` and `/debug/health` (distribution's) that storage answers;
+/// - the metrics path and `/debug/vars` the counters.
+pub fn debug_app(state: AppState, surface: &DebugSurface) -> Router {
+    let checked = surface
+        .storage_check
+        .map(|check| StorageHealth::start(Arc::clone(&state.driver), check));
+    let storage = move |state: AppState| {
+        let checked = checked.clone();
+        async move {
+            match checked {
+                Some(checked) => checked.state(),
+                None => probe(&*state.driver).await,
+            }
+        }
+    };
+    let mut router =
+        Router::new()
+            .route("/livez", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get({
+                    let storage = storage.clone();
+                    |State(state): State<AppState>| async move {
+                        let ready = match storage(state.clone()).await {
+                            Ok(()) => (state.scheduler.store().ready().await)
+                                .map_err(|e| format!("metadata: {e}")),
+                            failed => failed,
+                        };
+                        health(ready)
+                    }
+                }),
+            )
+            .route(
+                "/healthz",
+                get({
+                    let storage = storage.clone();
+                    |State(state): State<AppState>| async move { health(storage(state).await) }
+                }),
+            )
+            .route(
+                "/debug/health",
+                get(|State(state): State<AppState>| async move {
+                    let (status, body) = match storage(state).await {
+                        Ok(()) => (StatusCode::OK, serde_json::json!({})),
+                        Err(why) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            serde_json::json!({ "storagedriver": why }),
+                        ),
+                    };
+                    (status, axum::Json(body))
+                }),
+            )
+            .route(
+                "/debug/vars",
+                get(|State(state): State<AppState>| async move {
+                    axum::Json(state.metrics.debug_vars())
+                }),
+            );
+    if let Some(path) = &surface.metrics_path {
+        router = router.route(
+            path,
             get(|State(state): State<AppState>| async move {
                 (
                     [(
@@ -332,14 +412,9 @@ pub fn debug_app(state: AppState) -> Router {
                     state.metrics.prometheus(),
                 )
             }),
-        )
-        .route(
-            "/debug/vars",
-            get(|State(state): State<AppState>| async move {
-                axum::Json(state.metrics.debug_vars())
-            }),
-        )
-        .with_state(state)
+        );
+    }
+    router.with_state(state)
 }
 
 #[cfg(test)]
