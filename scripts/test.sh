@@ -9,16 +9,16 @@
 # (installed once outside the repository) and stopped afterwards.
 # REQUIRE_S3=1 (set by CI) turns a missing S3 server into a failure.
 #
-# End to end: Debian's docker-registry (upstream), skopeo (client) and
-# etcd-server (the replicas' coordination) are installed with apt-get when
-# missing; REQUIRE_E2E=1 (set by CI) turns their
-# absence into a failure.
+# End to end: Debian's docker-registry (upstream), skopeo (client),
+# etcd-server (the replicas' coordination), curl, and pebble (Let's
+# Encrypt's test CA) are installed with apt-get when missing; REQUIRE_E2E=1
+# (set by CI) turns their absence into a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_rust
-ensure_apt docker-registry:docker-registry skopeo:skopeo etcd:etcd-server curl:curl
+ensure_apt docker-registry:docker-registry skopeo:skopeo etcd:etcd-server curl:curl pebble:pebble
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -357,3 +357,122 @@ fn a_unix_socket_under_a_prefix() {
     );
     drop(proxy);
 }
+
+/// Let's Encrypt's test CA, pebble, on 127.0.0.1 with its API certificate
+/// made here; validations go to `tls_port` (where the proxy listens).
+fn pebble(d: &Path, tls_port: u16) -> (support::Server, std::path::PathBuf, String) {
+    let ca = TestCa::new("pebble API CA");
+    let api = ca.issue(&["127.0.0.1", "localhost"], d, "pebble-api");
+    let api_ca = ca.write(&d.join("pebble-api-ca.pem"));
+    let (listen, management) = (support::free_port(), support::free_port());
+    let config = d.join("pebble.json");
+    let json = serde_json::json!({
+        "pebble": {
+            "listenAddress": format!("127.0.0.1:{listen}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": api.cert,
+            "privateKey": api.key,
+            "httpPort": support::free_port(),
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false
+        }
+    });
+    std::fs::write(&config, json.to_string()).expect("pebble config");
+    let server = support::start_env(
+        "pebble",
+        &["-config", config.to_str().expect("utf-8")],
+        "pebble",
+        format!("127.0.0.1:{listen}"),
+        d,
+        // No random pauses before validating, no nonces refused on purpose.
+        &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
+    );
+    (server, api_ca, format!("127.0.0.1:{management}"))
+}
+
+/// curl's answer (status code) for `url` on `localhost:port`, trusting
+/// `ca`; empty when the TLS handshake fails.
+fn curl_localhost(port: u16, path: &str, ca: &Path) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).into_owned();
+    if code == "000" { String::new() } else { code }
+}
+
+/// `http.tls.letsencrypt` against pebble: the proxy registers, answers the
+/// TLS-ALPN-01 validation on its own listener and serves the issued
+/// certificate (verified against pebble's root); the account and the
+/// certificate land in `cachefile`, and a restart with pebble gone serves
+/// the cached certificate.
+#[test]
+fn a_certificate_from_an_acme_ca() {
+    if !parts_available("a_certificate_from_an_acme_ca") {
+        return;
+    }
+    if !support::have("pebble") {
+        conformance::skip(
+            "a_certificate_from_an_acme_ca",
+            "REQUIRE_E2E",
+            "pebble is not installed (scripts/test.sh installs it)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let up = upstream(d);
+    let port = support::free_port();
+    let (pebble, api_ca, management) = pebble(d, port);
+    let cache = d.join("acme/cache.json");
+    let http = format!(
+        "  tls:\n    letsencrypt:\n      cachefile: {}\n      email: ops@example.com\n      hosts: [localhost]\n      directory: https://{}/dir\n      ca: {}\n",
+        cache.display(),
+        pebble.addr,
+        api_ca.display()
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let proxy = registry_proxy_http(d, &addr, &http, &sections(d, &up.server.addr), &[]);
+    let root = Command::new("curl")
+        .args(["-sf", "--cacert"])
+        .arg(&api_ca)
+        .arg(format!("https://{management}/roots/0"))
+        .output()
+        .expect("curl");
+    assert!(root.status.success(), "pebble's root");
+    let root_file = d.join("pebble-root.pem");
+    std::fs::write(&root_file, &root.stdout).expect("root");
+
+    // Ordering takes a few round trips; wait for the certificate, not a time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while curl_localhost(port, "/v2/", &root_file).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no certificate from pebble within 60 s: {}",
+            std::fs::read_to_string(d.join("proxy.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(curl_localhost(port, "/v2/", &root_file), "200");
+    let cached: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cache).expect("cachefile")).expect("json");
+    assert!(cached["certificate"]["data"].is_string(), "{cached}");
+    assert!(cached["account"]["data"].is_string(), "{cached}");
+
+    drop(proxy);
+    drop(pebble);
+    let _again = registry_proxy_http(d, &addr, &http, &sections(d, &up.server.addr), &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while curl_localhost(port, "/v2/", &root_file).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cached certificate was not served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(curl_localhost(port, "/v2/", &root_file), "200");
+}
