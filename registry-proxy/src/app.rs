@@ -20,7 +20,6 @@ use crate::metadata::etcd::{Etcd, EtcdOptions};
 use crate::metered::Metered;
 use crate::metrics::Metrics;
 use crate::namespace::{InvalidNamespace, NamespaceSpec, Namespaces};
-use crate::routes::Urls;
 use crate::scheduler::{Clock, LoadError, Options, Scheduler, Tracker};
 
 /// Everything a request handler needs; cheap to clone.
@@ -77,6 +76,27 @@ pub async fn open_store(
             Etcd::connect(etcd, &dirs, Arc::clone(driver), ttl, candidate).await?
         }
     })
+}
+
+/// The URLs the cache writes in `Link` headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Urls {
+    /// The path the API is served under (`/registry`; empty: the root).
+    pub prefix: String,
+    /// The scheme and authority of absolute URLs (`https://cache.example`);
+    /// `None`: URLs are relative to the request.
+    pub base: Option<String>,
+}
+
+impl Urls {
+    /// The URL of the API path `/v2/<rest>`.
+    pub fn v2(&self, rest: &str) -> String {
+        format!(
+            "{}{}/v2/{rest}",
+            self.base.as_deref().unwrap_or(""),
+            self.prefix
+        )
+    }
 }
 
 /// Tunables of [`AppState::open`], from the configuration.

@@ -270,7 +270,9 @@ async fn sigterm_stops_accepting_finishes_responses_and_keeps_what_it_filled() {
 /// An https upstream signed by a private CA is trusted through the
 /// namespace's `tls.ca` and through `SSL_CERT_FILE` (the platform's trust
 /// store as OpenSSL-based tools read it); without either, the pull is
-/// refused with an error that names the certificate.
+/// refused with an error that names the certificate. An upstream that
+/// requires client certificates is pulled from with the namespace's
+/// `tls.certificate` and `tls.key`, and refuses the cache without them.
 #[test]
 fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
     if !parts_available("an_upstream_signed_by_a_private_ca") {
@@ -278,9 +280,9 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let ca = support::tls::TestCa::new("registry-proxy test CA");
-    let ca_file = ca.write(&d.join("ca.pem"));
-    let server = ca.issue(&["127.0.0.1"], d, "server");
+    let test_ca = support::tls::TestCa::new("registry-proxy test CA");
+    let ca_file = test_ca.write(&d.join("ca.pem"));
+    let server = test_ca.issue(&["127.0.0.1"], d, "server");
     let root = d.join("upstream-root");
     let image = make_image(d, "tls", 3, &["amd64"]);
     let plain = docker_registry(d, "plain", &root, "");
@@ -328,4 +330,46 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
     let answer = String::from_utf8_lossy(&answer.stdout);
     assert!(answer.contains("UNAVAILABLE"), "{answer}");
     assert!(answer.to_lowercase().contains("certificate"), "{answer}");
+    drop(upstream);
+
+    // An upstream that requires client certificates from the same CA.
+    let mutual = format!("{tls}    clientcas: [{ca}]\n");
+    let upstream = docker_registry(d, "mtls", &root, &mutual);
+    let client = test_ca.issue(&[], d, "client");
+    let identity = format!(
+        "  tls:\n    ca: {ca}\n    certificate: {}\n    key: {}\n",
+        client.cert.display(),
+        client.key.display()
+    );
+    let mtls_proxy = |name: &str, trust: &str| {
+        let dir = d.join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let sections = format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: https://{}\n{trust}",
+            dir.join("root").display(),
+            upstream.addr
+        );
+        (support::registry_proxy_env(&dir, &sections, &[]), dir)
+    };
+    let (with_certificate, out) = mtls_proxy("with-certificate", &identity);
+    pull_and_check(
+        &truth,
+        &with_certificate.addr,
+        "team/tls:v1",
+        &out.join("out"),
+        None,
+    );
+    let (without, _) = mtls_proxy("without-certificate", &format!("  tls:\n    ca: {ca}\n"));
+    let answer = Command::new("curl")
+        .args([
+            "-s",
+            &format!("http://{}/v2/team/tls/manifests/v1", without.addr),
+        ])
+        .output()
+        .expect("curl");
+    let answer = String::from_utf8_lossy(&answer.stdout);
+    assert!(
+        answer.contains("UNAVAILABLE"),
+        "a client without a certificate: {answer}"
+    );
 }

@@ -94,6 +94,8 @@ async fn replica(
             prefix: prefix.to_owned(),
             lease_ttl: Duration::from_secs(10),
             timeout: ETCD_TIMEOUT,
+            user: None,
+            tls: Default::default(),
         }),
         urls: Default::default(),
     };
@@ -254,6 +256,8 @@ async fn leases_on_many_digests_are_published_whole() {
         prefix: "/leases-test".to_owned(),
         lease_ttl: Duration::from_secs(10),
         timeout: Duration::from_secs(5),
+        user: None,
+        tls: Default::default(),
     };
     let connect = || Etcd::connect(options.clone(), &[None], Arc::clone(&driver), 3600, false);
     let (holder, reader) = (
@@ -308,4 +312,81 @@ async fn readiness_follows_etcd_not_the_upstream() {
     etcd.kill();
     assert_eq!(probe("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(probe("/livez").await, StatusCode::OK);
+}
+
+/// etcd over TLS with client certificates and its authentication on: the
+/// store connects with the CA, a client certificate and the password, and
+/// is refused with a wrong password or without a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_client_certificate_and_a_password() {
+    use registry_proxy::metadata::etcd::Etcd;
+    use registry_proxy::upstream::UpstreamTls;
+    if !have("etcd") {
+        conformance::skip(
+            "etcd_over_tls_with_a_client_certificate_and_a_password",
+            "REQUIRE_E2E",
+            "etcd is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path();
+    let ca = support::tls::TestCa::new("etcd CA");
+    let ca_file = ca.write(&d.join("etcd-ca.pem"));
+    let server = ca.issue(&["127.0.0.1"], d, "etcd-server");
+    let etcd = tokio::task::block_in_place(|| support::etcd_tls(d, &server, &ca_file));
+    let client = ca.issue(&[], d, "etcd-client");
+    let mut identity = std::fs::read(&client.cert).expect("cert");
+    identity.extend(std::fs::read(&client.key).expect("key"));
+    let tls = UpstreamTls {
+        ca_pem: Some(ca.pem.clone().into_bytes()),
+        insecure: false,
+        identity_pem: Some(identity.clone()),
+    };
+    // Authentication on, with a root user, through the certificate.
+    registry_proxy::tls::install_default_provider();
+    let root = etcd_client::ConnectOptions::new().with_tls(
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&ca.pem))
+            .identity(etcd_client::Identity::from_pem(&identity, &identity)),
+    );
+    let endpoint = format!("https://{}", etcd.addr);
+    let mut admin = etcd_client::Client::connect([&endpoint], Some(root))
+        .await
+        .expect("etcd over TLS");
+    admin.user_add("root", "s3cret", None).await.expect("user");
+    let _ = admin.role_add("root").await;
+    admin.user_grant_role("root", "root").await.expect("grant");
+    admin.auth_enable().await.expect("auth on");
+
+    let driver: Arc<dyn driver_core::StorageDriver> = Arc::new(driver_memory::MemoryDriver::new());
+    let options = |password: &str, tls: UpstreamTls| EtcdOptions {
+        endpoints: vec![endpoint.clone()],
+        prefix: "/tls-test".to_owned(),
+        lease_ttl: Duration::from_secs(10),
+        timeout: Duration::from_secs(5),
+        user: Some(("root".to_owned(), password.to_owned().into())),
+        tls,
+    };
+    let connect =
+        |options: EtcdOptions| Etcd::connect(options, &[None], Arc::clone(&driver), 3600, false);
+    let store = connect(options("s3cret", tls.clone()))
+        .await
+        .expect("connected");
+    use registry_proxy::metadata::Coordination as _;
+    store.ready().await.expect("ready");
+    store.close().await;
+    assert!(
+        connect(options("wrong", tls.clone())).await.is_err(),
+        "a wrong password was accepted"
+    );
+    let anonymous = UpstreamTls {
+        identity_pem: None,
+        ..tls
+    };
+    assert!(
+        connect(options("s3cret", anonymous)).await.is_err(),
+        "a client without a certificate was accepted"
+    );
+    drop(etcd);
 }

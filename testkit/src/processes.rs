@@ -132,35 +132,57 @@ pub fn start_env(
 /// A single-member etcd on loopback with its data in `dir/etcd`; its
 /// client URL is `http://<addr>` (metrics at `/metrics`).
 pub fn etcd(dir: &Path) -> Server {
+    let server = etcd_with(dir, "http", &[]);
+    wait_healthy(&server.addr);
+    server
+}
+
+/// [`etcd`] serving clients over TLS with `server`'s certificate and
+/// requiring client certificates signed by the CA in `ca`; its client URL
+/// is `https://<addr>`. Ready once it accepts connections.
+pub fn etcd_tls(dir: &Path, server: &super::tls::Issued, ca: &Path) -> Server {
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    etcd_with(
+        dir,
+        "https",
+        &[
+            "--cert-file".to_owned(),
+            path(&server.cert),
+            "--key-file".to_owned(),
+            path(&server.key),
+            "--client-cert-auth".to_owned(),
+            "--trusted-ca-file".to_owned(),
+            path(ca),
+        ],
+    )
+}
+
+/// etcd with clients on `scheme` and `extra` arguments.
+fn etcd_with(dir: &Path, scheme: &str, extra: &[String]) -> Server {
     let (client, peer) = (free_port(), free_port());
     let addr = format!("127.0.0.1:{client}");
-    let client_url = format!("http://{addr}");
+    let client_url = format!("{scheme}://{addr}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let data = dir.join("etcd");
-    let server = start_named(
-        "etcd",
-        &[
-            "--name",
-            "test",
-            "--data-dir",
-            data.to_str().expect("utf-8 path"),
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("test={peer_url}"),
-        ],
-        "etcd",
-        addr.clone(),
-        dir,
-    );
-    wait_healthy(&addr);
-    server
+    let mut args = vec![
+        "--name",
+        "test",
+        "--data-dir",
+        data.to_str().expect("utf-8 path"),
+        "--listen-client-urls",
+        &client_url,
+        "--advertise-client-urls",
+        &client_url,
+        "--listen-peer-urls",
+        &peer_url,
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--initial-cluster",
+    ];
+    let cluster = format!("test={peer_url}");
+    args.push(&cluster);
+    args.extend(extra.iter().map(String::as_str));
+    start_named("etcd", &args, "etcd", addr, dir)
 }
 
 /// Waits (up to 30 s) until the etcd at `addr` says it is healthy: it

@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_norway::Value;
 
 use super::{Config, ConfigError, duration, invalid, parse_addr, scalar_text};
+use crate::app::Urls;
 use crate::health::StorageCheck;
-use crate::routes::{DEBUG_PATHS, DebugSurface, Urls};
+use crate::routes::{DEBUG_PATHS, DebugSurface};
 use crate::tls::{AcmeSpec, CertSource, TlsError, TlsSpec};
 
 /// `http.tls`.

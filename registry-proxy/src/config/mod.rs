@@ -211,6 +211,15 @@ pub struct EtcdConfig {
     /// Timeout of each etcd request (default `5s`).
     #[serde(deserialize_with = "scalar_text")]
     pub timeout: Option<String>,
+    /// etcd user name (etcd's authentication enabled).
+    #[serde(deserialize_with = "scalar_text")]
+    pub username: Option<String>,
+    /// Its password (never shown by `Debug`).
+    #[serde(deserialize_with = "scalar_secret")]
+    pub password: Option<Secret>,
+    /// TLS to etcd (`https://` endpoints): more roots and a client
+    /// certificate.
+    pub tls: UpstreamTlsConfig,
 }
 
 /// `log` section.
@@ -483,27 +492,59 @@ pub struct UpstreamTlsConfig {
     pub ca: Option<PathBuf>,
     /// Accept any certificate (a self-signed lab registry; warned at start).
     pub insecure: bool,
+    /// A client certificate (PEM) for an upstream that requires one.
+    pub certificate: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
 }
 
 impl UpstreamTlsConfig {
-    /// The trust of `key`'s upstream, its CA bundle read and checked.
+    /// The trust of `key`'s upstream, its CA bundle and client certificate
+    /// read and checked.
     fn read(&self, key: &str) -> Result<UpstreamTls, ConfigError> {
+        let file = |name: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                invalid(
+                    format!("{key}.{name}"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })
+        };
         let ca_pem = match &self.ca {
             None => None,
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    invalid(
-                        format!("{key}.ca"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
+                let pem = file("ca", path)?;
                 UpstreamTls::check_bundle(&pem).map_err(|e| invalid(format!("{key}.ca"), e))?;
                 Some(pem)
+            }
+        };
+        let identity_pem = match (&self.certificate, &self.key) {
+            (None, None) => None,
+            (Some(certificate), Some(private)) => {
+                let mut pem = file("certificate", certificate)?;
+                pem.push(b'\n');
+                pem.extend(file("key", private)?);
+                UpstreamTls::check_identity(&pem)
+                    .map_err(|e| invalid(format!("{key}.certificate"), e))?;
+                Some(pem)
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    format!("{key}.key"),
+                    "is required with certificate",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    format!("{key}.certificate"),
+                    "is required with key",
+                ));
             }
         };
         Ok(UpstreamTls {
             ca_pem,
             insecure: self.insecure,
+            identity_pem,
         })
     }
 }
@@ -681,6 +722,7 @@ impl Config {
         self.fill_timeout()?;
         self.ttl()?;
         self.upload_purging()?;
+        self.etcd()?;
         if !matches!(self.log.formatter.as_str(), "text" | "json") {
             return Err(invalid("log.formatter", "expected text or json"));
         }
@@ -1029,11 +1071,35 @@ impl Config {
             etcd.timeout.as_deref(),
             Duration::from_secs(5),
         )?;
+        let user = match (&etcd.username, &etcd.password) {
+            (None, None) => None,
+            (Some(name), Some(password)) => Some((name.clone(), password.clone())),
+            (Some(_), None) => {
+                return Err(invalid(
+                    format!("{key}.password"),
+                    "is required with username",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    format!("{key}.username"),
+                    "is required with password",
+                ));
+            }
+        };
+        if etcd.tls.insecure {
+            return Err(invalid(
+                format!("{key}.tls.insecure"),
+                "etcd's certificate is always checked (give its CA as tls.ca)",
+            ));
+        }
         Ok(Some(EtcdOptions {
             endpoints: etcd.endpoints.clone(),
             prefix,
             lease_ttl,
             timeout: timeout.max(Duration::from_millis(100)),
+            user,
+            tls: etcd.tls.read(&format!("{key}.tls"))?,
         }))
     }
 
@@ -1118,8 +1184,9 @@ fn set(tree: &mut Value, keys: &[String], value: Value) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::Urls;
     use crate::health::StorageCheck;
-    use crate::routes::{DebugSurface, Urls};
+    use crate::routes::DebugSurface;
     use crate::tls::MinimumTls;
 
     /// The config.yml registry:2 ships, turned into a proxy as its docs say.
@@ -1567,6 +1634,22 @@ validation:
                 "http.tls.ciphersuites",
             ),
             ("http:\n  net: udp\n".to_owned(), "http.net"),
+            (
+                "coordination:\n  etcd:\n    endpoints: [https://127.0.0.1:2379]\n    username: u\n".to_owned(),
+                "coordination.etcd.password",
+            ),
+            (
+                "coordination:\n  etcd:\n    endpoints: [https://127.0.0.1:2379]\n    tls: {insecure: true}\n".to_owned(),
+                "coordination.etcd.tls.insecure",
+            ),
+            (
+                format!("proxy:\n  remoteurl: https://r.test\n  tls: {{certificate: {cert}}}\n"),
+                "proxy.tls.key",
+            ),
+            (
+                format!("proxy:\n  remoteurl: https://r.test\n  tls: {{certificate: {cert}, key: /nonexistent}}\n"),
+                "proxy.tls.key",
+            ),
             ("http:\n  net: unix\n  addr: ''\n".to_owned(), "http.addr"),
             ("http:\n  prefix: nested\n".to_owned(), "http.prefix"),
             ("http:\n  host: cache.test\n".to_owned(), "http.host"),

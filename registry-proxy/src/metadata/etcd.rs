@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use driver_core::StorageDriver;
+use driver_core::{Secret, StorageDriver};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, LockOptions,
-    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, LockOptions, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt;
 use tokio::sync::{OwnedMutexGuard, mpsc, watch};
@@ -35,6 +35,7 @@ use super::{
 };
 use crate::oci::{Digest, Kind};
 use crate::sync::lock;
+use crate::upstream::UpstreamTls;
 
 /// Keys read per request while loading.
 const PAGE: i64 = 5000;
@@ -58,6 +59,34 @@ pub struct EtcdOptions {
     pub lease_ttl: Duration,
     /// Timeout of each etcd request.
     pub timeout: Duration,
+    /// User name and password, when etcd's authentication is on.
+    pub user: Option<(String, Secret)>,
+    /// Roots beyond the platform's and a client certificate, for
+    /// `https://` endpoints.
+    pub tls: UpstreamTls,
+}
+
+impl EtcdOptions {
+    /// The connection options every client of this etcd starts from.
+    fn connect_options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new().with_connect_timeout(self.timeout);
+        if let Some((name, password)) = &self.user {
+            options = options.with_user(name, password.expose());
+        }
+        if self.endpoints.iter().any(|e| e.starts_with("https://")) {
+            crate::tls::install_default_provider();
+            let mut tls = TlsOptions::new().with_native_roots();
+            if let Some(pem) = &self.tls.ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            if let Some(pem) = &self.tls.identity_pem {
+                // One PEM holds both; each side picks its own blocks.
+                tls = tls.identity(Identity::from_pem(pem, pem));
+            }
+            options = options.with_tls(tls);
+        }
+        options
+    }
 }
 
 fn etcd_error(e: etcd_client::Error) -> MetadataError {
@@ -109,19 +138,15 @@ impl Etcd {
     ) -> Result<Arc<Self>, MetadataError> {
         let client = Client::connect(
             &options.endpoints,
-            Some(
-                ConnectOptions::new()
-                    .with_connect_timeout(options.timeout)
-                    .with_timeout(options.timeout),
-            ),
+            Some(options.connect_options().with_timeout(options.timeout)),
         )
         .await
         .map_err(etcd_error)?;
         let waiting = Client::connect(
             &options.endpoints,
             Some(
-                ConnectOptions::new()
-                    .with_connect_timeout(options.timeout)
+                options
+                    .connect_options()
                     .with_keep_alive(options.timeout, options.timeout)
                     .with_keep_alive_while_idle(true),
             ),

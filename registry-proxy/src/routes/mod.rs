@@ -314,27 +314,6 @@ impl Default for DebugSurface {
     }
 }
 
-/// The URLs the cache writes in `Link` headers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Urls {
-    /// The path the API is served under (`/registry`; empty: the root).
-    pub prefix: String,
-    /// The scheme and authority of absolute URLs (`https://cache.example`);
-    /// `None`: URLs are relative to the request.
-    pub base: Option<String>,
-}
-
-impl Urls {
-    /// The URL of the API path `/v2/<rest>`.
-    pub fn v2(&self, rest: &str) -> String {
-        format!(
-            "{}{}/v2/{rest}",
-            self.base.as_deref().unwrap_or(""),
-            self.prefix
-        )
-    }
-}
-
 /// The router of the debug listener (start it on a runtime: a periodic
 /// storage check starts with it):
 ///

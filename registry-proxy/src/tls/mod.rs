@@ -87,6 +87,12 @@ fn provider() -> CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }
 
+/// Makes [`provider`] the process's default, for libraries that build
+/// their TLS from it (etcd's gRPC client); a default already chosen stays.
+pub fn install_default_provider() {
+    let _ = provider().install_default();
+}
+
 /// The IANA names of the cipher suites rustls implements.
 fn suite_name(suite: rustls::SupportedCipherSuite) -> String {
     // rustls names TLS 1.3 suites TLS13_*; IANA and Go name them TLS_*.

@@ -43,6 +43,9 @@ pub struct UpstreamTls {
     pub ca_pem: Option<Vec<u8>>,
     /// Accept any certificate (a self-signed lab registry); warned about.
     pub insecure: bool,
+    /// A client certificate and its key, PEM, for an upstream that asks
+    /// for one (never printed).
+    pub identity_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for UpstreamTls {
@@ -57,11 +60,22 @@ impl std::fmt::Debug for UpstreamTls {
                     .map(|pem| format!("{} bytes", pem.len())),
             )
             .field("insecure", &self.insecure)
+            .field(
+                "identity_pem",
+                &self.identity_pem.as_ref().map(|_| "(a client certificate)"),
+            )
             .finish()
     }
 }
 
 impl UpstreamTls {
+    /// Checks that `pem` holds a client certificate and its key.
+    pub fn check_identity(pem: &[u8]) -> Result<(), String> {
+        reqwest::Identity::from_pem(pem)
+            .map(drop)
+            .map_err(|e| format!("not a PEM certificate and key: {e}"))
+    }
+
     /// Checks that `pem` is a bundle of at least one certificate.
     pub fn check_bundle(pem: &[u8]) -> Result<(), String> {
         match reqwest::Certificate::from_pem_bundle(pem) {
@@ -127,6 +141,14 @@ impl Upstream {
             .map(reqwest::Certificate::from_pem_bundle);
         for root in roots.into_iter().flatten().flatten() {
             builder = builder.add_root_certificate(root);
+        }
+        // Checked when the configuration was read.
+        if let Some(identity) = tls
+            .identity_pem
+            .as_deref()
+            .and_then(|pem| reqwest::Identity::from_pem(pem).ok())
+        {
+            builder = builder.identity(identity);
         }
         let client = builder.build().unwrap_or_default();
         Self {
