@@ -1153,14 +1153,25 @@ fn percent_decode(text: &str) -> Option<String> {
         .map(|text| text.into_owned())
 }
 
+/// A listen address as distribution reads one: `:5000` (every
+/// interface), `127.0.0.1:5000`, `[::1]:5000`, or `localhost:5001` (a name,
+/// resolved now; its first address is used).
 fn parse_addr(key: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs as _;
     let full = if addr.starts_with(':') {
         format!("0.0.0.0{addr}")
     } else {
         addr.to_owned()
     };
-    full.parse()
-        .map_err(|e| invalid(key, format!("{addr:?}: {e}")))
+    if let Ok(parsed) = full.parse() {
+        return Ok(parsed);
+    }
+    let mut resolved = full
+        .to_socket_addrs()
+        .map_err(|e| invalid(key, format!("{addr:?}: {e}")))?;
+    resolved
+        .next()
+        .ok_or_else(|| invalid(key, format!("{addr:?} resolves to no address")))
 }
 
 /// Sets `keys` (a path of map keys) in `tree` to `value`, creating maps.
