@@ -60,3 +60,20 @@ ensure_apt() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 }
+
+# Prints the path of kubernetes-validate (Kubernetes manifests checked
+# against the API's schemas, from PyPI), installed into a virtualenv under
+# TOOLS_DIR the first time.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+ensure_kubernetes_validate() {
+    local venv="$TOOLS_DIR/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+    if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+        echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv" >&2
+        ensure_apt python3:python3
+        python3 -m venv --help >/dev/null 2>&1 || ensure_apt _venv:python3-venv
+        mkdir -p "$TOOLS_DIR"
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" >&2
+    fi
+    echo "$venv/bin/kubernetes-validate"
+}

@@ -10,15 +10,20 @@
 # REQUIRE_S3=1 (set by CI) turns a missing S3 server into a failure.
 #
 # End to end: Debian's docker-registry (upstream), skopeo (client),
-# etcd-server (the replicas' coordination), curl, and pebble (Let's
-# Encrypt's test CA) are installed with apt-get when missing; REQUIRE_E2E=1
-# (set by CI) turns their absence into a failure.
+# etcd-server (the replicas' coordination), curl, pebble (Let's Encrypt's
+# test CA), buildah (the container image) and systemd-analyze (the unit)
+# are installed with apt-get when missing, kubernetes-validate (the
+# manifests) with pip into a virtualenv outside the repository;
+# REQUIRE_E2E=1 (set by CI) turns their absence into a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_rust
-ensure_apt docker-registry:docker-registry skopeo:skopeo etcd:etcd-server curl:curl pebble:pebble
+ensure_apt docker-registry:docker-registry skopeo:skopeo etcd:etcd-server curl:curl pebble:pebble \
+    buildah:buildah systemd-analyze:systemd
+KUBERNETES_VALIDATE="$(ensure_kubernetes_validate)"
+export KUBERNETES_VALIDATE
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 
