@@ -1,5 +1,6 @@
 //! The public listener's limits, on real sockets: headers that never end,
-//! connections beyond the limit, a client that stops reading a large blob.
+//! TLS handshakes that never end, connections beyond the limit, a client
+//! that stops reading a large blob.
 //! Each limit is 1 s here; the tests wait for the server to act (a closed
 //! socket, a gauge falling), never for a length of time.
 
@@ -27,6 +28,14 @@ const LIMITS: Limits = Limits {
 /// A proxy on an unreachable upstream (nothing here needs one), served on
 /// a real socket with [`LIMITS`]; its address.
 async fn listening(proxy: &InProcess) -> String {
+    listening_with(proxy, None).await
+}
+
+/// [`listening`], over `tls` when given.
+async fn listening_with(
+    proxy: &InProcess,
+    tls: Option<std::sync::Arc<registry_proxy::tls::ServerTls>>,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -35,7 +44,7 @@ async fn listening(proxy: &InProcess) -> String {
     let metrics = std::sync::Arc::clone(&proxy.state.metrics);
     tokio::spawn(serve(
         Bound::Tcp(listener),
-        None,
+        tls,
         router,
         LIMITS,
         metrics,
@@ -92,6 +101,58 @@ async fn headers_that_never_end_are_cut_off() {
         .count();
     assert!(closed >= 1, "served while every slot was held");
     for socket in &mut slow {
+        until_closed(socket).await;
+    }
+}
+
+/// TLS handshakes that never finish (a client that connects and sends
+/// nothing, or half a ClientHello) are cut off after the header timeout:
+/// more of them than the connection limit do not keep a complete request
+/// out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_that_never_finish_are_cut_off() {
+    use registry_proxy::tls::{CertSource, ServerTls, TlsSpec};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = support::tls::TestCa::new("listener CA");
+    let issued = ca.issue(&["127.0.0.1"], dir.path(), "server");
+    let spec = TlsSpec::read(
+        CertSource::Files {
+            certificate: issued.cert.clone(),
+            key: issued.key.clone(),
+        },
+        &[],
+        None,
+        None,
+    )
+    .expect("spec");
+    let tls = std::sync::Arc::new(ServerTls::start(&spec).expect("tls"));
+    let proxy = InProcess::open("http://127.0.0.1:9", None, Duration::ZERO).await;
+    let addr = listening_with(&proxy, Some(tls)).await;
+    let mut silent = Vec::new();
+    for i in 0..LIMITS.max_connections {
+        let mut socket = TcpStream::connect(&addr).await.expect("connect");
+        if i % 2 == 1 {
+            // The start of a TLS record that never completes.
+            socket
+                .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .expect("write");
+        }
+        silent.push(socket);
+    }
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("root"))
+        .build()
+        .expect("client");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.get(format!("https://{addr}/v2/")).send(),
+    )
+    .await
+    .expect("served once a slot is free")
+    .expect("an answer");
+    assert_eq!(answer.status(), 200);
+    for socket in &mut silent {
         until_closed(socket).await;
     }
 }
