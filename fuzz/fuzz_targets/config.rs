@@ -11,7 +11,7 @@ fuzz_target!(|input: (&str, Option<(&str, &str)>)| {
     if let Ok(config) = Config::parse("fuzz", text, env) {
         // A configuration that loads answers every derived setting.
         config.backend().expect("validated");
-        config.listen_addr().expect("validated");
+        config.listen().expect("validated");
         let namespaces = config.namespaces().expect("validated");
         assert!(!namespaces.is_empty(), "a configuration without a namespace");
     }

@@ -503,12 +503,7 @@ impl UpstreamTlsConfig {
     /// read and checked.
     fn read(&self, key: &str) -> Result<UpstreamTls, ConfigError> {
         let file = |name: &str, path: &PathBuf| {
-            std::fs::read(path).map_err(|e| {
-                invalid(
-                    format!("{key}.{name}"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })
+            crate::tls::read_pem_file(path).map_err(|e| invalid(format!("{key}.{name}"), e))
         };
         let ca_pem = match &self.ca {
             None => None,
@@ -1154,24 +1149,24 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 /// A listen address as distribution reads one: `:5000` (every
-/// interface), `127.0.0.1:5000`, `[::1]:5000`, or `localhost:5001` (a name,
-/// resolved now; its first address is used).
+/// interface), `127.0.0.1:5000`, `[::1]:5000`, or `localhost:5001`
+/// (127.0.0.1, as distribution's own files say). Other names are refused:
+/// a listener binds an address, and resolving names here would make
+/// reading a configuration wait on DNS.
 fn parse_addr(key: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
-    use std::net::ToSocketAddrs as _;
     let full = if addr.starts_with(':') {
         format!("0.0.0.0{addr}")
+    } else if let Some(port) = addr.strip_prefix("localhost:") {
+        format!("127.0.0.1:{port}")
     } else {
         addr.to_owned()
     };
-    if let Ok(parsed) = full.parse() {
-        return Ok(parsed);
-    }
-    let mut resolved = full
-        .to_socket_addrs()
-        .map_err(|e| invalid(key, format!("{addr:?}: {e}")))?;
-    resolved
-        .next()
-        .ok_or_else(|| invalid(key, format!("{addr:?} resolves to no address")))
+    full.parse().map_err(|e| {
+        invalid(
+            key,
+            format!("{addr:?}: {e} (an address and port, or localhost:PORT)"),
+        )
+    })
 }
 
 /// Sets `keys` (a path of map keys) in `tree` to `value`, creating maps.
@@ -1603,7 +1598,8 @@ validation:
     }
 
     /// What cannot be served as asked is refused, naming the key: TLS
-    /// files that do not load or do not match, ambiguous or incomplete TLS,
+    /// files that do not load, do not match or are endless (a device),
+    /// listen addresses that are names other than localhost, ambiguous or incomplete TLS,
     /// unknown TLS versions and suite names, other networks, prefixes and
     /// hosts that are not a path and a URL, a metrics path that hides a
     /// probe, client authentication other than htpasswd (every client
@@ -1645,6 +1641,11 @@ validation:
                 "http.tls.ciphersuites",
             ),
             ("http:\n  net: udp\n".to_owned(), "http.net"),
+            ("http:\n  addr: cache.example:5000\n".to_owned(), "http.addr"),
+            (
+                "http:\n  tls:\n    certificate: /dev/zero\n    key: /dev/zero\n".to_owned(),
+                "http.tls.certificate",
+            ),
             (
                 "coordination:\n  etcd:\n    endpoints: [https://127.0.0.1:2379]\n    username: u\n".to_owned(),
                 "coordination.etcd.password",

@@ -189,10 +189,32 @@ impl TlsSpec {
     }
 }
 
+/// The largest PEM file read (certificates, keys, CA bundles): far more
+/// than any real one, and a bound on what a path to the wrong file (a
+/// device, a log) can make the process read.
+const MAX_PEM_FILE: u64 = 4 << 20;
+
+/// The bytes of the PEM file at `path`, at most [`MAX_PEM_FILE`].
+pub fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_PEM_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_PEM_FILE {
+        return Err(format!(
+            "{} is larger than {MAX_PEM_FILE} bytes: not a PEM file",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The certificates of the PEM bundle at `path` (at least one).
 pub fn read_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+    let pem = read_pem_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{}: holds no certificate", path.display()));
@@ -208,7 +230,8 @@ fn load_pair(
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
     let chain = read_bundle(certificate).map_err(|why| refuse("http.tls.certificate", why))?;
-    let private = PrivateKeyDer::from_pem_file(key)
+    let pem = read_pem_file(key).map_err(|why| refuse("http.tls.key", why))?;
+    let private = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| refuse("http.tls.key", format!("{}: {e}", key.display())))?;
     CertifiedKey::from_der(chain, private, provider).map_err(|e| {
         refuse(
