@@ -270,7 +270,8 @@ async fn sigterm_stops_accepting_finishes_responses_and_keeps_what_it_filled() {
 /// An https upstream signed by a private CA is trusted through the
 /// namespace's `tls.ca` and through `SSL_CERT_FILE` (the platform's trust
 /// store as OpenSSL-based tools read it); without either, the pull is
-/// refused with an error that names the certificate. An upstream that
+/// refused with an error that names the certificate, while what a cache
+/// already holds is still served. An upstream that
 /// requires client certificates is pulled from with the namespace's
 /// `tls.certificate` and `tls.key`, and refuses the cache without them.
 #[test]
@@ -330,6 +331,13 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
     let answer = String::from_utf8_lossy(&answer.stdout);
     assert!(answer.contains("UNAVAILABLE"), "{answer}");
     assert!(answer.to_lowercase().contains("certificate"), "{answer}");
+
+    // The cache that pulled with the CA, restarted without it: what it
+    // holds is still served (the refused upstream is an outage).
+    drop(configured);
+    let (stale, out) = proxy("configured", "", &[]);
+    pull_and_check(&truth, &stale.addr, "team/tls:v1", &out.join("stale"), None);
+    drop(stale);
     drop(upstream);
 
     // An upstream that requires client certificates from the same CA.
