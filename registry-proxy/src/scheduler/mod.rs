@@ -23,6 +23,7 @@
 //! deleted waits for the deletion to finish before the caller reads or
 //! fills it, so an expiry never deletes what is served or just re-filled.
 
+pub mod evict;
 pub mod gc;
 
 use std::collections::{HashMap, HashSet};
