@@ -72,6 +72,15 @@ struct GcMetrics {
     phase_seconds: Family<GcLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
+/// The byte budget's figures.
+#[derive(Debug, Default)]
+struct BudgetMetrics {
+    stored: Gauge,
+    budget: Gauge,
+    evictions: Counter,
+    evicted_bytes: Counter,
+}
+
 /// Latency buckets: 0.5 ms to about 16 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -176,6 +185,7 @@ pub struct Metrics {
     writers_purged: Counter,
     storage_latency: Histograms<StorageLabel>,
     gc: GcMetrics,
+    budget: BudgetMetrics,
     leader: Gauge,
     auth_failures: Counter,
     corrupt_blobs: Counter,
@@ -329,12 +339,34 @@ impl Default for Metrics {
             "How long the last garbage collection spent per phase",
             gc.phase_seconds.clone(),
         );
+        let budget = BudgetMetrics::default();
+        registry.register(
+            "stored_bytes",
+            "Blob bytes stored, as the byte budget accounts them",
+            budget.stored.clone(),
+        );
+        registry.register(
+            "budget_bytes",
+            "The byte budget (proxy.maxsize)",
+            budget.budget.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Blobs evicted over the byte budget",
+            budget.evictions.clone(),
+        );
+        registry.register(
+            "evicted_bytes",
+            "Bytes of blob data evicted over the byte budget",
+            budget.evicted_bytes.clone(),
+        );
         Self {
             leader,
             auth_failures,
             corrupt_blobs,
             fills_refused,
             gc,
+            budget,
             registry,
             content,
             proofs,
@@ -410,6 +442,22 @@ impl Metrics {
     pub fn expired(&self, entries: u64, bytes: u64) {
         self.expirations.inc_by(entries);
         self.bytes_freed.inc_by(bytes);
+    }
+
+    /// The byte budget accounts `stored` bytes of `budget`.
+    pub fn stored_bytes(&self, stored: u64, budget: u64) {
+        self.budget
+            .stored
+            .set(i64::try_from(stored).unwrap_or(i64::MAX));
+        self.budget
+            .budget
+            .set(i64::try_from(budget).unwrap_or(i64::MAX));
+    }
+
+    /// A blob of `bytes` was evicted over the byte budget.
+    pub fn evicted(&self, bytes: u64) {
+        self.budget.evictions.inc();
+        self.budget.evicted_bytes.inc_by(bytes);
     }
 
     /// This replica started (`true`) or stopped leading.

@@ -591,6 +591,10 @@ pub struct ProxyConfig {
     /// the default).
     #[serde(deserialize_with = "scalar_text")]
     pub maxblobsize: Option<String>,
+    /// Ours: the most blob bytes stored (`500GiB`); over it, the least
+    /// valuable blobs are evicted. Unset: no bound.
+    #[serde(deserialize_with = "scalar_text")]
+    pub maxsize: Option<String>,
 }
 
 /// Reads a key that holds text from any YAML scalar, as registry:2 reads
@@ -718,6 +722,7 @@ impl Config {
         self.ttl()?;
         self.upload_purging()?;
         self.etcd()?;
+        self.max_size()?;
         if !matches!(self.log.formatter.as_str(), "text" | "json") {
             return Err(invalid("log.formatter", "expected text or json"));
         }
@@ -887,6 +892,22 @@ impl Config {
                 "proxy.verifyreads",
                 format!("{other:?}: expected first, always or never"),
             )),
+        }
+    }
+
+    /// The byte budget of stored blobs (`proxy.maxsize`), if any.
+    pub fn max_size(&self) -> Result<Option<u64>, ConfigError> {
+        match self.proxy.maxsize.as_deref() {
+            None => Ok(None),
+            Some(text) => match bytes_of(text) {
+                Some(0) | None => Err(invalid(
+                    "proxy.maxsize",
+                    format!(
+                        "{text:?} is not a positive size (bytes, or with a unit: 100MiB, 500GiB)"
+                    ),
+                )),
+                Some(bytes) => Ok(Some(bytes)),
+            },
         }
     }
 
@@ -1641,6 +1662,8 @@ validation:
                 "http.tls.ciphersuites",
             ),
             ("http:\n  net: udp\n".to_owned(), "http.net"),
+            ("proxy:\n  maxsize: 0\n".to_owned(), "proxy.maxsize"),
+            ("proxy:\n  maxsize: lots\n".to_owned(), "proxy.maxsize"),
             ("http:\n  addr: cache.example:5000\n".to_owned(), "http.addr"),
             (
                 "http:\n  tls:\n    certificate: /dev/zero\n    key: /dev/zero\n".to_owned(),

@@ -57,6 +57,7 @@ impl Config {
             purge: self.upload_purging()?,
             lease_timeout,
             gc,
+            max_size: self.max_size()?,
             ..Options::default()
         };
         let settings = Settings {

@@ -25,6 +25,8 @@ struct Held {
     until: Secs,
     /// When the holders' leases began (the first of those still held).
     since: Secs,
+    /// When a holder last let go (a response or fill finished).
+    fetched: Secs,
 }
 
 impl Held {
@@ -83,6 +85,19 @@ impl Leases {
         }
     }
 
+    /// Whether `digest` is in use in the sense eviction honours: held by a
+    /// response or fill, or under a pull's timed lease that no fetch has
+    /// ended yet (a pull whose manifest was served and that has not asked
+    /// for this blob since). Once a pull fetched the blob, only expiry and
+    /// collection keep honouring its timed lease.
+    pub fn in_use(&self, digest: &Digest) -> bool {
+        let now = self.clock.now_secs();
+        lock(&self.held).get(digest).is_some_and(|h| {
+            (h.holders > 0 && now < h.holders_until)
+                || (now < h.until && h.until.saturating_sub(self.timeout) > h.fetched)
+        })
+    }
+
     /// Whether a live lease covers `digest`.
     pub fn is_held(&self, digest: &Digest) -> bool {
         let now = self.clock.now_secs();
@@ -121,6 +136,7 @@ impl Leases {
         for digest in digests {
             if let Some(h) = held.get_mut(digest) {
                 h.holders = h.holders.saturating_sub(1);
+                h.fetched = now;
                 if h.holders == 0 && now >= h.until {
                     held.remove(digest);
                 }
@@ -168,5 +184,24 @@ mod tests {
         assert!(!leases.is_held(&a) && !leases.is_held(&b));
         assert!(leases.live().is_empty());
         drop(hung);
+    }
+
+    /// A pull's timed lease keeps content in use for eviction until a
+    /// fetch of it ends after the lease was taken; a held lease keeps it
+    /// in use while held.
+    #[tokio::test(start_paused = true)]
+    async fn eviction_honours_pulls_until_they_fetched() {
+        let leases = Leases::new(Clock::system(), Duration::from_secs(600));
+        let a = Digest::from_raw([1; 32]);
+        leases.extend([a]);
+        assert!(leases.in_use(&a), "the pull has not fetched it");
+        let fetch = leases.hold(&[a]);
+        assert!(leases.in_use(&a), "being fetched");
+        drop(fetch);
+        assert!(!leases.in_use(&a), "fetched");
+        assert!(leases.is_held(&a), "expiry still honours the pull's lease");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        leases.extend([a]);
+        assert!(leases.in_use(&a), "another pull");
     }
 }

@@ -23,6 +23,7 @@
 //! deleted waits for the deletion to finish before the caller reads or
 //! fills it, so an expiry never deletes what is served or just re-filled.
 
+mod budget;
 pub mod evict;
 pub mod gc;
 
@@ -39,6 +40,7 @@ pub use crate::clock::Clock;
 use crate::metadata::table::{Entry, Table};
 pub use crate::metadata::table::{Secs, Ttls};
 use crate::oci::Kind;
+pub use budget::Evicted;
 pub use gc::{Collected, GcOptions};
 
 use crate::layout::{self, RepoKey};
@@ -85,6 +87,8 @@ pub struct Options {
     pub lease_timeout: Duration,
     /// Garbage collection.
     pub gc: GcOptions,
+    /// The most blob bytes stored (`proxy.maxsize`); `None`: no bound.
+    pub max_size: Option<u64>,
 }
 
 impl Default for Options {
@@ -100,6 +104,7 @@ impl Default for Options {
             purge: None,
             lease_timeout: Duration::from_secs(600),
             gc: GcOptions::default(),
+            max_size: None,
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct Scheduler {
     guard: Secs,
     flush_interval: Duration,
     purge: Option<Purge>,
+    /// The byte budget, when there is one.
+    budget: Option<budget::Budget>,
     gc: GcOptions,
     clock: Clock,
     metrics: Arc<Metrics>,
@@ -242,6 +249,11 @@ impl Tracker {
     /// See [`Scheduler::mark_linked`].
     pub fn mark_linked(&self, repo: &RepoKey, digest: &Digest, kind: Kind) {
         self.0.mark_linked(repo, digest, kind);
+    }
+
+    /// See [`Scheduler::stored`].
+    pub fn stored(&self, digest: &Digest, size: u64) {
+        self.0.stored(digest, size);
     }
 
     /// Leases `digests` (nothing expires or collects them) until the lease
@@ -343,6 +355,7 @@ impl Scheduler {
                 .saturating_add(RETRY),
             flush_interval: options.flush_interval,
             purge: options.purge,
+            budget: options.max_size.map(budget::Budget::new),
             gc: options.gc,
             clock,
             metrics,
@@ -413,6 +426,10 @@ impl Scheduler {
         }
         let this = Arc::clone(self);
         tasks.push(tokio::spawn(async move { this.gc_loop().await }));
+        if self.budget.is_some() {
+            let this = Arc::clone(self);
+            tasks.push(tokio::spawn(async move { this.evict_loop().await }));
+        }
         let this = Arc::clone(self);
         tasks.push(tokio::spawn(async move { this.report_leadership().await }));
         if let Some(changes) = self.store.changes() {
@@ -894,6 +911,7 @@ impl Scheduler {
                 Err(e) => return Err(e.into()),
             };
             delete_missing_ok(&*self.driver, &layout::blob_dir(&*digest)).await?;
+            self.forget(digest);
             Ok(size)
         }
         .await;

@@ -308,6 +308,7 @@ impl Fills {
                         self.proofs.prove(ns, repo, digest).await?;
                     }
                     self.tracker.access(&key, digest, Kind::Blob).await;
+                    self.tracker.stored(digest, info.size);
                     publish.send_modify(|p| {
                         p.size = Some(info.size);
                         p.stored = true;
@@ -342,6 +343,7 @@ impl Fills {
                 .await?;
         }
         self.store(digest, fill, size).await?;
+        self.tracker.stored(digest, size);
         self.links
             .ensure(&ns.repo(repo), digest, Kind::Blob, false)
             .await;
