@@ -267,6 +267,34 @@ async fn sigterm_stops_accepting_finishes_responses_and_keeps_what_it_filled() {
     assert_eq!(Digest::of(&again.bytes().await.expect("body")), digest);
 }
 
+/// A proxy storing in `d/name` in front of the https upstream at
+/// `upstream`, with `trust` (a `tls` section of `proxy`, indented) and
+/// `env`; the proxy and its directory.
+fn https_proxy(
+    d: &std::path::Path,
+    name: &str,
+    upstream: &str,
+    trust: &str,
+    env: &[(&str, &str)],
+) -> (support::Server, std::path::PathBuf) {
+    let dir = d.join(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sections = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: https://{upstream}\n{trust}",
+        dir.join("root").display(),
+    );
+    (support::registry_proxy_env(&dir, &sections, env), dir)
+}
+
+/// What the proxy at `addr` answers for `team/tls:v1`'s manifest.
+fn manifest_answer(addr: &str) -> String {
+    let answer = Command::new("curl")
+        .args(["-s", &format!("http://{addr}/v2/team/tls/manifests/v1")])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&answer.stdout).into_owned()
+}
+
 /// An https upstream signed by a private CA is trusted through the
 /// namespace's `tls.ca` and through `SSL_CERT_FILE` (the platform's trust
 /// store as OpenSSL-based tools read it); without either, the pull is
@@ -297,14 +325,7 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
     );
     let upstream = docker_registry(d, "tls", &root, &tls);
     let proxy = |name: &str, trust: &str, env: &[(&str, &str)]| {
-        let dir = d.join(name);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let sections = format!(
-            "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: https://{}\n{trust}",
-            dir.join("root").display(),
-            upstream.addr
-        );
-        (support::registry_proxy_env(&dir, &sections, env), dir)
+        https_proxy(d, name, &upstream.addr, trust, env)
     };
     let ca = ca_file.to_str().expect("utf-8");
 
@@ -321,14 +342,7 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
     pull_and_check(&truth, &system.addr, "team/tls:v1", &out.join("out"), None);
 
     let (untrusted, _) = proxy("untrusted", "", &[]);
-    let answer = Command::new("curl")
-        .args([
-            "-s",
-            &format!("http://{}/v2/team/tls/manifests/v1", untrusted.addr),
-        ])
-        .output()
-        .expect("curl");
-    let answer = String::from_utf8_lossy(&answer.stdout);
+    let answer = manifest_answer(&untrusted.addr);
     assert!(answer.contains("UNAVAILABLE"), "{answer}");
     assert!(answer.to_lowercase().contains("certificate"), "{answer}");
 
@@ -349,16 +363,7 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
         client.cert.display(),
         client.key.display()
     );
-    let mtls_proxy = |name: &str, trust: &str| {
-        let dir = d.join(name);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let sections = format!(
-            "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: https://{}\n{trust}",
-            dir.join("root").display(),
-            upstream.addr
-        );
-        (support::registry_proxy_env(&dir, &sections, &[]), dir)
-    };
+    let mtls_proxy = |name: &str, trust: &str| https_proxy(d, name, &upstream.addr, trust, &[]);
     let (with_certificate, out) = mtls_proxy("with-certificate", &identity);
     pull_and_check(
         &truth,
@@ -368,14 +373,7 @@ fn an_upstream_signed_by_a_private_ca_is_trusted_when_configured() {
         None,
     );
     let (without, _) = mtls_proxy("without-certificate", &format!("  tls:\n    ca: {ca}\n"));
-    let answer = Command::new("curl")
-        .args([
-            "-s",
-            &format!("http://{}/v2/team/tls/manifests/v1", without.addr),
-        ])
-        .output()
-        .expect("curl");
-    let answer = String::from_utf8_lossy(&answer.stdout);
+    let answer = manifest_answer(&without.addr);
     assert!(
         answer.contains("UNAVAILABLE"),
         "a client without a certificate: {answer}"
