@@ -79,6 +79,7 @@ struct BudgetMetrics {
     budget: Gauge,
     evictions: Counter,
     evicted_bytes: Counter,
+    unstored: Counter,
 }
 
 /// Latency buckets: 0.5 ms to about 16 s.
@@ -360,6 +361,11 @@ impl Default for Metrics {
             "Bytes of blob data evicted over the byte budget",
             budget.evicted_bytes.clone(),
         );
+        registry.register(
+            "unstored",
+            "Blobs served to their clients but not stored: larger than the byte budget",
+            budget.unstored.clone(),
+        );
         Self {
             leader,
             auth_failures,
@@ -458,6 +464,11 @@ impl Metrics {
     pub fn evicted(&self, bytes: u64) {
         self.budget.evictions.inc();
         self.budget.evicted_bytes.inc_by(bytes);
+    }
+
+    /// A blob larger than the byte budget was served without being stored.
+    pub fn unstored(&self) {
+        self.budget.unstored.inc();
     }
 
     /// This replica started (`true`) or stopped leading.

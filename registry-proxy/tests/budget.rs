@@ -90,7 +90,7 @@ fn layers_on_disk(root: &Path, image: &Image) -> usize {
 /// pulled between every other one stays whole; every image evicted pulls
 /// again; evictions are counted. After a `kill -9` and a restart the
 /// account is what storage holds, a blob deleted behind the cache's back
-/// included.
+/// included. A blob larger than the budget is served, not stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byte_budget_keeps_the_hot_image_and_stays_within_bounds() {
     if !have("docker-registry") {
@@ -192,4 +192,23 @@ async fn a_byte_budget_keeps_the_hot_image_and_stays_within_bounds() {
     pull_image(&client, &proxy.addr, hot)
         .await
         .expect("the deleted layer fills again");
+
+    // A blob larger than the whole budget is served, not stored.
+    let giant = conformance::random_bytes(7, (BUDGET + MIB) as usize);
+    let digest = support::push_blob(&client, &upstream.addr, "team/giant", giant).await;
+    let got = client
+        .get(format!(
+            "http://{}/v2/team/giant/blobs/{digest}",
+            proxy.addr
+        ))
+        .send()
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(Digest::of(&got), digest, "the giant blob's bytes");
+    support::fills_settled(&proxy).await;
+    assert!(!blob_dir(&root, &digest).join("data").exists(), "stored");
+    assert_eq!(metric(&proxy, "unstored_total").await, 1);
 }

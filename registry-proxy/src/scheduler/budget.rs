@@ -68,6 +68,14 @@ impl Scheduler {
         }
     }
 
+    /// Whether a blob of `size` bytes may be stored at all: not larger than
+    /// the budget (without one, anything may).
+    pub fn fits(&self, size: u64) -> bool {
+        self.budget
+            .as_ref()
+            .is_none_or(|budget| size <= lock(&budget.policy).budget())
+    }
+
     /// Forgets blob `digest`, deleted for another reason (expiry,
     /// collection, found corrupt).
     pub(super) fn forget(&self, digest: &Digest) {

@@ -256,6 +256,11 @@ impl Tracker {
         self.0.stored(digest, size);
     }
 
+    /// See [`Scheduler::fits`].
+    pub fn fits(&self, size: u64) -> bool {
+        self.0.fits(size)
+    }
+
     /// Leases `digests` (nothing expires or collects them) until the lease
     /// is dropped.
     pub fn lease(&self, digests: &[Digest]) -> Lease {

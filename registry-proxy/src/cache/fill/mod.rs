@@ -335,6 +335,12 @@ impl Fills {
         let size = self
             .receive(response, fill, publish, announced, digest, &mut room)
             .await?;
+        if !self.tracker.fits(size) {
+            // Storing it would evict everything else and then itself.
+            self.metrics.unstored();
+            tracing::info!(%digest, size, "larger than the byte budget: served to its clients, not stored");
+            return Ok(());
+        }
         if ns.private() {
             // Marked before the bytes become visible: no other namespace
             // is ever served them unproven.
