@@ -52,6 +52,14 @@ enum Command {
         /// The config.yml of the cache.
         config: PathBuf,
     },
+    /// Prints what the cache's storage holds: every stored blob's bytes
+    /// once, against the byte budget if there is one, and per namespace and
+    /// repository the blobs and manifests it links (a blob shared by
+    /// repositories counts in each). Safe while caches serve.
+    Du {
+        /// The config.yml of the cache.
+        config: PathBuf,
+    },
     /// Checks a configuration without starting anything: prints the
     /// effective configuration (every default applied, secrets masked) and
     /// every key accepted but not applied, or what would stop the start
@@ -151,6 +159,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve { config } => config.clone(),
         Command::Gc { config, .. }
         | Command::Scrub { config, .. }
+        | Command::Du { config }
         | Command::CheckConfig { config } => Some(config.clone()),
         Command::Completions { .. } | Command::Man => None,
     };
@@ -193,6 +202,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve { .. } => runtime.block_on(serve(plan)),
         Command::Gc { dry_run, .. } => runtime.block_on(gc(plan, dry_run)),
         Command::Scrub { rate, dry_run, .. } => runtime.block_on(scrub(plan, &rate, dry_run)),
+        Command::Du { .. } => runtime.block_on(du(plan)),
         Command::CheckConfig { .. } | Command::Completions { .. } | Command::Man => Ok(()),
     };
     match done {
@@ -295,6 +305,55 @@ async fn gc(plan: Plan, dry_run: bool) -> Result<(), Failure> {
         c.mark,
         c.sweep
     );
+    Ok(())
+}
+
+/// `registry-proxy du`: what storage holds, largest repositories first.
+async fn du(plan: Plan) -> Result<(), Failure> {
+    let (driver, storage) = open_driver(&plan.storage).await?;
+    tracing::info!(storage, "reading what storage holds");
+    let usage = registry_proxy::scheduler::usage::usage(&*driver).await?;
+    let size = |bytes: u64| bytesize::ByteSize::b(bytes).display().iec().to_string();
+    let budget = plan.settings.scheduler.max_size.map_or_else(
+        || "no byte budget".to_owned(),
+        |max| {
+            format!(
+                "{:.1}% of the {} budget",
+                usage.bytes as f64 * 100.0 / max as f64,
+                size(max)
+            )
+        },
+    );
+    println!(
+        "stored: {} blobs, {} bytes ({}; {budget})",
+        usage.blobs,
+        usage.bytes,
+        size(usage.bytes)
+    );
+    if usage.dangling > 0 {
+        println!(
+            "links to content not stored (filled again when asked for): {}",
+            usage.dangling
+        );
+    }
+    let mut rows: Vec<_> = usage.repositories.iter().collect();
+    rows.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes).then(a.0.cmp(b.0)));
+    println!(
+        "{:<12} {:>6} {:>9}  namespace  repository",
+        "bytes", "blobs", "manifests"
+    );
+    for (key, share) in rows {
+        let (namespace, name) = match key.strip_prefix("_namespaces/") {
+            Some(rest) => rest.split_once('/').unwrap_or((rest, "")),
+            None => ("-", key.as_str()),
+        };
+        println!(
+            "{:<12} {:>6} {:>9}  {namespace}  {name}",
+            size(share.bytes),
+            share.blobs,
+            share.manifests
+        );
+    }
     Ok(())
 }
 

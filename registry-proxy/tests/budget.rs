@@ -90,7 +90,8 @@ fn layers_on_disk(root: &Path, image: &Image) -> usize {
 /// pulled between every other one stays whole; every image evicted pulls
 /// again; evictions are counted. After a `kill -9` and a restart the
 /// account is what storage holds, a blob deleted behind the cache's back
-/// included. A blob larger than the budget is served, not stored.
+/// included. A blob larger than the budget is served, not stored. `du`
+/// reports what storage holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byte_budget_keeps_the_hot_image_and_stays_within_bounds() {
     if !have("docker-registry") {
@@ -211,4 +212,26 @@ async fn a_byte_budget_keeps_the_hot_image_and_stays_within_bounds() {
     support::fills_settled(&proxy).await;
     assert!(!blob_dir(&root, &digest).join("data").exists(), "stored");
     assert_eq!(metric(&proxy, "unstored_total").await, 1);
+
+    // `du` reads the same total from storage, and names the repositories.
+    let du = std::process::Command::new(support::registry_proxy_binary())
+        .args(["du", d.join("proxy.yml").to_str().expect("utf-8")])
+        .output()
+        .expect("du");
+    assert!(
+        du.status.success(),
+        "du: {}",
+        String::from_utf8_lossy(&du.stderr)
+    );
+    let text = String::from_utf8_lossy(&du.stdout);
+    let total: u64 = text
+        .lines()
+        .find(|l| l.starts_with("stored: "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|b| b.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no total in: {text}"));
+    assert_eq!(total, stored_on_disk(&root), "{text}");
+    assert!(text.contains("% of the 100.0 MiB budget"), "{text}");
+    assert!(text.contains(&format!("  {}\n", hot.repo)), "{text}");
 }

@@ -15,8 +15,6 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use driver_core::{FileInfo, WalkControl, WalkOptions};
-
 use super::Scheduler;
 use super::evict::S3Fifo;
 use crate::layout;
@@ -87,21 +85,11 @@ impl Scheduler {
     }
 
     /// Seeds the account from storage: every blob's data and its size.
-    pub(super) async fn reconcile(&self) -> Result<u64, driver_core::Error> {
+    pub(super) async fn reconcile(&self) -> Result<u64, MetadataError> {
         let Some(budget) = &self.budget else {
             return Ok(0);
         };
-        let mut found = Vec::new();
-        let mut visit = |info: &FileInfo| {
-            if let Some(digest) = layout::blob_digest(&info.path) {
-                found.push((digest, info.size));
-            }
-            WalkControl::Continue
-        };
-        self.driver
-            .walk(&layout::blobs_root(), &WalkOptions::default(), &mut visit)
-            .await
-            .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })?;
+        let found = super::usage::stored_blobs(&*self.driver).await?;
         let mut policy = lock(&budget.policy);
         for (digest, size) in &found {
             if !policy.contains(digest) {

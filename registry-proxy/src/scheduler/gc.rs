@@ -51,7 +51,7 @@ impl Default for GcOptions {
 }
 
 /// A repository file the sweep looks at.
-enum Found {
+pub(super) enum Found {
     Link(RepoKey, Digest, Kind),
     Tag(RepoKey, Segment),
 }
@@ -266,7 +266,7 @@ impl Scheduler {
 }
 
 /// Walks `from` (absent: nothing), calling `visit` for every entry.
-async fn walk(
+pub(super) async fn walk(
     driver: &dyn driver_core::StorageDriver,
     from: &StoragePath,
     mut visit: impl FnMut(&FileInfo) -> WalkControl + Send,
@@ -278,7 +278,7 @@ async fn walk(
 }
 
 /// What a file under `repositories/` is, if the sweep cares.
-fn repository_file(path: &StoragePath) -> Option<Found> {
+pub(super) fn repository_file(path: &StoragePath) -> Option<Found> {
     let rest = path
         .as_str()
         .strip_prefix(layout::repositories_root().as_str())?

@@ -26,6 +26,7 @@
 mod budget;
 pub mod evict;
 pub mod gc;
+pub mod usage;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
