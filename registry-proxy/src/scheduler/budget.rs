@@ -22,6 +22,9 @@ use crate::metadata::{LockKind, MetadataError};
 use crate::oci::Digest;
 use crate::sync::lock;
 
+/// How soon a pass that could not get within the budget is tried again.
+const EVICT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The policy and what it is for.
 pub(super) struct Budget {
     policy: Mutex<S3Fifo<Digest>>,
@@ -104,18 +107,32 @@ impl Scheduler {
     }
 
     /// Runs eviction passes whenever stored bytes go over the budget, while
-    /// this replica leads.
+    /// this replica leads. The walk of storage that seeds the account runs
+    /// once this replica first leads: only the leader evicts. A pass that
+    /// leaves the account over the budget (everything left in use) is tried
+    /// again after [`EVICT_RETRY`], since leases end without a fill.
     pub(super) async fn evict_loop(&self) {
         let Some(budget) = &self.budget else {
             return;
         };
         let mut stopped = self.stopped();
-        match self.reconcile().await {
-            Ok(blobs) => tracing::info!(blobs, "byte budget: stored blobs accounted"),
-            Err(e) => tracing::warn!(error = %e, "byte budget: cannot walk stored blobs"),
-        }
+        let mut seeded = false;
+        let mut still_over = false;
         while self.lead(&mut stopped).await {
-            if stopped.until(budget.over.notified()).await.is_none() {
+            if !seeded {
+                seeded = true;
+                match self.reconcile().await {
+                    Ok(blobs) => tracing::info!(blobs, "byte budget: stored blobs accounted"),
+                    Err(e) => tracing::warn!(error = %e, "byte budget: cannot walk stored blobs"),
+                }
+            }
+            let woken = stopped.until(async {
+                tokio::select! {
+                    () = budget.over.notified() => {}
+                    () = tokio::time::sleep(EVICT_RETRY), if still_over => {}
+                }
+            });
+            if woken.await.is_none() {
                 return;
             }
             let evicted = self.evict_over_budget().await;
@@ -126,6 +143,7 @@ impl Scheduler {
                     "evicted over the byte budget"
                 );
             }
+            still_over = lock(&budget.policy).over();
         }
     }
 

@@ -35,19 +35,27 @@ struct Record {
     size: u64,
     freq: u8,
     queue: Queue,
+    /// The stamp of its one live queue slot; other slots of the key are
+    /// stale (it was removed, stored again, or moved on).
+    slot: u64,
 }
+
+/// A queue slot: the key and the stamp it was pushed with.
+type Slot<K> = (K, u64);
 
 /// S3-FIFO over content keyed `K`, sized in bytes.
 #[derive(Debug)]
 pub struct S3Fifo<K> {
     budget: u64,
     records: HashMap<K, Record>,
-    small: VecDeque<K>,
-    main: VecDeque<K>,
+    small: VecDeque<Slot<K>>,
+    main: VecDeque<Slot<K>>,
     small_bytes: u64,
     main_bytes: u64,
     ghost: VecDeque<K>,
     ghosts: HashSet<K>,
+    /// The next slot's stamp.
+    stamp: u64,
 }
 
 impl<K: Copy + Eq + Hash> S3Fifo<K> {
@@ -62,6 +70,21 @@ impl<K: Copy + Eq + Hash> S3Fifo<K> {
             main_bytes: 0,
             ghost: VecDeque::new(),
             ghosts: HashSet::new(),
+            stamp: 0,
+        }
+    }
+
+    /// Pushes a new live slot of `key` onto `queue`'s tail.
+    fn push(&mut self, key: K, queue: Queue) {
+        let stamp = self.stamp;
+        self.stamp += 1;
+        if let Some(record) = self.records.get_mut(&key) {
+            record.slot = stamp;
+            record.queue = queue;
+        }
+        match queue {
+            Queue::Small => self.small.push_back((key, stamp)),
+            Queue::Main => self.main.push_back((key, stamp)),
         }
     }
 
@@ -103,11 +126,9 @@ impl<K: Copy + Eq + Hash> S3Fifo<K> {
             return;
         }
         let queue = if self.ghosts.remove(&key) {
-            self.main.push_back(key);
             self.main_bytes += size;
             Queue::Main
         } else {
-            self.small.push_back(key);
             self.small_bytes += size;
             Queue::Small
         };
@@ -117,19 +138,35 @@ impl<K: Copy + Eq + Hash> S3Fifo<K> {
                 size,
                 freq: 0,
                 queue,
+                slot: 0,
             },
         );
+        self.push(key, queue);
     }
 
     /// Forgets `key` (deleted for another reason: expiry, a purge, found
-    /// missing). Its queue slot is skipped when reached.
+    /// missing). Its queue slot is skipped when reached; once stale slots
+    /// outnumber live ones, the queues are compacted, so removals that no
+    /// eviction follows cannot grow them without bound.
     pub fn remove(&mut self, key: &K) -> Option<u64> {
         let record = self.records.remove(key)?;
         match record.queue {
             Queue::Small => self.small_bytes -= record.size,
             Queue::Main => self.main_bytes -= record.size,
         }
+        if self.small.len() + self.main.len() > 2 * self.records.len() + 64 {
+            let records = &self.records;
+            let live = |(key, stamp): &Slot<K>| records.get(key).is_some_and(|r| r.slot == *stamp);
+            self.small.retain(live);
+            self.main.retain(live);
+        }
         Some(record.size)
+    }
+
+    /// Queue slots, live and stale (for tests of the bound).
+    #[cfg(test)]
+    fn slots(&self) -> usize {
+        self.small.len() + self.main.len()
     }
 
     /// Chooses the next content to evict, skipping what `in_use` says is
@@ -148,49 +185,43 @@ impl<K: Copy + Eq + Hash> S3Fifo<K> {
             } else {
                 &mut self.main
             };
-            let key = queue.pop_front()?;
+            let (key, stamp) = queue.pop_front()?;
             let Some(record) = self.records.get_mut(&key) else {
                 continue;
             };
-            let expected = if from_small {
-                Queue::Small
-            } else {
-                Queue::Main
-            };
-            if record.queue != expected {
-                // A stale slot of content removed and stored again.
+            if record.slot != stamp {
                 continue;
             }
+            let (size, freq, queue) = (record.size, record.freq, record.queue);
+            // The access a second chance or a promotion spends.
+            record.freq = freq.saturating_sub(1);
             if in_use(&key) {
-                queue.push_back(key);
+                record.freq = freq;
+                self.push(key, queue);
                 continue;
             }
-            if from_small {
+            match (queue, freq) {
                 // Asked for again while in the small queue (the paper's
                 // threshold 1; 2 made no difference on the trace).
-                if record.freq >= 1 {
+                (Queue::Small, 1..) => {
                     record.freq = 0;
-                    record.queue = Queue::Main;
-                    self.small_bytes -= record.size;
-                    self.main_bytes += record.size;
-                    self.main.push_back(key);
-                    continue;
+                    self.small_bytes -= size;
+                    self.main_bytes += size;
+                    self.push(key, Queue::Main);
                 }
-                let size = record.size;
-                self.records.remove(&key);
-                self.small_bytes -= size;
-                self.remember(key);
-                return Some((key, size));
+                (Queue::Main, 1..) => self.push(key, Queue::Main),
+                (Queue::Small, 0) => {
+                    self.records.remove(&key);
+                    self.small_bytes -= size;
+                    self.remember(key);
+                    return Some((key, size));
+                }
+                (Queue::Main, 0) => {
+                    self.records.remove(&key);
+                    self.main_bytes -= size;
+                    return Some((key, size));
+                }
             }
-            if record.freq > 0 {
-                record.freq -= 1;
-                self.main.push_back(key);
-                continue;
-            }
-            let size = record.size;
-            self.records.remove(&key);
-            self.main_bytes -= size;
-            return Some((key, size));
         }
         None
     }
@@ -266,7 +297,8 @@ mod tests {
     }
 
     /// Removal for another reason (expiry, found missing) forgets the
-    /// bytes, and a removed key's queue slot is skipped.
+    /// bytes, and a removed key's queue slot is skipped; removals and
+    /// inserts that no eviction follows keep the queues bounded.
     #[test]
     fn removed_content_is_forgotten() {
         let mut policy = S3Fifo::new(10);
@@ -278,5 +310,11 @@ mod tests {
         policy.insert(3, 6);
         assert_eq!(policy.evict(|_| false), Some((2, 6)));
         assert_eq!(policy.stored(), 6);
+        let mut churn = S3Fifo::new(u64::MAX);
+        for round in 0..10_000u32 {
+            churn.insert(round % 10, 1);
+            churn.remove(&(round % 10));
+        }
+        assert!(churn.slots() <= 2 * 10 + 65, "{} slots", churn.slots());
     }
 }

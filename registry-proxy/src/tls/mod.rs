@@ -110,8 +110,9 @@ impl TlsSpec {
         suites: Option<&[String]>,
     ) -> Result<Self, TlsError> {
         let mut warnings = Vec::new();
+        let provider = provider();
         if let CertSource::Files { certificate, key } = &source {
-            load_pair(certificate, key, &provider())?;
+            load_pair(certificate, key, &provider)?;
         }
         let mut roots = Vec::new();
         for path in client_cas {
@@ -138,10 +139,11 @@ impl TlsSpec {
         let suites = match suites {
             None => None,
             Some(asked) => {
-                let known: Vec<String> = provider()
+                // Each suite rustls implements, and whether it is TLS 1.2's.
+                let known: Vec<(String, bool)> = provider
                     .cipher_suites
                     .iter()
-                    .map(|s| suite_name(*s))
+                    .map(|s| (suite_name(*s), s.version() == &rustls::version::TLS12))
                     .collect();
                 let mut kept = Vec::new();
                 for name in asked {
@@ -149,7 +151,7 @@ impl TlsSpec {
                         && name[4..]
                             .bytes()
                             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-                    if known.contains(name) {
+                    if known.iter().any(|(known, _)| known == name) {
                         kept.push(name.clone());
                     } else if wellformed {
                         warnings.push(format!(
@@ -164,11 +166,9 @@ impl TlsSpec {
                         ));
                     }
                 }
-                let tls12 = provider()
-                    .cipher_suites
+                let tls12 = known
                     .iter()
-                    .filter(|s| s.version() == &rustls::version::TLS12)
-                    .any(|s| kept.contains(&suite_name(*s)));
+                    .any(|(name, is_tls12)| *is_tls12 && kept.contains(name));
                 if !tls12 && minimum == MinimumTls::Tls12 {
                     warnings.push(
                         "http.tls.ciphersuites: no TLS 1.2 suite named is implemented; only TLS 1.3 is served"
