@@ -181,6 +181,26 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         self.kind() == ErrorKind::PathNotFound
     }
+
+    /// Whether the backend is out of space: a backend error caused by an
+    /// I/O error of kind `StorageFull` or `QuotaExceeded` (`ENOSPC`,
+    /// `EDQUOT`). Freeing space and retrying may then succeed.
+    pub fn is_storage_full(&self) -> bool {
+        let Self::Backend { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                );
+            }
+            cause = e.source();
+        }
+        false
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +214,17 @@ mod tests {
         let io = std::io::Error::other("denied");
         assert!(!Error::backend("x", "get", "/a", false, io).is_temporary());
         assert!(!Error::not_found("x", "/a").is_temporary());
+    }
+
+    #[test]
+    fn a_full_disk_is_recognised_through_its_io_error() {
+        let full = std::io::Error::from_raw_os_error(28); // ENOSPC
+        assert!(Error::backend("x", "write", "/a", false, full).is_storage_full());
+        let quota = std::io::Error::from_raw_os_error(122); // EDQUOT
+        assert!(Error::backend("x", "write", "/a", false, quota).is_storage_full());
+        let other = std::io::Error::other("denied");
+        assert!(!Error::backend("x", "write", "/a", false, other).is_storage_full());
+        assert!(!Error::not_found("x", "/a").is_storage_full());
     }
 
     #[test]

@@ -314,7 +314,7 @@ async fn du(plan: Plan) -> Result<(), Failure> {
     tracing::info!(storage, "reading what storage holds");
     let usage = registry_proxy::scheduler::usage::usage(&*driver).await?;
     let size = |bytes: u64| bytesize::ByteSize::b(bytes).display().iec().to_string();
-    let budget = plan.settings.scheduler.max_size.map_or_else(
+    let budget = plan.settings.scheduler.bounds.max_size.map_or_else(
         || "no byte budget".to_owned(),
         |max| {
             format!(

@@ -72,13 +72,44 @@ struct GcMetrics {
     phase_seconds: Family<GcLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
+/// Why blob data was evicted.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum EvictReason {
+    /// Over `proxy.maxsize` (label `budget`).
+    Budget,
+    /// Over a namespace's `maxsize` (label `namespace`).
+    Namespace,
+    /// The volume above `highwatermark` (label `watermark`).
+    Watermark,
+    /// A write found the disk full (label `full`).
+    Full,
+}
+
+impl EncodeLabelValue for EvictReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Budget => "budget",
+            Self::Namespace => "namespace",
+            Self::Watermark => "watermark",
+            Self::Full => "full",
+        })
+    }
+}
+
+/// An eviction's reason, as a label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvictLabel {
+    reason: EvictReason,
+}
+
 /// The byte budget's figures.
 #[derive(Debug, Default)]
 struct BudgetMetrics {
     stored: Gauge,
     budget: Gauge,
-    evictions: Counter,
-    evicted_bytes: Counter,
+    reserved: Gauge,
+    evictions: Family<EvictLabel, Counter>,
+    evicted_bytes: Family<EvictLabel, Counter>,
     unstored: Counter,
 }
 
@@ -353,13 +384,18 @@ impl Default for Metrics {
         );
         registry.register(
             "evictions",
-            "Blobs evicted over the byte budget",
+            "Blobs whose data was evicted, by reason",
             budget.evictions.clone(),
         );
         registry.register(
             "evicted_bytes",
-            "Bytes of blob data evicted over the byte budget",
+            "Bytes of blob data evicted, by reason",
             budget.evicted_bytes.clone(),
+        );
+        registry.register(
+            "reserved_bytes",
+            "Bytes reserved by fills in flight against the byte budget",
+            budget.reserved.clone(),
         );
         registry.register(
             "unstored",
@@ -460,10 +496,21 @@ impl Metrics {
             .set(i64::try_from(budget).unwrap_or(i64::MAX));
     }
 
-    /// A blob of `bytes` was evicted over the byte budget.
-    pub fn evicted(&self, bytes: u64) {
-        self.budget.evictions.inc();
-        self.budget.evicted_bytes.inc_by(bytes);
+    /// A blob of `bytes` was evicted for `reason`.
+    pub fn evicted(&self, reason: EvictReason, bytes: u64) {
+        let label = EvictLabel { reason };
+        self.budget.evictions.get_or_create(&label).inc();
+        self.budget
+            .evicted_bytes
+            .get_or_create(&label)
+            .inc_by(bytes);
+    }
+
+    /// Fills in flight have reserved `bytes` against the byte budget.
+    pub fn reserved_bytes(&self, bytes: u64) {
+        self.budget
+            .reserved
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// A blob larger than the byte budget was served without being stored.

@@ -58,6 +58,8 @@ pub struct NamespaceSpec {
     pub default: bool,
     /// How its https upstream is trusted beyond the platform's roots.
     pub tls: UpstreamTls,
+    /// The most bytes of the blobs it links (`upstreams[].maxsize`).
+    pub max_size: Option<u64>,
 }
 
 impl NamespaceSpec {
@@ -74,6 +76,7 @@ impl NamespaceSpec {
             registry2_dir: true,
             default: true,
             tls: UpstreamTls::default(),
+            max_size: None,
         }
     }
 }
@@ -250,6 +253,22 @@ impl Namespaces {
             .iter()
             .filter(|s| !s.registry2_dir)
             .filter_map(|s| Some((dir_of(&s.name).ok()?.as_str().to_owned(), s.ttl?)))
+            .collect()
+    }
+
+    /// The byte budgets of the namespaces that have one, by directory
+    /// (`""`: registry:2's namespace), for the scheduler's bounds.
+    pub fn max_sizes(specs: &[NamespaceSpec]) -> HashMap<String, u64> {
+        specs
+            .iter()
+            .filter_map(|s| {
+                let dir = if s.registry2_dir {
+                    String::new()
+                } else {
+                    dir_of(&s.name).ok()?.as_str().to_owned()
+                };
+                Some((dir, s.max_size?))
+            })
             .collect()
     }
 

@@ -42,7 +42,8 @@ fn stored_on_disk(root: &Path) -> u64 {
     total
 }
 
-/// A gauge or counter of the proxy's metrics.
+/// A gauge or counter of the proxy's metrics, `name` with its labels
+/// (`evictions_total{reason="budget"}`).
 async fn metric(proxy: &support::Server, name: &str) -> u64 {
     let text = debug_text(proxy, "/metrics").await;
     text.lines()
@@ -157,7 +158,7 @@ async fn a_byte_budget_keeps_the_hot_image_and_stays_within_bounds() {
         hot.blobs.len(),
         "the hot image lost a layer"
     );
-    let evictions = metric(&proxy, "evictions_total").await;
+    let evictions = metric(&proxy, "evictions_total{reason=\"budget\"}").await;
     assert!(
         evictions >= 10,
         "{evictions} evictions for 300 MiB in 100 MiB"
@@ -234,4 +235,267 @@ async fn a_byte_budget_keeps_the_hot_image_and_stays_within_bounds() {
     assert_eq!(total, stored_on_disk(&root), "{text}");
     assert!(text.contains("% of the 100.0 MiB budget"), "{text}");
     assert!(text.contains(&format!("  {}\n", hot.repo)), "{text}");
+}
+
+/// `GET` of `path` on the proxy: its status and `Retry-After`.
+async fn status_of(
+    client: &reqwest::Client,
+    proxy: &support::Server,
+    path: &str,
+) -> (u16, Option<String>) {
+    let response = client
+        .get(format!("http://{}{path}", proxy.addr))
+        .send()
+        .await
+        .expect("GET");
+    let retry = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status = response.status().as_u16();
+    let _ = response.bytes().await;
+    (status, retry)
+}
+
+/// A fill reserves its size before it starts: with everything stored in
+/// use by a pull that has not fetched it yet, a miss that does not fit is
+/// refused with 503 and `Retry-After`, storing nothing; once that pull
+/// fetched its layers, the same miss evicts and fills. Each namespace's
+/// `maxsize` bounds what it links, and leaves another namespace's content
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_reserve_room_and_namespaces_keep_their_own_budget() {
+    if !have("docker-registry") {
+        conformance::skip(
+            "fills_reserve_room",
+            "REQUIRE_E2E",
+            "docker-registry is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = tokio::task::block_in_place(|| {
+        docker_registry(d, "upstream", &d.join("upstream-root"), "")
+    });
+    let client = reqwest::Client::new();
+    let held = push_image(&client, &upstream.addr, "team/held", 1, &[LAYER; 2]).await;
+    let next = push_image(&client, &upstream.addr, "team/next", 2, &[LAYER]).await;
+    let root: PathBuf = d.join("root");
+    // Phase one: a 25 MiB budget. Phase two: none, and 15 MiB for small.test.
+    let sections = |budgets: [&str; 2]| {
+        format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n{}  upstreams:\n    - namespace: small.test\n      remoteurl: http://{up}\n{}    - namespace: big.test\n      remoteurl: http://{up}\n      default: true\n",
+            root.display(),
+            budgets[0],
+            budgets[1],
+            up = upstream.addr
+        )
+    };
+    let proxy = tokio::task::block_in_place(|| {
+        registry_proxy_with(d, &sections(["  maxsize: 25MiB\n", ""]))
+    });
+    pull_image(&client, &proxy.addr, &held).await.expect("pull");
+    // A pull begins: its manifest is served, its layers not yet fetched.
+    let (status, _) = status_of(&client, &proxy, &format!("/v2/{}/manifests/v1", held.repo)).await;
+    assert_eq!(status, 200);
+    let layer = next.blobs[1];
+    let path = format!("/v2/{}/blobs/{layer}", next.repo);
+    let (status, retry) = status_of(&client, &proxy, &path).await;
+    assert_eq!(
+        status,
+        503,
+        "a fill with no room to make: {}",
+        std::fs::read_to_string(d.join("proxy.log")).unwrap_or_default()
+    );
+    assert_eq!(retry.as_deref(), Some("30"));
+    assert!(!blob_dir(&root, &layer).join("data").exists());
+    assert_eq!(
+        metric(&proxy, "reserved_bytes").await,
+        0,
+        "reservation returned"
+    );
+    // The pull fetches its layers: now they may go.
+    for blob in &held.blobs {
+        let (status, _) =
+            status_of(&client, &proxy, &format!("/v2/{}/blobs/{blob}", held.repo)).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = status_of(&client, &proxy, &path).await;
+    assert_eq!(status, 200, "the fill makes room now");
+    support::fills_settled(&proxy).await;
+    within_budget_of(&proxy, 25 * MIB).await;
+    assert!(blob_dir(&root, &layer).join("data").exists());
+
+    // Namespace budgets: five 10 MiB images through small.test stay within
+    // its 15 MiB, and what big.test holds is not touched for it.
+    drop(proxy);
+    let proxy = tokio::task::block_in_place(|| {
+        registry_proxy_with(d, &sections(["", "      maxsize: 15MiB\n"]))
+    });
+    let big = push_image(&client, &upstream.addr, "team/big", 3, &[MIB as usize]).await;
+    let big = Image {
+        repo: format!("big.test/{}", big.repo),
+        ..big
+    };
+    pull_image(&client, &proxy.addr, &big)
+        .await
+        .expect("big pull");
+    for i in 0..5u64 {
+        let image = push_image(
+            &client,
+            &upstream.addr,
+            &format!("team/s{i}"),
+            10 + i,
+            &[LAYER],
+        )
+        .await;
+        let image = Image {
+            repo: format!("small.test/{}", image.repo),
+            ..image
+        };
+        pull_image(&client, &proxy.addr, &image)
+            .await
+            .expect("small pull");
+        support::fills_settled(&proxy).await;
+    }
+    let mut namespace_evictions = 0;
+    for _ in 0..600 {
+        namespace_evictions = metric(&proxy, "evictions_total{reason=\"namespace\"}").await;
+        if namespace_evictions >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        namespace_evictions >= 2,
+        "{namespace_evictions} namespace evictions"
+    );
+    assert_eq!(
+        layers_on_disk(&root, &big),
+        big.blobs.len(),
+        "big.test lost content"
+    );
+}
+
+/// Waits until the accounted bytes are within `bound`.
+async fn within_budget_of(proxy: &support::Server, bound: u64) {
+    for _ in 0..600 {
+        if metric(proxy, "stored_bytes").await <= bound {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("stored bytes never came within {bound}");
+}
+
+/// A tmpfs of `size` mounted at `dir` until dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount tmpfs at {}", dir.display());
+        Self(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A full disk is a signal: on a 48 MiB tmpfs holding three 14 MiB layers,
+/// the fourth one's write finds it full, eviction makes room and the fill
+/// succeeds, with no byte budget configured. On a 64 MiB tmpfs with
+/// watermarks at 50% and 25%, eviction starts once the volume is more
+/// than half full and stops at a quarter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_and_the_watermarks_evict() {
+    let root_user = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
+    if !have("docker-registry") || !root_user {
+        conformance::skip(
+            "a_full_disk_and_the_watermarks_evict",
+            "REQUIRE_E2E",
+            "needs docker-registry, and root to mount a tmpfs",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = tokio::task::block_in_place(|| {
+        docker_registry(d, "upstream", &d.join("upstream-root"), "")
+    });
+    let client = reqwest::Client::new();
+    let mut images = Vec::new();
+    for i in 0..4u64 {
+        images.push(
+            push_image(
+                &client,
+                &upstream.addr,
+                &format!("team/f{i}"),
+                20 + i,
+                &[14 << 20],
+            )
+            .await,
+        );
+    }
+    for (phase, size, extra) in [
+        ("full", "48m", ""),
+        (
+            "watermarks",
+            "64m",
+            "  highwatermark: 50\n  lowwatermark: 25\n",
+        ),
+    ] {
+        let disk = Tmpfs::mount(d.join(phase), size);
+        let root = disk.0.join("root");
+        let sections = format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\n  spooldirectory: {}\n{extra}",
+            root.display(),
+            upstream.addr,
+            d.join(format!("spool-{phase}")).display(),
+        );
+        let config_dir = d.join(format!("proxy-{phase}"));
+        std::fs::create_dir_all(&config_dir).expect("config dir");
+        std::fs::create_dir_all(d.join(format!("spool-{phase}"))).expect("spool dir");
+        let proxy = tokio::task::block_in_place(|| registry_proxy_with(&config_dir, &sections));
+        let count = if phase == "full" { 4 } else { 3 };
+        for image in &images[..count] {
+            pull_image(&client, &proxy.addr, image).await.expect(phase);
+            support::fills_settled(&proxy).await;
+        }
+        let last = &images[count - 1];
+        if phase == "full" {
+            assert_eq!(
+                layers_on_disk(&root, last),
+                last.blobs.len(),
+                "the fill stored"
+            );
+            assert!(metric(&proxy, "evictions_total{reason=\"full\"}").await >= 1);
+        } else {
+            let mut on_disk = u64::MAX;
+            for _ in 0..600 {
+                on_disk = stored_on_disk(&root);
+                if on_disk <= 16 * MIB {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            assert!(
+                on_disk <= 16 * MIB,
+                "{on_disk} bytes on a 64 MiB volume at a 25% low watermark"
+            );
+            assert!(metric(&proxy, "evictions_total{reason=\"watermark\"}").await >= 1);
+        }
+        drop(proxy);
+    }
 }

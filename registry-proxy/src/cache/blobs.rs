@@ -265,7 +265,7 @@ impl Blobs {
         if access.is_none() {
             self.tracker.access(&key, digest, Kind::Blob).await;
         }
-        self.tracker.stored(digest, size);
+        self.tracker.stored(&key, digest, size);
         self.links
             .ensure(&key, digest, Kind::Blob, known_linked)
             .await;

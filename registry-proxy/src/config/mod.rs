@@ -21,8 +21,8 @@ use crate::cache::fill::FillLimits;
 use crate::cache::verify::VerifyReads;
 use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
-use crate::namespace::{self, NamespaceSpec, Sharing};
-use crate::scheduler::{GcOptions, Options, Purge};
+use crate::namespace::{self, NamespaceSpec, Namespaces, Sharing};
+use crate::scheduler::{Bounds, GcOptions, Options, Purge, Watermarks};
 use crate::upstream::{Credentials, UpstreamTls};
 pub use http::{
     HealthConfig, HttpTlsConfig, LetsEncryptConfig, Listen, PrometheusConfig, StorageDriverHealth,
@@ -480,6 +480,10 @@ pub struct UpstreamEntry {
     pub default: bool,
     /// How its upstream is trusted beyond the platform's roots.
     pub tls: UpstreamTlsConfig,
+    /// Ours: the most bytes of the blobs this namespace links (`50GiB`); a
+    /// blob several namespaces link counts in full against each.
+    #[serde(deserialize_with = "scalar_text")]
+    pub maxsize: Option<String>,
 }
 
 /// `proxy.tls` and `proxy.upstreams[].tls`: trust for an https upstream
@@ -595,6 +599,11 @@ pub struct ProxyConfig {
     /// valuable blobs are evicted. Unset: no bound.
     #[serde(deserialize_with = "scalar_text")]
     pub maxsize: Option<String>,
+    /// Ours, filesystem storage only: evict once the volume is fuller than
+    /// this percentage...
+    pub highwatermark: Option<u8>,
+    /// ...until it is no fuller than this one.
+    pub lowwatermark: Option<u8>,
 }
 
 /// Reads a key that holds text from any YAML scalar, as registry:2 reads
@@ -650,6 +659,20 @@ pub fn bytes_of(text: &str) -> Option<u64> {
         .parse::<bytesize::ByteSize>()
         .ok()
         .map(|size| size.as_u64())
+}
+
+/// A positive size at `key`, if given.
+fn positive_size(key: &str, text: Option<&str>) -> Result<Option<u64>, ConfigError> {
+    match text {
+        None => Ok(None),
+        Some(text) => match bytes_of(text) {
+            Some(0) | None => Err(invalid(
+                key,
+                format!("{text:?} is not a positive size (bytes, or with a unit: 100MiB, 500GiB)"),
+            )),
+            Some(bytes) => Ok(Some(bytes)),
+        },
+    }
 }
 
 fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
@@ -722,7 +745,7 @@ impl Config {
         self.ttl()?;
         self.upload_purging()?;
         self.etcd()?;
-        self.max_size()?;
+        self.bounds(&self.namespaces()?)?;
         if !matches!(self.log.formatter.as_str(), "text" | "json") {
             return Err(invalid("log.formatter", "expected text or json"));
         }
@@ -827,6 +850,7 @@ impl Config {
                 None => None,
             };
             let (remote, in_url) = upstream_url(&key("remoteurl"), &entry.remoteurl.0)?;
+            let max_size = positive_size(&key("maxsize"), entry.maxsize.as_deref())?;
             specs.push(NamespaceSpec {
                 name: entry.namespace.clone(),
                 remote,
@@ -841,6 +865,7 @@ impl Config {
                 registry2_dir: false,
                 default: entry.default,
                 tls: entry.tls.read(&key("tls"))?,
+                max_size,
             });
         }
         if specs.iter().filter(|s| s.default).count() > 1 {
@@ -897,18 +922,42 @@ impl Config {
 
     /// The byte budget of stored blobs (`proxy.maxsize`), if any.
     pub fn max_size(&self) -> Result<Option<u64>, ConfigError> {
-        match self.proxy.maxsize.as_deref() {
-            None => Ok(None),
-            Some(text) => match bytes_of(text) {
-                Some(0) | None => Err(invalid(
-                    "proxy.maxsize",
-                    format!(
-                        "{text:?} is not a positive size (bytes, or with a unit: 100MiB, 500GiB)"
-                    ),
-                )),
-                Some(bytes) => Ok(Some(bytes)),
-            },
-        }
+        positive_size("proxy.maxsize", self.proxy.maxsize.as_deref())
+    }
+
+    /// What bounds stored bytes: `proxy.maxsize`, each namespace's
+    /// `maxsize` (of `specs`), the volume's watermarks.
+    pub fn bounds(&self, specs: &[NamespaceSpec]) -> Result<Bounds, ConfigError> {
+        let watermarks = match (self.proxy.highwatermark, self.proxy.lowwatermark) {
+            (None, None) => None,
+            (high, low) => {
+                let Backend::Filesystem(fs) = self.backend()? else {
+                    return Err(invalid(
+                        "proxy.highwatermark",
+                        "watermarks are of a volume: filesystem storage only",
+                    ));
+                };
+                let high = high.unwrap_or(90);
+                let low = low.unwrap_or(high.saturating_sub(10));
+                if high == 0 || high > 100 || low >= high {
+                    return Err(invalid(
+                        "proxy.lowwatermark",
+                        format!("{low}% and {high}%: expected 0 <= low < high <= 100"),
+                    ));
+                }
+                Some(Watermarks {
+                    volume: fs.root_directory,
+                    high,
+                    low,
+                })
+            }
+        };
+        Ok(Bounds {
+            max_size: self.max_size()?,
+            namespaces: Namespaces::max_sizes(specs),
+            watermarks,
+            when_full: matches!(self.backend()?, Backend::Filesystem(_)),
+        })
     }
 
     /// How many fills run at once, and how large a blob may be.

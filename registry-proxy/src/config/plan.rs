@@ -52,12 +52,13 @@ impl Config {
     pub fn plan(&self) -> Result<Plan, ConfigError> {
         self.refused()?;
         let (gc, lease_timeout) = self.gc()?;
+        let namespaces = self.namespaces()?;
         let scheduler = Options {
             ttl: self.ttl()?,
             purge: self.upload_purging()?,
             lease_timeout,
             gc,
-            max_size: self.max_size()?,
+            bounds: self.bounds(&namespaces)?,
             ..Options::default()
         };
         let settings = Settings {
@@ -93,7 +94,7 @@ impl Config {
             debug_surface: self.debug_surface()?,
             debug: self.debug_addr()?,
             listener: self.listener_limits()?,
-            namespaces: self.namespaces()?,
+            namespaces,
             settings,
             default_spool: self.proxy.spooldirectory.is_none(),
             headers,

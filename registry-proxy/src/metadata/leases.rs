@@ -25,13 +25,19 @@ struct Held {
     until: Secs,
     /// When the holders' leases began (the first of those still held).
     since: Secs,
-    /// When a holder last let go (a response or fill finished).
-    fetched: Secs,
+    /// Whether a pull's timed lease was taken and no holder has let go
+    /// since (the pull has not fetched it yet).
+    awaited: bool,
 }
 
 impl Held {
     fn live(&self, now: Secs) -> bool {
         (self.holders > 0 && now < self.holders_until) || now < self.until
+    }
+
+    /// See [`Leases::in_use`]; `timeout` is a lease's longest life.
+    fn in_use(&self, now: Secs) -> bool {
+        (self.holders > 0 && now < self.holders_until) || (now < self.until && self.awaited)
     }
 }
 
@@ -82,6 +88,7 @@ impl Leases {
         for digest in digests {
             let h = held.entry(digest).or_default();
             h.until = h.until.max(until);
+            h.awaited = true;
         }
     }
 
@@ -92,10 +99,17 @@ impl Leases {
     /// collection keep honouring its timed lease.
     pub fn in_use(&self, digest: &Digest) -> bool {
         let now = self.clock.now_secs();
-        lock(&self.held).get(digest).is_some_and(|h| {
-            (h.holders > 0 && now < h.holders_until)
-                || (now < h.until && h.until.saturating_sub(self.timeout) > h.fetched)
-        })
+        lock(&self.held).get(digest).is_some_and(|h| h.in_use(now))
+    }
+
+    /// Every digest [`Self::in_use`].
+    pub fn using(&self) -> Vec<Digest> {
+        let now = self.clock.now_secs();
+        lock(&self.held)
+            .iter()
+            .filter(|(_, h)| h.in_use(now))
+            .map(|(d, _)| *d)
+            .collect()
     }
 
     /// Whether a live lease covers `digest`.
@@ -136,7 +150,7 @@ impl Leases {
         for digest in digests {
             if let Some(h) = held.get_mut(digest) {
                 h.holders = h.holders.saturating_sub(1);
-                h.fetched = now;
+                h.awaited = false;
                 if h.holders == 0 && now >= h.until {
                     held.remove(digest);
                 }
@@ -200,6 +214,10 @@ mod tests {
         drop(fetch);
         assert!(!leases.in_use(&a), "fetched");
         assert!(leases.is_held(&a), "expiry still honours the pull's lease");
+        leases.extend([a]);
+        assert!(leases.in_use(&a), "another pull within the same second");
+        drop(leases.hold(&[a]));
+        assert!(!leases.in_use(&a), "fetched within the same second");
         tokio::time::advance(Duration::from_secs(5)).await;
         leases.extend([a]);
         assert!(leases.in_use(&a), "another pull");

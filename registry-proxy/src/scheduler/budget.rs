@@ -1,48 +1,191 @@
-//! The byte budget (`proxy.maxsize`): stored blob bytes are accounted per
-//! digest, and while they exceed the budget the leader evicts by value
-//! ([`S3Fifo`]): blob data only, under the digest's content lock, never
-//! what is in use ([`Leases::in_use`](crate::metadata::Leases::in_use): a
-//! response or fill reading it, a pull that has not fetched it yet) or
-//! being expired. The links and entries stay, so an
-//! evicted blob is a miss that fills again; they expire with their TTL.
+//! Bounds on stored bytes: the byte budget (`proxy.maxsize`), per-namespace
+//! budgets (`upstreams[].maxsize`), the volume's free-space watermarks
+//! (`proxy.highwatermark`/`lowwatermark`, filesystem storage) and a full
+//! disk. While one is exceeded the leader evicts by value ([`S3Fifo`]):
+//! blob data only, under the digest's content lock, never what is in use
+//! ([`Leases::in_use`](crate::metadata::Leases::in_use): a response or fill
+//! reading it, a pull that has not fetched it yet) or being expired. The
+//! links and entries stay, so an evicted blob is a miss that fills again;
+//! they expire with their TTL.
 //!
-//! Accounting: fills report what they store and stored hits what they
-//! serve (an in-memory counter bump, nothing written); at start a walk of
-//! storage's blob data seeds the sizes, so content stored before (by an
-//! earlier run, another replica, or registry:2) and content deleted behind
-//! the cache's back are counted right.
+//! Accounting: fills reserve their announced size before they start and
+//! report what they store; stored hits report what they serve (an
+//! in-memory counter bump, nothing written). The walk of storage when a
+//! replica first leads, and again every [`RECONCILE_INTERVAL`], makes the
+//! account what storage holds (content stored by an earlier run, another
+//! replica or registry:2 counted; content deleted behind the cache's back
+//! forgotten), ordered by the access times the metadata store keeps and
+//! valued by how many repositories link each blob. Other replicas' fills
+//! reach the leader through the metadata store's changes (batched, as
+//! access times are), never through a request on a warm hit.
+//!
+//! A blob linked from several namespaces counts in full against each of
+//! their budgets, and once against `proxy.maxsize`; evicting it for one
+//! namespace's budget frees it for all.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::Scheduler;
 use super::evict::S3Fifo;
 use crate::layout;
 use crate::metadata::{LockKind, MetadataError};
-use crate::oci::Digest;
+use crate::metrics::EvictReason;
+use crate::oci::{Digest, Kind};
 use crate::sync::lock;
 
-/// How soon a pass that could not get within the budget is tried again.
-const EVICT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How soon a pass that could not get within bounds, or blobs other
+/// replicas stored whose data is not visible yet, are looked at again; and
+/// how often the watermarks are checked.
+const EVICT_RETRY: Duration = Duration::from_secs(10);
 
-/// The policy and what it is for.
+/// How often the leader walks storage to make the account what it holds.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The most blobs other replicas stored that wait for their size.
+const UNSIZED_MAX: usize = 100_000;
+
+/// Free-space watermarks of the volume the cache stores on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermarks {
+    /// A directory on the volume (the filesystem's root directory).
+    pub volume: PathBuf,
+    /// Eviction starts once the volume is fuller than this, in percent.
+    pub high: u8,
+    /// And stops once it is no fuller than this, in percent.
+    pub low: u8,
+}
+
+impl Watermarks {
+    /// The bytes to free to bring the volume down to the low watermark,
+    /// when it is above the high one.
+    fn excess(&self) -> Option<u64> {
+        let stats = rustix::fs::statvfs(&self.volume).ok()?;
+        let total = stats.f_blocks.saturating_mul(stats.f_frsize);
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        let used = total.saturating_sub(free);
+        let percent = |p: u8| u128::from(total) * u128::from(p) / 100;
+        (u128::from(used) > percent(self.high))
+            .then(|| u64::try_from(u128::from(used) - percent(self.low)).unwrap_or(u64::MAX))
+    }
+}
+
+/// What bounds stored bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bounds {
+    /// The most blob bytes stored (`proxy.maxsize`).
+    pub max_size: Option<u64>,
+    /// Per namespace directory (`""`: registry:2's namespace), its most.
+    pub namespaces: HashMap<String, u64>,
+    /// The volume's watermarks.
+    pub watermarks: Option<Watermarks>,
+    /// Whether a write that finds the disk full evicts and tries again
+    /// (filesystem storage: the account is kept for that even without a
+    /// budget).
+    pub when_full: bool,
+}
+
+impl Bounds {
+    /// Whether anything bounds stored bytes.
+    pub fn any(&self) -> bool {
+        self.max_size.is_some()
+            || !self.namespaces.is_empty()
+            || self.watermarks.is_some()
+            || self.when_full
+    }
+}
+
+/// The policies and what they are for.
 pub(super) struct Budget {
+    /// `proxy.maxsize`, if set.
+    max: Option<u64>,
+    /// Every stored blob.
     policy: Mutex<S3Fifo<Digest>>,
-    /// Woken when stored bytes went over the budget.
-    pub(super) over: tokio::sync::Notify,
+    /// Per namespace directory with a budget, the blobs it links.
+    namespaces: HashMap<String, Mutex<S3Fifo<Digest>>>,
+    watermarks: Option<Watermarks>,
+    /// Bytes fills in flight reserved and have not stored yet.
+    reserved: AtomicU64,
+    /// Blobs other replicas stored, by a namespace linking them, whose
+    /// size the leader has yet to learn.
+    to_size: Mutex<HashMap<Digest, String>>,
+    /// Woken when stored bytes went over a bound, or blobs need sizing.
+    pub(super) wake: tokio::sync::Notify,
 }
 
 impl Budget {
-    /// An empty account of `bytes`.
-    pub(super) fn new(bytes: u64) -> Self {
-        Self {
-            policy: Mutex::new(S3Fifo::new(bytes)),
-            over: tokio::sync::Notify::new(),
+    /// An empty account within `bounds`; `None` when nothing bounds it.
+    pub(super) fn new(bounds: &Bounds) -> Option<Self> {
+        bounds.any().then(|| Self {
+            max: bounds.max_size,
+            policy: Mutex::new(S3Fifo::new(bounds.max_size.unwrap_or(u64::MAX))),
+            namespaces: bounds
+                .namespaces
+                .iter()
+                .map(|(dir, max)| (dir.clone(), Mutex::new(S3Fifo::new(*max))))
+                .collect(),
+            watermarks: bounds.watermarks.clone(),
+            reserved: AtomicU64::new(0),
+            to_size: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Whether stored and reserved bytes exceed `proxy.maxsize`.
+    fn over(&self, policy: &S3Fifo<Digest>) -> bool {
+        self.max
+            .is_some_and(|max| policy.stored() + self.reserved.load(Ordering::SeqCst) > max)
+    }
+
+    /// Whether any bound is exceeded now.
+    fn exceeded(&self) -> bool {
+        self.over(&lock(&self.policy))
+            || self.namespaces.values().any(|p| lock(p).over())
+            || self
+                .watermarks
+                .as_ref()
+                .is_some_and(|w| w.excess().is_some())
+    }
+}
+
+/// The namespace directory of a repository key (`""`: registry:2's).
+fn namespace_of(repo: &str) -> &str {
+    layout::namespace_dir_of(repo).unwrap_or("")
+}
+
+/// Room a fill reserved against the byte budget, returned when dropped
+/// (once the blob is stored, or the fill failed).
+pub struct Reservation {
+    scheduler: Option<std::sync::Arc<Scheduler>>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(budget) = self.scheduler.as_ref().and_then(|s| s.budget.as_ref()) {
+            let left = budget.reserved.fetch_sub(self.bytes, Ordering::SeqCst) - self.bytes;
+            if let Some(s) = &self.scheduler {
+                s.metrics.reserved_bytes(left);
+            }
         }
     }
 }
 
-/// What one eviction pass did.
+/// A fill refused room: everything stored that could make room is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoRoom {
+    /// The bytes asked for.
+    pub wanted: u64,
+    /// The bytes in use or reserved by other fills.
+    pub held: u64,
+    /// The budget.
+    pub budget: u64,
+}
+
+/// What eviction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Evicted {
     /// Blobs whose data was deleted.
@@ -51,21 +194,56 @@ pub struct Evicted {
     pub bytes: u64,
 }
 
+impl Evicted {
+    fn add(&mut self, other: Self) {
+        self.blobs += other.blobs;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Which policy a victim is chosen from.
+#[derive(Clone, Copy)]
+enum Pool<'a> {
+    /// Every stored blob.
+    All,
+    /// The blobs a namespace links.
+    Namespace(&'a str),
+}
+
 impl Scheduler {
-    /// Notes that blob `digest` of `size` bytes is stored and was just
-    /// served or filled.
-    pub fn stored(&self, digest: &Digest, size: u64) {
+    /// Notes that blob `digest` of `size` bytes, linked in `repo`, is
+    /// stored and was just served or filled.
+    pub fn stored(&self, repo: &str, digest: &Digest, size: u64) {
+        self.account(namespace_of(repo), digest, size);
+    }
+
+    /// [`Self::stored`], for a blob linked in namespace directory `ns`.
+    fn account(&self, ns: &str, digest: &Digest, size: u64) {
         let Some(budget) = &self.budget else {
             return;
         };
-        let mut policy = lock(&budget.policy);
-        if policy.access(digest) {
-            return;
-        }
-        policy.insert(*digest, size);
-        self.metrics.stored_bytes(policy.stored(), policy.budget());
-        if policy.over() {
-            budget.over.notify_one();
+        let (new, over) = {
+            let mut policy = lock(&budget.policy);
+            let new = !policy.access(digest);
+            if new {
+                policy.insert(*digest, size);
+                self.metrics.stored_bytes(policy.stored(), policy.budget());
+            }
+            (new, new && budget.over(&policy))
+        };
+        let ns_over = budget.namespaces.get(ns).is_some_and(|p| {
+            let mut p = lock(p);
+            p.insert(*digest, size);
+            p.over()
+        });
+        // New bytes on the volume: one statvfs per blob stored.
+        let full = new
+            && budget
+                .watermarks
+                .as_ref()
+                .is_some_and(|w| w.excess().is_some());
+        if over || ns_over || full {
+            budget.wake.notify_one();
         }
     }
 
@@ -74,68 +252,215 @@ impl Scheduler {
     pub fn fits(&self, size: u64) -> bool {
         self.budget
             .as_ref()
-            .is_none_or(|budget| size <= lock(&budget.policy).budget())
+            .and_then(|b| b.max)
+            .is_none_or(|max| size <= max)
+    }
+
+    /// Reserves room for a fill of `size` bytes until the reservation is
+    /// dropped, waking eviction when stored and reserved bytes then exceed
+    /// the budget. Refused only when even evicting everything not in use
+    /// could not make the room. A blob that does not [`Self::fits`]
+    /// reserves nothing: it is not stored.
+    pub fn reserve(self: &std::sync::Arc<Self>, size: u64) -> Result<Reservation, NoRoom> {
+        let unreserved = Reservation {
+            scheduler: None,
+            bytes: 0,
+        };
+        let Some(budget) = &self.budget else {
+            return Ok(unreserved);
+        };
+        let Some(max) = budget.max.filter(|max| size <= *max) else {
+            return Ok(unreserved);
+        };
+        let policy = lock(&budget.policy);
+        let reserved = budget.reserved.load(Ordering::SeqCst);
+        if policy.stored() + reserved + size > max {
+            let pinned: u64 = self
+                .leases
+                .using()
+                .iter()
+                .filter_map(|d| policy.size_of(d))
+                .sum();
+            if pinned + reserved + size > max {
+                return Err(NoRoom {
+                    wanted: size,
+                    held: pinned + reserved,
+                    budget: max,
+                });
+            }
+            budget.wake.notify_one();
+        }
+        let now = budget.reserved.fetch_add(size, Ordering::SeqCst) + size;
+        self.metrics.reserved_bytes(now);
+        Ok(Reservation {
+            scheduler: Some(std::sync::Arc::clone(self)),
+            bytes: size,
+        })
     }
 
     /// Forgets blob `digest`, deleted for another reason (expiry,
-    /// collection, found corrupt).
+    /// collection, found corrupt, evicted).
     pub(super) fn forget(&self, digest: &Digest) {
         if let Some(budget) = &self.budget {
+            for p in budget.namespaces.values() {
+                lock(p).remove(digest);
+            }
             let mut policy = lock(&budget.policy);
             policy.remove(digest);
             self.metrics.stored_bytes(policy.stored(), policy.budget());
         }
     }
 
-    /// Seeds the account from storage: every blob's data and its size.
+    /// Notes an entry another replica created or accessed (the metadata
+    /// store's change): an access of a blob known, or a blob to size.
+    pub(super) fn accessed_elsewhere(&self, repo: &str, digest: &Digest, kind: Kind) {
+        let Some(budget) = &self.budget else {
+            return;
+        };
+        if kind != Kind::Blob {
+            return;
+        }
+        let size = {
+            let mut policy = lock(&budget.policy);
+            policy.access(digest);
+            policy.size_of(digest)
+        };
+        match size {
+            Some(size) => {
+                if let Some(p) = budget.namespaces.get(namespace_of(repo)) {
+                    lock(p).insert(*digest, size);
+                }
+            }
+            // Only the leader evicts; a replica that leads later walks
+            // storage first.
+            None if *self.store.leader().borrow() => {
+                let mut to_size = lock(&budget.to_size);
+                if to_size.len() < UNSIZED_MAX {
+                    to_size.insert(*digest, namespace_of(repo).to_owned());
+                    budget.wake.notify_one();
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Learns the sizes of blobs other replicas stored; those not stored
+    /// yet (their fill runs) stay while an entry uses them.
+    async fn size_unsized(&self, budget: &Budget) {
+        let waiting: Vec<(Digest, String)> = lock(&budget.to_size).drain().collect();
+        for (digest, ns) in waiting {
+            match self.driver.stat(&layout::blob_data(&digest)).await {
+                Ok(info) if !info.is_dir => self.account(&ns, &digest, info.size),
+                Err(e) if !e.is_not_found() => {
+                    tracing::warn!(%digest, error = %e, "cannot size a blob another replica stored");
+                    lock(&budget.to_size).insert(digest, ns);
+                }
+                _ => {
+                    if lock(&self.inner).table.uses(&digest) {
+                        lock(&budget.to_size).insert(digest, ns);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the account what storage holds: every blob's data and size,
+    /// ordered by the entries' access times (oldest first) and valued by
+    /// how many repositories link it; blobs no longer stored forgotten.
     pub(super) async fn reconcile(&self) -> Result<u64, MetadataError> {
         let Some(budget) = &self.budget else {
             return Ok(0);
         };
         let found = super::usage::stored_blobs(&*self.driver).await?;
-        let mut policy = lock(&budget.policy);
-        for (digest, size) in &found {
-            if !policy.contains(digest) {
-                policy.insert(*digest, *size);
+        // The table, read in pieces so requests are not held up.
+        let mut seen: HashMap<Digest, (super::Secs, u8, HashSet<String>)> = HashMap::new();
+        let mut from = 0;
+        loop {
+            let inner = lock(&self.inner);
+            let end = from + 16_384;
+            for (repo, digest, _, at) in inner.table.entries_in(from..end) {
+                if found.contains_key(digest) {
+                    let (last, links, namespaces) = seen.entry(*digest).or_default();
+                    *last = (*last).max(at);
+                    *links = links.saturating_add(1);
+                    namespaces.insert(namespace_of(repo).to_owned());
+                }
+            }
+            if end >= inner.table.slot_count() {
+                break;
+            }
+            from = end;
+        }
+        let mut order: Vec<(&Digest, &u64)> = found.iter().collect();
+        order.sort_by_key(|(d, _)| seen.get(*d).map_or(0, |s| s.0));
+        // Every blob in the whole account; a namespace's, those it links.
+        let policies = std::iter::once((None, &budget.policy))
+            .chain(budget.namespaces.iter().map(|(k, p)| (Some(k.as_str()), p)));
+        for (ns, policy) in policies {
+            let mut policy = lock(policy);
+            let gone: Vec<Digest> = policy
+                .keys()
+                .filter(|d| !found.contains_key(*d))
+                .copied()
+                .collect();
+            for digest in &gone {
+                policy.remove(digest);
+            }
+            for (digest, size) in &order {
+                let links = seen.get(*digest);
+                let counted = ns.is_none_or(|ns| links.is_some_and(|l| l.2.contains(ns)));
+                if counted && !policy.contains(digest) {
+                    policy.insert(**digest, **size);
+                    // Linked by several repositories: worth more (an
+                    // access each, as many as the policy counts).
+                    for _ in 1..links.map_or(1, |l| l.1).min(4) {
+                        policy.access(digest);
+                    }
+                }
             }
         }
+        let policy = lock(&budget.policy);
         self.metrics.stored_bytes(policy.stored(), policy.budget());
-        if policy.over() {
-            budget.over.notify_one();
+        drop(policy);
+        if budget.exceeded() {
+            budget.wake.notify_one();
         }
         Ok(found.len() as u64)
     }
 
-    /// Runs eviction passes whenever stored bytes go over the budget, while
-    /// this replica leads. The walk of storage that seeds the account runs
-    /// once this replica first leads: only the leader evicts. A pass that
-    /// leaves the account over the budget (everything left in use) is tried
-    /// again after [`EVICT_RETRY`], since leases end without a fill.
+    /// Runs eviction whenever a bound is exceeded, while this replica
+    /// leads. The walk of storage that makes the account right runs when
+    /// this replica first leads and every [`RECONCILE_INTERVAL`] after:
+    /// only the leader evicts. A pass that leaves a bound exceeded
+    /// (everything left in use) is tried again after [`EVICT_RETRY`], since
+    /// leases end without a fill.
     pub(super) async fn evict_loop(&self) {
         let Some(budget) = &self.budget else {
             return;
         };
         let mut stopped = self.stopped();
-        let mut seeded = false;
-        let mut still_over = false;
+        let mut reconciled: Option<tokio::time::Instant> = None;
+        let mut retry = false;
         while self.lead(&mut stopped).await {
-            if !seeded {
-                seeded = true;
+            if reconciled.is_none_or(|at| at.elapsed() >= RECONCILE_INTERVAL) {
+                reconciled = Some(tokio::time::Instant::now());
                 match self.reconcile().await {
                     Ok(blobs) => tracing::info!(blobs, "byte budget: stored blobs accounted"),
                     Err(e) => tracing::warn!(error = %e, "byte budget: cannot walk stored blobs"),
                 }
             }
+            let poll = retry || budget.watermarks.is_some();
             let woken = stopped.until(async {
                 tokio::select! {
-                    () = budget.over.notified() => {}
-                    () = tokio::time::sleep(EVICT_RETRY), if still_over => {}
+                    () = budget.wake.notified() => {}
+                    () = tokio::time::sleep(EVICT_RETRY), if poll => {}
                 }
             });
             if woken.await.is_none() {
                 return;
             }
-            let evicted = self.evict_over_budget().await;
+            self.size_unsized(budget).await;
+            let evicted = self.evict_over_bounds().await;
             if evicted.blobs > 0 {
                 tracing::info!(
                     blobs = evicted.blobs,
@@ -143,17 +468,61 @@ impl Scheduler {
                     "evicted over the byte budget"
                 );
             }
-            still_over = lock(&budget.policy).over();
+            retry = budget.exceeded() || !lock(&budget.to_size).is_empty();
         }
     }
 
-    /// Evicts until stored bytes are within the budget or nothing more may
-    /// go (everything left is in use).
-    pub async fn evict_over_budget(&self) -> Evicted {
+    /// Evicts until every bound holds or nothing more may go (everything
+    /// left is in use): the byte budget, each namespace's, the watermarks.
+    pub async fn evict_over_bounds(&self) -> Evicted {
         let mut done = Evicted::default();
         let Some(budget) = &self.budget else {
             return done;
         };
+        done.add(
+            self.evict_while(Pool::All, EvictReason::Budget, |_| {
+                budget.over(&lock(&budget.policy))
+            })
+            .await,
+        );
+        for (ns, policy) in &budget.namespaces {
+            done.add(
+                self.evict_while(Pool::Namespace(ns), EvictReason::Namespace, |_| {
+                    lock(policy).over()
+                })
+                .await,
+            );
+        }
+        if let Some(need) = budget.watermarks.as_ref().and_then(Watermarks::excess) {
+            done.add(
+                self.evict_while(Pool::All, EvictReason::Watermark, |freed| freed < need)
+                    .await,
+            );
+        }
+        done
+    }
+
+    /// Evicts at least `bytes` now, whoever leads: a write found the disk
+    /// full. Returns what went.
+    pub async fn make_room(&self, bytes: u64) -> Evicted {
+        self.evict_while(Pool::All, EvictReason::Full, |freed| freed < bytes)
+            .await
+    }
+
+    /// Evicts from `from` while `more(bytes freed so far)` says so.
+    async fn evict_while(
+        &self,
+        from: Pool<'_>,
+        reason: EvictReason,
+        more: impl Fn(u64) -> bool,
+    ) -> Evicted {
+        let mut done = Evicted::default();
+        let Some(budget) = &self.budget else {
+            return done;
+        };
+        if !more(0) {
+            return done;
+        }
         let remote = match self.store.remote_leases().await {
             Ok(r) => r,
             Err(e) => {
@@ -161,40 +530,39 @@ impl Scheduler {
                 return done;
             }
         };
-        loop {
+        let policy = match from {
+            Pool::All => &budget.policy,
+            Pool::Namespace(ns) => &budget.namespaces[ns],
+        };
+        while more(done.bytes) {
             let victim = {
                 let expiring: HashSet<Digest> =
                     lock(&self.inner).expiring.keys().copied().collect();
-                let mut policy = lock(&budget.policy);
-                if !policy.over() {
-                    break;
-                }
-                policy
+                lock(policy)
                     .evict(|d| self.leases.in_use(d) || remote.contains(d) || expiring.contains(d))
             };
             let Some((digest, size)) = victim else {
-                tracing::warn!("over the byte budget, and everything stored is in use");
+                tracing::warn!(?reason, "over a bound, and everything stored is in use");
                 break;
             };
             match self.evict_data(&digest).await {
                 Ok(Some(freed)) => {
                     done.blobs += 1;
                     done.bytes += freed;
-                    self.metrics.evicted(freed);
+                    self.forget(&digest);
+                    self.metrics.evicted(reason, freed);
                 }
                 Ok(None) => {
                     // Leased meanwhile: stays, looked at again later.
-                    lock(&budget.policy).insert(digest, size);
+                    lock(policy).insert(digest, size);
                 }
                 Err(e) => {
                     tracing::warn!(%digest, error = %e, "eviction failed; kept");
-                    lock(&budget.policy).insert(digest, size);
+                    lock(policy).insert(digest, size);
                     break;
                 }
             }
         }
-        let policy = lock(&budget.policy);
-        self.metrics.stored_bytes(policy.stored(), policy.budget());
         done
     }
 

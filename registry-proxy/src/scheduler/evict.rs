@@ -108,6 +108,16 @@ impl<K: Copy + Eq + Hash> S3Fifo<K> {
         self.records.contains_key(key)
     }
 
+    /// Every key known, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.records.keys()
+    }
+
+    /// The size of `key`, if known.
+    pub fn size_of(&self, key: &K) -> Option<u64> {
+        self.records.get(key).map(|r| r.size)
+    }
+
     /// Notes an access to `key`; `false` when it is not known.
     pub fn access(&mut self, key: &K) -> bool {
         match self.records.get_mut(key) {
@@ -178,7 +188,9 @@ impl<K: Copy + Eq + Hash> S3Fifo<K> {
         let mut budget = (self.small.len() + self.main.len()) * (MAX_FREQ as usize + 2) + 1;
         while budget > 0 {
             budget -= 1;
-            let small_target = self.budget / 10 * SMALL_TENTHS;
+            // Below the budget (room made for a full disk or a watermark)
+            // the small queue's share is of what is stored.
+            let small_target = self.budget.min(self.stored()) / 10 * SMALL_TENTHS;
             let from_small = self.small_bytes > small_target || self.main.is_empty();
             let queue = if from_small {
                 &mut self.small

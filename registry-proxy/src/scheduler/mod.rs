@@ -41,7 +41,7 @@ pub use crate::clock::Clock;
 use crate::metadata::table::{Entry, Table};
 pub use crate::metadata::table::{Secs, Ttls};
 use crate::oci::Kind;
-pub use budget::Evicted;
+pub use budget::{Bounds, Evicted, NoRoom, RECONCILE_INTERVAL, Reservation, Watermarks};
 pub use gc::{Collected, GcOptions};
 
 use crate::layout::{self, RepoKey};
@@ -88,8 +88,9 @@ pub struct Options {
     pub lease_timeout: Duration,
     /// Garbage collection.
     pub gc: GcOptions,
-    /// The most blob bytes stored (`proxy.maxsize`); `None`: no bound.
-    pub max_size: Option<u64>,
+    /// What bounds stored blob bytes (`proxy.maxsize`, namespaces'
+    /// `maxsize`, the watermarks); nothing by default.
+    pub bounds: Bounds,
 }
 
 impl Default for Options {
@@ -105,7 +106,7 @@ impl Default for Options {
             purge: None,
             lease_timeout: Duration::from_secs(600),
             gc: GcOptions::default(),
-            max_size: None,
+            bounds: Bounds::default(),
         }
     }
 }
@@ -253,8 +254,18 @@ impl Tracker {
     }
 
     /// See [`Scheduler::stored`].
-    pub fn stored(&self, digest: &Digest, size: u64) {
-        self.0.stored(digest, size);
+    pub fn stored(&self, repo: &RepoKey, digest: &Digest, size: u64) {
+        self.0.stored(repo.as_str(), digest, size);
+    }
+
+    /// See [`Scheduler::reserve`].
+    pub fn reserve(&self, size: u64) -> Result<Reservation, NoRoom> {
+        self.0.reserve(size)
+    }
+
+    /// See [`Scheduler::make_room`].
+    pub async fn make_room(&self, bytes: u64) -> Evicted {
+        self.0.make_room(bytes).await
     }
 
     /// See [`Scheduler::fits`].
@@ -361,7 +372,7 @@ impl Scheduler {
                 .saturating_add(RETRY),
             flush_interval: options.flush_interval,
             purge: options.purge,
-            budget: options.max_size.map(budget::Budget::new),
+            budget: budget::Budget::new(&options.bounds),
             gc: options.gc,
             clock,
             metrics,
@@ -462,6 +473,9 @@ impl Scheduler {
                         .is_none_or(|at| at < e.at);
                     if newer {
                         inner.table.upsert(&e.repo, &e.digest, e.kind, e.at);
+                        drop(inner);
+                        self.accessed_elsewhere(&e.repo, &e.digest, e.kind);
+                        inner = lock(&self.inner);
                     }
                 }
                 Change::Remove { repo, digest, kind } => {

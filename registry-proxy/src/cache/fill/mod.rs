@@ -25,7 +25,7 @@ use crate::layout;
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, Kind, OciError, RepoName};
-use crate::scheduler::Tracker;
+use crate::scheduler::{Reservation, Tracker};
 use crate::sync::{lock, wait_until};
 use crate::upstream::BlobBody;
 
@@ -308,7 +308,7 @@ impl Fills {
                         self.proofs.prove(ns, repo, digest).await?;
                     }
                     self.tracker.access(&key, digest, Kind::Blob).await;
-                    self.tracker.stored(digest, info.size);
+                    self.tracker.stored(&key, digest, info.size);
                     publish.send_modify(|p| {
                         p.size = Some(info.size);
                         p.stored = true;
@@ -328,6 +328,11 @@ impl Fills {
         // size, and get the bytes, once the whole blob is verified.
         let announced = response.announced();
         let mut room = self.spool_room(announced, digest)?;
+        // Room in the byte budget, before a byte arrives (a chunked answer
+        // reserves once its size is known).
+        let mut reserved = announced
+            .map(|size| self.reserve(size, digest))
+            .transpose()?;
         publish.send_modify(|p| p.size = announced);
         // Clients are served from the spool at the upstream's pace. Storage
         // only ever sees verified bytes: they are stored after the last one
@@ -341,6 +346,9 @@ impl Fills {
             tracing::info!(%digest, size, "larger than the byte budget: served to its clients, not stored");
             return Ok(());
         }
+        if reserved.is_none() {
+            reserved = Some(self.reserve(size, digest)?);
+        }
         if ns.private() {
             // Marked before the bytes become visible: no other namespace
             // is ever served them unproven.
@@ -348,12 +356,39 @@ impl Fills {
                 .put_content(&layout::blob_private_marker(digest), Bytes::new())
                 .await?;
         }
-        self.store(digest, fill, size).await?;
-        self.tracker.stored(digest, size);
+        match self.store(digest, fill, size).await {
+            // A full disk: evict, then try once more.
+            Err(CacheError::Storage(e)) if e.is_storage_full() => {
+                let made = self.tracker.make_room(size).await;
+                tracing::warn!(%digest, size, evicted = made.bytes, error = %e, "storage full; evicted to make room, storing again");
+                self.store(digest, fill, size).await?;
+            }
+            stored => stored?,
+        }
+        drop(reserved);
+        self.tracker.stored(&key, digest, size);
         self.links
             .ensure(&ns.repo(repo), digest, Kind::Blob, false)
             .await;
         Ok(())
+    }
+
+    /// Reserves `size` bytes of the byte budget for `digest`'s fill: a 503
+    /// with `Retry-After` when even eviction cannot make the room (what is
+    /// stored is in use by pulls and other fills).
+    fn reserve(&self, size: u64, digest: &Digest) -> Result<Reservation, CacheError> {
+        self.tracker.reserve(size).map_err(|no| {
+            self.metrics.fill_refused();
+            let mut error = OciError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "no room in the byte budget for blob {digest} ({} bytes): {} of its {} bytes are in use by pulls and fills",
+                    no.wanted, no.held, no.budget
+                ),
+            );
+            error.retry_after = Some(reqwest::header::HeaderValue::from_static("30"));
+            error.into()
+        })
     }
 
     /// Makes sure a blob of `announced` bytes may be filled: not larger
