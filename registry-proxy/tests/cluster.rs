@@ -4,7 +4,8 @@
 //! upstream once per blob; references survive restarts; a replica killed
 //! mid-fill leaves nothing partial and the next request for the blob
 //! succeeds elsewhere; when the leader dies another replica expires and
-//! collects. Skipped (with the reason printed) without etcd, the e2e parts
+//! collects; one byte budget holds for all three, kept by the leader.
+//! Skipped (with the reason printed) without etcd, the e2e parts
 //! or the S3 variables, unless `REQUIRE_E2E=1` / `REQUIRE_S3=1`.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
@@ -18,8 +19,8 @@ use driver_s3::{S3Config, S3Driver};
 use etcd_client::GetOptions;
 use support::skopeo::{make_image, parts_available, pull_and_check, push, upstream_truth};
 use support::{
-    Relay, Server, debug_vars, docker_registry, etcd, have, registry_proxy_with, s3_storage_yaml,
-    verify_stored_blobs,
+    Relay, Server, debug_text, debug_vars, docker_registry, etcd, have, pull_image, push_image,
+    registry_proxy_binary, registry_proxy_with, s3_storage_yaml, verify_stored_blobs,
 };
 
 /// Content unused for this long expires.
@@ -32,19 +33,25 @@ struct Cluster {
     relay: Relay,
     prefix: String,
     started: usize,
+    /// The content's TTL.
+    ttl: &'static str,
+    /// More `proxy` keys (indented two spaces).
+    proxy: &'static str,
 }
 
 impl Cluster {
-    /// A replica's config: the shared bucket and etcd prefix, a short TTL,
+    /// A replica's config: the shared bucket and etcd prefix, its TTL,
     /// leases of 5 s and a 2 s session lease.
     fn yaml(&self) -> String {
         format!(
             "storage:\n{}  maintenance:\n    uploadpurging:\n      age: 1h\n      interval: 24h\n\
-             proxy:\n  remoteurl: http://{}\n  ttl: {TTL}\n\
+             proxy:\n  remoteurl: http://{}\n  ttl: {}\n{}\
              gc:\n  interval: 0s\n  grace: 5s\n  leasetimeout: 5s\n\
              coordination:\n  etcd:\n    endpoints: [http://{}]\n    prefix: {}\n    leasettl: 2s\n",
             s3_storage_yaml(&self.s3, &[]),
             self.relay.addr,
+            self.ttl,
+            self.proxy,
             self.etcd.addr,
             self.prefix
         )
@@ -171,6 +178,8 @@ async fn three_replicas_share_one_bucket_through_etcd() {
         relay: Relay::start(&upstream.addr).await,
         prefix: format!("/rp-{:08x}", rand::random::<u32>()),
         started: 0,
+        ttl: TTL,
+        proxy: "",
     };
     let mut replicas: Vec<Server> = (0..3).map(|_| cluster.replica()).collect();
 
@@ -323,4 +332,126 @@ async fn three_replicas_share_one_bucket_through_etcd() {
         || async { cluster.references().await.is_empty() },
     )
     .await;
+}
+
+/// A counter or gauge of `replica`'s metrics (`name` with its labels).
+async fn metric(replica: &Server, name: &str) -> u64 {
+    debug_text(replica, "/metrics")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("registry_proxy_{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// The blob bytes `registry-proxy du` finds in the bucket.
+fn bucket_bytes(config: &Path) -> u64 {
+    let du = std::process::Command::new(registry_proxy_binary())
+        .arg("du")
+        .arg(config)
+        .output()
+        .expect("du");
+    assert!(
+        du.status.success(),
+        "du: {}",
+        String::from_utf8_lossy(&du.stderr)
+    );
+    let text = String::from_utf8_lossy(&du.stdout);
+    text.lines()
+        .find(|l| l.starts_with("stored: "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|b| b.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no total in: {text}"))
+}
+
+/// One 100 MiB budget for three replicas on one bucket: 300 MiB of images
+/// pulled round-robin through them end within the budget in the bucket,
+/// evicted by the leader alone (which learns the others' fills from etcd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_keep_one_byte_budget() {
+    const MIB: u64 = 1 << 20;
+    if !have("docker-registry") || !have("etcd") {
+        conformance::skip(
+            "cluster budget",
+            "REQUIRE_E2E",
+            "docker-registry and etcd are needed (scripts/test.sh installs them)",
+        );
+        return;
+    }
+    let Ok(Some(s3)) = S3Config::from_env() else {
+        conformance::skip(
+            "cluster budget",
+            "REQUIRE_S3",
+            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let s3 = S3Config {
+        root_directory: format!("budget-{:016x}", rand::random::<u64>()),
+        ..s3
+    };
+    let upstream = tokio::task::block_in_place(|| {
+        docker_registry(dir, "upstream", &dir.join("upstream-data"), "")
+    });
+    let client = reqwest::Client::new();
+    let mut images = Vec::new();
+    for i in 0..10u64 {
+        let repo = format!("team/b{i}");
+        images.push(push_image(&client, &upstream.addr, &repo, 200 + i, &[10 << 20; 3]).await);
+    }
+    let mut cluster = Cluster {
+        dir: dir.to_owned(),
+        s3,
+        etcd: tokio::task::block_in_place(|| etcd(dir)),
+        relay: Relay::start(&upstream.addr).await,
+        prefix: format!("/rp-{:08x}", rand::random::<u32>()),
+        started: 0,
+        // Nothing expires during the test: only eviction removes data.
+        ttl: "24h",
+        proxy: "  maxsize: 100MiB\n",
+    };
+    let replicas: Vec<Server> =
+        tokio::task::block_in_place(|| (0..3).map(|_| cluster.replica()).collect());
+    // A leader first: its walk of the (empty) bucket at the start of its
+    // term cannot be what counts the others' fills.
+    eventually(Duration::from_secs(60), "a leader", || async {
+        leader_index(&replicas).await.is_some()
+    })
+    .await;
+    for (i, image) in images.iter().enumerate() {
+        pull_image(&client, &replicas[i % 3].addr, image)
+            .await
+            .expect("pull");
+    }
+    let config = dir.join("replica-1/proxy.yml");
+    eventually(
+        Duration::from_secs(90),
+        "the bucket within the budget",
+        || {
+            let config = config.clone();
+            async move { tokio::task::block_in_place(|| bucket_bytes(&config)) <= 100 * MIB }
+        },
+    )
+    .await;
+    let mut evicting = Vec::new();
+    for (i, r) in replicas.iter().enumerate() {
+        if metric(r, "evictions_total{reason=\"budget\"}").await > 0 {
+            evicting.push(i);
+        }
+    }
+    assert_eq!(evicting.len(), 1, "replicas that evicted: {evicting:?}");
+    assert_eq!(
+        leader_index(&replicas).await,
+        Some(evicting[0]),
+        "the leader evicts"
+    );
+    // Everything evicted pulls again, through any replica.
+    for (i, image) in images.iter().enumerate() {
+        pull_image(&client, &replicas[(i + 1) % 3].addr, image)
+            .await
+            .expect("pull again");
+    }
 }

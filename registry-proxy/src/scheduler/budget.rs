@@ -37,10 +37,12 @@ use crate::metrics::EvictReason;
 use crate::oci::{Digest, Kind};
 use crate::sync::lock;
 
-/// How soon a pass that could not get within bounds, or blobs other
-/// replicas stored whose data is not visible yet, are looked at again; and
+/// How soon a pass that could not get within bounds is tried again, and
 /// how often the watermarks are checked.
 const EVICT_RETRY: Duration = Duration::from_secs(10);
+
+/// How soon blobs other replicas are still storing are looked at again.
+const SIZE_RETRY: Duration = Duration::from_secs(1);
 
 /// How often the leader walks storage to make the account what it holds.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -372,8 +374,12 @@ impl Scheduler {
             return Ok(0);
         };
         let found = super::usage::stored_blobs(&*self.driver).await?;
-        // The table, read in pieces so requests are not held up.
-        let mut seen: HashMap<Digest, (super::Secs, u8, HashSet<String>)> = HashMap::new();
+        // The namespaces with a budget, by index.
+        let budgeted: Vec<&str> = budget.namespaces.keys().map(String::as_str).collect();
+        // Per stored blob: its last access, the entries linking it, and the
+        // budgeted namespaces among theirs. The table is read in pieces so
+        // requests are not held up.
+        let mut seen: HashMap<Digest, (super::Secs, u8, Vec<u16>)> = HashMap::new();
         let mut from = 0;
         loop {
             let inner = lock(&self.inner);
@@ -383,7 +389,13 @@ impl Scheduler {
                     let (last, links, namespaces) = seen.entry(*digest).or_default();
                     *last = (*last).max(at);
                     *links = links.saturating_add(1);
-                    namespaces.insert(namespace_of(repo).to_owned());
+                    let ns = namespace_of(repo);
+                    if let Some(i) = budgeted.iter().position(|b| *b == ns) {
+                        let i = i as u16;
+                        if !namespaces.contains(&i) {
+                            namespaces.push(i);
+                        }
+                    }
                 }
             }
             if end >= inner.table.slot_count() {
@@ -394,8 +406,12 @@ impl Scheduler {
         let mut order: Vec<(&Digest, &u64)> = found.iter().collect();
         order.sort_by_key(|(d, _)| seen.get(*d).map_or(0, |s| s.0));
         // Every blob in the whole account; a namespace's, those it links.
-        let policies = std::iter::once((None, &budget.policy))
-            .chain(budget.namespaces.iter().map(|(k, p)| (Some(k.as_str()), p)));
+        let policies = std::iter::once((None, &budget.policy)).chain(
+            budgeted
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| (Some(i as u16), &budget.namespaces[*ns])),
+        );
         for (ns, policy) in policies {
             let mut policy = lock(policy);
             let gone: Vec<Digest> = policy
@@ -408,7 +424,7 @@ impl Scheduler {
             }
             for (digest, size) in &order {
                 let links = seen.get(*digest);
-                let counted = ns.is_none_or(|ns| links.is_some_and(|l| l.2.contains(ns)));
+                let counted = ns.is_none_or(|ns| links.is_some_and(|l| l.2.contains(&ns)));
                 if counted && !policy.contains(digest) {
                     policy.insert(**digest, **size);
                     // Linked by several repositories: worth more (an
@@ -449,11 +465,13 @@ impl Scheduler {
                     Err(e) => tracing::warn!(error = %e, "byte budget: cannot walk stored blobs"),
                 }
             }
-            let poll = retry || budget.watermarks.is_some();
+            let sizing = !lock(&budget.to_size).is_empty();
+            let poll = retry || sizing || budget.watermarks.is_some();
+            let pause = if sizing { SIZE_RETRY } else { EVICT_RETRY };
             let woken = stopped.until(async {
                 tokio::select! {
                     () = budget.wake.notified() => {}
-                    () = tokio::time::sleep(EVICT_RETRY), if poll => {}
+                    () = tokio::time::sleep(pause), if poll => {}
                 }
             });
             if woken.await.is_none() {
@@ -468,7 +486,7 @@ impl Scheduler {
                     "evicted over the byte budget"
                 );
             }
-            retry = budget.exceeded() || !lock(&budget.to_size).is_empty();
+            retry = budget.exceeded();
         }
     }
 
