@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use rand::{Rng, SeedableRng};
-use registry_proxy::scheduler::evict::S3Fifo;
+use registry_proxy::evict::S3Fifo;
 
 const KIB: f64 = 1024.0;
 const MIB: f64 = 1024.0 * 1024.0;

@@ -8,7 +8,10 @@
 //! - reload of the state after a restart;
 //! - `BENCH_DUE` (default 100,000) entries, each with its blob and link
 //!   files, due at the same moment: how long their expiry takes and the
-//!   longest a request (touch + stat + read of live content) waited meanwhile.
+//!   longest a request (touch + stat + read of live content) waited meanwhile;
+//! - the byte budget over `BENCH_ENTRIES` stored blobs: memory per blob
+//!   accounted, and `BENCH_DUE` of them (with their files) evicted at once
+//!   while requests run: how long it takes, and how long requests waited.
 //!
 //! The reference in the same run: one rewrite of the whole state in
 //! registry:2's format (`/scheduler-state.json`, JSON), which registry:2
@@ -27,7 +30,7 @@ use registry_proxy::layout::RepoKey;
 use registry_proxy::metrics::Metrics;
 use registry_proxy::oci::Kind;
 use registry_proxy::oci::{Digest, RepoName};
-use registry_proxy::scheduler::{Clock, Options, Scheduler};
+use registry_proxy::scheduler::{Bounds, Clock, Options, Scheduler};
 
 const TTL: Duration = Duration::from_secs(3600);
 const REPOS: usize = 1000;
@@ -187,6 +190,7 @@ async fn run() {
     );
 
     expire_at_once(due, &repos).await;
+    evict_at_once(entries, due, &repos).await;
 }
 
 /// `due` entries with their files, all due now; a request loop measures
@@ -291,6 +295,126 @@ async fn expire_at_once(due: u64, repos: &[RepoKey]) {
         p99.as_secs_f64() * 1e3,
         worst.as_secs_f64() * 1e3,
         verdict(worst <= Duration::from_millis(50))
+    );
+    scheduler.shutdown().await.expect("shutdown");
+}
+
+/// `entries` blobs accounted by the byte budget, the first `evict` of them
+/// with their files and over the budget by exactly their bytes; a request
+/// loop measures how long requests wait while they are evicted.
+async fn evict_at_once(entries: u64, evict: u64, repos: &[RepoKey]) {
+    const SIZE: u64 = 512;
+    let dir = tempfile::tempdir().expect("dir");
+    let driver = fs_driver(dir.path());
+    let content = Bytes::from_static(&[7; SIZE as usize]);
+    futures::future::join_all((0..4).map(|part| {
+        let driver = Arc::clone(&driver);
+        let content = content.clone();
+        async move {
+            for i in (part..evict).step_by(4) {
+                driver
+                    .put_content(&layout::blob_data(&digest(i)), content.clone())
+                    .await
+                    .expect("blob");
+            }
+        }
+    }))
+    .await;
+    let live = Digest::of(b"live");
+    driver
+        .put_content(&layout::blob_data(&live), content.clone())
+        .await
+        .expect("live");
+    let scheduler = Scheduler::open(
+        Arc::clone(&driver),
+        Options {
+            ttl: TTL,
+            bounds: Bounds {
+                max_size: Some((entries - evict + 1) * SIZE),
+                ..Bounds::default()
+            },
+            ..Options::default()
+        },
+        Clock::system(),
+        Arc::new(Metrics::default()),
+    )
+    .await
+    .expect("open");
+    // The walk of storage first (the files of the blobs to evict), then
+    // every blob accounted, before the background loops start: eviction
+    // is measured below, all at once.
+    scheduler.reconcile().await.expect("walk");
+    let table_before = scheduler.allocated_bytes();
+    for i in 0..entries {
+        scheduler.stored(repos[i as usize % REPOS].as_str(), &digest(i), SIZE);
+    }
+    let per_blob = scheduler.budget_allocated_bytes() as f64 / entries as f64;
+    assert_eq!(
+        scheduler.allocated_bytes(),
+        table_before,
+        "no entries added"
+    );
+    println!(
+        "  byte budget: {entries} blobs accounted, {per_blob:.0} bytes each (the policy's allocations; target <= 32: {})",
+        verdict(per_blob <= 32.0)
+    );
+    scheduler.start();
+    let started = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let requests = tokio::spawn({
+        let (scheduler, driver, done) = (
+            Arc::clone(&scheduler),
+            Arc::clone(&driver),
+            Arc::clone(&done),
+        );
+        let repo = RepoKey::new(None, &RepoName::parse("bench/live").expect("name"));
+        async move {
+            let mut waits = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            while !done.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let began = Instant::now();
+                scheduler.access(&repo, &live, Kind::Blob).await;
+                let data = driver
+                    .get_content(&layout::blob_data(&live))
+                    .await
+                    .expect("read");
+                scheduler.stored(repo.as_str(), &live, data.len() as u64);
+                waits.push(began.elapsed());
+            }
+            waits
+        }
+    });
+    // The background loop evicts too; this returns once nothing more is over.
+    while scheduler.evict_over_bounds().await.blobs > 0 {}
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let mut waits = requests.await.expect("requests");
+    waits.sort();
+    let worst = waits.last().copied().unwrap_or_default();
+    let p99 = waits[(waits.len() * 99 / 100).min(waits.len().saturating_sub(1))];
+    let left = (0..evict)
+        .filter(|i| {
+            dir.path()
+                .join(format!(
+                    "docker/registry/v2/blobs/sha256/{}",
+                    &digest(*i).hex()[..2]
+                ))
+                .join(digest(*i).hex())
+                .exists()
+        })
+        .count();
+    println!(
+        "  eviction:   {evict} over the budget evicted in {:.2} s ({:.0}/s), {left} of them left",
+        took.as_secs_f64(),
+        evict as f64 / took.as_secs_f64(),
+    );
+    println!(
+        "  requests meanwhile: {} served, p99 {:.1} ms, worst {:.1} ms (target p99 <= 50 ms: {})",
+        waits.len(),
+        p99.as_secs_f64() * 1e3,
+        worst.as_secs_f64() * 1e3,
+        verdict(p99 <= Duration::from_millis(50))
     );
     scheduler.shutdown().await.expect("shutdown");
 }

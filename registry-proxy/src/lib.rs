@@ -17,6 +17,7 @@ pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod evict;
 pub mod health;
 pub mod layout;
 pub mod listener;

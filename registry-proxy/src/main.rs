@@ -354,7 +354,45 @@ async fn du(plan: Plan) -> Result<(), Failure> {
             share.manifests
         );
     }
+    match plan.debug {
+        Some(addr) => next_out(addr, size).await,
+        None => println!("next to evict: only the running cache knows (set http.debug.addr)"),
+    }
     Ok(())
+}
+
+/// What the running cache at debug address `addr` would evict next, read
+/// from its `/debug/budget`: its queues live in its memory.
+async fn next_out(mut addr: std::net::SocketAddr, size: impl Fn(u64) -> String) {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/debug/budget");
+    let view = async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        client
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json::<registry_proxy::scheduler::BudgetView>()
+            .await
+    };
+    match view.await {
+        Ok(view) => {
+            println!(
+                "next to evict (the running cache at {addr}: {} accounted, {} reserved by fills):",
+                size(view.stored),
+                size(view.reserved)
+            );
+            for out in view.next {
+                println!("{:<12} {}", size(out.size), out.digest);
+            }
+        }
+        Err(e) => println!("next to evict: no answer from a running cache at {url} ({e})"),
+    }
 }
 
 async fn scrub(plan: Plan, rate: &str, dry_run: bool) -> Result<(), Failure> {

@@ -14,6 +14,7 @@
 //! [`schema`]); a `version` key next to it names the schema in use, and a
 //! store that finds the version before migrates it on open.
 
+pub mod digests;
 pub mod embedded;
 pub mod etcd;
 pub mod leases;

@@ -8,6 +8,8 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
+use super::digests::Digests;
+use crate::evict::S3Fifo;
 use crate::oci::{Digest, Kind};
 
 pub use crate::clock::Secs;
@@ -113,8 +115,9 @@ pub struct Table {
     ttls: Ttls,
     repo_index: HashTable<u32>,
     hasher: std::hash::RandomState,
-    /// How many entries use each digest.
-    users: HashMap<Digest, u32>,
+    /// How many entries use each digest, and the byte budget's policy
+    /// over them.
+    budget: S3Fifo<Digests>,
     live: usize,
 }
 
@@ -221,7 +224,7 @@ impl Table {
             let s = &slots[i as usize];
             key_hash(hasher, s.repo, &s.digest, s.kind)
         });
-        *self.users.entry(*digest).or_default() += 1;
+        self.budget.records_mut().add_user(digest);
         self.live += 1;
         self.push(i);
         Upserted {
@@ -283,12 +286,7 @@ impl Table {
         if let Ok(found) = self.index.find_entry(hash, |&j| j == i) {
             found.remove();
         }
-        if let std::collections::hash_map::Entry::Occupied(mut users) = self.users.entry(digest) {
-            *users.get_mut() -= 1;
-            if *users.get() == 0 {
-                users.remove();
-            }
-        }
+        self.budget.records_mut().drop_user(&digest);
         self.slots[i as usize].flags = 0;
         self.free.push(i);
         self.live -= 1;
@@ -296,7 +294,18 @@ impl Table {
 
     /// Whether any entry still uses `digest`.
     pub fn uses(&self, digest: &Digest) -> bool {
-        self.users.contains_key(digest)
+        self.budget.records().used(digest)
+    }
+
+    /// The byte budget's policy over the digests (without a budget, its
+    /// own is `u64::MAX`).
+    pub fn budget(&mut self) -> &mut S3Fifo<Digests> {
+        &mut self.budget
+    }
+
+    /// The byte budget's policy, to read.
+    pub fn budget_ref(&self) -> &S3Fifo<Digests> {
+        &self.budget
     }
 
     /// When the entry in `slot` falls due.
@@ -400,7 +409,7 @@ impl Table {
             + self.repos.iter().map(|r| r.len() + 16).sum::<usize>()
             + self.repo_ttls.capacity() * 4
             + self.repo_index.capacity() * 5
-            + self.users.capacity() * 37
+            + self.budget.records().total_bytes()
     }
 }
 

@@ -287,13 +287,17 @@ fn health(answer: Result<(), String>) -> (StatusCode, String) {
 }
 
 /// The paths the debug listener serves besides the metrics.
-pub const DEBUG_PATHS: [&str; 5] = [
+pub const DEBUG_PATHS: [&str; 6] = [
     "/livez",
     "/readyz",
     "/healthz",
     "/debug/health",
     "/debug/vars",
+    "/debug/budget",
 ];
+
+/// How many of the blobs eviction would choose next `/debug/budget` lists.
+pub const NEXT_OUT: usize = 20;
 
 /// What the debug listener serves beyond its fixed paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,6 +381,15 @@ pub fn debug_app(state: AppState, surface: &DebugSurface) -> Router {
                 "/debug/vars",
                 get(|State(state): State<AppState>| async move {
                     axum::Json(state.metrics.debug_vars())
+                }),
+            )
+            .route(
+                "/debug/budget",
+                get(|State(state): State<AppState>| async move {
+                    match state.scheduler.budget_view(NEXT_OUT) {
+                        Some(view) => axum::Json(view).into_response(),
+                        None => (StatusCode::NOT_FOUND, "no byte budget\n").into_response(),
+                    }
                 }),
             );
     if let Some(path) = &surface.metrics_path {

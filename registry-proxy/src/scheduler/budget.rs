@@ -23,15 +23,16 @@
 //! their budgets, and once against `proxy.maxsize`; evicting it for one
 //! namespace's budget frees it for all.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::Scheduler;
-use super::evict::S3Fifo;
+use crate::evict::{Keyed, Records, S3Fifo};
 use crate::layout;
+use crate::metadata::digests::Digests;
 use crate::metadata::{LockKind, MetadataError};
 use crate::metrics::EvictReason;
 use crate::oci::{Digest, Kind};
@@ -102,18 +103,19 @@ impl Bounds {
 
 /// The policies and what they are for.
 pub(super) struct Budget {
-    /// `proxy.maxsize`, if set.
+    /// `proxy.maxsize`, if set. The policy over every stored blob lives in
+    /// the scheduler's table, beside the entries' digests.
     max: Option<u64>,
-    /// Every stored blob.
-    policy: Mutex<S3Fifo<Digest>>,
     /// Per namespace directory with a budget, the blobs it links.
-    namespaces: HashMap<String, Mutex<S3Fifo<Digest>>>,
+    namespaces: HashMap<String, Mutex<S3Fifo<Keyed<Digest>>>>,
     watermarks: Option<Watermarks>,
     /// Bytes fills in flight reserved and have not stored yet.
     reserved: AtomicU64,
     /// Blobs other replicas stored, by a namespace linking them, whose
     /// size the leader has yet to learn.
     to_size: Mutex<HashMap<Digest, String>>,
+    /// When storage was last walked.
+    reconciled: Mutex<Option<tokio::time::Instant>>,
     /// Woken when stored bytes went over a bound, or blobs need sizing.
     pub(super) wake: tokio::sync::Notify,
 }
@@ -123,7 +125,6 @@ impl Budget {
     pub(super) fn new(bounds: &Bounds) -> Option<Self> {
         bounds.any().then(|| Self {
             max: bounds.max_size,
-            policy: Mutex::new(S3Fifo::new(bounds.max_size.unwrap_or(u64::MAX))),
             namespaces: bounds
                 .namespaces
                 .iter()
@@ -132,24 +133,55 @@ impl Budget {
             watermarks: bounds.watermarks.clone(),
             reserved: AtomicU64::new(0),
             to_size: Mutex::new(HashMap::new()),
+            reconciled: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
         })
     }
 
     /// Whether stored and reserved bytes exceed `proxy.maxsize`.
-    fn over(&self, policy: &S3Fifo<Digest>) -> bool {
+    fn over(&self, policy: &S3Fifo<Digests>) -> bool {
         self.max
             .is_some_and(|max| policy.stored() + self.reserved.load(Ordering::SeqCst) > max)
     }
 
-    /// Whether any bound is exceeded now.
-    fn exceeded(&self) -> bool {
-        self.over(&lock(&self.policy))
+    /// Whether any bound is exceeded now; `policy` is the table's.
+    fn exceeded(&self, policy: &S3Fifo<Digests>) -> bool {
+        self.over(policy)
             || self.namespaces.values().any(|p| lock(p).over())
             || self
                 .watermarks
                 .as_ref()
                 .is_some_and(|w| w.excess().is_some())
+    }
+}
+
+/// What the walk of storage does to a policy, whatever keeps its records.
+trait Seeded {
+    fn names(&self) -> Vec<Digest>;
+    fn forget(&mut self, digest: &Digest);
+    fn contains(&self, digest: &Digest) -> bool;
+    /// Adds `digest` of `size` bytes, linked `links` times.
+    fn seed(&mut self, digest: Digest, size: u64, links: u8);
+}
+
+impl<R: Records<Name = Digest>> Seeded for S3Fifo<R> {
+    fn names(&self) -> Vec<Digest> {
+        S3Fifo::names(self)
+    }
+
+    fn forget(&mut self, digest: &Digest) {
+        self.remove(digest);
+    }
+
+    fn contains(&self, digest: &Digest) -> bool {
+        S3Fifo::contains(self, digest)
+    }
+
+    fn seed(&mut self, digest: Digest, size: u64, links: u8) {
+        self.insert(digest, size);
+        for _ in 1..links.min(4) {
+            self.access(&digest);
+        }
     }
 }
 
@@ -185,6 +217,29 @@ pub struct NoRoom {
     pub held: u64,
     /// The budget.
     pub budget: u64,
+}
+
+/// The account as the running cache keeps it (`/debug/budget`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BudgetView {
+    /// Stored blob bytes accounted.
+    pub stored: u64,
+    /// `proxy.maxsize`, if set.
+    pub budget: Option<u64>,
+    /// Bytes fills in flight reserved.
+    pub reserved: u64,
+    /// What eviction would choose next, first first, if nothing were asked
+    /// for or in use meanwhile.
+    pub next: Vec<NextOut>,
+}
+
+/// A blob eviction would choose next.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NextOut {
+    /// Its digest.
+    pub digest: String,
+    /// Its bytes.
+    pub size: u64,
 }
 
 /// What eviction did.
@@ -225,13 +280,14 @@ impl Scheduler {
             return;
         };
         let (new, over) = {
-            let mut policy = lock(&budget.policy);
+            let mut inner = lock(&self.inner);
+            let policy = inner.table.budget();
             let new = !policy.access(digest);
             if new {
                 policy.insert(*digest, size);
                 self.metrics.stored_bytes(policy.stored(), policy.budget());
             }
-            (new, new && budget.over(&policy))
+            (new, new && budget.over(policy))
         };
         let ns_over = budget.namespaces.get(ns).is_some_and(|p| {
             let mut p = lock(p);
@@ -247,6 +303,39 @@ impl Scheduler {
         if over || ns_over || full {
             budget.wake.notify_one();
         }
+    }
+
+    /// The account, with the next `n` blobs eviction would choose; `None`
+    /// without one.
+    pub fn budget_view(&self, n: usize) -> Option<BudgetView> {
+        let budget = self.budget.as_ref()?;
+        let inner = lock(&self.inner);
+        let policy = inner.table.budget_ref();
+        Some(BudgetView {
+            stored: policy.stored(),
+            budget: budget.max,
+            reserved: budget.reserved.load(Ordering::SeqCst),
+            next: policy
+                .next_out(n)
+                .into_iter()
+                .map(|(digest, size)| NextOut {
+                    digest: digest.to_string(),
+                    size,
+                })
+                .collect(),
+        })
+    }
+
+    /// Heap bytes the byte budget's account holds (capacities).
+    pub fn budget_allocated_bytes(&self) -> usize {
+        self.budget.as_ref().map_or(0, |budget| {
+            lock(&self.inner).table.budget_ref().allocated_bytes()
+                + budget
+                    .namespaces
+                    .values()
+                    .map(|p| lock(p).allocated_bytes())
+                    .sum::<usize>()
+        })
     }
 
     /// Whether a blob of `size` bytes may be stored at all: not larger than
@@ -274,7 +363,8 @@ impl Scheduler {
         let Some(max) = budget.max.filter(|max| size <= *max) else {
             return Ok(unreserved);
         };
-        let policy = lock(&budget.policy);
+        let inner = lock(&self.inner);
+        let policy = inner.table.budget_ref();
         let reserved = budget.reserved.load(Ordering::SeqCst);
         if policy.stored() + reserved + size > max {
             let pinned: u64 = self
@@ -307,7 +397,8 @@ impl Scheduler {
             for p in budget.namespaces.values() {
                 lock(p).remove(digest);
             }
-            let mut policy = lock(&budget.policy);
+            let mut inner = lock(&self.inner);
+            let policy = inner.table.budget();
             policy.remove(digest);
             self.metrics.stored_bytes(policy.stored(), policy.budget());
         }
@@ -323,7 +414,8 @@ impl Scheduler {
             return;
         }
         let size = {
-            let mut policy = lock(&budget.policy);
+            let mut inner = lock(&self.inner);
+            let policy = inner.table.budget();
             policy.access(digest);
             policy.size_of(digest)
         };
@@ -369,10 +461,11 @@ impl Scheduler {
     /// Makes the account what storage holds: every blob's data and size,
     /// ordered by the entries' access times (oldest first) and valued by
     /// how many repositories link it; blobs no longer stored forgotten.
-    pub(super) async fn reconcile(&self) -> Result<u64, MetadataError> {
+    pub async fn reconcile(&self) -> Result<u64, MetadataError> {
         let Some(budget) = &self.budget else {
             return Ok(0);
         };
+        *lock(&budget.reconciled) = Some(tokio::time::Instant::now());
         let found = super::usage::stored_blobs(&*self.driver).await?;
         // The namespaces with a budget, by index.
         let budgeted: Vec<&str> = budget.namespaces.keys().map(String::as_str).collect();
@@ -406,39 +499,30 @@ impl Scheduler {
         let mut order: Vec<(&Digest, &u64)> = found.iter().collect();
         order.sort_by_key(|(d, _)| seen.get(*d).map_or(0, |s| s.0));
         // Every blob in the whole account; a namespace's, those it links.
-        let policies = std::iter::once((None, &budget.policy)).chain(
-            budgeted
-                .iter()
-                .enumerate()
-                .map(|(i, ns)| (Some(i as u16), &budget.namespaces[*ns])),
-        );
-        for (ns, policy) in policies {
-            let mut policy = lock(policy);
-            let gone: Vec<Digest> = policy
-                .keys()
-                .filter(|d| !found.contains_key(*d))
-                .copied()
-                .collect();
-            for digest in &gone {
-                policy.remove(digest);
+        let seed = |ns: Option<u16>, policy: &mut dyn Seeded| {
+            for digest in policy.names() {
+                if !found.contains_key(&digest) {
+                    policy.forget(&digest);
+                }
             }
             for (digest, size) in &order {
                 let links = seen.get(*digest);
                 let counted = ns.is_none_or(|ns| links.is_some_and(|l| l.2.contains(&ns)));
                 if counted && !policy.contains(digest) {
-                    policy.insert(**digest, **size);
                     // Linked by several repositories: worth more (an
                     // access each, as many as the policy counts).
-                    for _ in 1..links.map_or(1, |l| l.1).min(4) {
-                        policy.access(digest);
-                    }
+                    policy.seed(**digest, **size, links.map_or(1, |l| l.1));
                 }
             }
+        };
+        for (i, ns) in budgeted.iter().enumerate() {
+            seed(Some(i as u16), &mut *lock(&budget.namespaces[*ns]));
         }
-        let policy = lock(&budget.policy);
+        let mut inner = lock(&self.inner);
+        seed(None, inner.table.budget());
+        let policy = inner.table.budget_ref();
         self.metrics.stored_bytes(policy.stored(), policy.budget());
-        drop(policy);
-        if budget.exceeded() {
+        if budget.exceeded(policy) {
             budget.wake.notify_one();
         }
         Ok(found.len() as u64)
@@ -455,11 +539,10 @@ impl Scheduler {
             return;
         };
         let mut stopped = self.stopped();
-        let mut reconciled: Option<tokio::time::Instant> = None;
         let mut retry = false;
         while self.lead(&mut stopped).await {
-            if reconciled.is_none_or(|at| at.elapsed() >= RECONCILE_INTERVAL) {
-                reconciled = Some(tokio::time::Instant::now());
+            let last = *lock(&budget.reconciled);
+            if last.is_none_or(|at| at.elapsed() >= RECONCILE_INTERVAL) {
                 match self.reconcile().await {
                     Ok(blobs) => tracing::info!(blobs, "byte budget: stored blobs accounted"),
                     Err(e) => tracing::warn!(error = %e, "byte budget: cannot walk stored blobs"),
@@ -486,7 +569,7 @@ impl Scheduler {
                     "evicted over the byte budget"
                 );
             }
-            retry = budget.exceeded();
+            retry = budget.exceeded(lock(&self.inner).table.budget_ref());
         }
     }
 
@@ -499,7 +582,7 @@ impl Scheduler {
         };
         done.add(
             self.evict_while(Pool::All, EvictReason::Budget, |_| {
-                budget.over(&lock(&budget.policy))
+                budget.over(lock(&self.inner).table.budget_ref())
             })
             .await,
         );
@@ -548,16 +631,23 @@ impl Scheduler {
                 return done;
             }
         };
-        let policy = match from {
-            Pool::All => &budget.policy,
-            Pool::Namespace(ns) => &budget.namespaces[ns],
+        // Put back into the policy it came from: kept.
+        let keep = |digest: Digest, size: u64| match from {
+            Pool::All => lock(&self.inner).table.budget().insert(digest, size),
+            Pool::Namespace(ns) => lock(&budget.namespaces[ns]).insert(digest, size),
         };
         while more(done.bytes) {
             let victim = {
-                let expiring: HashSet<Digest> =
-                    lock(&self.inner).expiring.keys().copied().collect();
-                lock(policy)
-                    .evict(|d| self.leases.in_use(d) || remote.contains(d) || expiring.contains(d))
+                let mut guard = lock(&self.inner);
+                let inner = &mut *guard;
+                let expiring = &inner.expiring;
+                let in_use = |d: &Digest| {
+                    self.leases.in_use(d) || remote.contains(d) || expiring.contains_key(d)
+                };
+                match from {
+                    Pool::All => inner.table.budget().evict(in_use),
+                    Pool::Namespace(ns) => lock(&budget.namespaces[ns]).evict(in_use),
+                }
             };
             let Some((digest, size)) = victim else {
                 tracing::warn!(?reason, "over a bound, and everything stored is in use");
@@ -570,13 +660,11 @@ impl Scheduler {
                     self.forget(&digest);
                     self.metrics.evicted(reason, freed);
                 }
-                Ok(None) => {
-                    // Leased meanwhile: stays, looked at again later.
-                    lock(policy).insert(digest, size);
-                }
+                // Leased meanwhile: stays, looked at again later.
+                Ok(None) => keep(digest, size),
                 Err(e) => {
                     tracing::warn!(%digest, error = %e, "eviction failed; kept");
-                    lock(policy).insert(digest, size);
+                    keep(digest, size);
                     break;
                 }
             }

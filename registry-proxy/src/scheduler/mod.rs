@@ -24,7 +24,6 @@
 //! fills it, so an expiry never deletes what is served or just re-filled.
 
 mod budget;
-pub mod evict;
 pub mod gc;
 pub mod usage;
 
@@ -41,7 +40,9 @@ pub use crate::clock::Clock;
 use crate::metadata::table::{Entry, Table};
 pub use crate::metadata::table::{Secs, Ttls};
 use crate::oci::Kind;
-pub use budget::{Bounds, Evicted, NoRoom, RECONCILE_INTERVAL, Reservation, Watermarks};
+pub use budget::{
+    Bounds, BudgetView, Evicted, NextOut, NoRoom, RECONCILE_INTERVAL, Reservation, Watermarks,
+};
 pub use gc::{Collected, GcOptions};
 
 use crate::layout::{self, RepoKey};
@@ -353,6 +354,9 @@ impl Scheduler {
         };
         let shortest_ttl = ttls.shortest();
         let mut table = Table::new(ttls);
+        table
+            .budget()
+            .set_budget(options.bounds.max_size.unwrap_or(u64::MAX));
         let loaded = store.load(&mut table).await?;
         metrics.scheduler_entries(table.len());
         let (stop, _) = watch::channel(false);
