@@ -8,7 +8,8 @@
 //! - reload of the state after a restart;
 //! - `BENCH_DUE` (default 100,000) entries, each with its blob and link
 //!   files, due at the same moment: how long their expiry takes and the
-//!   longest a request (touch + stat + read of live content) waited meanwhile;
+//!   longest a request (lease, touch, read and account of live content)
+//!   waited meanwhile;
 //! - the byte budget over `BENCH_ENTRIES` stored blobs: memory per blob
 //!   accounted, and `BENCH_DUE` of them (with their files) evicted at once
 //!   while requests run: how long it takes, and how long requests waited.
@@ -239,42 +240,11 @@ async fn expire_at_once(due: u64, repos: &[RepoKey]) {
     );
 
     let scheduler = open(&driver, Clock::system()).await;
-    let started = Instant::now();
-    let done = Arc::new(AtomicBool::new(false));
-    let requests = tokio::spawn({
-        let (scheduler, driver, done) = (
-            Arc::clone(&scheduler),
-            Arc::clone(&driver),
-            Arc::clone(&done),
-        );
-        let repo = RepoKey::new(None, &RepoName::parse("bench/live").expect("name"));
-        async move {
-            let mut waits = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(2));
-            while !done.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let began = Instant::now();
-                scheduler.access(&repo, &live, Kind::Blob).await;
-                driver.stat(&layout::blob_data(&live)).await.expect("stat");
-                driver
-                    .get_content(&layout::blob_data(&live))
-                    .await
-                    .expect("read");
-                waits.push(began.elapsed());
-            }
-            waits
-        }
-    });
     // The expirer started at open; this joins it and returns when nothing
     // due is left.
-    scheduler.expire_due().await;
+    let (_, took, waits) = while_requests(&scheduler, &driver, live, scheduler.expire_due()).await;
     assert_eq!(scheduler.len(), 1, "only the live entry is left");
-    let took = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    let mut waits = requests.await.expect("requests");
-    waits.sort();
-    let worst = waits.last().copied().unwrap_or_default();
-    let p99 = waits[(waits.len() * 99 / 100).min(waits.len().saturating_sub(1))];
+    let (p99, worst) = p99_and_worst(&waits);
     let left = std::fs::read_dir(dir.path().join("docker/registry/v2/blobs/sha256"))
         .map(|d| {
             d.flat_map(|e| e.ok())
@@ -368,42 +338,10 @@ async fn evict_at_once(entries: u64, evict: u64, repos: &[RepoKey]) {
         verdict(per_blob <= 32.0)
     );
     scheduler.start();
-    let started = Instant::now();
-    let done = Arc::new(AtomicBool::new(false));
-    let requests = tokio::spawn({
-        let (scheduler, driver, done) = (
-            Arc::clone(&scheduler),
-            Arc::clone(&driver),
-            Arc::clone(&done),
-        );
-        let repo = RepoKey::new(None, &RepoName::parse("bench/live").expect("name"));
-        async move {
-            let mut waits = Vec::new();
-            let mut tick = tokio::time::interval(Duration::from_millis(2));
-            while !done.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let began = Instant::now();
-                // As a hit does: leased while it is read.
-                let _lease = scheduler.leases().hold(&[live]);
-                scheduler.access(&repo, &live, Kind::Blob).await;
-                let data = driver
-                    .get_content(&layout::blob_data(&live))
-                    .await
-                    .expect("read");
-                scheduler.stored(repo.as_str(), &live, data.len() as u64);
-                waits.push(began.elapsed());
-            }
-            waits
-        }
-    });
     // The background loop evicts too; this returns once nothing more is over.
-    while scheduler.evict_over_bounds().await.blobs > 0 {}
-    let took = started.elapsed();
-    done.store(true, Ordering::Relaxed);
-    let mut waits = requests.await.expect("requests");
-    waits.sort();
-    let worst = waits.last().copied().unwrap_or_default();
-    let p99 = waits[(waits.len() * 99 / 100).min(waits.len().saturating_sub(1))];
+    let evict_all = async { while scheduler.evict_over_bounds().await.blobs > 0 {} };
+    let ((), took, waits) = while_requests(&scheduler, &driver, live, evict_all).await;
+    let (p99, worst) = p99_and_worst(&waits);
     let left = (0..evict)
         .filter(|i| {
             dir.path()
@@ -428,4 +366,55 @@ async fn evict_at_once(entries: u64, evict: u64, repos: &[RepoKey]) {
         verdict(p99 <= Duration::from_millis(50))
     );
     scheduler.shutdown().await.expect("shutdown");
+}
+
+/// Requests for the live blob every 2 ms while `work` runs, as a hit makes
+/// them (lease, touch, read, account): `work`'s output, its wall time, and
+/// the requests' waits, sorted.
+async fn while_requests<T>(
+    scheduler: &Arc<Scheduler>,
+    driver: &Arc<dyn StorageDriver>,
+    live: Digest,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Duration, Vec<Duration>) {
+    let done = Arc::new(AtomicBool::new(false));
+    let requests = tokio::spawn({
+        let (scheduler, driver, done) =
+            (Arc::clone(scheduler), Arc::clone(driver), Arc::clone(&done));
+        let repo = RepoKey::new(None, &RepoName::parse("bench/live").expect("name"));
+        async move {
+            let mut waits = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            while !done.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let began = Instant::now();
+                let _lease = scheduler.leases().hold(&[live]);
+                scheduler.access(&repo, &live, Kind::Blob).await;
+                let data = driver
+                    .get_content(&layout::blob_data(&live))
+                    .await
+                    .expect("read");
+                scheduler.stored(repo.as_str(), &live, data.len() as u64);
+                waits.push(began.elapsed());
+            }
+            waits
+        }
+    });
+    let started = Instant::now();
+    let out = work.await;
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let mut waits = requests.await.expect("requests");
+    waits.sort();
+    (out, took, waits)
+}
+
+/// The 99th percentile and the worst of sorted `waits`.
+fn p99_and_worst(waits: &[Duration]) -> (Duration, Duration) {
+    let worst = waits.last().copied().unwrap_or_default();
+    let p99 = waits
+        .get((waits.len() * 99 / 100).min(waits.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default();
+    (p99, worst)
 }

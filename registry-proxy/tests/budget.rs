@@ -87,6 +87,29 @@ fn layers_on_disk(root: &Path, image: &Image) -> usize {
         .count()
 }
 
+/// A temporary directory with a `docker-registry` upstream in it, unless
+/// `test` is skipped (`why`: what is missing) for want of one.
+fn upstream_for(
+    test: &str,
+    ready: bool,
+    why: &str,
+) -> Option<(tempfile::TempDir, support::Server)> {
+    if !ready {
+        conformance::skip(test, "REQUIRE_E2E", why);
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = tokio::task::block_in_place(|| {
+        docker_registry(
+            dir.path(),
+            "upstream",
+            &dir.path().join("upstream-root"),
+            "",
+        )
+    });
+    Some((dir, upstream))
+}
+
 /// 300 MiB of images through a 100 MiB budget: stored bytes, sampled all
 /// along, never exceed the budget plus the image being pulled; an image
 /// pulled between every other one stays whole; every image evicted pulls
@@ -96,14 +119,14 @@ fn layers_on_disk(root: &Path, image: &Image) -> usize {
 /// reports what storage holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byte_budget_keeps_the_hot_image_and_stays_within_bounds() {
-    if !support::skopeo::parts_available("a_byte_budget_keeps_the_hot_image") {
+    let Some((dir, upstream)) = upstream_for(
+        "a_byte_budget_keeps_the_hot_image",
+        have("docker-registry") && have("skopeo"),
+        "docker-registry and skopeo are needed (scripts/test.sh installs them)",
+    ) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let d = dir.path();
-    let upstream = tokio::task::block_in_place(|| {
-        docker_registry(d, "upstream", &d.join("upstream-root"), "")
-    });
     let client = reqwest::Client::new();
     let mut images = Vec::new();
     for i in 0..10u64 {
@@ -220,23 +243,7 @@ async fn a_byte_budget_keeps_the_hot_image_and_stays_within_bounds() {
     assert_eq!(metric(&proxy, "unstored_total").await, 1);
 
     // `du` reads the same total from storage, and names the repositories.
-    let du = std::process::Command::new(support::registry_proxy_binary())
-        .args(["du", d.join("proxy.yml").to_str().expect("utf-8")])
-        .output()
-        .expect("du");
-    assert!(
-        du.status.success(),
-        "du: {}",
-        String::from_utf8_lossy(&du.stderr)
-    );
-    let text = String::from_utf8_lossy(&du.stdout);
-    let total: u64 = text
-        .lines()
-        .find(|l| l.starts_with("stored: "))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|b| b.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no total in: {text}"));
+    let (total, text) = support::du(&d.join("proxy.yml"));
     assert_eq!(total, stored_on_disk(&root), "{text}");
     assert!(text.contains("% of the 100.0 MiB budget"), "{text}");
     assert!(text.contains(&format!("  {}\n", hot.repo)), "{text}");
@@ -287,19 +294,14 @@ async fn status_of(
 /// alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fills_reserve_room_and_namespaces_keep_their_own_budget() {
-    if !have("docker-registry") {
-        conformance::skip(
-            "fills_reserve_room",
-            "REQUIRE_E2E",
-            "docker-registry is not installed",
-        );
+    let Some((dir, upstream)) = upstream_for(
+        "fills_reserve_room",
+        have("docker-registry"),
+        "docker-registry is not installed",
+    ) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let d = dir.path();
-    let upstream = tokio::task::block_in_place(|| {
-        docker_registry(d, "upstream", &d.join("upstream-root"), "")
-    });
     let client = reqwest::Client::new();
     let held = push_image(&client, &upstream.addr, "team/held", 1, &[LAYER; 2]).await;
     let next = push_image(&client, &upstream.addr, "team/next", 2, &[LAYER]).await;
@@ -444,19 +446,14 @@ impl Drop for Tmpfs {
 async fn a_full_disk_and_the_watermarks_evict() {
     let root_user = std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
-    if !have("docker-registry") || !root_user {
-        conformance::skip(
-            "a_full_disk_and_the_watermarks_evict",
-            "REQUIRE_E2E",
-            "needs docker-registry, and root to mount a tmpfs",
-        );
+    let Some((dir, upstream)) = upstream_for(
+        "a_full_disk_and_the_watermarks_evict",
+        have("docker-registry") && root_user,
+        "needs docker-registry, and root to mount a tmpfs",
+    ) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let d = dir.path();
-    let upstream = tokio::task::block_in_place(|| {
-        docker_registry(d, "upstream", &d.join("upstream-root"), "")
-    });
     let client = reqwest::Client::new();
     let mut images = Vec::new();
     for i in 0..4u64 {

@@ -20,11 +20,16 @@ use etcd_client::GetOptions;
 use support::skopeo::{make_image, parts_available, pull_and_check, push, upstream_truth};
 use support::{
     Relay, Server, debug_text, debug_vars, docker_registry, etcd, have, pull_image, push_image,
-    registry_proxy_binary, registry_proxy_with, s3_storage_yaml, verify_stored_blobs,
+    registry_proxy_with, s3_storage_yaml, verify_stored_blobs,
 };
 
 /// Content unused for this long expires.
 const TTL: &str = "12s";
+
+/// The tests here run one at a time: each starts etcd, three replicas and
+/// an upstream, and their timing (TTLs, leadership) must not depend on how
+/// busy the other makes the machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Cluster {
     dir: PathBuf,
@@ -88,6 +93,35 @@ impl Cluster {
     }
 }
 
+/// The bucket's config with a directory of its own for `test`, when the
+/// parts are there (skopeo, docker-registry, etcd, the S3 variables);
+/// otherwise the test is skipped, with the reason.
+fn cluster_parts(test: &str) -> Option<S3Config> {
+    if !parts_available(test) {
+        return None;
+    }
+    if !have("etcd") {
+        conformance::skip(
+            test,
+            "REQUIRE_E2E",
+            "etcd is not installed (scripts/test.sh installs etcd-server)",
+        );
+        return None;
+    }
+    let Ok(Some(s3)) = S3Config::from_env() else {
+        conformance::skip(
+            test,
+            "REQUIRE_S3",
+            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
+        );
+        return None;
+    };
+    Some(S3Config {
+        root_directory: format!("cluster-{:016x}", rand::random::<u64>()),
+        ..s3
+    })
+}
+
 /// GETs of `digest` in `repo` in the upstream's access log.
 fn upstream_gets(log: &Path, repo: &str, digest: &str) -> usize {
     std::fs::read_to_string(log)
@@ -131,31 +165,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_share_one_bucket_through_etcd() {
-    if !parts_available("cluster") {
-        return;
-    }
-    if !have("etcd") {
-        conformance::skip(
-            "cluster",
-            "REQUIRE_E2E",
-            "etcd is not installed (scripts/test.sh installs etcd-server)",
-        );
-        return;
-    }
-    let Ok(Some(s3)) = S3Config::from_env() else {
-        conformance::skip(
-            "cluster",
-            "REQUIRE_S3",
-            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
-        );
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(s3) = cluster_parts("cluster") else {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let s3 = S3Config {
-        root_directory: format!("cluster-{:016x}", rand::random::<u64>()),
-        ..s3
-    };
     let upstream = docker_registry(dir, "upstream", &dir.join("upstream-data"), "");
     let upstream_log = dir.join("upstream.log");
     let layout = make_image(dir, "app", 9, &["amd64"]);
@@ -344,55 +359,18 @@ async fn metric(replica: &Server, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-/// The blob bytes `registry-proxy du` finds in the bucket.
-fn bucket_bytes(config: &Path) -> u64 {
-    let du = std::process::Command::new(registry_proxy_binary())
-        .arg("du")
-        .arg(config)
-        .output()
-        .expect("du");
-    assert!(
-        du.status.success(),
-        "du: {}",
-        String::from_utf8_lossy(&du.stderr)
-    );
-    let text = String::from_utf8_lossy(&du.stdout);
-    text.lines()
-        .find(|l| l.starts_with("stored: "))
-        .and_then(|l| l.split(", ").nth(1))
-        .and_then(|b| b.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no total in: {text}"))
-}
-
 /// One 100 MiB budget for three replicas on one bucket: 300 MiB of images
 /// pulled round-robin through them end within the budget in the bucket,
 /// evicted by the leader alone (which learns the others' fills from etcd).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_keep_one_byte_budget() {
     const MIB: u64 = 1 << 20;
-    if !have("docker-registry") || !have("etcd") {
-        conformance::skip(
-            "cluster budget",
-            "REQUIRE_E2E",
-            "docker-registry and etcd are needed (scripts/test.sh installs them)",
-        );
-        return;
-    }
-    let Ok(Some(s3)) = S3Config::from_env() else {
-        conformance::skip(
-            "cluster budget",
-            "REQUIRE_S3",
-            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
-        );
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let Some(s3) = cluster_parts("cluster budget") else {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path();
-    let s3 = S3Config {
-        root_directory: format!("budget-{:016x}", rand::random::<u64>()),
-        ..s3
-    };
     let upstream = tokio::task::block_in_place(|| {
         docker_registry(dir, "upstream", &dir.join("upstream-data"), "")
     });
@@ -432,7 +410,7 @@ async fn three_replicas_keep_one_byte_budget() {
         "the bucket within the budget",
         || {
             let config = config.clone();
-            async move { tokio::task::block_in_place(|| bucket_bytes(&config)) <= 100 * MIB }
+            async move { tokio::task::block_in_place(|| support::du(&config).0) <= 100 * MIB }
         },
     )
     .await;

@@ -386,3 +386,27 @@ pub fn registry_proxy_binary() -> std::path::PathBuf {
     );
     binary
 }
+
+/// `registry-proxy du CONFIG`: the stored blob bytes it counts, and its
+/// whole output.
+pub fn du(config: &Path) -> (u64, String) {
+    let out = std::process::Command::new(registry_proxy_binary())
+        .arg("du")
+        .arg(config)
+        .output()
+        .expect("du");
+    assert!(
+        out.status.success(),
+        "du: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let total = text
+        .lines()
+        .find(|l| l.starts_with("stored: "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|b| b.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no total in: {text}"));
+    (total, text)
+}

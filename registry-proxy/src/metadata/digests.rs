@@ -12,6 +12,21 @@ use hashbrown::HashTable;
 use crate::evict::{Record, Records};
 use crate::oci::Digest;
 
+/// Puts `item` into a free slot of `slots` (one `free` names) or a new
+/// one at the end; its index.
+pub(super) fn place<T>(slots: &mut Vec<T>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            slots[i as usize] = item;
+            i
+        }
+        None => {
+            slots.push(item);
+            (slots.len() - 1) as u32
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     digest: Digest,
@@ -48,16 +63,7 @@ impl Digests {
             users: 0,
             record: Record::default(),
         };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = slot;
-                i
-            }
-            None => {
-                self.slots.push(slot);
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let i = place(&mut self.slots, &mut self.free, slot);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.index.insert_unique(hasher.hash_one(digest), i, |&j| {
             hasher.hash_one(slots[j as usize].digest)

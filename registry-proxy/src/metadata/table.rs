@@ -8,7 +8,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-use super::digests::Digests;
+use super::digests::{Digests, place};
 use crate::evict::S3Fifo;
 use crate::oci::{Digest, Kind};
 
@@ -208,16 +208,7 @@ impl Table {
             kind,
             flags: LIVE,
         };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = slot;
-                i
-            }
-            None => {
-                self.slots.push(slot);
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let i = place(&mut self.slots, &mut self.free, slot);
         let (slots, hasher) = (&self.slots, &self.hasher);
         let hash = key_hash(hasher, repo, digest, kind);
         self.index.insert_unique(hash, i, |&i| {
