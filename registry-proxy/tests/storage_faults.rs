@@ -1,6 +1,7 @@
 //! Storage that fails under the `registry-proxy` binary: a filesystem that
-//! fills up (a small tmpfs) and an S3 server stopped in the middle of a
-//! fill, then brought back. Errors are clear (logged, OCI JSON for the
+//! fills up (a small tmpfs) while what it holds is in use, so eviction
+//! cannot make room, and an S3 server stopped in the middle of a fill,
+//! then brought back. Errors are clear (logged, OCI JSON for the
 //! client), nothing half-written becomes visible, cached content keeps
 //! being served (from storage while it reads, from the upstream while it
 //! does not), and fills succeed again once the storage recovers. Real parts: Debian's
@@ -118,10 +119,18 @@ async fn a_full_filesystem_refuses_new_blobs_keeps_serving_and_recovers() {
         assert_eq!(Digest::of(&answer.expect("a blob that fits")), *digest);
     }
     fills_settled(&proxy).await;
+    // Both stored blobs in use (their responses not read yet): a full disk
+    // makes the fill evict, and here nothing may go.
+    let mut in_use = Vec::new();
+    for digest in &blobs[..2] {
+        let url = format!("http://{}/v2/full/app/blobs/{digest}", proxy.addr);
+        in_use.push(client.get(url).send().await.expect("GET"));
+    }
     let full = &blobs[2];
     let answer = get_blob(&proxy, "full/app", full).await;
     check_answer("the blob that does not fit", full, &answer);
     fills_settled(&proxy).await;
+    drop(in_use);
     assert!(
         fs.stat(&layout::blob_data(full)).await.is_err(),
         "a blob that did not fit is visible"
