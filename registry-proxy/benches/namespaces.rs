@@ -1,7 +1,8 @@
 //! What namespaces cost: warm manifest (by tag) and blob requests through
 //! a registry:2-style single-namespace config, against the same requests
 //! routed to an isolated namespace among four, by path prefix and by
-//! containerd's `?ns=`, and with client authentication on top. Both
+//! containerd's `?ns=`, with repository allow/deny lists, and with client
+//! authentication on top. Both
 //! proxies front one Debian `docker-registry`; runs alternate between the
 //! configs and the medians are compared, since the machine is shared; the
 //! proxies run on CPU 0 and wrk on CPU 1.
@@ -52,6 +53,10 @@ fn namespaces(upstream: &str, sharing: &str) -> String {
         "proxy:\n  upstreams:\n{OTHERS}    - namespace: {ROUTED}\n      remoteurl: http://{upstream}\n      sharing: {sharing}\n"
     )
 }
+
+/// Repository lists of ten globs each, the benchmark's repository allowed
+/// by the last `allow` glob.
+const LISTS: &str = "      repositories:\n        allow: [\"library/*\", \"bitnami/**\", \"team-?/*\", \"org/**/base\", \"[a-c]*/tools\", \"mirror/**\", \"ci/*/*\", \"infra/**\", \"data/*\", \"bench/**\"]\n        deny: [\"bench/secret*\", \"**/experimental\", \"library/evil*\", \"tmp/**\", \"*/scratch\", \"test/**\", \"dev/*\", \"old/**\", \"x/*/y\", \"z*\"]\n";
 
 /// One configuration measured.
 struct Setup<'a> {
@@ -115,6 +120,7 @@ async fn main() {
         "default",
         &format!("proxy:\n  remoteurl: http://{up}\n  upstreams:\n{OTHERS}"),
     );
+    let listed = proxy(d, "listed", &format!("{}{LISTS}", namespaces(up, "shared")));
     let users = format!("{auth}{}      users: [bench]\n", namespaces(up, "isolated"));
     let authed = proxy(d, "authed", &users);
     let prefix = format!("/{ROUTED}");
@@ -138,6 +144,13 @@ async fn main() {
         setup("isolated of 4, path prefix", &isolated, &prefix, "", true),
         setup("isolated of 4, ?ns=", &isolated, "", &ns_query, true),
         setup("shared of 4, path prefix", &shared, &prefix, "", true),
+        setup(
+            "shared of 4, prefix, allow/deny",
+            &listed,
+            &prefix,
+            "",
+            true,
+        ),
         setup("default (registry:2's) of 4", &default, "", "", true),
         Setup {
             headers: vec![basic.as_str()],
@@ -202,9 +215,11 @@ async fn main() {
         "configuration", "manifest by tag", "ratio", "16 KiB blob", "ratio"
     );
     let mut worst = f64::MAX;
+    let mut lists_ratios = Vec::new();
     for ((setup, rates), ratios) in setups.iter().zip(rates).zip(ratios) {
         let [manifest, blob] = rates.map(median);
         let [manifest_ratio, blob_ratio] = ratios.map(median);
+        lists_ratios.push([manifest_ratio, blob_ratio]);
         println!(
             "{:<38} {manifest:>15.0} {manifest_ratio:>7.3} {blob:>12.0} {blob_ratio:>7.3}",
             setup.label
@@ -213,6 +228,19 @@ async fn main() {
             worst = worst.min(manifest_ratio).min(blob_ratio);
         }
     }
+    let of = |label: &str| {
+        let i = setups.iter().position(|s| s.label == label).expect("setup");
+        lists_ratios[i]
+    };
+    let (with, without) = (
+        of("shared of 4, prefix, allow/deny"),
+        of("shared of 4, path prefix"),
+    );
+    let lists = (with[0] / without[0]).min(with[1] / without[1]);
+    println!(
+        "allow/deny lists (10 globs each) against the same namespaces without: worst {lists:.3} (target >= 0.95): {}",
+        if lists >= 0.95 { "met" } else { "MISSED" }
+    );
     println!(
         "\nrouting and policy checks: worst ratio {worst:.3} (target >= 0.95): {}",
         if worst >= 0.95 { "met" } else { "MISSED" }

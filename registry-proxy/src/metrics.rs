@@ -149,6 +149,7 @@ pub struct NamespaceMetrics {
     manifests: KindCounters,
     proofs: Counter,
     denials: Counter,
+    repository_denials: Counter,
 }
 
 impl NamespaceMetrics {
@@ -195,6 +196,12 @@ impl NamespaceMetrics {
     pub fn denial(&self) {
         self.denials.inc();
     }
+
+    /// A request for a repository the namespace's lists do not allow was
+    /// refused.
+    pub fn repository_denial(&self) {
+        self.repository_denials.inc();
+    }
 }
 
 /// The counters of the proxy.
@@ -204,6 +211,7 @@ pub struct Metrics {
     content: Vec<Family<ContentLabel, Counter>>,
     proofs: Family<NamespaceLabel, Counter>,
     denials: Family<NamespaceLabel, Counter>,
+    repository_denials: Family<NamespaceLabel, Counter>,
     namespaces: Mutex<Vec<(String, Arc<NamespaceMetrics>)>>,
     fills_in_flight: Gauge,
     fill_clients: Gauge,
@@ -253,6 +261,12 @@ impl Default for Metrics {
             "denials",
             "Requests refused: client not allowed, or access not proven upstream",
             denials.clone(),
+        );
+        let repository_denials = Family::<NamespaceLabel, Counter>::default();
+        registry.register(
+            "repository_denials",
+            "Requests refused without asking the upstream: the repository is not allowed in the namespace",
+            repository_denials.clone(),
         );
         let fills_in_flight = Gauge::default();
         let stale_serves = Counter::default();
@@ -413,6 +427,7 @@ impl Default for Metrics {
             content,
             proofs,
             denials,
+            repository_denials,
             namespaces: Mutex::new(Vec::new()),
             fills_in_flight,
             fill_clients,
@@ -460,6 +475,7 @@ impl Metrics {
             manifests: kind(Kind::Manifest),
             proofs: self.proofs.get_or_create(&label).clone(),
             denials: self.denials.get_or_create(&label).clone(),
+            repository_denials: self.repository_denials.get_or_create(&label).clone(),
         });
         namespaces.push((name.to_owned(), Arc::clone(&made)));
         made

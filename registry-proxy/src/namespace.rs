@@ -60,6 +60,53 @@ pub struct NamespaceSpec {
     pub tls: UpstreamTls,
     /// The most bytes of the blobs it links (`upstreams[].maxsize`).
     pub max_size: Option<u64>,
+    /// Which repositories may be pulled through it.
+    pub repositories: RepoFilter,
+}
+
+/// Which repositories a namespace serves (`repositories.allow` and
+/// `deny`, globs over the name as the upstream knows it: `*` and `?` within
+/// one path component, `**` across them). A repository is served when no
+/// `deny` glob matches it and, if there are `allow` globs, one of them does.
+#[derive(Debug, Clone, Default)]
+pub struct RepoFilter {
+    allow: Option<globset::GlobSet>,
+    deny: Option<globset::GlobSet>,
+}
+
+/// A glob that is not one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct BadGlob(String);
+
+impl RepoFilter {
+    /// The filter of `allow` and `deny` globs (empty lists: no filter).
+    pub fn new(allow: &[String], deny: &[String]) -> Result<Self, BadGlob> {
+        let set = |globs: &[String]| -> Result<Option<globset::GlobSet>, BadGlob> {
+            if globs.is_empty() {
+                return Ok(None);
+            }
+            let mut set = globset::GlobSetBuilder::new();
+            for glob in globs {
+                let glob = globset::GlobBuilder::new(glob)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| BadGlob(e.to_string()))?;
+                set.add(glob);
+            }
+            set.build().map(Some).map_err(|e| BadGlob(e.to_string()))
+        };
+        Ok(Self {
+            allow: set(allow)?,
+            deny: set(deny)?,
+        })
+    }
+
+    /// Whether repository `name` is served.
+    pub fn permits(&self, name: &str) -> bool {
+        self.deny.as_ref().is_none_or(|d| !d.is_match(name))
+            && self.allow.as_ref().is_none_or(|a| a.is_match(name))
+    }
 }
 
 impl NamespaceSpec {
@@ -77,6 +124,7 @@ impl NamespaceSpec {
             default: true,
             tls: UpstreamTls::default(),
             max_size: None,
+            repositories: RepoFilter::default(),
         }
     }
 }
@@ -146,6 +194,8 @@ pub struct Namespace {
     /// Its content-sharing policy.
     pub sharing: Sharing,
     users: Option<HashSet<String>>,
+    /// Which repositories it serves.
+    repositories: RepoFilter,
     /// Its counters.
     pub metrics: Arc<NamespaceMetrics>,
     /// Whether it stands for Docker Hub, whose one-component names are
@@ -182,6 +232,11 @@ impl Namespace {
             (Some(users), Some(user)) => users.contains(user),
             (Some(_), None) => false,
         }
+    }
+
+    /// Whether repository `name` (canonical) may be pulled through it.
+    pub fn permits(&self, name: &RepoName) -> bool {
+        self.repositories.permits(name.as_str())
     }
 
     /// Whether it must prove access before serving stored content.
@@ -235,6 +290,7 @@ impl Namespaces {
                     upstream: Arc::new(upstream),
                     sharing: spec.sharing,
                     users: spec.users.as_ref().map(|u| u.iter().cloned().collect()),
+                    repositories: spec.repositories.clone(),
                     metrics: metrics.namespace(&spec.name),
                     docker_hub: spec.name == DOCKER_HUB || name_of_url(&spec.remote) == DOCKER_HUB,
                 }))
@@ -310,6 +366,32 @@ impl Namespaces {
             }
         }
         Ok((self.default_namespace(), rest))
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::RepoFilter;
+
+    fn globs(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// `*` stays within a component, `**` crosses them; deny wins over
+    /// allow; no allow list allows everything not denied.
+    #[test]
+    fn allow_and_deny_globs() {
+        let filter = RepoFilter::new(&globs(&["library/*", "team/**"]), &globs(&["team/secret*"]))
+            .expect("globs");
+        assert!(filter.permits("library/alpine"));
+        assert!(!filter.permits("library/a/b"), "* within one component");
+        assert!(filter.permits("team/a/b/c"), "** across components");
+        assert!(!filter.permits("team/secret-app"));
+        assert!(!filter.permits("other/app"));
+        let deny_only = RepoFilter::new(&[], &globs(&["evil/**"])).expect("globs");
+        assert!(deny_only.permits("anything/else") && !deny_only.permits("evil/x"));
+        assert!(RepoFilter::default().permits("x"));
+        assert!(RepoFilter::new(&globs(&["a/[b"]), &[]).is_err());
     }
 }
 

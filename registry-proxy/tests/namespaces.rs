@@ -567,3 +567,70 @@ fn walk_files(root: &Path) -> Vec<String> {
     }
     files
 }
+
+/// Repository allow and deny lists: in a namespace allowing `team/**` and
+/// denying `team/secret*`, an allowed image pulls with skopeo; a denied
+/// one, and one outside the allow list, get 403 `DENIED` for manifests,
+/// blobs and tags without the upstream being asked; the refusals are
+/// counted; Docker Hub's one-component names are matched as `library/...`.
+#[test]
+fn repository_lists_refuse_without_asking_the_upstream() {
+    if !parts_available("repository_lists") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
+    let layout = make_image(d, "app", 3, &["amd64"]);
+    for repo in ["team/app", "team/secret-app", "other/app"] {
+        push(&layout, &upstream.addr, repo, None);
+    }
+    let truth = upstream_truth(d, &upstream.addr, "team/app:v1", None);
+    let layer = truth
+        .keys()
+        .find(|k| k.len() == 64)
+        .map(|k| format!("sha256:{k}"))
+        .expect("a blob");
+    let log = d.join("upstream.log");
+    let asked = |repo: &str| {
+        std::fs::read_to_string(&log)
+            .expect("upstream log")
+            .matches(&format!(" /v2/{repo}/"))
+            .count()
+    };
+    let before = ["team/secret-app", "other/app"].map(&asked);
+    let proxy = registry_proxy_with(
+        d,
+        &format!(
+            "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  upstreams:\n    - namespace: lists.test\n      remoteurl: http://{}\n      default: true\n      repositories:\n        allow: [\"team/**\", \"library/*\"]\n        deny: [\"team/secret*\"]\n",
+            d.join("root").display(),
+            upstream.addr
+        ),
+    );
+    pull_and_check(&truth, &proxy.addr, "team/app:v1", &d.join("pulled"), None);
+    for repo in ["team/secret-app", "other/app"] {
+        for path in [
+            format!("/v2/{repo}/manifests/v1"),
+            format!("/v2/{repo}/blobs/{layer}"),
+            format!("/v2/{repo}/tags/list"),
+            format!("/v2/lists.test/{repo}/manifests/v1"),
+        ] {
+            let answer = get(&proxy.addr, &path, None);
+            assert_eq!(
+                (answer.status, answer.code().as_str()),
+                (403, "DENIED"),
+                "{path}"
+            );
+        }
+    }
+    assert_eq!(
+        ["team/secret-app", "other/app"].map(&asked),
+        before,
+        "the upstream was asked for a denied repository"
+    );
+    let metrics = block_on(support::debug_text(&proxy, "/metrics"));
+    assert!(
+        metrics.contains("registry_proxy_repository_denials_total{namespace=\"lists.test\"} 8"),
+        "{metrics}"
+    );
+}

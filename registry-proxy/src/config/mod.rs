@@ -21,7 +21,7 @@ use crate::cache::fill::FillLimits;
 use crate::cache::verify::VerifyReads;
 use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
-use crate::namespace::{self, NamespaceSpec, Namespaces, Sharing};
+use crate::namespace::{self, NamespaceSpec, Namespaces, RepoFilter, Sharing};
 use crate::scheduler::{Bounds, GcOptions, Options, Purge, Watermarks};
 use crate::upstream::{Credentials, UpstreamTls};
 pub use http::{
@@ -484,6 +484,27 @@ pub struct UpstreamEntry {
     /// blob several namespaces link counts in full against each.
     #[serde(deserialize_with = "scalar_text")]
     pub maxsize: Option<String>,
+    /// Ours: which repositories may be pulled through this namespace.
+    pub repositories: RepositoriesConfig,
+}
+
+/// `repositories` of a namespace: globs over repository names (`*`, `?`
+/// within a component, `**` across); denied ones get 403 `DENIED` without
+/// the upstream being asked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepositoriesConfig {
+    /// Only these (every repository when empty).
+    pub allow: Vec<String>,
+    /// Never these, whatever `allow` says.
+    pub deny: Vec<String>,
+}
+
+impl RepositoriesConfig {
+    /// The compiled filter; `key` names the section in errors.
+    fn filter(&self, key: &str) -> Result<RepoFilter, ConfigError> {
+        RepoFilter::new(&self.allow, &self.deny).map_err(|e| invalid(key, e))
+    }
 }
 
 /// `proxy.tls` and `proxy.upstreams[].tls`: trust for an https upstream
@@ -571,6 +592,9 @@ pub struct ProxyConfig {
     pub users: Option<Vec<String>>,
     /// Ours: more upstreams, one namespace each.
     pub upstreams: Vec<UpstreamEntry>,
+    /// Ours: which repositories may be pulled through `remoteurl`'s
+    /// namespace.
+    pub repositories: RepositoriesConfig,
     /// Ours: how `remoteurl` is trusted beyond the platform's roots.
     pub tls: UpstreamTlsConfig,
     /// Ours: how long a tag resolved upstream is trusted before asking again
@@ -820,6 +844,7 @@ impl Config {
                 spec.name = name.clone();
             }
             spec.users = self.users("proxy.users", proxy.users.as_ref())?;
+            spec.repositories = proxy.repositories.filter("proxy.repositories")?;
             spec.tls = proxy.tls.read("proxy.tls")?;
             spec.default = !proxy.upstreams.iter().any(|u| u.default);
             specs.push(spec);
@@ -866,6 +891,7 @@ impl Config {
                 default: entry.default,
                 tls: entry.tls.read(&key("tls"))?,
                 max_size,
+                repositories: entry.repositories.filter(&key("repositories"))?,
             });
         }
         if specs.iter().filter(|s| s.default).count() > 1 {
@@ -1713,6 +1739,14 @@ validation:
             ("http:\n  net: udp\n".to_owned(), "http.net"),
             ("proxy:\n  maxsize: 0\n".to_owned(), "proxy.maxsize"),
             ("proxy:\n  maxsize: lots\n".to_owned(), "proxy.maxsize"),
+            (
+                "proxy:\n  repositories:\n    allow: [\"a/[b\"]\n".to_owned(),
+                "proxy.repositories",
+            ),
+            (
+                "proxy:\n  highwatermark: 90\n".to_owned(),
+                "proxy.highwatermark",
+            ),
             ("http:\n  addr: cache.example:5000\n".to_owned(), "http.addr"),
             (
                 "http:\n  tls:\n    certificate: /dev/zero\n    key: /dev/zero\n".to_owned(),
@@ -1755,6 +1789,9 @@ validation:
             let e = load(&yaml, &[]).expect_err(key);
             assert_eq!(e.key, key, "{section}: {e}");
         }
+        let crossed = "storage:\n  filesystem:\n    rootdirectory: /var/lib/rp\nproxy:\n  lowwatermark: 95\n  highwatermark: 90\n";
+        let e = load(crossed, &[]).expect_err("crossed watermarks");
+        assert_eq!(e.key, "proxy.lowwatermark", "{e}");
     }
 
     /// A self-signed certificate for `localhost` and its key, as PEM files

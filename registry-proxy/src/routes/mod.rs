@@ -189,6 +189,27 @@ enum Target {
     Tags(RepoName),
 }
 
+impl Target {
+    /// The target with its repository as `ns` knows it
+    /// ([`Namespace::canonical`]).
+    fn canonical(self, ns: &Namespace) -> Self {
+        match self {
+            Self::Manifest(repo, reference) => Self::Manifest(ns.canonical(repo), reference),
+            Self::Blob(repo, digest) => Self::Blob(ns.canonical(repo), digest),
+            Self::Tags(repo) => Self::Tags(ns.canonical(repo)),
+            Self::Catalog => Self::Catalog,
+        }
+    }
+
+    /// The repository asked for, if any.
+    fn repo(&self) -> Option<&RepoName> {
+        match self {
+            Self::Manifest(repo, _) | Self::Blob(repo, _) | Self::Tags(repo) => Some(repo),
+            Self::Catalog => None,
+        }
+    }
+}
+
 fn parse_target(rest: &str) -> Result<Target, OciError> {
     if rest == "_catalog" {
         return Ok(Target::Catalog);
@@ -245,9 +266,21 @@ async fn dispatch(
         return refused.into_response();
     }
     let target = match parse_target(rest) {
-        Ok(t) => t,
+        Ok(t) => t.canonical(&ns),
         Err(e) => return e.into_response(),
     };
+    if let Some(repo) = target.repo().filter(|repo| !ns.permits(repo)) {
+        tracing::info!(namespace = %ns.name, %repo, "repository not allowed in the namespace");
+        ns.metrics.repository_denial();
+        return OciError::new(
+            ErrorCode::Denied,
+            format!(
+                "repository {repo} is not allowed through namespace {}",
+                ns.name
+            ),
+        )
+        .into_response();
+    }
     let head = method == Method::HEAD;
     if method != Method::GET && !head {
         return unsupported().into_response();
@@ -257,15 +290,9 @@ async fn dispatch(
         path: state.urls.v2(&path),
     };
     let result = match target {
-        Target::Manifest(repo, reference) => {
-            let repo = ns.canonical(repo);
-            manifest(&state, &ns, &repo, &reference, head).await
-        }
-        Target::Blob(repo, digest) => {
-            let repo = ns.canonical(repo);
-            blob(&state, &ns, &repo, &digest, &headers, head).await
-        }
-        Target::Tags(repo) => tags(&state, &ns, &ns.canonical(repo), &list).await,
+        Target::Manifest(repo, reference) => manifest(&state, &ns, &repo, &reference, head).await,
+        Target::Blob(repo, digest) => blob(&state, &ns, &repo, &digest, &headers, head).await,
+        Target::Tags(repo) => tags(&state, &ns, &repo, &list).await,
         Target::Catalog => catalog(&state, &ns, &list).await,
     };
     result.unwrap_or_else(IntoResponse::into_response)
