@@ -12,6 +12,7 @@
 //! imports only modules after it in this list; [`app`] wires them together
 //! from the [`config`].
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cache;

@@ -60,6 +60,26 @@ enum Command {
         /// The config.yml of the cache.
         config: PathBuf,
     },
+    /// Drops a tag, a repository or a digest from a running cache, through
+    /// its admin surface (`admin.addr`, with the token of
+    /// `admin.tokenfile`): links and tags first, the bytes once nothing
+    /// else uses them. Prints what went, as JSON.
+    Purge {
+        /// The config.yml of the cache.
+        config: PathBuf,
+        /// The namespace (default: the default namespace).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The repository (alone: all of it).
+        #[arg(long)]
+        repository: Option<String>,
+        /// A tag of the repository.
+        #[arg(long)]
+        tag: Option<String>,
+        /// A digest: in the repository, or without one, everywhere.
+        #[arg(long)]
+        digest: Option<String>,
+    },
     /// Checks a configuration without starting anything: prints the
     /// effective configuration (every default applied, secrets masked) and
     /// every key accepted but not applied, or what would stop the start
@@ -102,6 +122,9 @@ enum Failure {
     /// The metadata store failed.
     #[error("metadata: {0}")]
     Metadata(#[from] MetadataError),
+    /// The admin surface refused or could not be reached.
+    #[error("admin: {0}")]
+    Admin(String),
     /// TLS cannot be served as configured.
     #[error(transparent)]
     Tls(#[from] registry_proxy::tls::TlsError),
@@ -160,6 +183,7 @@ fn main() -> std::process::ExitCode {
         Command::Gc { config, .. }
         | Command::Scrub { config, .. }
         | Command::Du { config }
+        | Command::Purge { config, .. }
         | Command::CheckConfig { config } => Some(config.clone()),
         Command::Completions { .. } | Command::Man => None,
     };
@@ -203,6 +227,21 @@ fn main() -> std::process::ExitCode {
         Command::Gc { dry_run, .. } => runtime.block_on(gc(plan, dry_run)),
         Command::Scrub { rate, dry_run, .. } => runtime.block_on(scrub(plan, &rate, dry_run)),
         Command::Du { .. } => runtime.block_on(du(plan)),
+        Command::Purge {
+            namespace,
+            repository,
+            tag,
+            digest,
+            ..
+        } => runtime.block_on(purge(
+            plan,
+            registry_proxy::admin::PurgeQuery {
+                namespace,
+                repository,
+                tag,
+                digest,
+            },
+        )),
         Command::CheckConfig { .. } | Command::Completions { .. } | Command::Man => Ok(()),
     };
     match done {
@@ -361,6 +400,29 @@ async fn du(plan: Plan) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `registry-proxy purge`: asks the running cache's admin surface.
+async fn purge(plan: Plan, query: registry_proxy::admin::PurgeQuery) -> Result<(), Failure> {
+    let Some(admin) = plan.admin else {
+        return Err(Failure::Admin(
+            "the configuration has no admin surface (admin.addr)".into(),
+        ));
+    };
+    let token = std::fs::read_to_string(&admin.tokenfile)
+        .map_err(io(format!("cannot read {}", admin.tokenfile.display())))?;
+    let mut addr = admin.addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let report = registry_proxy::admin::request_purge(addr, token.trim(), &query)
+        .await
+        .map_err(Failure::Admin)?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).unwrap_or_else(|e| e.to_string())
+    );
+    Ok(())
+}
+
 /// What the running cache at debug address `addr` would evict next, read
 /// from its `/debug/budget`: its queues live in its memory.
 async fn next_out(mut addr: std::net::SocketAddr, size: impl Fn(u64) -> String) {
@@ -473,6 +535,14 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
         let router = debug_app(state.clone(), &plan.debug_surface);
         tokio::spawn(async move { axum::serve(debug_listener, router).await });
         tracing::info!(%debug_addr, "debug listener");
+    }
+    if let Some(admin) = &plan.admin {
+        let admin_listener = TcpListener::bind(admin.addr)
+            .await
+            .map_err(io(format!("cannot listen on {}", admin.addr)))?;
+        let router = registry_proxy::admin::admin_app(state.clone(), admin.token.clone());
+        tokio::spawn(async move { axum::serve(admin_listener, router).await });
+        tracing::info!(admin_addr = %admin.addr, "admin listener");
     }
     let headers: axum::http::HeaderMap = plan.headers.into_iter().collect();
     let blobs = Arc::clone(&state.blobs);

@@ -138,6 +138,11 @@ impl<K: std::hash::Hash + Eq, V> Swept<K, V> {
         self.map.insert(key, value);
     }
 
+    /// Removes `key`, returning its value.
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+        self.map.remove(key)
+    }
+
     /// How many entries it holds.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

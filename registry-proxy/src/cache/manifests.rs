@@ -271,6 +271,21 @@ impl Manifests {
         self.cached_in(ns, repo, &digest).await
     }
 
+    /// Drops `tag` of `repo` from storage and from what is known fresh:
+    /// the next pull by that tag asks the upstream. Whether it was there.
+    pub async fn purge_tag(&self, repo: &RepoKey, tag: &Tag) -> Result<bool, driver_core::Error> {
+        lock(&self.confirmed).remove(&(repo.clone(), tag.as_str().to_owned()));
+        match self
+            .driver
+            .delete(&layout::tag_dir(repo, tag.segment()))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn is_fresh(&self, repo: &RepoKey, tag: &Tag) -> bool {
         let confirmed = lock(&self.confirmed);
         confirmed

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, Visitor};
 use serde_norway::Value;
 
+use crate::admin::AdminToken;
 use crate::auth::Htpasswd;
 use crate::cache::fill::FillLimits;
 use crate::cache::verify::VerifyReads;
@@ -86,6 +87,8 @@ pub struct Config {
     /// Where several replicas coordinate (registry-proxy's own); absent:
     /// a single node.
     pub coordination: CoordinationConfig,
+    /// The admin surface (registry-proxy's own); absent: none.
+    pub admin: AdminConfig,
     /// Distribution's deprecated `loglevel`: accepted, not applied.
     pub loglevel: Value,
     /// Distribution's middleware: accepted, not applied.
@@ -488,6 +491,27 @@ pub struct UpstreamEntry {
     pub repositories: RepositoriesConfig,
 }
 
+/// `admin` (ours): the admin surface, on a listener of its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where it listens (`127.0.0.1:5002`); empty: no admin surface.
+    pub addr: String,
+    /// A file holding the bearer token every admin request must carry.
+    pub tokenfile: Option<PathBuf>,
+}
+
+/// The admin surface as planned.
+#[derive(Debug, Clone)]
+pub struct AdminPlan {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The file holding its token.
+    pub tokenfile: PathBuf,
+    /// The token.
+    pub token: AdminToken,
+}
+
 /// `repositories` of a namespace: globs over repository names (`*`, `?`
 /// within a component, `**` across); denied ones get 403 `DENIED` without
 /// the upstream being asked.
@@ -770,6 +794,7 @@ impl Config {
         self.upload_purging()?;
         self.etcd()?;
         self.bounds(&self.namespaces()?)?;
+        self.admin()?;
         if !matches!(self.log.formatter.as_str(), "text" | "json") {
             return Err(invalid("log.formatter", "expected text or json"));
         }
@@ -944,6 +969,36 @@ impl Config {
                 format!("{other:?}: expected first, always or never"),
             )),
         }
+    }
+
+    /// The admin surface (`admin`), if configured: an address other than
+    /// the public listener's, and a readable token file.
+    pub fn admin(&self) -> Result<Option<AdminPlan>, ConfigError> {
+        if self.admin.addr.is_empty() {
+            if self.admin.tokenfile.is_some() {
+                return Err(invalid("admin.addr", "needed with admin.tokenfile"));
+            }
+            return Ok(None);
+        }
+        let addr = parse_addr("admin.addr", &self.admin.addr)?;
+        if self.listen()? == Listen::Tcp(addr) || self.debug_addr()? == Some(addr) {
+            return Err(invalid(
+                "admin.addr",
+                "must be a listener of its own, not http.addr or http.debug.addr",
+            ));
+        }
+        let Some(tokenfile) = self.admin.tokenfile.clone() else {
+            return Err(invalid(
+                "admin.tokenfile",
+                "the admin surface needs a token",
+            ));
+        };
+        let token = AdminToken::read(&tokenfile).map_err(|e| invalid("admin.tokenfile", e))?;
+        Ok(Some(AdminPlan {
+            addr,
+            tokenfile,
+            token,
+        }))
     }
 
     /// The byte budget of stored blobs (`proxy.maxsize`), if any.
@@ -1742,6 +1797,17 @@ validation:
             (
                 "proxy:\n  repositories:\n    allow: [\"a/[b\"]\n".to_owned(),
                 "proxy.repositories",
+            ),
+            ("admin:\n  tokenfile: /t\n".to_owned(), "admin.addr"),
+            ("admin:\n  addr: 127.0.0.1:5002\n".to_owned(), "admin.tokenfile"),
+            (
+                "admin:\n  addr: 127.0.0.1:5002\n  tokenfile: /nonexistent/token\n".to_owned(),
+                "admin.tokenfile",
+            ),
+            (
+                "http:\n  addr: 127.0.0.1:5002\nadmin:\n  addr: 127.0.0.1:5002\n  tokenfile: /t\n"
+                    .to_owned(),
+                "admin.addr",
             ),
             (
                 "proxy:\n  highwatermark: 90\n".to_owned(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderName, HeaderValue};
 
-use super::{Backend, Config, ConfigError, Listen, REQUEST_TIMEOUT};
+use super::{AdminPlan, Backend, Config, ConfigError, Listen, REQUEST_TIMEOUT};
 use crate::app::Settings;
 use crate::clock::Clock;
 use crate::listener::Limits;
@@ -42,6 +42,8 @@ pub struct Plan {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// How long in-flight responses and fills may run after SIGTERM.
     pub drain: std::time::Duration,
+    /// The admin surface, if configured.
+    pub admin: Option<AdminPlan>,
     /// Keys accepted from distribution's reference but not applied.
     pub ignored: Vec<&'static str>,
 }
@@ -99,6 +101,7 @@ impl Config {
             default_spool: self.proxy.spooldirectory.is_none(),
             headers,
             drain: self.drain_timeout()?,
+            admin: self.admin()?,
             ignored: self.ignored_keys(),
         })
     }

@@ -894,6 +894,67 @@ impl Scheduler {
         batch
     }
 
+    /// Drops entries now, as expiry would (their links and tags; the bytes
+    /// once no entry uses them): those of `repo` (all, or those of
+    /// `digest`), or those of `digest` in every repository. Entries whose
+    /// content is being expired are left to that expiry.
+    pub async fn purge(&self, repo: Option<&RepoKey>, digest: Option<&Digest>) -> Purged {
+        let batch = {
+            let mut guard = lock(&self.inner);
+            let inner = &mut *guard;
+            let matching: Vec<Entry> = inner
+                .table
+                .entries_in(0..inner.table.slot_count())
+                .filter(|(r, d, _, _)| {
+                    repo.is_none_or(|repo| repo.as_str() == *r) && digest.is_none_or(|x| x == *d)
+                })
+                .map(|(r, d, kind, at)| Entry {
+                    repo: r.into(),
+                    digest: *d,
+                    kind,
+                    at,
+                })
+                .collect();
+            let mut batch = Vec::new();
+            for entry in matching {
+                inner.table.remove(&entry.repo, &entry.digest, entry.kind);
+                inner.pending.push(Change::Remove {
+                    repo: entry.repo.clone(),
+                    digest: entry.digest,
+                    kind: entry.kind,
+                });
+                *inner.expiring.entry(entry.digest).or_default() += 1;
+                let unused = !inner.table.uses(&entry.digest);
+                batch.push((entry, unused));
+            }
+            self.metrics.scheduler_entries(inner.table.len());
+            batch
+        };
+        let mut report = Purged::default();
+        for (entry, data) in batch {
+            let deleted = self.delete(&entry, data).await;
+            lock(&self.inner).end_expiry(&entry.digest);
+            match deleted {
+                Ok(Deleted::Freed(bytes)) => {
+                    report.entries += 1;
+                    report.bytes_freed += bytes;
+                }
+                Ok(Deleted::Kept(at)) => {
+                    report.kept += 1;
+                    lock(&self.inner)
+                        .table
+                        .upsert(&entry.repo, &entry.digest, entry.kind, at);
+                }
+                Err(e) => {
+                    tracing::warn!(repo = %entry.repo, digest = %entry.digest, error = %e, "purge failed; the entry expires as usual");
+                    report.kept += 1;
+                }
+            }
+        }
+        self.released.notify_waiters();
+        report
+    }
+
     /// Deletes what an expired entry kept alive.
     async fn delete(&self, entry: &Entry, data: bool) -> Result<Deleted, MetadataError> {
         if let Some(at) = self.store.remove(entry).await? {
@@ -975,6 +1036,17 @@ impl Scheduler {
 }
 
 /// What an expiry did to an entry.
+/// What [`Scheduler::purge`] dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Entries removed, with their links.
+    pub entries: u64,
+    /// Blob bytes deleted (no entry used them any more).
+    pub bytes_freed: u64,
+    /// Entries another replica used meanwhile, so kept.
+    pub kept: u64,
+}
+
 enum Deleted {
     /// Expired; the bytes freed.
     Freed(u64),

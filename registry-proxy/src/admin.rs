@@ -1,0 +1,230 @@
+//! The admin surface: what an operator does to a running cache. It listens
+//! on an address of its own (`admin.addr`), never on the public listener,
+//! and every request must carry `Authorization: Bearer <token>`, the token
+//! read from `admin.tokenfile` (compared by SHA-256, so its length and
+//! bytes do not show in timing).
+//!
+//! - `POST /admin/purge`: with `repository` (and `namespace`, default the
+//!   default namespace) and `tag`, drops that tag (the manifest stays,
+//!   cached by digest; the next pull by tag asks the upstream); with
+//!   `repository` and `digest`, that content in the repository; with
+//!   `repository` alone, the whole repository; with `digest` alone, that
+//!   content in every repository. Links and tags go first, the bytes once
+//!   no entry of any repository uses them. Answers what went, as JSON.
+//! - `GET /admin/leases`: the digests leased now (pulls and fills in
+//!   progress).
+
+use std::path::Path;
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::app::AppState;
+use crate::oci::{Digest, ErrorCode, OciError, RepoName, Tag};
+
+/// The most bytes of a token file read.
+const TOKEN_FILE_MAX: u64 = 4096;
+
+/// The admin token, kept as its SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// Reads the token from `path`: at most 4 KiB, surrounding whitespace
+    /// trimmed, not empty.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        use std::io::Read as _;
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(TOKEN_FILE_MAX + 1).read_to_string(&mut text))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if text.len() as u64 > TOKEN_FILE_MAX {
+            return Err(format!("{}: longer than 4 KiB", path.display()));
+        }
+        Self::new(text.trim()).ok_or_else(|| format!("{}: holds no token", path.display()))
+    }
+
+    /// The token `text`, if not empty.
+    pub fn new(text: &str) -> Option<Self> {
+        (!text.is_empty()).then(|| Self(Sha256::digest(text.as_bytes()).into()))
+    }
+
+    /// Whether `headers` carry this token as a bearer token.
+    fn admits(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|token| {
+                <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())) == self.0
+            })
+    }
+}
+
+/// What `POST /admin/purge` asks.
+#[derive(Debug, Default, Deserialize)]
+pub struct PurgeQuery {
+    /// The namespace (default: the default namespace).
+    pub namespace: Option<String>,
+    /// The repository.
+    pub repository: Option<String>,
+    /// A tag of the repository.
+    pub tag: Option<String>,
+    /// A digest, in the repository or everywhere.
+    pub digest: Option<String>,
+}
+
+/// What a purge dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgeReport {
+    /// Entries (repository links) removed.
+    pub entries: u64,
+    /// Blob bytes deleted (no entry used them any more).
+    pub bytes_freed: u64,
+    /// Entries another replica used meanwhile, so kept.
+    pub kept: u64,
+    /// Whether a tag was removed.
+    pub tag: bool,
+}
+
+/// The admin router over `state`, refusing requests without `token`.
+pub fn admin_app(state: AppState, token: AdminToken) -> Router {
+    Router::new()
+        .route("/admin/purge", post(purge))
+        .route("/admin/leases", get(leases))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let admitted = token.admits(request.headers());
+                async move {
+                    if admitted {
+                        next.run(request).await
+                    } else {
+                        let mut refused =
+                            OciError::new(ErrorCode::Unauthorized, "admin token required")
+                                .into_response();
+                        refused.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            header::HeaderValue::from_static(
+                                "Bearer realm=\"registry-proxy admin\"",
+                            ),
+                        );
+                        refused
+                    }
+                }
+            },
+        ))
+        .with_state(state)
+}
+
+async fn leases(State(state): State<AppState>) -> Response {
+    let mut held: Vec<String> = state
+        .scheduler
+        .leases()
+        .live()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    held.sort();
+    axum::Json(held).into_response()
+}
+
+async fn purge(State(state): State<AppState>, Query(query): Query<PurgeQuery>) -> Response {
+    match purged(&state, query).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Carries out a purge.
+async fn purged(state: &AppState, query: PurgeQuery) -> Result<PurgeReport, OciError> {
+    let ns = match &query.namespace {
+        None => state.namespaces.default_namespace(),
+        Some(name) => state
+            .namespaces
+            .get(name)
+            .ok_or_else(|| OciError::new(ErrorCode::NameUnknown, format!("no namespace {name}")))?,
+    };
+    let repo = query
+        .repository
+        .as_deref()
+        .map(|r| RepoName::parse(r).map(|r| ns.canonical(r)))
+        .transpose()?;
+    let digest = query.digest.as_deref().map(Digest::parse).transpose()?;
+    let tag = query.tag.as_deref().map(Tag::parse).transpose()?;
+    let purged = match (&repo, tag, digest) {
+        (Some(repo), Some(tag), None) => PurgeReport {
+            tag: state
+                .manifests
+                .purge_tag(&ns.repo(repo), &tag)
+                .await
+                .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))?,
+            ..PurgeReport::default()
+        },
+        (repo, None, digest) if repo.is_some() || digest.is_some() => {
+            let key = repo.as_ref().map(|r| ns.repo(r));
+            let purged = state.scheduler.purge(key.as_ref(), digest.as_ref()).await;
+            PurgeReport {
+                entries: purged.entries,
+                bytes_freed: purged.bytes_freed,
+                kept: purged.kept,
+                tag: false,
+            }
+        }
+        _ => {
+            return Err(OciError::new(
+                ErrorCode::Unsupported,
+                "purge takes repository (with tag or digest, or alone) or digest",
+            ));
+        }
+    };
+    tracing::info!(namespace = %ns.name, ?repo, ?query.tag, ?query.digest, ?purged, "purged");
+    Ok(purged)
+}
+
+/// Asks the admin surface at `addr` to purge `query`, with `token`: what
+/// `registry-proxy purge` does.
+pub async fn request_purge(
+    addr: std::net::SocketAddr,
+    token: &str,
+    query: &PurgeQuery,
+) -> Result<PurgeReport, String> {
+    let mut url =
+        reqwest::Url::parse(&format!("http://{addr}/admin/purge")).map_err(|e| e.to_string())?;
+    {
+        let mut pairs = url.query_pairs_mut();
+        for (key, value) in [
+            ("namespace", &query.namespace),
+            ("repository", &query.repository),
+            ("tag", &query.tag),
+            ("digest", &query.digest),
+        ] {
+            if let Some(value) = value {
+                pairs.append_pair(key, value);
+            }
+        }
+    }
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| format!("admin surface at {addr}: {e}"))?;
+    let status = response.status();
+    if status != StatusCode::OK {
+        let body = response.text().await.unwrap_or_default();
+        return Err(format!("admin surface at {addr}: {status}: {body}"));
+    }
+    response.json().await.map_err(|e| e.to_string())
+}

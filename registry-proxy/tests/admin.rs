@@ -1,0 +1,165 @@
+//! The admin surface end to end: the real binary with `admin.addr` and a
+//! token file, in front of Debian's `docker-registry`. Unauthenticated and
+//! wrong-token calls are refused, the surface is absent from the public
+//! listener, and purges of a tag, a repository and a digest (through the
+//! HTTP API and `registry-proxy purge`) drop what they name and keep bytes
+//! another repository still uses. Skipped without `docker-registry`
+//! unless `REQUIRE_E2E=1`.
+
+// Shared by the test binaries and the side-by-side benchmark; each uses a part.
+use registry_proxy_testkit as support;
+
+use std::path::Path;
+
+use registry_proxy::admin::PurgeReport;
+use registry_proxy::oci::Digest;
+use support::{
+    Image, docker_registry, free_port, have, pull_image, push_image, registry_proxy_with,
+};
+
+const TOKEN: &str = "s3cret-admin-token";
+
+fn blob_stored(root: &Path, digest: &Digest) -> bool {
+    root.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{}/data",
+        &digest.hex()[..2],
+        digest.hex()
+    ))
+    .exists()
+}
+
+/// `POST /admin/purge?query` on `admin` with `token`: the status and body.
+async fn purge(admin: &str, query: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new().post(format!("http://{admin}/admin/purge?{query}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("purge");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+fn report(body: &str) -> PurgeReport {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_drop_what_they_name_and_only_admins_may() {
+    if !have("docker-registry") {
+        conformance::skip("admin", "REQUIRE_E2E", "docker-registry is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = tokio::task::block_in_place(|| {
+        docker_registry(d, "upstream", &d.join("upstream-root"), "")
+    });
+    let client = reqwest::Client::new();
+    // Two repositories holding the same image: every blob shared.
+    let app = push_image(
+        &client,
+        &upstream.addr,
+        "team/app",
+        1,
+        &[64 << 10, 32 << 10],
+    )
+    .await;
+    let other = push_image(
+        &client,
+        &upstream.addr,
+        "team/other",
+        1,
+        &[64 << 10, 32 << 10],
+    )
+    .await;
+    assert_eq!(app.blobs, other.blobs, "the same blobs");
+    std::fs::write(d.join("token"), format!("{TOKEN}\n")).expect("token file");
+    let root = d.join("root");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let proxy = tokio::task::block_in_place(|| {
+        registry_proxy_with(
+            d,
+            &format!(
+                "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\nadmin:\n  addr: {admin}\n  tokenfile: {}\n",
+                root.display(),
+                upstream.addr,
+                d.join("token").display()
+            ),
+        )
+    });
+    pull_image(&client, &proxy.addr, &app)
+        .await
+        .expect("pull app");
+    pull_image(&client, &proxy.addr, &other)
+        .await
+        .expect("pull other");
+    support::fills_settled(&proxy).await;
+
+    // Only with the token, and only on the admin listener.
+    assert_eq!(purge(&admin, "repository=team/app", None).await.0, 401);
+    assert_eq!(
+        purge(&admin, "repository=team/app", Some("wrong")).await.0,
+        401
+    );
+    let public = client
+        .post(format!(
+            "http://{}/admin/purge?repository=team/app",
+            proxy.addr
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("public");
+    assert!(public.status().is_client_error(), "{}", public.status());
+    assert!(
+        app.blobs.iter().all(|b| blob_stored(&root, b)),
+        "nothing purged yet"
+    );
+
+    // A purged tag is asked upstream again at once (within the tag's
+    // freshness window): a new image pushed under it is served.
+    let newer = push_image(&client, &upstream.addr, "team/app", 2, &[16 << 10]).await;
+    let (status, body) = purge(&admin, "repository=team/app&tag=v1", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(report(&body).tag);
+    pull_image(&client, &proxy.addr, &newer)
+        .await
+        .expect("the purged tag resolves to the new image");
+
+    // The repository: its links go; blobs team/other still uses stay.
+    let (status, body) = purge(&admin, "repository=team/app", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let purged = report(&body);
+    assert!(purged.entries >= 3, "{purged:?}");
+    assert!(
+        other.blobs.iter().all(|b| blob_stored(&root, b)),
+        "bytes another repository uses were deleted"
+    );
+    assert!(
+        !newer
+            .blobs
+            .iter()
+            .any(|b| !other.blobs.contains(b) && blob_stored(&root, b)),
+        "bytes only the purged repository used are still stored"
+    );
+
+    // A digest everywhere, through the CLI: its bytes go, and it pulls again.
+    let layer = *other.blobs.last().expect("a layer");
+    let out = std::process::Command::new(support::registry_proxy_binary())
+        .args(["purge", d.join("proxy.yml").to_str().expect("utf-8")])
+        .args(["--digest", &layer.to_string()])
+        .output()
+        .expect("registry-proxy purge");
+    assert!(
+        out.status.success(),
+        "purge: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let purged = report(&String::from_utf8_lossy(&out.stdout));
+    assert!(purged.entries >= 1 && purged.bytes_freed > 0, "{purged:?}");
+    assert!(!blob_stored(&root, &layer), "the purged digest's bytes");
+    let again: &Image = &other;
+    pull_image(&client, &proxy.addr, again)
+        .await
+        .expect("a purged digest fills again");
+}
