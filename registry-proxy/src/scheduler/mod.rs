@@ -165,6 +165,20 @@ struct Inner {
 
 impl Inner {
     /// One expiry or collection of `digest` ended.
+    /// Starts the expiry of `entry`, out of the table already: its removal
+    /// journalled, its digest marked expiring. Returns it with whether its
+    /// data is unused now (no entry uses the digest).
+    fn begin_expiry(&mut self, entry: Entry) -> (Entry, bool) {
+        self.pending.push(Change::Remove {
+            repo: entry.repo.clone(),
+            digest: entry.digest,
+            kind: entry.kind,
+        });
+        *self.expiring.entry(entry.digest).or_default() += 1;
+        let unused = !self.table.uses(&entry.digest);
+        (entry, unused)
+    }
+
     fn end_expiry(&mut self, digest: &Digest) {
         if let Some(n) = self.expiring.get_mut(digest) {
             *n -= 1;
@@ -882,14 +896,7 @@ impl Scheduler {
                     .upsert(&entry.repo, &entry.digest, entry.kind, at);
                 continue;
             }
-            inner.pending.push(Change::Remove {
-                repo: entry.repo.clone(),
-                digest: entry.digest,
-                kind: entry.kind,
-            });
-            *inner.expiring.entry(entry.digest).or_default() += 1;
-            let unused = !inner.table.uses(&entry.digest);
-            batch.push((entry, unused));
+            batch.push(inner.begin_expiry(entry));
         }
         batch
     }
@@ -918,14 +925,7 @@ impl Scheduler {
             let mut batch = Vec::new();
             for entry in matching {
                 inner.table.remove(&entry.repo, &entry.digest, entry.kind);
-                inner.pending.push(Change::Remove {
-                    repo: entry.repo.clone(),
-                    digest: entry.digest,
-                    kind: entry.kind,
-                });
-                *inner.expiring.entry(entry.digest).or_default() += 1;
-                let unused = !inner.table.uses(&entry.digest);
-                batch.push((entry, unused));
+                batch.push(inner.begin_expiry(entry));
             }
             self.metrics.scheduler_entries(inner.table.len());
             batch
