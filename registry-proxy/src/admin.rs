@@ -2,7 +2,8 @@
 //! on an address of its own (`admin.addr`), never on the public listener,
 //! and every request must carry `Authorization: Bearer <token>`, the token
 //! read from `admin.tokenfile` (compared by SHA-256, so its length and
-//! bytes do not show in timing).
+//! bytes do not show in timing), or the Basic credentials of a user of
+//! `auth.htpasswd` listed in `admin.users`.
 //!
 //! - `POST /admin/purge`: with `repository` (and `namespace`, default the
 //!   default namespace) and `tag`, drops that tag (the manifest stays,
@@ -73,6 +74,53 @@ impl AdminToken {
     }
 }
 
+/// Who the admin surface admits: a bearer token, and users of
+/// `auth.htpasswd` by their Basic credentials.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    /// The token, if any.
+    pub token: Option<AdminToken>,
+    /// The admin users.
+    pub users: std::collections::HashSet<String>,
+}
+
+impl AdminAccess {
+    /// `None` when `headers` are admitted, else the refusal: 403 `DENIED`
+    /// for a user who is not an admin, 401 otherwise.
+    async fn refusal(&self, state: &AppState, headers: &HeaderMap) -> Option<Response> {
+        if self.token.as_ref().is_some_and(|t| t.admits(headers)) {
+            return None;
+        }
+        let authorization = headers.get(header::AUTHORIZATION);
+        let basic = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.get(..6))
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic "));
+        if let Some(auth) = state
+            .auth
+            .as_ref()
+            .filter(|_| basic && !self.users.is_empty())
+        {
+            match auth.check(authorization, None).await {
+                Ok(user) if self.users.contains(&user) => return None,
+                Ok(user) => {
+                    tracing::info!(user, "not an admin user");
+                    let refused = OciError::new(ErrorCode::Denied, "not an admin user");
+                    return Some(refused.into_response());
+                }
+                Err(_) => {}
+            }
+        }
+        let mut refused =
+            OciError::new(ErrorCode::Unauthorized, "admin credentials required").into_response();
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"registry-proxy admin\""),
+        );
+        Some(refused)
+    }
+}
+
 /// What `POST /admin/purge` asks.
 #[derive(Debug, Default, Deserialize)]
 pub struct PurgeQuery {
@@ -99,28 +147,20 @@ pub struct PurgeReport {
     pub tag: bool,
 }
 
-/// The admin router over `state`, refusing requests without `token`.
-pub fn admin_app(state: AppState, token: AdminToken) -> Router {
+/// The admin router over `state`, admitting what `access` admits.
+pub fn admin_app(state: AppState, access: AdminAccess) -> Router {
+    let access = std::sync::Arc::new(access);
     Router::new()
         .route("/admin/purge", post(purge))
         .route("/admin/leases", get(leases))
-        .layer(axum::middleware::from_fn(
-            move |request: Request, next: Next| {
-                let admitted = token.admits(request.headers());
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            move |State(state): State<AppState>, request: Request, next: Next| {
+                let access = std::sync::Arc::clone(&access);
                 async move {
-                    if admitted {
-                        next.run(request).await
-                    } else {
-                        let mut refused =
-                            OciError::new(ErrorCode::Unauthorized, "admin token required")
-                                .into_response();
-                        refused.headers_mut().insert(
-                            header::WWW_AUTHENTICATE,
-                            header::HeaderValue::from_static(
-                                "Bearer realm=\"registry-proxy admin\"",
-                            ),
-                        );
-                        refused
+                    match access.refusal(&state, request.headers()).await {
+                        None => next.run(request).await,
+                        Some(refused) => refused,
                     }
                 }
             },

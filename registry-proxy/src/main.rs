@@ -407,8 +407,13 @@ async fn purge(plan: Plan, query: registry_proxy::admin::PurgeQuery) -> Result<(
             "the configuration has no admin surface (admin.addr)".into(),
         ));
     };
-    let token = std::fs::read_to_string(&admin.tokenfile)
-        .map_err(io(format!("cannot read {}", admin.tokenfile.display())))?;
+    let Some(tokenfile) = &admin.tokenfile else {
+        return Err(Failure::Admin(
+            "registry-proxy purge needs admin.tokenfile".into(),
+        ));
+    };
+    let token = std::fs::read_to_string(tokenfile)
+        .map_err(io(format!("cannot read {}", tokenfile.display())))?;
     let mut addr = admin.addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -540,7 +545,7 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
         let admin_listener = TcpListener::bind(admin.addr)
             .await
             .map_err(io(format!("cannot listen on {}", admin.addr)))?;
-        let router = registry_proxy::admin::admin_app(state.clone(), admin.token.clone());
+        let router = registry_proxy::admin::admin_app(state.clone(), admin.access.clone());
         tokio::spawn(async move { axum::serve(admin_listener, router).await });
         tracing::info!(admin_addr = %admin.addr, "admin listener");
     }

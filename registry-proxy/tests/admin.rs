@@ -163,3 +163,46 @@ async fn purges_drop_what_they_name_and_only_admins_may() {
         .await
         .expect("a purged digest fills again");
 }
+
+/// With `admin.users`, users of `auth.htpasswd` listed there are admitted
+/// by their Basic credentials; another user gets 403, a wrong password or
+/// none 401; the token still admits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_users_are_admitted_by_their_credentials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let hash = |password: &str| bcrypt::hash(password, 4).expect("bcrypt");
+    std::fs::write(
+        d.join("htpasswd"),
+        format!("alice:{}\nbob:{}\n", hash("alice-pw"), hash("bob-pw")),
+    )
+    .expect("htpasswd");
+    std::fs::write(d.join("token"), TOKEN).expect("token file");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let proxy = tokio::task::block_in_place(|| {
+        registry_proxy_with(
+            d,
+            &format!(
+                "storage:\n  inmemory: {{}}\nauth:\n  htpasswd:\n    realm: r\n    path: {}\nadmin:\n  addr: {admin}\n  tokenfile: {}\n  users: [alice]\n",
+                d.join("htpasswd").display(),
+                d.join("token").display()
+            ),
+        )
+    });
+    let leases = |user: Option<(&str, &str)>, token: Option<&str>| {
+        let mut request = reqwest::Client::new().get(format!("http://{admin}/admin/leases"));
+        if let Some((user, password)) = user {
+            request = request.basic_auth(user, Some(password));
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("leases").status().as_u16() }
+    };
+    assert_eq!(leases(Some(("alice", "alice-pw")), None).await, 200);
+    assert_eq!(leases(Some(("bob", "bob-pw")), None).await, 403);
+    assert_eq!(leases(Some(("alice", "wrong")), None).await, 401);
+    assert_eq!(leases(None, None).await, 401);
+    assert_eq!(leases(None, Some(TOKEN)).await, 200);
+    drop(proxy);
+}

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, Visitor};
 use serde_norway::Value;
 
-use crate::admin::AdminToken;
+use crate::admin::{AdminAccess, AdminToken};
 use crate::auth::Htpasswd;
 use crate::cache::fill::FillLimits;
 use crate::cache::verify::VerifyReads;
@@ -497,8 +497,10 @@ pub struct UpstreamEntry {
 pub struct AdminConfig {
     /// Where it listens (`127.0.0.1:5002`); empty: no admin surface.
     pub addr: String,
-    /// A file holding the bearer token every admin request must carry.
+    /// A file holding a bearer token that admits a request.
     pub tokenfile: Option<PathBuf>,
+    /// Users of `auth.htpasswd` admitted with their Basic credentials.
+    pub users: Vec<String>,
 }
 
 /// The admin surface as planned.
@@ -506,10 +508,10 @@ pub struct AdminConfig {
 pub struct AdminPlan {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The file holding its token.
-    pub tokenfile: PathBuf,
-    /// The token.
-    pub token: AdminToken,
+    /// The file holding its token, if any.
+    pub tokenfile: Option<PathBuf>,
+    /// Who is admitted.
+    pub access: AdminAccess,
 }
 
 /// `repositories` of a namespace: globs over repository names (`*`, `?`
@@ -975,8 +977,11 @@ impl Config {
     /// the public listener's, and a readable token file.
     pub fn admin(&self) -> Result<Option<AdminPlan>, ConfigError> {
         if self.admin.addr.is_empty() {
-            if self.admin.tokenfile.is_some() {
-                return Err(invalid("admin.addr", "needed with admin.tokenfile"));
+            if self.admin.tokenfile.is_some() || !self.admin.users.is_empty() {
+                return Err(invalid(
+                    "admin.addr",
+                    "needed with admin.tokenfile or admin.users",
+                ));
             }
             return Ok(None);
         }
@@ -987,17 +992,27 @@ impl Config {
                 "must be a listener of its own, not http.addr or http.debug.addr",
             ));
         }
-        let Some(tokenfile) = self.admin.tokenfile.clone() else {
-            return Err(invalid(
-                "admin.tokenfile",
-                "the admin surface needs a token",
-            ));
+        if !self.admin.users.is_empty() && self.auth.htpasswd.is_none() {
+            return Err(invalid("admin.users", "needs auth.htpasswd"));
+        }
+        let tokenfile = self.admin.tokenfile.clone();
+        let token = match &tokenfile {
+            Some(path) => Some(AdminToken::read(path).map_err(|e| invalid("admin.tokenfile", e))?),
+            None if self.admin.users.is_empty() => {
+                return Err(invalid(
+                    "admin.tokenfile",
+                    "the admin surface needs a token (or admin.users)",
+                ));
+            }
+            None => None,
         };
-        let token = AdminToken::read(&tokenfile).map_err(|e| invalid("admin.tokenfile", e))?;
         Ok(Some(AdminPlan {
             addr,
             tokenfile,
-            token,
+            access: AdminAccess {
+                token,
+                users: self.admin.users.iter().cloned().collect(),
+            },
         }))
     }
 
@@ -1799,6 +1814,10 @@ validation:
                 "proxy.repositories",
             ),
             ("admin:\n  tokenfile: /t\n".to_owned(), "admin.addr"),
+            (
+                "admin:\n  addr: 127.0.0.1:5002\n  users: [alice]\n".to_owned(),
+                "admin.users",
+            ),
             ("admin:\n  addr: 127.0.0.1:5002\n".to_owned(), "admin.tokenfile"),
             (
                 "admin:\n  addr: 127.0.0.1:5002\n  tokenfile: /nonexistent/token\n".to_owned(),
