@@ -14,6 +14,11 @@
 //!   no entry of any repository uses them. Answers what went, as JSON.
 //! - `GET /admin/leases`: the digests leased now (pulls and fills in
 //!   progress).
+//! - `POST /admin/warm?image=REPO:TAG` (or `REPO@DIGEST`, with
+//!   `namespace`): pulls the image into the cache, every platform of an
+//!   index, [`WARM_CONCURRENCY`] blobs at a time; with `dry_run=true` only
+//!   says which blobs it would fetch and their bytes (the manifests are
+//!   fetched to know).
 
 use std::path::Path;
 
@@ -26,8 +31,13 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use futures::StreamExt;
+
 use crate::app::AppState;
-use crate::oci::{Digest, ErrorCode, OciError, RepoName, Tag};
+use crate::cache::CacheError;
+use crate::layout;
+use crate::namespace::Namespace;
+use crate::oci::{self, Digest, ErrorCode, OciError, Reference, RepoName, Tag};
 
 /// The most bytes of a token file read.
 const TOKEN_FILE_MAX: u64 = 4096;
@@ -153,6 +163,7 @@ pub fn admin_app(state: AppState, access: AdminAccess) -> Router {
     Router::new()
         .route("/admin/purge", post(purge))
         .route("/admin/leases", get(leases))
+        .route("/admin/warm", post(warm))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             move |State(state): State<AppState>, request: Request, next: Next| {
@@ -189,13 +200,7 @@ async fn purge(State(state): State<AppState>, Query(query): Query<PurgeQuery>) -
 
 /// Carries out a purge.
 async fn purged(state: &AppState, query: PurgeQuery) -> Result<PurgeReport, OciError> {
-    let ns = match &query.namespace {
-        None => state.namespaces.default_namespace(),
-        Some(name) => state
-            .namespaces
-            .get(name)
-            .ok_or_else(|| OciError::new(ErrorCode::NameUnknown, format!("no namespace {name}")))?,
-    };
+    let ns = namespace(state, query.namespace.as_deref())?;
     let repo = query
         .repository
         .as_deref()
@@ -233,23 +238,146 @@ async fn purged(state: &AppState, query: PurgeQuery) -> Result<PurgeReport, OciE
     Ok(purged)
 }
 
-/// Asks the admin surface at `addr` to purge `query`, with `token`: what
-/// `registry-proxy purge` does.
-pub async fn request_purge(
+/// Blobs a warm fetches at once.
+pub const WARM_CONCURRENCY: usize = 4;
+
+/// The most manifests a warm follows (an index and its children).
+const WARM_MANIFESTS: usize = 64;
+
+/// What `POST /admin/warm` asks.
+#[derive(Debug, Default, Deserialize)]
+pub struct WarmQuery {
+    /// The namespace (default: the default namespace).
+    pub namespace: Option<String>,
+    /// `REPO:TAG` or `REPO@DIGEST`.
+    pub image: String,
+    /// Only say what would be fetched.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a warm found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmReport {
+    /// Manifests of the image (an index and its children).
+    pub manifests: u64,
+    /// Distinct blobs they reference.
+    pub blobs: u64,
+    /// Blobs not stored before the warm: fetched, or with a dry run,
+    /// to be fetched.
+    pub missing: u64,
+    /// Their bytes, as the manifests give them.
+    pub missing_bytes: u64,
+}
+
+async fn warm(State(state): State<AppState>, Query(query): Query<WarmQuery>) -> Response {
+    match warmed(&state, &query).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => OciError::from(e).into_response(),
+    }
+}
+
+/// Carries out a warm.
+async fn warmed(state: &AppState, query: &WarmQuery) -> Result<WarmReport, CacheError> {
+    let ns = namespace(state, query.namespace.as_deref())?;
+    let (name, reference) = match query.image.split_once('@') {
+        Some((name, digest)) => (name, Reference::Digest(Digest::parse(digest)?)),
+        None => match query
+            .image
+            .rsplit_once(':')
+            .filter(|(_, t)| !t.contains('/'))
+        {
+            Some((name, tag)) => (name, Reference::Tag(Tag::parse(tag)?)),
+            None => (query.image.as_str(), Reference::Tag(Tag::parse("latest")?)),
+        },
+    };
+    let repo = ns.canonical(RepoName::parse(name)?);
+    let mut report = WarmReport::default();
+    let mut blobs: Vec<(Digest, u64)> = Vec::new();
+    let mut manifests = vec![reference];
+    while let Some(reference) = manifests.pop() {
+        if report.manifests as usize >= WARM_MANIFESTS {
+            break;
+        }
+        let manifest = state.manifests.get(ns, &repo, &reference).await?;
+        report.manifests += 1;
+        for (digest, is_manifest, size) in oci::manifest_descriptors(&manifest.bytes) {
+            if is_manifest {
+                manifests.push(Reference::Digest(digest));
+            } else if !blobs.iter().any(|(d, _)| *d == digest) {
+                blobs.push((digest, size));
+            }
+        }
+    }
+    report.blobs = blobs.len() as u64;
+    let mut missing = Vec::new();
+    for (digest, size) in blobs {
+        if state
+            .driver
+            .stat(&layout::blob_data(&digest))
+            .await
+            .is_err()
+        {
+            report.missing += 1;
+            report.missing_bytes += size;
+            missing.push(digest);
+        }
+    }
+    if !query.dry_run {
+        let fetched: Vec<Result<(), CacheError>> = futures::stream::iter(missing)
+            .map(|digest| fetch_blob(state, ns, &repo, digest))
+            .buffer_unordered(WARM_CONCURRENCY)
+            .collect()
+            .await;
+        fetched.into_iter().collect::<Result<(), _>>()?;
+    }
+    Ok(report)
+}
+
+/// Fetches blob `digest` of `repo` through the cache, reading its bytes
+/// to the end (the fill stores them).
+async fn fetch_blob(
+    state: &AppState,
+    ns: &std::sync::Arc<Namespace>,
+    repo: &RepoName,
+    digest: Digest,
+) -> Result<(), CacheError> {
+    let reply = state.blobs.get(ns, repo, &digest, None, false).await?;
+    if let Some(mut body) = reply.body {
+        while let Some(chunk) = body.next().await {
+            chunk.map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Namespace `name`, or the default one.
+fn namespace<'a>(
+    state: &'a AppState,
+    name: Option<&str>,
+) -> Result<&'a std::sync::Arc<Namespace>, OciError> {
+    match name {
+        None => Ok(state.namespaces.default_namespace()),
+        Some(name) => state
+            .namespaces
+            .get(name)
+            .ok_or_else(|| OciError::new(ErrorCode::NameUnknown, format!("no namespace {name}"))),
+    }
+}
+
+/// `POST http://addr/admin/<what>?query` with `token`, as `registry-proxy
+/// purge` and `warm` do: the JSON answer.
+pub async fn request<T: serde::de::DeserializeOwned>(
     addr: std::net::SocketAddr,
     token: &str,
-    query: &PurgeQuery,
-) -> Result<PurgeReport, String> {
+    what: &str,
+    query: &[(&str, Option<&str>)],
+) -> Result<T, String> {
     let mut url =
-        reqwest::Url::parse(&format!("http://{addr}/admin/purge")).map_err(|e| e.to_string())?;
+        reqwest::Url::parse(&format!("http://{addr}/admin/{what}")).map_err(|e| e.to_string())?;
     {
         let mut pairs = url.query_pairs_mut();
-        for (key, value) in [
-            ("namespace", &query.namespace),
-            ("repository", &query.repository),
-            ("tag", &query.tag),
-            ("digest", &query.digest),
-        ] {
+        for (key, value) in query {
             if let Some(value) = value {
                 pairs.append_pair(key, value);
             }

@@ -80,6 +80,22 @@ enum Command {
         #[arg(long)]
         digest: Option<String>,
     },
+    /// Pulls images into a running cache through its admin surface (every
+    /// platform of an index), or with `--dry-run` says which blobs that
+    /// would fetch and their bytes. Prints one JSON line per image.
+    Warm {
+        /// The config.yml of the cache.
+        config: PathBuf,
+        /// Images: `REPO:TAG` or `REPO@DIGEST`.
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// The namespace (default: the default namespace).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Only say what would be fetched.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Checks a configuration without starting anything: prints the
     /// effective configuration (every default applied, secrets masked) and
     /// every key accepted but not applied, or what would stop the start
@@ -184,6 +200,7 @@ fn main() -> std::process::ExitCode {
         | Command::Scrub { config, .. }
         | Command::Du { config }
         | Command::Purge { config, .. }
+        | Command::Warm { config, .. }
         | Command::CheckConfig { config } => Some(config.clone()),
         Command::Completions { .. } | Command::Man => None,
     };
@@ -227,6 +244,12 @@ fn main() -> std::process::ExitCode {
         Command::Gc { dry_run, .. } => runtime.block_on(gc(plan, dry_run)),
         Command::Scrub { rate, dry_run, .. } => runtime.block_on(scrub(plan, &rate, dry_run)),
         Command::Du { .. } => runtime.block_on(du(plan)),
+        Command::Warm {
+            images,
+            namespace,
+            dry_run,
+            ..
+        } => runtime.block_on(warm(plan, namespace, images, dry_run)),
         Command::Purge {
             namespace,
             repository,
@@ -402,15 +425,56 @@ async fn du(plan: Plan) -> Result<(), Failure> {
 
 /// `registry-proxy purge`: asks the running cache's admin surface.
 async fn purge(plan: Plan, query: registry_proxy::admin::PurgeQuery) -> Result<(), Failure> {
-    let Some(admin) = plan.admin else {
+    let pairs = [
+        ("namespace", query.namespace.as_deref()),
+        ("repository", query.repository.as_deref()),
+        ("tag", query.tag.as_deref()),
+        ("digest", query.digest.as_deref()),
+    ];
+    let report: registry_proxy::admin::PurgeReport = admin_call(&plan, "purge", &pairs).await?;
+    println!("{}", serde_json::json!(report));
+    Ok(())
+}
+
+/// `registry-proxy warm`: asks the running cache's admin surface to pull
+/// each image (or, with `dry_run`, what that would fetch).
+async fn warm(
+    plan: Plan,
+    namespace: Option<String>,
+    images: Vec<String>,
+    dry_run: bool,
+) -> Result<(), Failure> {
+    for image in images {
+        let pairs = [
+            ("namespace", namespace.as_deref()),
+            ("image", Some(image.as_str())),
+            ("dry_run", dry_run.then_some("true")),
+        ];
+        let report: registry_proxy::admin::WarmReport = admin_call(&plan, "warm", &pairs).await?;
+        println!(
+            "{}",
+            serde_json::json!({ "image": image, "report": report })
+        );
+    }
+    Ok(())
+}
+
+/// `POST /admin/<what>` on the admin surface of `plan`'s running cache,
+/// with the token of its `admin.tokenfile`.
+async fn admin_call<T: serde::de::DeserializeOwned>(
+    plan: &Plan,
+    what: &str,
+    query: &[(&str, Option<&str>)],
+) -> Result<T, Failure> {
+    let Some(admin) = &plan.admin else {
         return Err(Failure::Admin(
             "the configuration has no admin surface (admin.addr)".into(),
         ));
     };
     let Some(tokenfile) = &admin.tokenfile else {
-        return Err(Failure::Admin(
-            "registry-proxy purge needs admin.tokenfile".into(),
-        ));
+        return Err(Failure::Admin(format!(
+            "registry-proxy {what} needs admin.tokenfile"
+        )));
     };
     let token = std::fs::read_to_string(tokenfile)
         .map_err(io(format!("cannot read {}", tokenfile.display())))?;
@@ -418,14 +482,9 @@ async fn purge(plan: Plan, query: registry_proxy::admin::PurgeQuery) -> Result<(
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let report = registry_proxy::admin::request_purge(addr, token.trim(), &query)
+    registry_proxy::admin::request(addr, token.trim(), what, query)
         .await
-        .map_err(Failure::Admin)?;
-    println!(
-        "{}",
-        serde_json::to_string(&report).unwrap_or_else(|e| e.to_string())
-    );
-    Ok(())
+        .map_err(Failure::Admin)
 }
 
 /// What the running cache at debug address `addr` would evict next, read

@@ -359,9 +359,22 @@ pub fn manifest_media_type(bytes: &[u8]) -> String {
 /// that are not a manifest reference nothing; malformed digests are left
 /// out.
 pub fn manifest_references(bytes: &[u8]) -> Vec<(Digest, bool)> {
+    manifest_descriptors(bytes)
+        .into_iter()
+        .map(|(digest, is_manifest, _)| (digest, is_manifest))
+        .collect()
+}
+
+/// [`manifest_references`], each with the size its descriptor gives (0
+/// when it gives none).
+pub fn manifest_descriptors(bytes: &[u8]) -> Vec<(Digest, bool, u64)> {
     #[derive(serde::Deserialize)]
     struct Descriptor {
         digest: String,
+        /// Whatever it holds: a size that is not one counts as 0, and
+        /// does not cost the manifest its references.
+        #[serde(default)]
+        size: serde_json::Value,
     }
     #[derive(serde::Deserialize)]
     struct References {
@@ -377,7 +390,10 @@ pub fn manifest_references(bytes: &[u8]) -> Vec<(Digest, bool)> {
     let blobs = refs.config.iter().chain(&refs.layers).map(|d| (d, false));
     blobs
         .chain(refs.manifests.iter().map(|d| (d, true)))
-        .filter_map(|(d, is_manifest)| Some((Digest::parse(&d.digest).ok()?, is_manifest)))
+        .filter_map(|(d, is_manifest)| {
+            let size = d.size.as_u64().unwrap_or(0);
+            Some((Digest::parse(&d.digest).ok()?, is_manifest, size))
+        })
         .collect()
 }
 

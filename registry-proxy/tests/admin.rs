@@ -11,7 +11,7 @@ use registry_proxy_testkit as support;
 
 use std::path::Path;
 
-use registry_proxy::admin::PurgeReport;
+use registry_proxy::admin::{PurgeReport, WarmReport};
 use registry_proxy::oci::Digest;
 use support::{
     Image, docker_registry, free_port, have, pull_image, push_image, registry_proxy_with,
@@ -205,4 +205,97 @@ async fn admin_users_are_admitted_by_their_credentials() {
     assert_eq!(leases(None, None).await, 401);
     assert_eq!(leases(None, Some(TOKEN)).await, 200);
     drop(proxy);
+}
+
+/// `POST /admin/warm` with `dry_run` counts the blobs an image would fetch
+/// and their bytes, storing nothing; `registry-proxy warm` then fills them,
+/// and a second dry run finds nothing missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_fills_an_image_and_the_dry_run_counts_right() {
+    if !have("docker-registry") {
+        conformance::skip("warm", "REQUIRE_E2E", "docker-registry is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = tokio::task::block_in_place(|| {
+        docker_registry(d, "upstream", &d.join("upstream-root"), "")
+    });
+    let client = reqwest::Client::new();
+    let sizes = [64 << 10, 32 << 10];
+    let image = push_image(&client, &upstream.addr, "team/warm", 5, &sizes).await;
+    std::fs::write(d.join("token"), TOKEN).expect("token file");
+    let root = d.join("root");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let proxy = tokio::task::block_in_place(|| {
+        registry_proxy_with(
+            d,
+            &format!(
+                "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\nadmin:\n  addr: {admin}\n  tokenfile: {}\n",
+                root.display(),
+                upstream.addr,
+                d.join("token").display()
+            ),
+        )
+    });
+    let dry_run = || async {
+        let response = client
+            .post(format!(
+                "http://{admin}/admin/warm?image=team/warm:v1&dry_run=true"
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("warm");
+        assert_eq!(response.status(), 200);
+        response.json::<WarmReport>().await.expect("report")
+    };
+    let config = std::fs::metadata(root.join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{}/data",
+        &image.blobs[0].hex()[..2],
+        image.blobs[0].hex()
+    )));
+    assert!(config.is_err(), "nothing stored yet");
+    let before = dry_run().await;
+    assert_eq!((before.manifests, before.blobs, before.missing), (1, 3, 3));
+    let config_size = {
+        let url = format!(
+            "http://{}/v2/team/warm/blobs/{}",
+            upstream.addr, image.blobs[0]
+        );
+        client
+            .get(url)
+            .send()
+            .await
+            .expect("config")
+            .bytes()
+            .await
+            .expect("body")
+            .len() as u64
+    };
+    assert_eq!(
+        before.missing_bytes,
+        config_size + sizes.iter().sum::<usize>() as u64,
+        "the bytes a warm would fetch"
+    );
+    assert!(
+        !image.blobs.iter().any(|b| blob_stored(&root, b)),
+        "a dry run stored a blob"
+    );
+    let out = std::process::Command::new(support::registry_proxy_binary())
+        .args([
+            "warm",
+            d.join("proxy.yml").to_str().expect("utf-8"),
+            "team/warm:v1",
+        ])
+        .output()
+        .expect("registry-proxy warm");
+    assert!(
+        out.status.success(),
+        "warm: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    support::fills_settled(&proxy).await;
+    assert!(image.blobs.iter().all(|b| blob_stored(&root, b)), "warmed");
+    assert_eq!(dry_run().await.missing, 0);
 }
