@@ -396,3 +396,76 @@ pub async fn request<T: serde::de::DeserializeOwned>(
     }
     response.json().await.map_err(|e| e.to_string())
 }
+
+/// The most tags of one repository a prefetch pass warms.
+const PREFETCH_TAGS: usize = 100;
+
+/// How long a prefetch pass waits for an upstream's tag list.
+const PREFETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Starts each namespace's `prefetch` in the background: every interval,
+/// while this replica leads (one replica warms for all), the tags of each
+/// repository that its globs match are warmed, at most [`PREFETCH_TAGS`]
+/// per repository. Warming a tag reads its manifest through the cache,
+/// which refreshes what it references, so prefetched images do not expire
+/// while they match.
+pub fn spawn_prefetch(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    state
+        .namespaces
+        .iter()
+        .filter(|ns| ns.prefetch.is_some())
+        .map(|ns| {
+            let (state, ns) = (state.clone(), std::sync::Arc::clone(ns));
+            tokio::spawn(async move {
+                let Some(prefetch) = &ns.prefetch else {
+                    return;
+                };
+                loop {
+                    if *state.scheduler.store().leader().borrow() {
+                        for (repo, tags) in &prefetch.images {
+                            prefetch_repo(&state, &ns, repo, tags).await;
+                        }
+                    }
+                    tokio::time::sleep(prefetch.interval).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// One prefetch pass over `repo` of `ns`.
+async fn prefetch_repo(
+    state: &AppState,
+    ns: &Namespace,
+    repo: &RepoName,
+    tags: &crate::namespace::RepoFilter,
+) {
+    let repo = ns.canonical(repo.clone());
+    let listed = match ns.upstream.tags(&repo, PREFETCH_TIMEOUT).await {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::warn!(namespace = %ns.name, %repo, error = %e, "prefetch: cannot list tags");
+            return;
+        }
+    };
+    let matching: Vec<&String> = listed.iter().filter(|t| tags.permits(t)).collect();
+    if matching.len() > PREFETCH_TAGS {
+        tracing::warn!(namespace = %ns.name, %repo, matching = matching.len(), "prefetch: warming the first {PREFETCH_TAGS} matching tags only");
+    }
+    for tag in matching.into_iter().take(PREFETCH_TAGS) {
+        let query = WarmQuery {
+            namespace: Some(ns.name.clone()),
+            image: format!("{repo}:{tag}"),
+            dry_run: false,
+        };
+        match warmed(state, &query).await {
+            Ok(report) if report.missing > 0 => {
+                tracing::info!(namespace = %ns.name, image = query.image, blobs = report.missing, bytes = report.missing_bytes, "prefetched");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(namespace = %ns.name, image = query.image, error = %e, "prefetch failed");
+            }
+        }
+    }
+}

@@ -608,6 +608,8 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
         tokio::spawn(async move { axum::serve(admin_listener, router).await });
         tracing::info!(admin_addr = %admin.addr, "admin listener");
     }
+    // Stopped with the process.
+    let _prefetch = registry_proxy::admin::spawn_prefetch(&state);
     let headers: axum::http::HeaderMap = plan.headers.into_iter().collect();
     let blobs = Arc::clone(&state.blobs);
     let metrics = Arc::clone(&state.metrics);

@@ -62,6 +62,20 @@ pub struct NamespaceSpec {
     pub max_size: Option<u64>,
     /// Which repositories may be pulled through it.
     pub repositories: RepoFilter,
+    /// Images pulled ahead of their clients and kept warm.
+    pub prefetch: Option<Prefetch>,
+}
+
+/// Images a namespace pulls ahead of their clients (`prefetch`): every
+/// `interval`, each repository's tags are listed upstream and those its
+/// globs match are warmed (every platform), which also keeps them from
+/// expiring while they match.
+#[derive(Debug, Clone)]
+pub struct Prefetch {
+    /// How often.
+    pub interval: Duration,
+    /// Each repository, with the globs its tags must match.
+    pub images: Vec<(RepoName, RepoFilter)>,
 }
 
 /// Which repositories a namespace serves (`repositories.allow` and
@@ -125,6 +139,7 @@ impl NamespaceSpec {
             tls: UpstreamTls::default(),
             max_size: None,
             repositories: RepoFilter::default(),
+            prefetch: None,
         }
     }
 }
@@ -196,6 +211,8 @@ pub struct Namespace {
     users: Option<HashSet<String>>,
     /// Which repositories it serves.
     repositories: RepoFilter,
+    /// What it pulls ahead of its clients.
+    pub prefetch: Option<Prefetch>,
     /// Its counters.
     pub metrics: Arc<NamespaceMetrics>,
     /// Whether it stands for Docker Hub, whose one-component names are
@@ -291,6 +308,7 @@ impl Namespaces {
                     sharing: spec.sharing,
                     users: spec.users.as_ref().map(|u| u.iter().cloned().collect()),
                     repositories: spec.repositories.clone(),
+                    prefetch: spec.prefetch.clone(),
                     metrics: metrics.namespace(&spec.name),
                     docker_hub: spec.name == DOCKER_HUB || name_of_url(&spec.remote) == DOCKER_HUB,
                 }))

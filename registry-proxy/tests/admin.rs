@@ -299,3 +299,59 @@ async fn warm_fills_an_image_and_the_dry_run_counts_right() {
     assert!(image.blobs.iter().all(|b| blob_stored(&root, b)), "warmed");
     assert_eq!(dry_run().await.missing, 0);
 }
+
+/// `prefetch` with `tags: ["v*"]` every second: the matching tag pushed
+/// before the start is warmed, one pushed later appears within an
+/// interval, and a tag the globs do not match is never fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_warms_matching_tags_as_they_appear() {
+    if !have("docker-registry") {
+        conformance::skip(
+            "prefetch",
+            "REQUIRE_E2E",
+            "docker-registry is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = tokio::task::block_in_place(|| {
+        docker_registry(d, "upstream", &d.join("upstream-root"), "")
+    });
+    let client = reqwest::Client::new();
+    let push = |tag: &'static str, seed: u64| {
+        support::push_image_tagged(&client, &upstream.addr, "team/pre", tag, seed, &[8 << 10])
+    };
+    let first = push("v1", 31).await;
+    let root = d.join("root");
+    let _proxy = tokio::task::block_in_place(|| {
+        registry_proxy_with(
+            d,
+            &format!(
+                "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  upstreams:\n    - namespace: pre.test\n      remoteurl: http://{}\n      default: true\n      prefetch:\n        interval: 1s\n        images:\n          - repository: team/pre\n            tags: [\"v*\"]\n",
+                root.display(),
+                upstream.addr,
+            ),
+        )
+    });
+    let stored = |image: &Image| image.blobs.iter().all(|b| blob_stored(&root, b));
+    let within = |image: Image| {
+        let root = root.clone();
+        async move {
+            for _ in 0..200 {
+                if image.blobs.iter().all(|b| blob_stored(&root, b)) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("{}: not prefetched within 10 s", image.repo);
+        }
+    };
+    within(first.clone()).await;
+    let dev = push("dev", 32).await;
+    let second = push("v2", 33).await;
+    within(second).await;
+    // v2 was pushed after dev and is stored, so a pass saw dev too.
+    assert!(!stored(&dev), "a tag the globs do not match was prefetched");
+    assert!(stored(&first));
+}

@@ -56,6 +56,18 @@ pub async fn push_image(
     seed: u64,
     layer_sizes: &[usize],
 ) -> Image {
+    push_image_tagged(client, addr, repo, "v1", seed, layer_sizes).await
+}
+
+/// [`push_image`] as `repo:tag`.
+pub async fn push_image_tagged(
+    client: &reqwest::Client,
+    addr: &str,
+    repo: &str,
+    tag: &str,
+    seed: u64,
+    layer_sizes: &[usize],
+) -> Image {
     let config = bytes::Bytes::from(format!(
         r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[]}},"seed":{seed}}}"#
     ));
@@ -83,7 +95,7 @@ pub async fn push_image(
     }))
     .expect("manifest");
     let put = client
-        .put(format!("http://{addr}/v2/{repo}/manifests/v1"))
+        .put(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
         .header("content-type", registry_proxy::oci::OCI_MANIFEST)
         .body(manifest.clone())
         .send()

@@ -22,7 +22,8 @@ use crate::cache::fill::FillLimits;
 use crate::cache::verify::VerifyReads;
 use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
-use crate::namespace::{self, NamespaceSpec, Namespaces, RepoFilter, Sharing};
+use crate::namespace::{self, NamespaceSpec, Namespaces, Prefetch, RepoFilter, Sharing};
+use crate::oci::RepoName;
 use crate::scheduler::{Bounds, GcOptions, Options, Purge, Watermarks};
 use crate::upstream::{Credentials, UpstreamTls};
 pub use http::{
@@ -489,6 +490,56 @@ pub struct UpstreamEntry {
     pub maxsize: Option<String>,
     /// Ours: which repositories may be pulled through this namespace.
     pub repositories: RepositoriesConfig,
+    /// Ours: images pulled ahead of their clients and kept warm.
+    pub prefetch: Option<PrefetchConfig>,
+}
+
+/// `prefetch` of a namespace.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefetchConfig {
+    /// How often the tags are listed and the matching ones warmed
+    /// (default `1h`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub interval: Option<String>,
+    /// The repositories and their tag globs.
+    pub images: Vec<PrefetchImage>,
+}
+
+/// One repository of `prefetch.images`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefetchImage {
+    /// The repository, as clients name it.
+    pub repository: String,
+    /// Globs its tags must match (`v*`, `3.*`, `latest`).
+    pub tags: Vec<String>,
+}
+
+impl PrefetchConfig {
+    /// The plan; `key` names the section in errors.
+    fn plan(&self, key: &str) -> Result<Prefetch, ConfigError> {
+        let interval = duration(
+            &format!("{key}.interval"),
+            self.interval.as_deref(),
+            Duration::from_secs(3600),
+        )?;
+        if interval.is_zero() {
+            return Err(invalid(format!("{key}.interval"), "must be more than 0"));
+        }
+        let mut images = Vec::new();
+        for (i, image) in self.images.iter().enumerate() {
+            let at = |field: &str| format!("{key}.images[{i}].{field}");
+            let repo = RepoName::parse(&image.repository)
+                .map_err(|e| invalid(at("repository"), e.to_string()))?;
+            if image.tags.is_empty() {
+                return Err(invalid(at("tags"), "list the tag globs to prefetch"));
+            }
+            let tags = RepoFilter::new(&image.tags, &[]).map_err(|e| invalid(at("tags"), e))?;
+            images.push((repo, tags));
+        }
+        Ok(Prefetch { interval, images })
+    }
 }
 
 /// `admin` (ours): the admin surface, on a listener of its own.
@@ -919,6 +970,11 @@ impl Config {
                 tls: entry.tls.read(&key("tls"))?,
                 max_size,
                 repositories: entry.repositories.filter(&key("repositories"))?,
+                prefetch: entry
+                    .prefetch
+                    .as_ref()
+                    .map(|p| p.plan(&key("prefetch")))
+                    .transpose()?,
             });
         }
         if specs.iter().filter(|s| s.default).count() > 1 {
@@ -1814,6 +1870,14 @@ validation:
                 "proxy.repositories",
             ),
             ("admin:\n  tokenfile: /t\n".to_owned(), "admin.addr"),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      prefetch:\n        images:\n          - repository: team/app\n".to_owned(),
+                "proxy.upstreams[0] (a.test).prefetch.images[0].tags",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      prefetch:\n        interval: 0s\n".to_owned(),
+                "proxy.upstreams[0] (a.test).prefetch.interval",
+            ),
             (
                 "admin:\n  addr: 127.0.0.1:5002\n  users: [alice]\n".to_owned(),
                 "admin.users",
