@@ -13,9 +13,7 @@ use std::path::Path;
 
 use registry_proxy::admin::{PurgeReport, WarmReport};
 use registry_proxy::oci::Digest;
-use support::{
-    Image, docker_registry, free_port, have, pull_image, push_image, registry_proxy_with,
-};
+use support::{Image, free_port, pull_image, push_image, registry_proxy_with};
 
 const TOKEN: &str = "s3cret-admin-token";
 
@@ -43,17 +41,31 @@ fn report(body: &str) -> PurgeReport {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
+/// The cache in `d` on filesystem storage in `d/root`, with `proxy` (the
+/// lines of its `proxy` section) and the admin surface behind [`TOKEN`]:
+/// the server and the admin address.
+fn cache(d: &Path, proxy: &str) -> (support::Server, String) {
+    std::fs::write(d.join("token"), format!("{TOKEN}\n")).expect("token file");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let server = tokio::task::block_in_place(|| {
+        registry_proxy_with(
+            d,
+            &format!(
+                "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n{proxy}admin:\n  addr: {admin}\n  tokenfile: {}\n",
+                d.join("root").display(),
+                d.join("token").display()
+            ),
+        )
+    });
+    (server, admin)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purges_drop_what_they_name_and_only_admins_may() {
-    if !have("docker-registry") {
-        conformance::skip("admin", "REQUIRE_E2E", "docker-registry is not installed");
+    let Some((dir, upstream)) = support::registry_upstream("admin") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let d = dir.path();
-    let upstream = tokio::task::block_in_place(|| {
-        docker_registry(d, "upstream", &d.join("upstream-root"), "")
-    });
     let client = reqwest::Client::new();
     // Two repositories holding the same image: every blob shared.
     let app = push_image(
@@ -73,20 +85,8 @@ async fn purges_drop_what_they_name_and_only_admins_may() {
     )
     .await;
     assert_eq!(app.blobs, other.blobs, "the same blobs");
-    std::fs::write(d.join("token"), format!("{TOKEN}\n")).expect("token file");
     let root = d.join("root");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let proxy = tokio::task::block_in_place(|| {
-        registry_proxy_with(
-            d,
-            &format!(
-                "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\nadmin:\n  addr: {admin}\n  tokenfile: {}\n",
-                root.display(),
-                upstream.addr,
-                d.join("token").display()
-            ),
-        )
-    });
+    let (proxy, admin) = cache(d, &format!("  remoteurl: http://{}\n", upstream.addr));
     pull_image(&client, &proxy.addr, &app)
         .await
         .expect("pull app");
@@ -212,32 +212,15 @@ async fn admin_users_are_admitted_by_their_credentials() {
 /// and a second dry run finds nothing missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_fills_an_image_and_the_dry_run_counts_right() {
-    if !have("docker-registry") {
-        conformance::skip("warm", "REQUIRE_E2E", "docker-registry is not installed");
+    let Some((dir, upstream)) = support::registry_upstream("warm") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let d = dir.path();
-    let upstream = tokio::task::block_in_place(|| {
-        docker_registry(d, "upstream", &d.join("upstream-root"), "")
-    });
     let client = reqwest::Client::new();
     let sizes = [64 << 10, 32 << 10];
     let image = push_image(&client, &upstream.addr, "team/warm", 5, &sizes).await;
-    std::fs::write(d.join("token"), TOKEN).expect("token file");
     let root = d.join("root");
-    let admin = format!("127.0.0.1:{}", free_port());
-    let proxy = tokio::task::block_in_place(|| {
-        registry_proxy_with(
-            d,
-            &format!(
-                "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\nadmin:\n  addr: {admin}\n  tokenfile: {}\n",
-                root.display(),
-                upstream.addr,
-                d.join("token").display()
-            ),
-        )
-    });
+    let (proxy, admin) = cache(d, &format!("  remoteurl: http://{}\n", upstream.addr));
     let dry_run = || async {
         let response = client
             .post(format!(
@@ -305,35 +288,23 @@ async fn warm_fills_an_image_and_the_dry_run_counts_right() {
 /// interval, and a tag the globs do not match is never fetched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_warms_matching_tags_as_they_appear() {
-    if !have("docker-registry") {
-        conformance::skip(
-            "prefetch",
-            "REQUIRE_E2E",
-            "docker-registry is not installed",
-        );
+    let Some((dir, upstream)) = support::registry_upstream("prefetch") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let d = dir.path();
-    let upstream = tokio::task::block_in_place(|| {
-        docker_registry(d, "upstream", &d.join("upstream-root"), "")
-    });
     let client = reqwest::Client::new();
     let push = |tag: &'static str, seed: u64| {
         support::push_image_tagged(&client, &upstream.addr, "team/pre", tag, seed, &[8 << 10])
     };
     let first = push("v1", 31).await;
     let root = d.join("root");
-    let _proxy = tokio::task::block_in_place(|| {
-        registry_proxy_with(
-            d,
-            &format!(
-                "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  upstreams:\n    - namespace: pre.test\n      remoteurl: http://{}\n      default: true\n      prefetch:\n        interval: 1s\n        images:\n          - repository: team/pre\n            tags: [\"v*\"]\n",
-                root.display(),
-                upstream.addr,
-            ),
-        )
-    });
+    let (_proxy, _) = cache(
+        d,
+        &format!(
+            "  upstreams:\n    - namespace: pre.test\n      remoteurl: http://{}\n      default: true\n      prefetch:\n        interval: 1s\n        images:\n          - repository: team/pre\n            tags: [\"v*\"]\n",
+            upstream.addr
+        ),
+    );
     let stored = |image: &Image| image.blobs.iter().all(|b| blob_stored(&root, b));
     let within = |image: Image| {
         let root = root.clone();

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use registry_proxy::oci::Digest;
-use support::{
-    Image, debug_text, docker_registry, have, pull_image, push_image, registry_proxy_with,
-};
+use support::{Image, debug_text, have, pull_image, push_image, registry_proxy_with};
 
 const MIB: u64 = 1 << 20;
 const BUDGET: u64 = 100 * MIB;
@@ -87,29 +85,6 @@ fn layers_on_disk(root: &Path, image: &Image) -> usize {
         .count()
 }
 
-/// A temporary directory with a `docker-registry` upstream in it, unless
-/// `test` is skipped (`why`: what is missing) for want of one.
-fn upstream_for(
-    test: &str,
-    ready: bool,
-    why: &str,
-) -> Option<(tempfile::TempDir, support::Server)> {
-    if !ready {
-        conformance::skip(test, "REQUIRE_E2E", why);
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let upstream = tokio::task::block_in_place(|| {
-        docker_registry(
-            dir.path(),
-            "upstream",
-            &dir.path().join("upstream-root"),
-            "",
-        )
-    });
-    Some((dir, upstream))
-}
-
 /// 300 MiB of images through a 100 MiB budget: stored bytes, sampled all
 /// along, never exceed the budget plus the image being pulled; an image
 /// pulled between every other one stays whole; every image evicted pulls
@@ -119,7 +94,7 @@ fn upstream_for(
 /// reports what storage holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byte_budget_keeps_the_hot_image_and_stays_within_bounds() {
-    let Some((dir, upstream)) = upstream_for(
+    let Some((dir, upstream)) = support::upstream_for(
         "a_byte_budget_keeps_the_hot_image",
         have("docker-registry") && have("skopeo"),
         "docker-registry and skopeo are needed (scripts/test.sh installs them)",
@@ -294,11 +269,7 @@ async fn status_of(
 /// alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fills_reserve_room_and_namespaces_keep_their_own_budget() {
-    let Some((dir, upstream)) = upstream_for(
-        "fills_reserve_room",
-        have("docker-registry"),
-        "docker-registry is not installed",
-    ) else {
+    let Some((dir, upstream)) = support::registry_upstream("fills_reserve_room") else {
         return;
     };
     let d = dir.path();
@@ -446,7 +417,7 @@ impl Drop for Tmpfs {
 async fn a_full_disk_and_the_watermarks_evict() {
     let root_user = std::fs::read_to_string("/proc/self/status")
         .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
-    let Some((dir, upstream)) = upstream_for(
+    let Some((dir, upstream)) = support::upstream_for(
         "a_full_disk_and_the_watermarks_evict",
         have("docker-registry") && root_user,
         "needs docker-registry, and root to mount a tmpfs",

@@ -410,3 +410,33 @@ pub fn du(config: &Path) -> (u64, String) {
         .unwrap_or_else(|| panic!("no total in: {text}"));
     (total, text)
 }
+
+/// A temporary directory with a Debian `docker-registry` upstream in it,
+/// when `ready` (the parts a test needs are there); otherwise `test` is
+/// skipped with `why` (failing under `REQUIRE_E2E=1`). Call from a
+/// multi-threaded runtime.
+pub fn upstream_for(test: &str, ready: bool, why: &str) -> Option<(tempfile::TempDir, Server)> {
+    if !ready {
+        conformance::skip(test, "REQUIRE_E2E", why);
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = tokio::task::block_in_place(|| {
+        docker_registry(
+            dir.path(),
+            "upstream",
+            &dir.path().join("upstream-root"),
+            "",
+        )
+    });
+    Some((dir, upstream))
+}
+
+/// [`upstream_for`] when `docker-registry` is installed.
+pub fn registry_upstream(test: &str) -> Option<(tempfile::TempDir, Server)> {
+    upstream_for(
+        test,
+        have("docker-registry"),
+        "docker-registry is not installed",
+    )
+}
