@@ -14,6 +14,8 @@
 //!   no entry of any repository uses them. Answers what went, as JSON.
 //! - `GET /admin/leases`: the digests leased now (pulls and fills in
 //!   progress).
+//! - `GET /admin/du`: what storage holds (`registry-proxy du`'s figures)
+//!   and the byte budget's account with what it would evict next.
 //! - `POST /admin/warm?image=REPO:TAG` (or `REPO@DIGEST`, with
 //!   `namespace`): pulls the image into the cache, every platform of an
 //!   index, [`WARM_CONCURRENCY`] blobs at a time; with `dry_run=true` only
@@ -164,6 +166,7 @@ pub fn admin_app(state: AppState, access: AdminAccess) -> Router {
         .route("/admin/purge", post(purge))
         .route("/admin/leases", get(leases))
         .route("/admin/warm", post(warm))
+        .route("/admin/du", get(du))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             move |State(state): State<AppState>, request: Request, next: Next| {
@@ -177,6 +180,17 @@ pub fn admin_app(state: AppState, access: AdminAccess) -> Router {
             },
         ))
         .with_state(state)
+}
+
+async fn du(State(state): State<AppState>) -> Response {
+    match crate::scheduler::usage::usage(&*state.driver).await {
+        Ok(usage) => axum::Json(serde_json::json!({
+            "usage": usage,
+            "budget": state.scheduler.budget_view(crate::routes::NEXT_OUT),
+        }))
+        .into_response(),
+        Err(e) => OciError::new(ErrorCode::Unavailable, e.to_string()).into_response(),
+    }
 }
 
 async fn leases(State(state): State<AppState>) -> Response {

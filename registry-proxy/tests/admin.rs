@@ -95,6 +95,26 @@ async fn purges_drop_what_they_name_and_only_admins_may() {
         .expect("pull other");
     support::fills_settled(&proxy).await;
 
+    // What storage holds, from the running cache.
+    let du = |token: Option<&'static str>| {
+        let mut request = reqwest::Client::new().get(format!("http://{admin}/admin/du"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("du") }
+    };
+    assert_eq!(du(None).await.status(), 401);
+    let usage: serde_json::Value = du(Some(TOKEN)).await.json().await.expect("du json");
+    let repositories = &usage["usage"]["repositories"];
+    assert!(
+        repositories["team/app"]["blobs"] == 3 && repositories["team/other"]["blobs"] == 3,
+        "{usage}"
+    );
+    assert!(
+        usage["usage"]["bytes"].as_u64().unwrap_or(0) > 96 << 10,
+        "{usage}"
+    );
+
     // Only with the token, and only on the admin listener.
     assert_eq!(purge(&admin, "repository=team/app", None).await.0, 401);
     assert_eq!(

@@ -13,7 +13,7 @@ use crate::metadata::MetadataError;
 use crate::oci::{Digest, Kind};
 
 /// One repository's share.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RepoUsage {
     /// Blobs (layers, configs) it links that are stored.
     pub blobs: u64,
@@ -24,7 +24,7 @@ pub struct RepoUsage {
 }
 
 /// What storage holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
     /// Stored blob data (layers, configs and manifests), each once.
     pub blobs: u64,
