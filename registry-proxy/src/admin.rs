@@ -308,6 +308,7 @@ async fn warmed(state: &AppState, query: &WarmQuery) -> Result<WarmReport, Cache
     let repo = ns.canonical(RepoName::parse(name)?);
     let mut report = WarmReport::default();
     let mut blobs: Vec<(Digest, u64)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut manifests = vec![reference];
     while let Some(reference) = manifests.pop() {
         if report.manifests as usize >= WARM_MANIFESTS {
@@ -318,7 +319,7 @@ async fn warmed(state: &AppState, query: &WarmQuery) -> Result<WarmReport, Cache
         for (digest, is_manifest, size) in oci::manifest_descriptors(&manifest.bytes) {
             if is_manifest {
                 manifests.push(Reference::Digest(digest));
-            } else if !blobs.iter().any(|(d, _)| *d == digest) {
+            } else if seen.insert(digest) {
                 blobs.push((digest, size));
             }
         }
@@ -397,7 +398,13 @@ pub async fn request<T: serde::de::DeserializeOwned>(
             }
         }
     }
-    let response = reqwest::Client::new()
+    // A warm of a large image takes as long as its fills; an hour at most.
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(3600))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
         .post(url)
         .bearer_auth(token)
         .send()

@@ -25,6 +25,9 @@ use std::hash::{BuildHasher, Hash};
 /// The most accesses counted per piece of content.
 const MAX_FREQ: u8 = 3;
 
+/// How many queue slots [`S3Fifo::next_out`] looks at per key it lists.
+const NEXT_OUT_SCAN: usize = 64;
+
 /// The share of the budget the small queue holds, in tenths.
 const SMALL_TENTHS: u64 = 1;
 
@@ -348,9 +351,12 @@ impl<R: Records> S3Fifo<R> {
     /// nothing were asked for or in use meanwhile: the small queue's content
     /// not asked for again, from its head, then the main queue's.
     pub fn next_out(&self, n: usize) -> Vec<(R::Name, u64)> {
+        // Looks at a bounded number of slots: the caller holds the lock
+        // every access takes.
         self.small
             .iter()
             .chain(&self.main)
+            .take(n.saturating_mul(NEXT_OUT_SCAN))
             .filter(|slot| Self::is_live(&self.records, slot))
             .map(|(key, _)| (*key, self.records.record(*key)))
             .filter(|(_, r)| r.freq == 0)

@@ -476,7 +476,7 @@ impl Scheduler {
         let mut from = 0;
         loop {
             let inner = lock(&self.inner);
-            let end = from + 16_384;
+            let end = from + super::SCAN_PIECE;
             for (repo, digest, _, at) in inner.table.entries_in(from..end) {
                 if found.contains_key(digest) {
                     let (last, links, namespaces) = seen.entry(*digest).or_default();

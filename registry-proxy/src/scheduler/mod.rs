@@ -59,6 +59,9 @@ pub use crate::metadata::Loaded;
 /// Entries expired under the lock at once; requests wait at most for one batch.
 const BATCH: usize = 256;
 
+/// Table slots a scan of the whole table reads under one hold of its lock.
+const SCAN_PIECE: usize = 16_384;
+
 /// Deletions running at once during expiry.
 const DELETE_CONCURRENCY: usize = 4;
 
@@ -906,12 +909,16 @@ impl Scheduler {
     /// `digest`), or those of `digest` in every repository. Entries whose
     /// content is being expired are left to that expiry.
     pub async fn purge(&self, repo: Option<&RepoKey>, digest: Option<&Digest>) -> Purged {
-        let batch = {
+        // The table is read in pieces, so requests are not held up.
+        let mut batch = Vec::new();
+        let mut from = 0;
+        loop {
             let mut guard = lock(&self.inner);
             let inner = &mut *guard;
+            let end = from + SCAN_PIECE;
             let matching: Vec<Entry> = inner
                 .table
-                .entries_in(0..inner.table.slot_count())
+                .entries_in(from..end)
                 .filter(|(r, d, _, _)| {
                     repo.is_none_or(|repo| repo.as_str() == *r) && digest.is_none_or(|x| x == *d)
                 })
@@ -922,14 +929,16 @@ impl Scheduler {
                     at,
                 })
                 .collect();
-            let mut batch = Vec::new();
             for entry in matching {
                 inner.table.remove(&entry.repo, &entry.digest, entry.kind);
                 batch.push(inner.begin_expiry(entry));
             }
             self.metrics.scheduler_entries(inner.table.len());
-            batch
-        };
+            if end >= inner.table.slot_count() {
+                break;
+            }
+            from = end;
+        }
         let mut report = Purged::default();
         for (entry, data) in batch {
             let deleted = self.delete(&entry, data).await;
