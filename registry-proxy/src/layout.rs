@@ -25,6 +25,7 @@ static REVISIONS: Segment = Segment::from_static("revisions");
 static TAGS: Segment = Segment::from_static("tags");
 static CURRENT: Segment = Segment::from_static("current");
 static INDEX: Segment = Segment::from_static("index");
+static REFERRERS: Segment = Segment::from_static("referrers");
 static LINK: Segment = Segment::from_static("link");
 
 /// `/docker/registry/v2`, followed by `rest`. Every path here is built from
@@ -224,6 +225,19 @@ pub fn tag_index_dir(repo: &RepoKey, tag: &Segment, digest: &Digest) -> StorageP
 /// `…/tags/<tag>/index/sha256/<hex>/link`: a digest the tag pointed to.
 pub fn tag_index_link(repo: &RepoKey, tag: &Segment, digest: &Digest) -> StoragePath {
     tag_index_dir(repo, tag, digest).child(&LINK)
+}
+
+/// `…/_manifests/referrers/sha256/<hex>`: what the cache knows of the
+/// manifests that name `subject` as theirs (registry:2 has no such
+/// directory and ignores it).
+pub fn referrers_dir(repo: &RepoKey, subject: &Digest) -> StoragePath {
+    repo.dir([&MANIFESTS, &REFERRERS, &SHA256, &subject.hex_segment()])
+}
+
+/// `…/_manifests/referrers/sha256/<hex>/link`: the digest of the stored
+/// referrers index of `subject`.
+pub fn referrers_link(repo: &RepoKey, subject: &Digest) -> StoragePath {
+    referrers_dir(repo, subject).child(&LINK)
 }
 
 /// `repositories`, or `repositories/_namespaces/<dir>` for a namespace

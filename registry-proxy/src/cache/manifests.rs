@@ -22,6 +22,9 @@ use crate::scheduler::Tracker;
 use crate::sync::{Fifo, Swept, lock};
 use crate::upstream::UpstreamError;
 
+mod referrers;
+pub use referrers::Referrers;
+
 /// A manifest to serve.
 #[derive(Debug, Clone)]
 pub struct Manifest {

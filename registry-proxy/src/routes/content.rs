@@ -37,6 +37,37 @@ pub(super) async fn manifest(
         .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))
 }
 
+/// The referrers of `subject` (OCI 1.1), an index, filtered by
+/// `artifact_type` when one is given.
+pub(super) async fn referrers(
+    state: &AppState,
+    ns: &Namespace,
+    repo: &RepoName,
+    subject: &Digest,
+    artifact_type: Option<&str>,
+    head: bool,
+) -> Result<Response, OciError> {
+    let list = state
+        .manifests
+        .referrers(ns, repo, subject, artifact_type)
+        .await?;
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, crate::oci::OCI_INDEX)
+        .header(header::CONTENT_LENGTH, list.bytes.len());
+    if list.filtered {
+        builder = builder.header("oci-filters-applied", "artifactType");
+    }
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(list.bytes)
+    };
+    builder
+        .body(body)
+        .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))
+}
+
 pub(super) async fn blob(
     state: &AppState,
     ns: &Arc<Namespace>,

@@ -36,7 +36,7 @@ fn upstream_error(e: &UpstreamError) -> OciError {
     let code = match (*status, asked) {
         (StatusCode::NOT_FOUND, Asked::Manifest(_)) => ErrorCode::ManifestUnknown,
         (StatusCode::NOT_FOUND, Asked::Blob(_)) => ErrorCode::BlobUnknown,
-        (StatusCode::NOT_FOUND, Asked::Tags) => ErrorCode::NameUnknown,
+        (StatusCode::NOT_FOUND, Asked::Tags | Asked::Referrers(_)) => ErrorCode::NameUnknown,
         (StatusCode::UNAUTHORIZED, Asked::Blob(_)) | (StatusCode::FORBIDDEN, _) => {
             ErrorCode::Denied
         }

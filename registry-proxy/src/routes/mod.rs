@@ -21,7 +21,7 @@ use crate::health::{StorageCheck, StorageHealth, probe};
 
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
-use content::{blob, manifest};
+use content::{blob, manifest, referrers};
 use listing::{Listing, catalog, tags};
 
 const API_VERSION: &str = "registry/2.0";
@@ -187,6 +187,7 @@ enum Target {
     Manifest(RepoName, Reference),
     Blob(RepoName, Digest),
     Tags(RepoName),
+    Referrers(RepoName, Digest),
 }
 
 impl Target {
@@ -197,6 +198,7 @@ impl Target {
             Self::Manifest(repo, reference) => Self::Manifest(ns.canonical(repo), reference),
             Self::Blob(repo, digest) => Self::Blob(ns.canonical(repo), digest),
             Self::Tags(repo) => Self::Tags(ns.canonical(repo)),
+            Self::Referrers(repo, subject) => Self::Referrers(ns.canonical(repo), subject),
             Self::Catalog => Self::Catalog,
         }
     }
@@ -204,7 +206,10 @@ impl Target {
     /// The repository asked for, if any.
     fn repo(&self) -> Option<&RepoName> {
         match self {
-            Self::Manifest(repo, _) | Self::Blob(repo, _) | Self::Tags(repo) => Some(repo),
+            Self::Manifest(repo, _)
+            | Self::Blob(repo, _)
+            | Self::Tags(repo)
+            | Self::Referrers(repo, _) => Some(repo),
             Self::Catalog => None,
         }
     }
@@ -222,6 +227,13 @@ fn parse_target(rest: &str) -> Result<Target, OciError> {
         return Ok(Target::Manifest(
             name,
             Reference::parse(&rest[i + "/manifests/".len()..])?,
+        ));
+    }
+    if let Some(i) = rest.rfind("/referrers/") {
+        let name = RepoName::parse(&rest[..i])?;
+        return Ok(Target::Referrers(
+            name,
+            Digest::parse(&rest[i + "/referrers/".len()..])?,
         ));
     }
     if rest.contains("/blobs/uploads") {
@@ -293,6 +305,10 @@ async fn dispatch(
         Target::Manifest(repo, reference) => manifest(&state, &ns, &repo, &reference, head).await,
         Target::Blob(repo, digest) => blob(&state, &ns, &repo, &digest, &headers, head).await,
         Target::Tags(repo) => tags(&state, &ns, &repo, &list).await,
+        Target::Referrers(repo, subject) => {
+            let artifact_type = query.get("artifactType").map(String::as_str);
+            referrers(&state, &ns, &repo, &subject, artifact_type, head).await
+        }
         Target::Catalog => catalog(&state, &ns, &list).await,
     };
     result.unwrap_or_else(IntoResponse::into_response)
@@ -455,6 +471,10 @@ mod tests {
             ErrorCode::Unsupported
         );
         assert!(matches!(parse_target("x/tags/list"), Ok(Target::Tags(_))));
+        assert!(
+            matches!(parse_target(&format!("a/b/referrers/{d}")), Ok(Target::Referrers(n, _)) if n.as_str() == "a/b")
+        );
+        assert!(parse_target("a/referrers/latest").is_err());
         assert!(parse_target("../etc/manifests/latest").is_err());
         assert!(parse_target("x/manifests/..").is_err());
         assert!(parse_target("x/other").is_err());

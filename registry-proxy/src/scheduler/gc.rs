@@ -54,6 +54,8 @@ impl Default for GcOptions {
 pub(super) enum Found {
     Link(RepoKey, Digest, Kind),
     Tag(RepoKey, Segment),
+    /// The stored referrers index of a subject.
+    Referrers(RepoKey, Digest),
 }
 
 impl Scheduler {
@@ -194,12 +196,21 @@ impl Scheduler {
                     };
                     (dir, &mut stats.links)
                 }
-                Found::Tag(repo, tag) => {
-                    let current = match self
-                        .driver
-                        .get_content(&layout::tag_current_link(repo, tag))
-                        .await
-                    {
+                Found::Tag(..) | Found::Referrers(..) => {
+                    let (repo, link, dir) = match &f {
+                        Found::Tag(repo, tag) => (
+                            repo,
+                            layout::tag_current_link(repo, tag),
+                            layout::tag_dir(repo, tag),
+                        ),
+                        Found::Referrers(repo, subject) => (
+                            repo,
+                            layout::referrers_link(repo, subject),
+                            layout::referrers_dir(repo, subject),
+                        ),
+                        Found::Link(..) => continue,
+                    };
+                    let current = match self.driver.get_content(&link).await {
                         Ok(c) => c,
                         Err(e) if e.is_not_found() => continue,
                         Err(e) => return Err(e.into()),
@@ -210,7 +221,7 @@ impl Scheduler {
                     if target.is_some_and(|d| self.keeps(repo, &d, Kind::Manifest)) {
                         continue;
                     }
-                    (layout::tag_dir(repo, tag), &mut stats.tags)
+                    (dir, &mut stats.tags)
                 }
             };
             if !dry_run {
@@ -294,6 +305,11 @@ pub(super) fn repository_file(path: &StoragePath) -> Option<Found> {
         let digest = Digest::parse(&format!("sha256:{hex}")).ok()?;
         return Some(Found::Link(key(at)?, digest, Kind::Manifest));
     }
+    if let Some(at) = rest.find("/_manifests/referrers/sha256/") {
+        let hex = rest[at + "/_manifests/referrers/sha256/".len()..].strip_suffix("/link")?;
+        let subject = Digest::parse(&format!("sha256:{hex}")).ok()?;
+        return Some(Found::Referrers(key(at)?, subject));
+    }
     let at = rest.find("/_manifests/tags/")?;
     let tag = rest[at + "/_manifests/tags/".len()..].strip_suffix("/current/link")?;
     if tag.contains('/') {
@@ -345,5 +361,11 @@ mod tests {
             "{root}/repositories/a/_manifests/tags/v1/index/sha256/{hex}/link"
         ));
         assert!(repository_file(&index).is_none());
+        let referrers = path(&format!(
+            "{root}/repositories/a/_manifests/referrers/sha256/{hex}/link"
+        ));
+        assert!(
+            matches!(repository_file(&referrers), Some(Found::Referrers(r, s)) if r.as_str() == "a" && s == Digest::from_raw([0xab; 32]))
+        );
     }
 }

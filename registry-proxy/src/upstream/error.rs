@@ -18,6 +18,8 @@ pub enum Asked {
     Blob(Digest),
     /// A repository's tag list.
     Tags,
+    /// The referrers of a manifest.
+    Referrers(Digest),
 }
 
 impl fmt::Display for Asked {
@@ -26,6 +28,7 @@ impl fmt::Display for Asked {
             Self::Manifest(reference) => f.write_str(reference),
             Self::Blob(digest) => write!(f, "blob {digest}"),
             Self::Tags => f.write_str("the tag list"),
+            Self::Referrers(subject) => write!(f, "the referrers of {subject}"),
         }
     }
 }

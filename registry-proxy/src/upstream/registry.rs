@@ -23,6 +23,9 @@ const MAX_TAG_PAGE_BYTES: usize = 4 << 20;
 /// The most tags of one repository listed from upstream.
 const MAX_TAGS: usize = 100_000;
 
+/// Pages of an upstream referrers list followed at most.
+const MAX_REFERRER_PAGES: usize = 16;
+
 /// A manifest as the upstream sent it.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -156,6 +159,60 @@ impl Upstream {
         tags.sort();
         tags.dedup();
         Ok(tags)
+    }
+
+    /// The pages of the referrers list of `subject` in `repo` (every page
+    /// the `Link` headers name, at most 16 and 4 MiB together, each
+    /// request within `timeout`); `Ok(None)` when the upstream has no
+    /// referrers API (it answers 404 or 405), which the OCI spec tells
+    /// clients to take as "follow the tag schema".
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        timeout: Duration,
+    ) -> Result<Option<Vec<Bytes>>, UpstreamError> {
+        let mut pages = Vec::new();
+        let mut left = oci::MAX_MANIFEST_BYTES;
+        let mut rest = format!("referrers/{subject}");
+        for _ in 0..MAX_REFERRER_PAGES {
+            let mut response = self
+                .send(
+                    Method::GET,
+                    repo,
+                    &rest,
+                    Some(oci::OCI_INDEX),
+                    Deadline::Whole(timeout),
+                )
+                .await?;
+            let status = response.status();
+            if pages.is_empty()
+                && (status == reqwest::StatusCode::NOT_FOUND
+                    || status == reqwest::StatusCode::METHOD_NOT_ALLOWED)
+            {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                return Err(UpstreamError::status(&response, Asked::Referrers(*subject)));
+            }
+            let next = response
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_page_query);
+            let page = read_bounded(&mut response, left, "referrers list")
+                .await?
+                .ok_or_else(|| {
+                    UpstreamError::TooLarge("the upstream referrers list exceeds 4 MiB".into())
+                })?;
+            left -= page.len();
+            pages.push(page);
+            match next {
+                Some(query) => rest = format!("referrers/{subject}?{query}"),
+                None => break,
+            }
+        }
+        Ok(Some(pages))
     }
 
     /// Whether `repo` has blob `digest`, by HEAD with this upstream's
