@@ -18,7 +18,7 @@
 //!   and the byte budget's account with what it would evict next.
 //! - `POST /admin/warm?image=REPO:TAG` (or `REPO@DIGEST`, with
 //!   `namespace`): pulls the image into the cache, every platform of an
-//!   index, [`WARM_CONCURRENCY`] blobs at a time; with `dry_run=true` only
+//!   index or those `platform` lists, [`WARM_CONCURRENCY`] blobs at a time; with `dry_run=true` only
 //!   says which blobs it would fetch and their bytes (the manifests are
 //!   fetched to know).
 
@@ -39,7 +39,7 @@ use crate::app::AppState;
 use crate::cache::CacheError;
 use crate::layout;
 use crate::namespace::Namespace;
-use crate::oci::{self, Digest, ErrorCode, OciError, Reference, RepoName, Tag};
+use crate::oci::{self, Digest, ErrorCode, OciError, Platform, Reference, RepoName, Tag};
 
 /// The most bytes of a token file read.
 const TOKEN_FILE_MAX: u64 = 4096;
@@ -268,6 +268,9 @@ pub struct WarmQuery {
     /// Only say what would be fetched.
     #[serde(default)]
     pub dry_run: bool,
+    /// The platforms of an index to warm, comma-separated
+    /// (`linux/amd64,linux/arm64/v8`); every one when absent.
+    pub platform: Option<String>,
 }
 
 /// What a warm found and did.
@@ -285,14 +288,29 @@ pub struct WarmReport {
 }
 
 async fn warm(State(state): State<AppState>, Query(query): Query<WarmQuery>) -> Response {
-    match warmed(&state, &query).await {
+    let platforms: Result<Vec<Platform>, String> = query
+        .platform
+        .iter()
+        .flat_map(|list| list.split(','))
+        .map(Platform::parse)
+        .collect();
+    let platforms = match platforms {
+        Ok(platforms) => platforms,
+        Err(e) => return OciError::new(ErrorCode::Unsupported, e).into_response(),
+    };
+    match warmed(&state, &query, &platforms).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(e) => OciError::from(e).into_response(),
     }
 }
 
-/// Carries out a warm.
-async fn warmed(state: &AppState, query: &WarmQuery) -> Result<WarmReport, CacheError> {
+/// Carries out a warm: of an index, only the children of `platforms`
+/// (every child when empty).
+pub(crate) async fn warmed(
+    state: &AppState,
+    query: &WarmQuery,
+    platforms: &[Platform],
+) -> Result<WarmReport, CacheError> {
     let ns = namespace(state, query.namespace.as_deref())?;
     let (name, reference) = match query.image.split_once('@') {
         Some((name, digest)) => (name, Reference::Digest(Digest::parse(digest)?)),
@@ -316,9 +334,21 @@ async fn warmed(state: &AppState, query: &WarmQuery) -> Result<WarmReport, Cache
         }
         let manifest = state.manifests.get(ns, &repo, &reference).await?;
         report.manifests += 1;
+        let children = oci::child_platforms(&manifest.bytes);
+        let wanted = |digest: &Digest| {
+            platforms.is_empty()
+                || children.iter().any(|(child, found)| {
+                    child == digest
+                        && found
+                            .as_ref()
+                            .is_some_and(|found| platforms.iter().any(|p| p.admits(found)))
+                })
+        };
         for (digest, is_manifest, size) in oci::manifest_descriptors(&manifest.bytes) {
             if is_manifest {
-                manifests.push(Reference::Digest(digest));
+                if wanted(&digest) {
+                    manifests.push(Reference::Digest(digest));
+                }
             } else if seen.insert(digest) {
                 blobs.push((digest, size));
             }
@@ -416,77 +446,4 @@ pub async fn request<T: serde::de::DeserializeOwned>(
         return Err(format!("admin surface at {addr}: {status}: {body}"));
     }
     response.json().await.map_err(|e| e.to_string())
-}
-
-/// The most tags of one repository a prefetch pass warms.
-const PREFETCH_TAGS: usize = 100;
-
-/// How long a prefetch pass waits for an upstream's tag list.
-const PREFETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Starts each namespace's `prefetch` in the background: every interval,
-/// while this replica leads (one replica warms for all), the tags of each
-/// repository that its globs match are warmed, at most [`PREFETCH_TAGS`]
-/// per repository. Warming a tag reads its manifest through the cache,
-/// which refreshes what it references, so prefetched images do not expire
-/// while they match.
-pub fn spawn_prefetch(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
-    state
-        .namespaces
-        .iter()
-        .filter(|ns| ns.prefetch.is_some())
-        .map(|ns| {
-            let (state, ns) = (state.clone(), std::sync::Arc::clone(ns));
-            tokio::spawn(async move {
-                let Some(prefetch) = &ns.prefetch else {
-                    return;
-                };
-                loop {
-                    if *state.scheduler.store().leader().borrow() {
-                        for (repo, tags) in &prefetch.images {
-                            prefetch_repo(&state, &ns, repo, tags).await;
-                        }
-                    }
-                    tokio::time::sleep(prefetch.interval).await;
-                }
-            })
-        })
-        .collect()
-}
-
-/// One prefetch pass over `repo` of `ns`.
-async fn prefetch_repo(
-    state: &AppState,
-    ns: &Namespace,
-    repo: &RepoName,
-    tags: &crate::namespace::RepoFilter,
-) {
-    let repo = ns.canonical(repo.clone());
-    let listed = match ns.upstream.tags(&repo, PREFETCH_TIMEOUT).await {
-        Ok(listed) => listed,
-        Err(e) => {
-            tracing::warn!(namespace = %ns.name, %repo, error = %e, "prefetch: cannot list tags");
-            return;
-        }
-    };
-    let matching: Vec<&String> = listed.iter().filter(|t| tags.permits(t)).collect();
-    if matching.len() > PREFETCH_TAGS {
-        tracing::warn!(namespace = %ns.name, %repo, matching = matching.len(), "prefetch: warming the first {PREFETCH_TAGS} matching tags only");
-    }
-    for tag in matching.into_iter().take(PREFETCH_TAGS) {
-        let query = WarmQuery {
-            namespace: Some(ns.name.clone()),
-            image: format!("{repo}:{tag}"),
-            dry_run: false,
-        };
-        match warmed(state, &query).await {
-            Ok(report) if report.missing > 0 => {
-                tracing::info!(namespace = %ns.name, image = query.image, blobs = report.missing, bytes = report.missing_bytes, "prefetched");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(namespace = %ns.name, image = query.image, error = %e, "prefetch failed");
-            }
-        }
-    }
 }

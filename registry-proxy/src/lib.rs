@@ -27,6 +27,7 @@ pub mod metered;
 pub mod metrics;
 pub mod namespace;
 pub mod oci;
+pub mod prefetch;
 pub mod routes;
 pub mod scheduler;
 pub(crate) mod sync;

@@ -95,6 +95,10 @@ enum Command {
         /// Only say what would be fetched.
         #[arg(long)]
         dry_run: bool,
+        /// Only these platforms of an index (`linux/arm64`, repeatable;
+        /// default every one).
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
     },
     /// Checks a configuration without starting anything: prints the
     /// effective configuration (every default applied, secrets masked) and
@@ -248,8 +252,9 @@ fn main() -> std::process::ExitCode {
             images,
             namespace,
             dry_run,
+            platforms,
             ..
-        } => runtime.block_on(warm(plan, namespace, images, dry_run)),
+        } => runtime.block_on(warm(plan, namespace, images, dry_run, &platforms.join(","))),
         Command::Purge {
             namespace,
             repository,
@@ -443,12 +448,14 @@ async fn warm(
     namespace: Option<String>,
     images: Vec<String>,
     dry_run: bool,
+    platforms: &str,
 ) -> Result<(), Failure> {
     for image in images {
         let pairs = [
             ("namespace", namespace.as_deref()),
             ("image", Some(image.as_str())),
             ("dry_run", dry_run.then_some("true")),
+            ("platform", (!platforms.is_empty()).then_some(platforms)),
         ];
         let report: registry_proxy::admin::WarmReport = admin_call(&plan, "warm", &pairs).await?;
         println!(
@@ -609,7 +616,7 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
         tracing::info!(admin_addr = %admin.addr, "admin listener");
     }
     // Stopped with the process.
-    let _prefetch = registry_proxy::admin::spawn_prefetch(&state);
+    let _prefetch = registry_proxy::prefetch::spawn_prefetch(&state);
     let headers: axum::http::HeaderMap = plan.headers.into_iter().collect();
     let blobs = Arc::clone(&state.blobs);
     let metrics = Arc::clone(&state.metrics);

@@ -63,19 +63,7 @@ pub struct NamespaceSpec {
     /// Which repositories may be pulled through it.
     pub repositories: RepoFilter,
     /// Images pulled ahead of their clients and kept warm.
-    pub prefetch: Option<Prefetch>,
-}
-
-/// Images a namespace pulls ahead of their clients (`prefetch`): every
-/// `interval`, each repository's tags are listed upstream and those its
-/// globs match are warmed (every platform), which also keeps them from
-/// expiring while they match.
-#[derive(Debug, Clone)]
-pub struct Prefetch {
-    /// How often.
-    pub interval: Duration,
-    /// Each repository, with the globs its tags must match.
-    pub images: Vec<(RepoName, RepoFilter)>,
+    pub prefetch: Option<crate::prefetch::Prefetch>,
 }
 
 /// Which repositories a namespace serves (`repositories.allow` and
@@ -212,7 +200,7 @@ pub struct Namespace {
     /// Which repositories it serves.
     repositories: RepoFilter,
     /// What it pulls ahead of its clients.
-    pub prefetch: Option<Prefetch>,
+    pub prefetch: Option<crate::prefetch::Prefetch>,
     /// Its counters.
     pub metrics: Arc<NamespaceMetrics>,
     /// Whether it stands for Docker Hub, whose one-component names are

@@ -397,6 +397,83 @@ pub fn manifest_descriptors(bytes: &[u8]) -> Vec<(Digest, bool, u64)> {
         .collect()
 }
 
+/// A platform, `os/architecture[/variant]`, as an index's descriptors
+/// give it and as operators name it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Platform {
+    /// `linux`, `windows`, ...
+    pub os: String,
+    /// `amd64`, `arm64`, ...
+    pub architecture: String,
+    /// `v7`, `v8`, ...
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `os/architecture[/variant]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.trim().split('/').collect();
+        let ok = |p: &&str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        match parts[..] {
+            [os, architecture] | [os, architecture, _] if parts.iter().all(ok) => Ok(Self {
+                os: os.to_owned(),
+                architecture: architecture.to_owned(),
+                variant: parts.get(2).map(|v| (*v).to_owned()),
+            }),
+            _ => Err(format!(
+                "{s:?} is not a platform (os/architecture[/variant])"
+            )),
+        }
+    }
+
+    /// Whether `found` is this platform: the same OS and architecture, and
+    /// the same variant when this one names one.
+    pub fn admits(&self, found: &Platform) -> bool {
+        self.os == found.os
+            && self.architecture == found.architecture
+            && (self.variant.is_none() || self.variant == found.variant)
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(variant) => write!(f, "/{variant}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The children of an index with the platform each descriptor gives
+/// (none for bytes that are not an index).
+pub fn child_platforms(bytes: &[u8]) -> Vec<(Digest, Option<Platform>)> {
+    #[derive(serde::Deserialize)]
+    struct Child {
+        digest: String,
+        platform: Option<Platform>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Index {
+        #[serde(default)]
+        manifests: Vec<Child>,
+    }
+    serde_json::from_slice::<Index>(bytes)
+        .map(|index| {
+            index
+                .manifests
+                .into_iter()
+                .filter_map(|c| Some((Digest::parse(&c.digest).ok()?, c.platform)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The OCI error codes this proxy answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {

@@ -346,3 +346,109 @@ async fn prefetch_warms_matching_tags_as_they_appear() {
     assert!(!stored(&dev), "a tag the globs do not match was prefetched");
     assert!(stored(&first));
 }
+
+/// The blobs of each platform (by architecture) of the index
+/// `repo:tag` as the registry at `addr` serves it (skopeo compresses
+/// layers as it pushes).
+async fn platform_blobs(
+    addr: &str,
+    repo: &str,
+    tag: &str,
+) -> std::collections::HashMap<String, Vec<Digest>> {
+    let read = |reference: String| async move {
+        let bytes = reqwest::Client::new()
+            .get(format!("http://{addr}/v2/{repo}/manifests/{reference}"))
+            .header("accept", registry_proxy::oci::MANIFEST_ACCEPT)
+            .send()
+            .await
+            .expect("manifest")
+            .bytes()
+            .await
+            .expect("bytes");
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map(|json| (bytes, json))
+            .expect("json")
+    };
+    let (_, index) = read(tag.to_owned()).await;
+    let mut blobs = std::collections::HashMap::new();
+    for child in index["manifests"].as_array().expect("children") {
+        let (bytes, _) = read(child["digest"].as_str().expect("digest").to_owned()).await;
+        let digests = registry_proxy::oci::manifest_references(&bytes)
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        let architecture = child["platform"]["architecture"].as_str();
+        blobs.insert(architecture.expect("architecture").to_owned(), digests);
+    }
+    blobs
+}
+
+/// `prefetch` with a regex, a semver range and a platform: only the tags
+/// they admit are warmed, and of the multi-platform one only arm64.
+/// Repositories are warmed in their listed order and tags in sorted
+/// order, so once the last admitted tag is stored every other tag was
+/// judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_follows_regex_semver_and_platforms() {
+    let test = "prefetch_follows_regex_semver_and_platforms";
+    if !support::skopeo::parts_available(test) {
+        return;
+    }
+    let Some((dir, upstream)) = support::upstream_for(test, true, "") else {
+        return;
+    };
+    let d = dir.path();
+    let client = reqwest::Client::new();
+    let push = |repo: &'static str, tag: &'static str, seed: u64| {
+        support::push_image_tagged(&client, &upstream.addr, repo, tag, seed, &[4 << 10])
+    };
+    let release = push("team/rx", "release-7", 51).await;
+    let release_a = push("team/rx", "release-7a", 52).await;
+    let old = push("team/sv", "1.2.0", 53).await;
+    let candidate = push("team/sv", "1.5.0-rc1", 54).await;
+    let next = push("team/sv", "2.0.0", 55).await;
+    let last = push("team/sv", "v1.4", 56).await;
+    let layout = support::skopeo::make_image(d, "multi", 57, &["amd64", "arm64"]);
+    tokio::task::block_in_place(|| {
+        support::skopeo::skopeo(&[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:v1", layout.display()),
+            &format!("docker://{}/team/sv:1.3.0", upstream.addr),
+        ]);
+    });
+    let platforms = platform_blobs(&upstream.addr, "team/sv", "1.3.0").await;
+    let root = d.join("root");
+    let (_proxy, _) = cache(
+        d,
+        &format!(
+            "  upstreams:\n    - namespace: pre.test\n      remoteurl: http://{}\n      default: true\n      prefetch:\n        interval: 1s\n        images:\n          - repository: team/rx\n            regex: \"release-[0-9]+\"\n          - repository: team/sv\n            semver: \">=1.3, <2\"\n            platforms: [linux/arm64]\n",
+            upstream.addr
+        ),
+    );
+    let stored = |blobs: &[Digest]| blobs.iter().all(|b| blob_stored(&root, b));
+    let mut waited = 0;
+    // A warm has read every blob when it ends; their fills commit just
+    // after.
+    while !(stored(&last.blobs) && stored(&release.blobs) && stored(&platforms["arm64"])) {
+        waited += 1;
+        assert!(
+            waited < 400,
+            "release-7, 1.3.0 for arm64 and v1.4 not all prefetched within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for (what, blobs) in [
+        ("release-7a (the regex is anchored)", &release_a.blobs),
+        ("1.2.0 (below the range)", &old.blobs),
+        ("1.5.0-rc1 (a pre-release)", &candidate.blobs),
+        ("2.0.0 (above the range)", &next.blobs),
+        ("1.3.0 for amd64 (another platform)", &platforms["amd64"]),
+    ] {
+        assert!(
+            blobs.iter().all(|b| !blob_stored(&root, b)),
+            "{what} was prefetched"
+        );
+    }
+}

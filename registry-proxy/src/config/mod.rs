@@ -22,8 +22,9 @@ use crate::cache::fill::FillLimits;
 use crate::cache::verify::VerifyReads;
 use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
-use crate::namespace::{self, NamespaceSpec, Namespaces, Prefetch, RepoFilter, Sharing};
+use crate::namespace::{self, NamespaceSpec, Namespaces, RepoFilter, Sharing};
 use crate::oci::RepoName;
+use crate::prefetch::{Prefetch, PrefetchImage as PrefetchPlan, TagFilter};
 use crate::scheduler::{Bounds, GcOptions, Options, Purge, Watermarks};
 use crate::upstream::{Credentials, UpstreamTls};
 pub use http::{
@@ -514,6 +515,13 @@ pub struct PrefetchImage {
     pub repository: String,
     /// Globs its tags must match (`v*`, `3.*`, `latest`).
     pub tags: Vec<String>,
+    /// A regular expression its whole tags must match.
+    pub regex: Option<String>,
+    /// A semver range its tags' versions must be in (`>=1.2, <2`).
+    pub semver: Option<String>,
+    /// Platforms of an index to warm (`linux/amd64`, `linux/arm/v7`);
+    /// every one when empty.
+    pub platforms: Vec<String>,
 }
 
 impl PrefetchConfig {
@@ -532,11 +540,47 @@ impl PrefetchConfig {
             let at = |field: &str| format!("{key}.images[{i}].{field}");
             let repo = RepoName::parse(&image.repository)
                 .map_err(|e| invalid(at("repository"), e.to_string()))?;
-            if image.tags.is_empty() {
-                return Err(invalid(at("tags"), "list the tag globs to prefetch"));
+            if image.tags.is_empty() && image.regex.is_none() && image.semver.is_none() {
+                return Err(invalid(
+                    at("tags"),
+                    "say which tags to prefetch: tags (globs), regex or semver",
+                ));
             }
-            let tags = RepoFilter::new(&image.tags, &[]).map_err(|e| invalid(at("tags"), e))?;
-            images.push((repo, tags));
+            let globs = (!image.tags.is_empty())
+                .then(|| RepoFilter::new(&image.tags, &[]))
+                .transpose()
+                .map_err(|e| invalid(at("tags"), e))?;
+            let regex = image
+                .regex
+                .as_deref()
+                .map(|r| {
+                    regex::RegexBuilder::new(&format!("^(?:{r})$"))
+                        .size_limit(1 << 20)
+                        .build()
+                })
+                .transpose()
+                .map_err(|e| invalid(at("regex"), e.to_string()))?;
+            let semver = image
+                .semver
+                .as_deref()
+                .map(semver::VersionReq::parse)
+                .transpose()
+                .map_err(|e| invalid(at("semver"), e.to_string()))?;
+            let platforms = image
+                .platforms
+                .iter()
+                .map(|p| crate::oci::Platform::parse(p))
+                .collect::<Result<_, _>>()
+                .map_err(|e| invalid(at("platforms"), e))?;
+            images.push(PrefetchPlan {
+                repository: repo,
+                tags: TagFilter {
+                    globs,
+                    regex,
+                    semver,
+                },
+                platforms,
+            });
         }
         Ok(Prefetch { interval, images })
     }
@@ -1877,6 +1921,18 @@ validation:
             (
                 "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      prefetch:\n        interval: 0s\n".to_owned(),
                 "proxy.upstreams[0] (a.test).prefetch.interval",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      prefetch:\n        images:\n          - repository: team/app\n            tags: [v1]\n            regex: \"(unclosed\"\n".to_owned(),
+                "proxy.upstreams[0] (a.test).prefetch.images[0].regex",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      prefetch:\n        images:\n          - repository: team/app\n            tags: [v1]\n            semver: \">=1.x.y\"\n".to_owned(),
+                "proxy.upstreams[0] (a.test).prefetch.images[0].semver",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      prefetch:\n        images:\n          - repository: team/app\n            tags: [v1]\n            platforms: [linux]\n".to_owned(),
+                "proxy.upstreams[0] (a.test).prefetch.images[0].platforms",
             ),
             (
                 "admin:\n  addr: 127.0.0.1:5002\n  users: [alice]\n".to_owned(),
