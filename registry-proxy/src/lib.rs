@@ -31,6 +31,7 @@ pub mod prefetch;
 pub mod routes;
 pub mod scheduler;
 pub(crate) mod sync;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 

@@ -218,7 +218,7 @@ fn main() -> std::process::ExitCode {
     if let Command::CheckConfig { .. } = command {
         return check_config(&config);
     }
-    init_logging(&config);
+    let _telemetry = init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)
@@ -300,18 +300,39 @@ fn check_config(config: &Config) -> std::process::ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+/// Logs to stdout as `log` says, and exports traces when
+/// `tracing.otlp` asks (the exporter runs until the value returned is
+/// dropped).
+fn init_logging(config: &Config) -> Option<registry_proxy::telemetry::Telemetry> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     // Colours only for a terminal: log files and collectors get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let text = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if config.log.formatter == "json" {
-        builder.json().init();
+    let logs = if config.log.formatter == "json" {
+        text.json().boxed()
     } else {
-        builder.init();
-    }
+        text.boxed()
+    };
+    let (traces, telemetry) = match config.otlp() {
+        Ok(Some(otlp)) => match registry_proxy::telemetry::layer(&otlp) {
+            Ok((layer, telemetry)) => (Some(layer), Some(telemetry)),
+            Err(e) => {
+                eprintln!("registry-proxy: traces off: {e}");
+                (None, None)
+            }
+        },
+        _ => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .init();
+    telemetry
 }
 
 /// The storage a plan selects, and its description for logs.

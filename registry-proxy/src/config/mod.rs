@@ -91,6 +91,8 @@ pub struct Config {
     pub coordination: CoordinationConfig,
     /// The admin surface (registry-proxy's own); absent: none.
     pub admin: AdminConfig,
+    /// OpenTelemetry traces (registry-proxy's own); absent: none.
+    pub tracing: TracingConfig,
     /// Distribution's deprecated `loglevel`: accepted, not applied.
     pub loglevel: Value,
     /// Distribution's middleware: accepted, not applied.
@@ -586,6 +588,32 @@ impl PrefetchConfig {
     }
 }
 
+/// `tracing` (ours): OpenTelemetry traces.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The OTLP exporter; absent: no traces.
+    pub otlp: OtlpConfig,
+}
+
+/// `tracing.otlp`: where traces go, over OTLP/HTTP with protobuf.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector: its base URL (`http://collector:4318`, to which
+    /// `/v1/traces` is added) or its traces URL. Unset: traces are off.
+    #[serde(deserialize_with = "scalar_text")]
+    pub endpoint: Option<String>,
+    /// `service.name` (default `registry-proxy`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub servicename: Option<String>,
+    /// The share of traces kept, 0 to 1 (default 1).
+    #[serde(deserialize_with = "scalar_text")]
+    pub samplingratio: Option<String>,
+    /// Headers sent with each export (an API key).
+    pub headers: BTreeMap<String, String>,
+}
+
 /// `admin` (ours): the admin surface, on a listener of its own.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -892,6 +920,7 @@ impl Config {
         self.etcd()?;
         self.bounds(&self.namespaces()?)?;
         self.admin()?;
+        self.otlp()?;
         if !matches!(self.log.formatter.as_str(), "text" | "json") {
             return Err(invalid("log.formatter", "expected text or json"));
         }
@@ -899,6 +928,51 @@ impl Config {
             return Err(invalid("log.level", "expected error, warn, info or debug"));
         }
         Ok(())
+    }
+
+    /// The trace exporter `tracing.otlp` asks for, if any.
+    pub fn otlp(&self) -> Result<Option<crate::telemetry::Otlp>, ConfigError> {
+        let otlp = &self.tracing.otlp;
+        let Some(endpoint) = &otlp.endpoint else {
+            return Ok(None);
+        };
+        let key = "tracing.otlp.endpoint";
+        let url = reqwest::Url::parse(endpoint).map_err(|e| invalid(key, e))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid(key, "expected an http or https URL"));
+        }
+        let endpoint = if url.path().ends_with("/v1/traces") {
+            url.to_string()
+        } else {
+            format!("{}/v1/traces", url.as_str().trim_end_matches('/'))
+        };
+        let sampling_ratio = match &otlp.samplingratio {
+            None => 1.0,
+            Some(ratio) => ratio
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| invalid("tracing.otlp.samplingratio", "expected 0 to 1"))?,
+        };
+        for (name, value) in &otlp.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(value).is_err()
+            {
+                return Err(invalid(
+                    format!("tracing.otlp.headers.{name}"),
+                    "not a valid HTTP header",
+                ));
+            }
+        }
+        Ok(Some(crate::telemetry::Otlp {
+            endpoint,
+            service_name: otlp
+                .servicename
+                .clone()
+                .unwrap_or_else(|| "registry-proxy".to_owned()),
+            sampling_ratio,
+            headers: otlp.headers.clone().into_iter().collect(),
+        }))
     }
 
     /// The selected storage backend.
@@ -1921,6 +1995,14 @@ validation:
             (
                 "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      prefetch:\n        interval: 0s\n".to_owned(),
                 "proxy.upstreams[0] (a.test).prefetch.interval",
+            ),
+            (
+                "tracing:\n  otlp:\n    endpoint: ftp://collector\n".to_owned(),
+                "tracing.otlp.endpoint",
+            ),
+            (
+                "tracing:\n  otlp:\n    endpoint: http://collector:4318\n    samplingratio: 2\n".to_owned(),
+                "tracing.otlp.samplingratio",
             ),
             (
                 "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      prefetch:\n        images:\n          - repository: team/app\n            tags: [v1]\n            regex: \"(unclosed\"\n".to_owned(),

@@ -100,9 +100,15 @@ async fn request_span(request: axum::extract::Request, next: axum::middleware::N
         method = %request.method(),
         path = %request.uri().path(),
         namespace = tracing::field::Empty,
+        otel.kind = "server",
+        otel.name = %format_args!("{} /v2", request.method()),
+        http.response.status_code = tracing::field::Empty,
     );
+    crate::telemetry::adopt_client_trace(&span, request.headers());
     let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    span.in_scope(|| tracing::debug!(status, "answered"));
     if let Ok(value) = HeaderValue::try_from(id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

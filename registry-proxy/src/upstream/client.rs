@@ -190,11 +190,46 @@ impl Upstream {
         accept: Option<&str>,
         deadline: Deadline,
     ) -> Result<Response, UpstreamError> {
+        use tracing::Instrument as _;
         let url = self.url(repo, rest)?;
+        let span = tracing::info_span!(
+            "upstream",
+            otel.kind = "client",
+            otel.name = %format_args!("{method} upstream"),
+            http.request.method = %method,
+            server.address = url.host_str(),
+            url.path = url.path(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let answer = self
+            .exchange(method, repo, &url, accept, deadline)
+            .instrument(span.clone())
+            .await;
+        if let Ok(response) = &answer {
+            span.record("http.response.status_code", response.status().as_u16());
+        }
+        answer
+    }
+
+    /// [`Self::send`] within its span: the request, and once more with
+    /// credentials when the upstream challenges.
+    async fn exchange(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        url: &Url,
+        accept: Option<&str>,
+        deadline: Deadline,
+    ) -> Result<Response, UpstreamError> {
         let scope = Auth::scope(repo.as_str());
         let mut refreshed = false;
+        let mut trace = reqwest::header::HeaderMap::new();
+        crate::telemetry::pass_trace_on(&tracing::Span::current(), &mut trace);
         loop {
             let mut request = self.client.request(method.clone(), url.clone());
+            if !trace.is_empty() {
+                request = request.headers(trace.clone());
+            }
             if let Some(accept) = accept {
                 request = request.header(ACCEPT, accept);
             }

@@ -251,10 +251,20 @@ impl Fills {
         // It logs in the span of the request that started it. The span is
         // entered only to log: instrumenting the task (entering the span on
         // every poll) made a cold 256 MiB pull 50% slower.
-        let span = tracing::Span::current();
+        // The fill's own span, under the request's, lasts as long as the
+        // fill; upstream requests made within it are its children.
+        let span = tracing::info_span!(
+            "fill",
+            otel.name = "blob fill",
+            namespace = %ns.name,
+            %repo,
+            %digest,
+        );
         tokio::spawn(async move {
             let _slot = slot;
-            let outcome = this.run_fill(&repo, &digest, &running, &publish).await;
+            let outcome = this
+                .run_fill(&repo, &digest, &running, &publish, &span)
+                .await;
             if let Err(e) = &outcome {
                 let ns = &running.namespace.name;
                 span.in_scope(|| tracing::warn!(namespace = %ns, %repo, %digest, error = %e, "blob fill failed"));
@@ -275,11 +285,12 @@ impl Fills {
         digest: &Digest,
         fill: &Fill,
         publish: &watch::Sender<Progress>,
+        span: &tracing::Span,
     ) -> Result<(), CacheError> {
         let _lease = self.tracker.lease(&[*digest]);
         // One fill per digest across replicas sharing the storage.
         let held = self.tracker.fill_lock(digest).await;
-        let filled = self.fill_locked(repo, digest, fill, publish).await;
+        let filled = self.fill_locked(repo, digest, fill, publish, span).await;
         held.release().await;
         filled
     }
@@ -292,6 +303,7 @@ impl Fills {
         digest: &Digest,
         fill: &Fill,
         publish: &watch::Sender<Progress>,
+        span: &tracing::Span,
     ) -> Result<(), CacheError> {
         let ns = &fill.namespace;
         let key = ns.repo(repo);
@@ -320,7 +332,13 @@ impl Fills {
                 }
             }
         }
-        let response = ns.upstream.blob(repo, digest, self.fill_timeout).await?;
+        let response = {
+            use tracing::Instrument as _;
+            // Entered while the upstream answers, not per chunk of body.
+            (ns.upstream.blob(repo, digest, self.fill_timeout))
+                .instrument(span.clone())
+                .await?
+        };
         // The blob exists: its access is recorded before its bytes are
         // stored (an expiry of the digest in progress finishes first).
         self.tracker.access(&key, digest, Kind::Blob).await;
