@@ -30,9 +30,11 @@ pub mod oci;
 pub mod prefetch;
 pub mod routes;
 pub mod scheduler;
+pub mod status;
 pub(crate) mod sync;
 pub mod telemetry;
 pub mod tls;
+pub mod topk;
 pub mod upstream;
 
 pub use app::{AppState, OpenError, Settings, open_store};

@@ -230,7 +230,12 @@ pub struct Metrics {
     auth_failures: Counter,
     corrupt_blobs: Counter,
     fills_refused: Counter,
+    /// Manifest GETs by namespace and repository, the most frequent kept.
+    pulled_repositories: Mutex<crate::topk::TopK>,
 }
+
+/// Repositories whose manifest GETs are counted for the status page.
+const COUNTED_REPOSITORIES: usize = 256;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -421,6 +426,7 @@ impl Default for Metrics {
             auth_failures,
             corrupt_blobs,
             fills_refused,
+            pulled_repositories: Mutex::new(crate::topk::TopK::new(COUNTED_REPOSITORIES)),
             gc,
             budget,
             registry,
@@ -479,6 +485,59 @@ impl Metrics {
         });
         namespaces.push((name.to_owned(), Arc::clone(&made)));
         made
+    }
+
+    /// A manifest of `repo` in namespace `namespace` was sent to a client.
+    pub fn manifest_sent(&self, namespace: &str, repo: &str) {
+        crate::sync::lock(&self.pulled_repositories).add(&format!("{namespace} {repo}"));
+    }
+
+    /// The `n` repositories most asked for manifests: namespace,
+    /// repository, manifest GETs (over by at most the last figure).
+    pub fn most_pulled(&self, n: usize) -> Vec<(String, String, u64, u64)> {
+        let top = crate::sync::lock(&self.pulled_repositories).top(n);
+        top.into_iter()
+            .filter_map(|(key, count, error)| {
+                let (namespace, repo) = key.split_once(' ')?;
+                Some((namespace.to_owned(), repo.to_owned(), count, error))
+            })
+            .collect()
+    }
+
+    /// Requests, hits and misses of every namespace and kind together.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let namespaces = crate::sync::lock(&self.namespaces);
+        namespaces
+            .iter()
+            .flat_map(|(_, ns)| [&ns.blobs, &ns.manifests])
+            .fold((0, 0, 0), |(r, h, m), c| {
+                (r + c.requests.get(), h + c.hits.get(), m + c.misses.get())
+            })
+    }
+
+    /// Per namespace, for blobs and manifests together: requests, hits,
+    /// misses, bytes from the upstream, bytes to clients.
+    pub fn by_namespace(&self) -> Vec<(String, [u64; 5])> {
+        let namespaces = crate::sync::lock(&self.namespaces);
+        namespaces
+            .iter()
+            .map(|(name, ns)| {
+                let mut sums = [0; 5];
+                for c in [&ns.blobs, &ns.manifests] {
+                    sums[0] += c.requests.get();
+                    sums[1] += c.hits.get();
+                    sums[2] += c.misses.get();
+                    sums[3] += c.bytes_pulled.get();
+                    sums[4] += c.bytes_pushed.get();
+                }
+                (name.clone(), sums)
+            })
+            .collect()
+    }
+
+    /// Blob fills in flight.
+    pub fn fills_in_flight(&self) -> i64 {
+        self.fills_in_flight.get()
     }
 
     /// A blob fill started (`true`) or ended (`false`).

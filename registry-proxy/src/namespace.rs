@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::layout::RepoKey;
 use crate::metrics::{Metrics, NamespaceMetrics};
-use crate::oci::{ErrorCode, OciError, RepoName};
+use crate::oci::{ErrorCode, OciError, Platform, RepoName};
 use crate::upstream::{Credentials, Upstream, UpstreamTls};
 
 /// Which stored blobs a namespace is served (containerd's content sharing
@@ -63,7 +63,68 @@ pub struct NamespaceSpec {
     /// Which repositories may be pulled through it.
     pub repositories: RepoFilter,
     /// Images pulled ahead of their clients and kept warm.
-    pub prefetch: Option<crate::prefetch::Prefetch>,
+    pub prefetch: Option<Prefetch>,
+}
+
+/// Images a namespace pulls ahead of their clients (`prefetch`).
+#[derive(Debug, Clone)]
+pub struct Prefetch {
+    /// How often.
+    pub interval: Duration,
+    /// The repositories, each with its filters.
+    pub images: Vec<PrefetchImage>,
+}
+
+/// One repository of a [`Prefetch`].
+#[derive(Debug, Clone)]
+pub struct PrefetchImage {
+    /// The repository, as clients name it.
+    pub repository: RepoName,
+    /// Which of its tags.
+    pub tags: TagFilter,
+    /// Which platforms of an index (empty: every one).
+    pub platforms: Vec<Platform>,
+}
+
+/// Which tags a prefetch warms: those every filter given admits.
+#[derive(Debug, Clone, Default)]
+pub struct TagFilter {
+    /// Globs, one of which the tag matches.
+    pub globs: Option<RepoFilter>,
+    /// A regular expression the whole tag matches.
+    pub regex: Option<regex::Regex>,
+    /// A semver range the tag's version is in (a leading `v` and missing
+    /// minor or patch numbers allowed: `v1.2` is 1.2.0). Pre-releases are
+    /// in it only when the range names one of the same version.
+    pub semver: Option<semver::VersionReq>,
+}
+
+impl TagFilter {
+    /// Whether `tag` is admitted.
+    pub fn admits(&self, tag: &str) -> bool {
+        self.globs.as_ref().is_none_or(|g| g.permits(tag))
+            && self.regex.as_ref().is_none_or(|r| r.is_match(tag))
+            && self
+                .semver
+                .as_ref()
+                .is_none_or(|range| version_of(tag).is_some_and(|v| range.matches(&v)))
+    }
+}
+
+/// The version a tag names, if it names one: `1.2.3`, `v1.2.3-rc.1`,
+/// `1.2` (1.2.0), `1` (1.0.0).
+fn version_of(tag: &str) -> Option<semver::Version> {
+    let bare = tag.strip_prefix('v').unwrap_or(tag);
+    let (numbers, rest) = match bare.find(['-', '+']) {
+        Some(at) => bare.split_at(at),
+        None => (bare, ""),
+    };
+    let parts = numbers.split('.').count();
+    if numbers.is_empty() || parts > 3 {
+        return None;
+    }
+    let padded = format!("{numbers}{}{rest}", ".0".repeat(3 - parts));
+    semver::Version::parse(&padded).ok()
 }
 
 /// Which repositories a namespace serves (`repositories.allow` and
@@ -200,7 +261,7 @@ pub struct Namespace {
     /// Which repositories it serves.
     repositories: RepoFilter,
     /// What it pulls ahead of its clients.
-    pub prefetch: Option<crate::prefetch::Prefetch>,
+    pub prefetch: Option<Prefetch>,
     /// Its counters.
     pub metrics: Arc<NamespaceMetrics>,
     /// Whether it stands for Docker Hub, whose one-component names are

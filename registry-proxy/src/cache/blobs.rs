@@ -153,6 +153,11 @@ pub struct Blobs {
 }
 
 impl Blobs {
+    /// The fills running now, largest first.
+    pub fn fills_running(&self) -> Vec<super::fill::FillView> {
+        self.fills.running()
+    }
+
     /// A store over `driver`, spooling misses in `spool_dir`, abandoning
     /// fills idle for `fill_timeout` (and proofs of access unanswered for
     /// as long), recording accesses through `tracker`.

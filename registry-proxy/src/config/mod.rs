@@ -23,8 +23,8 @@ use crate::cache::verify::VerifyReads;
 use crate::listener::Limits;
 use crate::metadata::etcd::EtcdOptions;
 use crate::namespace::{self, NamespaceSpec, Namespaces, RepoFilter, Sharing};
+use crate::namespace::{Prefetch, PrefetchImage as PrefetchPlan, TagFilter};
 use crate::oci::RepoName;
-use crate::prefetch::{Prefetch, PrefetchImage as PrefetchPlan, TagFilter};
 use crate::scheduler::{Bounds, GcOptions, Options, Purge, Watermarks};
 use crate::upstream::{Credentials, UpstreamTls};
 pub use http::{

@@ -336,7 +336,8 @@ fn health(answer: Result<(), String>) -> (StatusCode, String) {
 }
 
 /// The paths the debug listener serves besides the metrics.
-pub const DEBUG_PATHS: [&str; 6] = [
+pub const DEBUG_PATHS: [&str; 7] = [
+    "/status",
     "/livez",
     "/readyz",
     "/healthz",
@@ -375,8 +376,10 @@ impl Default for DebugSurface {
 ///   probe; an upstream outage is not unreadiness, the cache serves what
 ///   it holds);
 /// - `/healthz` and `/debug/health` (distribution's) that storage answers;
-/// - the metrics path and `/debug/vars` the counters.
+/// - the metrics path and `/debug/vars` the counters;
+/// - `/status` a page for people ([`crate::status`]).
 pub fn debug_app(state: AppState, surface: &DebugSurface) -> Router {
+    let history = crate::status::History::start(Arc::clone(&state.metrics));
     let checked = surface
         .storage_check
         .map(|check| StorageHealth::start(Arc::clone(&state.driver), check));
@@ -392,6 +395,29 @@ pub fn debug_app(state: AppState, surface: &DebugSurface) -> Router {
     let mut router =
         Router::new()
             .route("/livez", get(|| async { "ok" }))
+            .route(
+                "/status",
+                get(|State(state): State<AppState>| async move {
+                    // It reads the whole entry table: off the runtime's threads.
+                    let page = tokio::task::spawn_blocking(move || {
+                        crate::status::render(&state, &history)
+                    })
+                    .await;
+                    match page {
+                        Ok(page) => (
+                            [
+                                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                                (header::CACHE_CONTROL, "no-store"),
+                            ],
+                            page,
+                        )
+                            .into_response(),
+                        Err(e) => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                        }
+                    }
+                }),
+            )
             .route(
                 "/readyz",
                 get({

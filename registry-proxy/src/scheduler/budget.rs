@@ -305,6 +305,41 @@ impl Scheduler {
         }
     }
 
+    /// Per namespace directory (`""`: registry:2's namespace), the stored
+    /// blobs its entries name and their bytes, as the account knows them
+    /// (a blob linked from several namespaces counts in each); `None`
+    /// without an account. Reads the table in pieces, as purge does.
+    pub fn namespace_sizes(&self) -> Option<HashMap<String, (u64, u64)>> {
+        self.budget.as_ref()?;
+        let mut sizes: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut counted: std::collections::HashSet<(String, Digest)> =
+            std::collections::HashSet::new();
+        let mut from = 0;
+        loop {
+            let inner = lock(&self.inner);
+            let policy = inner.table.budget_ref();
+            let end = from + super::SCAN_PIECE;
+            for (repo, digest, kind, _) in inner.table.entries_in(from..end) {
+                if kind != Kind::Blob {
+                    continue;
+                }
+                let Some(size) = policy.size_of(digest) else {
+                    continue;
+                };
+                let ns = namespace_of(repo);
+                if counted.insert((ns.to_owned(), *digest)) {
+                    let entry = sizes.entry(ns.to_owned()).or_default();
+                    entry.0 += 1;
+                    entry.1 += size;
+                }
+            }
+            if end >= inner.table.slot_count() {
+                return Some(sizes);
+            }
+            from = end;
+        }
+    }
+
     /// The account, with the next `n` blobs eviction would choose; `None`
     /// without one.
     pub fn budget_view(&self, n: usize) -> Option<BudgetView> {

@@ -92,6 +92,7 @@ pub struct Upstream {
     client: reqwest::Client,
     auth: Auth,
     metrics: Arc<Metrics>,
+    heard: std::sync::Mutex<super::Heard>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -156,6 +157,7 @@ impl Upstream {
             base,
             client,
             metrics: Arc::new(Metrics::default()),
+            heard: std::sync::Mutex::default(),
         }
     }
 
@@ -163,6 +165,11 @@ impl Upstream {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// What the cache last heard from the upstream.
+    pub fn heard(&self) -> super::Heard {
+        crate::sync::lock(&self.heard).clone()
     }
 
     /// The upstream's base URL (for logs: it holds no credentials).
@@ -205,8 +212,13 @@ impl Upstream {
             .exchange(method, repo, &url, accept, deadline)
             .instrument(span.clone())
             .await;
-        if let Ok(response) = &answer {
-            span.record("http.response.status_code", response.status().as_u16());
+        let now = std::time::SystemTime::now();
+        match &answer {
+            Ok(response) => {
+                span.record("http.response.status_code", response.status().as_u16());
+                crate::sync::lock(&self.heard).answered(response.status(), response.headers(), now);
+            }
+            Err(e) => crate::sync::lock(&self.heard).failed(e.to_string(), now),
         }
         answer
     }

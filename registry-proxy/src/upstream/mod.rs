@@ -6,9 +6,11 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod heard;
 pub mod registry;
 
 pub use auth::{Challenge, Credentials, parse_challenge};
 pub use client::{Deadline, Upstream, UpstreamTls};
 pub use error::{Asked, UpstreamError};
+pub use heard::{Heard, RateLimit};
 pub use registry::{BlobBody, Fetched};

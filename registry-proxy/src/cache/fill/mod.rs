@@ -95,6 +95,21 @@ pub(crate) struct Fill {
     recent: Mutex<Recent>,
 }
 
+/// A fill running, as the status page shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FillView {
+    /// The namespace it pulls through.
+    pub namespace: String,
+    /// The repository.
+    pub repo: String,
+    /// The blob.
+    pub digest: Digest,
+    /// Bytes received so far.
+    pub received: u64,
+    /// The blob's size, once the upstream said it.
+    pub size: Option<u64>,
+}
+
 /// The fills running, and what they need.
 pub(crate) struct Fills {
     driver: Arc<dyn StorageDriver>,
@@ -139,6 +154,25 @@ pub(crate) struct FillParts {
 }
 
 impl Fills {
+    /// The fills running now, largest first.
+    pub(crate) fn running(&self) -> Vec<FillView> {
+        let mut views: Vec<FillView> = lock(&self.fills)
+            .iter()
+            .map(|(digest, fill)| {
+                let progress = fill.progress.borrow();
+                FillView {
+                    namespace: fill.namespace.name.clone(),
+                    repo: fill.repo.to_string(),
+                    digest: *digest,
+                    received: progress.written,
+                    size: progress.size,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| b.size.cmp(&a.size).then(a.digest.cmp(&b.digest)));
+        views
+    }
+
     /// No fill running yet.
     pub(crate) fn new(parts: FillParts) -> Self {
         Self {
