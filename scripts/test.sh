@@ -12,7 +12,8 @@
 # End to end: Debian's docker-registry (upstream), skopeo (client),
 # etcd-server (the replicas' coordination), curl, pebble (Let's Encrypt's
 # test CA), buildah (the container image), systemd-analyze (the unit) and
-# chromium (the status page, headless) are installed with apt-get when missing, kubernetes-validate (the
+# chromium (the status page, headless) and prometheus (the dashboard's
+# queries) are installed with apt-get when missing, kubernetes-validate (the
 # manifests) with pip into a virtualenv outside the repository;
 # REQUIRE_E2E=1 (set by CI) turns their absence into a failure.
 set -euo pipefail
@@ -21,7 +22,8 @@ cd "$(dirname "$0")/.."
 
 require_rust
 ensure_apt docker-registry:docker-registry skopeo:skopeo etcd:etcd-server curl:curl pebble:pebble \
-    buildah:buildah systemd-analyze:systemd chromium:chromium
+    buildah:buildah systemd-analyze:systemd chromium:chromium \
+    prometheus:prometheus
 KUBERNETES_VALIDATE="$(ensure_kubernetes_validate)"
 export KUBERNETES_VALIDATE
 cargo fmt --all --check
