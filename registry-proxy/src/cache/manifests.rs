@@ -259,19 +259,24 @@ impl Manifests {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<Manifest>, CacheError> {
-        let link = match self
-            .driver
-            .get_content(&layout::tag_current_link(&ns.repo(repo), tag.segment()))
-            .await
-        {
-            Ok(link) => link,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let Ok(digest) = Digest::parse(String::from_utf8_lossy(&link).trim()) else {
-            return Ok(None);
-        };
-        self.cached_in(ns, repo, &digest).await
+        let link = layout::tag_current_link(&ns.repo(repo), tag.segment());
+        match self.read_link(&link).await? {
+            Some(digest) => self.cached_in(ns, repo, &digest).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The digest the link file `path` holds; `None` when there is no such
+    /// file or it holds no digest.
+    async fn read_link(
+        &self,
+        path: &driver_core::StoragePath,
+    ) -> Result<Option<Digest>, CacheError> {
+        match self.driver.get_content(path).await {
+            Ok(link) => Ok(Digest::parse(String::from_utf8_lossy(&link).trim()).ok()),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Drops `tag` of `repo` from storage and from what is known fresh:

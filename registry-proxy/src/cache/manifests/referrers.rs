@@ -104,16 +104,10 @@ impl Manifests {
         repo: &RepoKey,
         subject: &Digest,
     ) -> Result<Option<Vec<Descriptor>>, CacheError> {
-        let link = match self
-            .driver
-            .get_content(&layout::referrers_link(repo, subject))
-            .await
-        {
-            Ok(link) => link,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let Ok(digest) = Digest::parse(String::from_utf8_lossy(&link).trim()) else {
+        let Some(digest) = self
+            .read_link(&layout::referrers_link(repo, subject))
+            .await?
+        else {
             return Ok(None);
         };
         self.tracker
