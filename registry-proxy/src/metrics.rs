@@ -44,6 +44,13 @@ struct NamespaceLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    namespace: String,
+    /// One URL of the namespace's upstream.
+    upstream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     /// The HTTP status code, or `network` when no answer came.
     status: String,
@@ -219,6 +226,9 @@ pub struct Metrics {
     stale_serves: Counter,
     upstream_latency: Histogram,
     upstream_errors: Family<StatusLabel, Counter>,
+    upstream_answers: Family<UpstreamLabel, Counter>,
+    pull_limit: Family<NamespaceLabel, Gauge>,
+    pulls_remaining: Family<NamespaceLabel, Gauge>,
     scheduler_entries: Gauge,
     expirations: Counter,
     bytes_freed: Counter,
@@ -308,6 +318,24 @@ impl Default for Metrics {
             "upstream_errors",
             "Upstream requests that failed, by status (network: no answer)",
             upstream_errors.clone(),
+        );
+        let upstream_answers = Family::<UpstreamLabel, Counter>::default();
+        registry.register(
+            "upstream_answers",
+            "Upstream answers (not unreachable, 5xx or 429) by namespace and URL of its chain",
+            upstream_answers.clone(),
+        );
+        let pull_limit = Family::<NamespaceLabel, Gauge>::default();
+        registry.register(
+            "upstream_pull_limit",
+            "The pull budget per window the upstream last announced (ratelimit-limit)",
+            pull_limit.clone(),
+        );
+        let pulls_remaining = Family::<NamespaceLabel, Gauge>::default();
+        registry.register(
+            "upstream_pulls_remaining",
+            "The pulls left in the window the upstream last announced (ratelimit-remaining)",
+            pulls_remaining.clone(),
         );
         let scheduler_entries = Gauge::default();
         registry.register(
@@ -441,6 +469,9 @@ impl Default for Metrics {
             stale_serves,
             upstream_latency,
             upstream_errors,
+            upstream_answers,
+            pull_limit,
+            pulls_remaining,
             scheduler_entries,
             expirations,
             bytes_freed,
@@ -648,6 +679,29 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&StatusLabel { status })
             .inc();
+    }
+
+    /// The URL `upstream` of namespace `namespace` answered.
+    pub fn upstream_answer(&self, namespace: &str, upstream: &str) {
+        self.upstream_answers
+            .get_or_create(&UpstreamLabel {
+                namespace: namespace.to_owned(),
+                upstream: upstream.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Namespace `namespace`'s upstream announced `remaining` of `limit`
+    /// pulls.
+    pub fn pull_budget(&self, namespace: &str, limit: u64, remaining: u64) {
+        let label = NamespaceLabel {
+            namespace: namespace.to_owned(),
+        };
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.pull_limit.get_or_create(&label).set(gauge(limit));
+        self.pulls_remaining
+            .get_or_create(&label)
+            .set(gauge(remaining));
     }
 
     /// A storage operation `op` of `driver` took `took`.

@@ -58,6 +58,8 @@ pub struct NamespaceSpec {
     pub default: bool,
     /// How its https upstream is trusted beyond the platform's roots.
     pub tls: UpstreamTls,
+    /// Its fallbacks, caps, pull budget and credential helper.
+    pub plan: crate::upstream::UpstreamPlan,
     /// The most bytes of the blobs it links (`upstreams[].maxsize`).
     pub max_size: Option<u64>,
     /// Which repositories may be pulled through it.
@@ -186,6 +188,7 @@ impl NamespaceSpec {
             registry2_dir: true,
             default: true,
             tls: UpstreamTls::default(),
+            plan: crate::upstream::UpstreamPlan::default(),
             max_size: None,
             repositories: RepoFilter::default(),
             prefetch: None,
@@ -345,8 +348,9 @@ impl Namespaces {
                     spec.credentials.clone(),
                     &spec.tls,
                     connect_timeout,
+                    &spec.plan,
                 )
-                .with_metrics(Arc::clone(metrics));
+                .with_metrics(Arc::clone(metrics), &spec.name);
                 Ok(Arc::new(Namespace {
                     name: spec.name.clone(),
                     dir: match spec.registry2_dir {

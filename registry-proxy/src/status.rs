@@ -311,7 +311,13 @@ pub fn render(state: &AppState, history: &History) -> String {
         let _ = write!(
             page,
             r#"<tr data-namespace="{name}"><td>{name}</td><td><code>{}</code></td><td class="n stored">{stored}</td><td class="n requests">{}</td><td class="n hits">{}</td><td class="n misses">{}</td><td class="n">{}</td><td class="{class} health">{}</td><td class="budget">{}</td></tr>"#,
-            escape(ns.upstream.base().as_str()),
+            escape(
+                &std::iter::once(ns.upstream.base())
+                    .chain(ns.upstream.fallbacks())
+                    .map(reqwest::Url::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            ),
             figures[0],
             figures[1],
             figures[2],

@@ -294,20 +294,19 @@ impl Manifests {
         }
     }
 
-    fn is_fresh(&self, repo: &RepoKey, tag: &Tag) -> bool {
-        let confirmed = lock(&self.confirmed);
-        confirmed
-            .get(&(repo.clone(), tag.as_str().to_owned()))
-            .is_some_and(|t| t.elapsed() < self.freshness)
+    /// Whether `key` was confirmed upstream within `ns`'s tag freshness
+    /// (longer while its upstream's pull budget is low).
+    fn is_fresh(&self, ns: &Namespace, key: &TagKey) -> bool {
+        let freshness = ns.upstream.tag_freshness(self.freshness);
+        lock(&self.confirmed)
+            .get(key)
+            .is_some_and(|t| t.elapsed() < freshness)
     }
 
-    fn confirm(&self, repo: &RepoKey, tag: &Tag) {
-        let freshness = self.freshness;
-        lock(&self.confirmed).insert(
-            (repo.clone(), tag.as_str().to_owned()),
-            Instant::now(),
-            |at| at.elapsed() < freshness,
-        );
+    /// Notes `key` confirmed upstream now.
+    fn confirm(&self, ns: &Namespace, key: TagKey) {
+        let keep = ns.upstream.longest_tag_freshness(self.freshness);
+        lock(&self.confirmed).insert(key, Instant::now(), |at| at.elapsed() < keep);
     }
 
     async fn by_tag(
@@ -340,7 +339,7 @@ impl Manifests {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<Manifest>, CacheError> {
-        if !self.is_fresh(&ns.repo(repo), tag) {
+        if !self.is_fresh(ns, &(ns.repo(repo), tag.as_str().to_owned())) {
             return Ok(None);
         }
         self.cached_tag(ns, repo, tag).await
@@ -368,7 +367,7 @@ impl Manifests {
                 .await
             {
                 Ok(Some(current)) if current == m.digest => {
-                    self.confirm(&key, tag);
+                    self.confirm(ns, (key.clone(), tag.as_str().to_owned()));
                     return Ok(m.clone());
                 }
                 Ok(_) => {}
@@ -382,7 +381,7 @@ impl Manifests {
         match self.fetch(ns, repo, tag.as_str(), None).await {
             Ok(m) => {
                 self.store_tag(&key, tag, &m.digest).await?;
-                self.confirm(&key, tag);
+                self.confirm(ns, (key.clone(), tag.as_str().to_owned()));
                 Ok(m)
             }
             Err(CacheError::Upstream(e)) if e.is_outage() => match cached {

@@ -495,6 +495,154 @@ pub struct UpstreamEntry {
     pub repositories: RepositoriesConfig,
     /// Ours: images pulled ahead of their clients and kept warm.
     pub prefetch: Option<PrefetchConfig>,
+    /// Ours: the upstream's URLs in the order they are asked, a later
+    /// one when those before fail (instead of `remoteurl`).
+    pub remoteurls: Vec<RemoteUrl>,
+    /// Ours: how long a failing URL of `remoteurls` is passed over
+    /// (default `30s`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub remoteretry: Option<String>,
+    /// Ours: upstream requests at once (default: no cap).
+    pub maxconcurrent: Option<usize>,
+    /// Ours: blob bytes per second from the upstream (`20MiB`; default:
+    /// no cap).
+    #[serde(deserialize_with = "scalar_text")]
+    pub maxbandwidth: Option<String>,
+    /// Ours: when the announced pull budget is low, and the tag
+    /// freshness then.
+    pub pullbudget: PullBudgetConfig,
+    /// distribution v3's: a credential helper printing the upstream's
+    /// credentials.
+    pub exec: Option<ExecConfig>,
+}
+
+/// `pullbudget` (ours): when the pull budget an upstream announces
+/// (Docker Hub's `ratelimit-remaining`) is low, and how long cached tags
+/// are trusted then.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullBudgetConfig {
+    /// Pulls left (`10`) or a share of the limit (`10%`, the default) at
+    /// or under which the budget is low.
+    #[serde(deserialize_with = "scalar_text")]
+    pub reserve: Option<String>,
+    /// The tag freshness while it is low (default `1h`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub tagfreshness: Option<String>,
+}
+
+/// `exec` (distribution v3's): a Docker credential helper.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecConfig {
+    /// The program, run as `<command> get`.
+    pub command: String,
+    /// How long its credentials are reused; unset: until the upstream
+    /// refuses them; `0`: it runs for every request that needs them.
+    #[serde(deserialize_with = "scalar_text")]
+    pub lifetime: Option<String>,
+}
+
+/// The upstream settings `proxy` and each `proxy.upstreams[]` entry share,
+/// borrowed from either.
+struct UpstreamKnobs<'a> {
+    remoteurls: &'a [RemoteUrl],
+    remoteretry: Option<&'a str>,
+    maxconcurrent: Option<usize>,
+    maxbandwidth: Option<&'a str>,
+    pullbudget: &'a PullBudgetConfig,
+    exec: Option<&'a ExecConfig>,
+}
+
+impl UpstreamKnobs<'_> {
+    /// The upstream plan; `primary` is `remoteurl` (`None`: the first of
+    /// `remoteurls`), `key` names a field in errors. Returns the first URL,
+    /// its credentials and the plan.
+    fn plan(
+        &self,
+        primary: Option<&RemoteUrl>,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<(reqwest::Url, Credentials, crate::upstream::UpstreamPlan), ConfigError> {
+        use crate::upstream::{PullBudget, Reserve, UpstreamPlan};
+        let defaults = UpstreamPlan::default();
+        let (first, rest) = match (primary, self.remoteurls.split_first()) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    key("remoteurls"),
+                    "give remoteurl or remoteurls, not both",
+                ));
+            }
+            (Some(url), None) => (upstream_url(&key("remoteurl"), &url.0)?, &[][..]),
+            (None, Some((url, rest))) => (upstream_url(&key("remoteurls[0]"), &url.0)?, rest),
+            (None, None) => return Err(invalid(key("remoteurl"), "an upstream URL is required")),
+        };
+        let mut fallbacks = Vec::new();
+        for (i, url) in rest.iter().enumerate() {
+            let at = key(&format!("remoteurls[{}]", i + 1));
+            let (url, credentials) = upstream_url(&at, &url.0)?;
+            if credentials.is_some() {
+                return Err(invalid(
+                    at,
+                    "every URL of the chain uses the first one's credentials; give them in username and password",
+                ));
+            }
+            fallbacks.push(url);
+        }
+        let reserve = match self.pullbudget.reserve.as_deref() {
+            None => defaults.pull_budget.reserve,
+            Some(text) => {
+                let bad = || {
+                    invalid(
+                        key("pullbudget.reserve"),
+                        "expected a number of pulls or a percentage (10%)",
+                    )
+                };
+                match text.trim().strip_suffix('%') {
+                    Some(p) => Reserve::Percent(
+                        p.trim()
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|p| (0.0..=100.0).contains(p))
+                            .ok_or_else(bad)?,
+                    ),
+                    None => Reserve::Pulls(text.trim().parse().map_err(|_| bad())?),
+                }
+            }
+        };
+        let exec = match self.exec {
+            None => None,
+            Some(exec) if exec.command.trim().is_empty() => {
+                return Err(invalid(key("exec.command"), "name the credential helper"));
+            }
+            Some(exec) => Some(crate::upstream::exec::Exec {
+                command: exec.command.clone(),
+                lifetime: exec
+                    .lifetime
+                    .as_deref()
+                    .map(|l| duration(&key("exec.lifetime"), Some(l), Duration::ZERO))
+                    .transpose()?,
+            }),
+        };
+        if self.maxconcurrent == Some(0) {
+            return Err(invalid(key("maxconcurrent"), "must be more than 0"));
+        }
+        let plan = UpstreamPlan {
+            fallbacks,
+            retry: duration(&key("remoteretry"), self.remoteretry, defaults.retry)?,
+            max_concurrent: self.maxconcurrent,
+            max_bandwidth: positive_size(&key("maxbandwidth"), self.maxbandwidth)?,
+            pull_budget: PullBudget {
+                reserve,
+                freshness: duration(
+                    &key("pullbudget.tagfreshness"),
+                    self.pullbudget.tagfreshness.as_deref(),
+                    defaults.pull_budget.freshness,
+                )?,
+            },
+            exec,
+        };
+        Ok((first.0, first.1, plan))
+    }
 }
 
 /// `prefetch` of a namespace.
@@ -764,6 +912,26 @@ pub struct ProxyConfig {
     pub verifyreads: Option<String>,
     /// Ours: fills running at once (default 64).
     pub maxfills: Option<usize>,
+    /// Ours: the upstream's URLs in the order they are asked, a later
+    /// one when those before fail (instead of `remoteurl`).
+    pub remoteurls: Vec<RemoteUrl>,
+    /// Ours: how long a failing URL of `remoteurls` is passed over
+    /// (default `30s`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub remoteretry: Option<String>,
+    /// Ours: upstream requests at once (default: no cap).
+    pub maxconcurrent: Option<usize>,
+    /// Ours: blob bytes per second from the upstream (`20MiB`; default:
+    /// no cap).
+    #[serde(deserialize_with = "scalar_text")]
+    pub maxbandwidth: Option<String>,
+    /// Ours: when the announced pull budget is low, and the tag
+    /// freshness then.
+    pub pullbudget: PullBudgetConfig,
+    /// distribution v3's: a credential helper printing the upstream's
+    /// credentials.
+    pub exec: Option<ExecConfig>,
+
     /// Ours: the largest blob filled, in bytes or with a unit (`64GiB`,
     /// the default).
     #[serde(deserialize_with = "scalar_text")]
@@ -1019,12 +1187,21 @@ impl Config {
     pub fn namespaces(&self) -> Result<Vec<NamespaceSpec>, ConfigError> {
         let proxy = &self.proxy;
         let mut specs = Vec::new();
-        if proxy.remoteurl.is_some() || proxy.upstreams.is_empty() {
-            let remote = proxy
-                .remoteurl
-                .as_ref()
-                .map_or("https://registry-1.docker.io", |url| &url.0);
-            let (url, in_url) = upstream_url("proxy.remoteurl", remote)?;
+        if proxy.remoteurl.is_some() || !proxy.remoteurls.is_empty() || proxy.upstreams.is_empty() {
+            let docker_hub = RemoteUrl("https://registry-1.docker.io".to_owned());
+            let primary = match (&proxy.remoteurl, proxy.remoteurls.is_empty()) {
+                (None, true) => Some(&docker_hub),
+                (primary, _) => primary.as_ref(),
+            };
+            let (url, in_url, plan) = UpstreamKnobs {
+                remoteurls: &proxy.remoteurls,
+                remoteretry: proxy.remoteretry.as_deref(),
+                maxconcurrent: proxy.maxconcurrent,
+                maxbandwidth: proxy.maxbandwidth.as_deref(),
+                pullbudget: &proxy.pullbudget,
+                exec: proxy.exec.as_ref(),
+            }
+            .plan(primary, &|field| format!("proxy.{field}"))?;
             let mut spec = NamespaceSpec::single(
                 url,
                 proxy
@@ -1042,6 +1219,7 @@ impl Config {
             spec.users = self.users("proxy.users", proxy.users.as_ref())?;
             spec.repositories = proxy.repositories.filter("proxy.repositories")?;
             spec.tls = proxy.tls.read("proxy.tls")?;
+            spec.plan = plan;
             spec.default = !proxy.upstreams.iter().any(|u| u.default);
             specs.push(spec);
         }
@@ -1070,7 +1248,16 @@ impl Config {
                 Some(ttl) => Some(duration(&key("ttl"), Some(ttl), Duration::ZERO)?),
                 None => None,
             };
-            let (remote, in_url) = upstream_url(&key("remoteurl"), &entry.remoteurl.0)?;
+            let primary = (!entry.remoteurl.0.is_empty()).then_some(&entry.remoteurl);
+            let (remote, in_url, plan) = UpstreamKnobs {
+                remoteurls: &entry.remoteurls,
+                remoteretry: entry.remoteretry.as_deref(),
+                maxconcurrent: entry.maxconcurrent,
+                maxbandwidth: entry.maxbandwidth.as_deref(),
+                pullbudget: &entry.pullbudget,
+                exec: entry.exec.as_ref(),
+            }
+            .plan(primary, &key)?;
             let max_size = positive_size(&key("maxsize"), entry.maxsize.as_deref())?;
             specs.push(NamespaceSpec {
                 name: entry.namespace.clone(),
@@ -1086,6 +1273,7 @@ impl Config {
                 registry2_dir: false,
                 default: entry.default,
                 tls: entry.tls.read(&key("tls"))?,
+                plan,
                 max_size,
                 repositories: entry.repositories.filter(&key("repositories"))?,
                 prefetch: entry
@@ -1995,6 +2183,30 @@ validation:
             (
                 "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      prefetch:\n        interval: 0s\n".to_owned(),
                 "proxy.upstreams[0] (a.test).prefetch.interval",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      remoteurls: [http://b.test]\n".to_owned(),
+                "proxy.upstreams[0] (a.test).remoteurls",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurls: [http://a.test, \"http://u:p@b.test\"]\n".to_owned(),
+                "proxy.upstreams[0] (a.test).remoteurls[1]",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      maxconcurrent: 0\n".to_owned(),
+                "proxy.upstreams[0] (a.test).maxconcurrent",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      maxbandwidth: fast\n".to_owned(),
+                "proxy.upstreams[0] (a.test).maxbandwidth",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      pullbudget: {reserve: \"120%\"}\n".to_owned(),
+                "proxy.upstreams[0] (a.test).pullbudget.reserve",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      exec: {command: \"\"}\n".to_owned(),
+                "proxy.upstreams[0] (a.test).exec.command",
             ),
             (
                 "tracing:\n  otlp:\n    endpoint: ftp://collector\n".to_owned(),

@@ -94,6 +94,8 @@ struct Token {
 pub(crate) struct Auth {
     base: Url,
     credentials: Credentials,
+    /// A command that prints the credentials (instead of `credentials`).
+    helper: Option<std::sync::Arc<super::exec::Helper>>,
     /// Set once the upstream asked for Basic: credentials are then sent up front.
     basic: AtomicBool,
     tokens: Mutex<Swept<String, Token>>,
@@ -101,10 +103,16 @@ pub(crate) struct Auth {
 
 impl Auth {
     /// Authentication for the upstream at `base` with `credentials`.
-    pub(crate) fn new(base: Url, credentials: Credentials) -> Self {
+    /// `helper`, when given, is asked for them instead.
+    pub(crate) fn new(
+        base: Url,
+        credentials: Credentials,
+        helper: Option<std::sync::Arc<super::exec::Helper>>,
+    ) -> Self {
         Self {
             base,
             credentials,
+            helper,
             basic: AtomicBool::new(false),
             tokens: Mutex::new(Swept::new(1024)),
         }
@@ -117,20 +125,40 @@ impl Auth {
 
     /// `request` with what is known to authenticate it for `scope`: a
     /// cached token, or Basic credentials once the upstream asked for them.
-    pub(crate) fn authorize(&self, request: RequestBuilder, scope: &str) -> RequestBuilder {
+    pub(crate) async fn authorize(&self, request: RequestBuilder, scope: &str) -> RequestBuilder {
         let token = lock(&self.tokens)
             .get(scope)
             .filter(|t| t.expires > Instant::now())
             .map(|t| t.value.clone());
         if let Some(token) = token {
-            request.bearer_auth(token)
-        } else if let (true, Some((user, password))) =
-            (self.basic.load(Ordering::Relaxed), &self.credentials)
-        {
-            request.basic_auth(user, Some(password.expose()))
-        } else {
-            request
+            return request.bearer_auth(token);
         }
+        if !self.basic.load(Ordering::Relaxed) {
+            return request;
+        }
+        match self.current().await {
+            Some((user, password)) => request.basic_auth(user, Some(password.expose())),
+            None => request,
+        }
+    }
+
+    /// The credentials to send now: the helper's, or the fixed ones.
+    async fn current(&self) -> Credentials {
+        match &self.helper {
+            None => self.credentials.clone(),
+            Some(helper) => match helper.credentials().await {
+                Ok(credentials) => Some(credentials),
+                Err(e) => {
+                    tracing::warn!(upstream = %self.base, error = %e, "no credentials from the helper; asking without");
+                    None
+                }
+            },
+        }
+    }
+
+    /// Whether there are credentials to send.
+    fn has_credentials(&self) -> bool {
+        self.credentials.is_some() || self.helper.is_some()
     }
 
     /// Takes up the challenge of a 401 with these `headers`: fetches a
@@ -151,9 +179,18 @@ impl Auth {
                 self.fetch_token(client, &challenge, scope, timeout).await?;
                 Ok(true)
             }
-            "basic" if self.credentials.is_some() => {
-                self.basic.store(true, Ordering::Relaxed);
-                Ok(true)
+            "basic" if self.has_credentials() => {
+                // Refused although credentials went: the helper's may have
+                // been rotated since it was asked.
+                let refused = self.basic.swap(true, Ordering::Relaxed);
+                match (&self.helper, refused) {
+                    (Some(helper), true) => {
+                        helper.forget().await;
+                        Ok(true)
+                    }
+                    (None, true) => Ok(false),
+                    (_, false) => Ok(true),
+                }
             }
             _ => Ok(false),
         }
@@ -182,22 +219,35 @@ impl Auth {
                 challenge.params.get("scope").map_or(scope, String::as_str),
             );
         }
-        let mut request = client.get(url.clone()).timeout(timeout);
-        if let Some((user, password)) = &self.credentials {
-            if self.may_receive_credentials(&url) {
-                request = request.basic_auth(user, Some(password.expose()));
-            } else {
-                tracing::warn!(
-                    upstream = %self.base,
-                    realm = %url.origin().ascii_serialization(),
-                    "the token realm is plain http on another host: asking it without credentials"
-                );
+        let mut retried = false;
+        let response = loop {
+            let mut request = client.get(url.clone()).timeout(timeout);
+            if let Some((user, password)) = self.current().await {
+                if self.may_receive_credentials(&url) {
+                    request = request.basic_auth(user, Some(password.expose()));
+                } else {
+                    tracing::warn!(
+                        upstream = %self.base,
+                        realm = %url.origin().ascii_serialization(),
+                        "the token realm is plain http on another host: asking it without credentials"
+                    );
+                }
             }
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Token(describe(&e)))?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| UpstreamError::Token(describe(&e)))?;
+            // The helper's credentials refused: ask it again, once.
+            match &self.helper {
+                Some(helper)
+                    if !retried && response.status() == reqwest::StatusCode::UNAUTHORIZED =>
+                {
+                    helper.forget().await;
+                    retried = true;
+                }
+                _ => break response,
+            }
+        };
         if !response.status().is_success() {
             return Err(UpstreamError::Token(format!(
                 "token service answered {}",

@@ -5,13 +5,14 @@
 //! on itself.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::header::ACCEPT;
 use reqwest::{Method, Response, StatusCode, Url};
 
 use super::auth::{Auth, Credentials};
-use super::error::{UpstreamError, describe};
+use super::error::{UpstreamError, describe, is_outage};
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
 
@@ -86,25 +87,118 @@ impl UpstreamTls {
     }
 }
 
-/// The upstream registry.
-pub struct Upstream {
+/// How a namespace's upstream is reached and treated beyond its URL,
+/// credentials and TLS (the configuration's `remoteurls`, `remoteretry`,
+/// `maxconcurrent`, `maxbandwidth`, `pullbudget` and `exec`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamPlan {
+    /// URLs asked, in order, when the ones before fail (unreachable,
+    /// 5xx, 429).
+    pub fallbacks: Vec<Url>,
+    /// How long a failing URL is passed over before it is asked again.
+    pub retry: Duration,
+    /// Upstream requests at once, when capped.
+    pub max_concurrent: Option<usize>,
+    /// Blob bytes per second from the upstream, when capped.
+    pub max_bandwidth: Option<u64>,
+    /// When the announced pull budget counts as low, and the tag
+    /// freshness then.
+    pub pull_budget: PullBudget,
+    /// A command that prints the credentials, instead of fixed ones.
+    pub exec: Option<super::exec::Exec>,
+}
+
+impl Default for UpstreamPlan {
+    /// One URL, no caps, the default pull budget, fixed credentials.
+    fn default() -> Self {
+        Self {
+            fallbacks: Vec::new(),
+            retry: Duration::from_secs(30),
+            max_concurrent: None,
+            max_bandwidth: None,
+            pull_budget: PullBudget::default(),
+            exec: None,
+        }
+    }
+}
+
+/// When an upstream's announced pull budget (Docker Hub's
+/// `ratelimit-remaining`) counts as low, and how long cached tags are
+/// trusted then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PullBudget {
+    /// Pulls left at or under which the budget is low.
+    pub reserve: Reserve,
+    /// The tag freshness while it is low (if longer than the usual one).
+    pub freshness: Duration,
+}
+
+impl Default for PullBudget {
+    /// 10% of the limit; tags trusted for an hour while that low.
+    fn default() -> Self {
+        Self {
+            reserve: Reserve::Percent(10.0),
+            freshness: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A number of pulls, or a share of the announced limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reserve {
+    /// This many pulls.
+    Pulls(u64),
+    /// This percentage of the limit.
+    Percent(f64),
+}
+
+impl Reserve {
+    /// Whether `remaining` of `limit` is at or under the reserve.
+    fn reached(self, remaining: u64, limit: u64) -> bool {
+        match self {
+            Self::Pulls(n) => remaining <= n,
+            Self::Percent(p) => (remaining as f64) <= limit as f64 * p / 100.0,
+        }
+    }
+}
+
+/// One URL of an upstream and what it has shown.
+struct Mirror {
     base: Url,
-    client: reqwest::Client,
     auth: Auth,
-    metrics: Arc<Metrics>,
     heard: std::sync::Mutex<super::Heard>,
+    /// Passed over until then, after a failure.
+    passed_over_until: std::sync::Mutex<Option<Instant>>,
+}
+
+/// The upstream registry: one URL, or a chain of them.
+pub struct Upstream {
+    mirrors: Vec<Mirror>,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    /// The namespace it serves, for metrics and logs.
+    namespace: String,
+    limits: Arc<super::limits::Limits>,
+    retry: Duration,
+    pull_budget: PullBudget,
+    /// Whether the announced pull budget is at or under the reserve.
+    budget_low: AtomicBool,
+    /// The mirror that answered last.
+    answering: AtomicUsize,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("base", &self.base.as_str())
+            .field("base", &self.base().as_str())
+            .field("fallbacks", &(self.mirrors.len() - 1))
             .finish_non_exhaustive()
     }
 }
 
 impl Upstream {
-    /// A client for the registry at `base` (`https://registry-1.docker.io`).
+    /// A client for the registry at `base` (`https://registry-1.docker.io`),
+    /// with the fallbacks, caps and credential helper of `plan`.
     /// `connect_timeout` bounds connecting; each request passes its own
     /// timeout to [`Upstream::send`] (fills bound blob bodies by idleness).
     pub fn new(
@@ -112,6 +206,7 @@ impl Upstream {
         credentials: Credentials,
         tls: &UpstreamTls,
         connect_timeout: Duration,
+        plan: &UpstreamPlan,
     ) -> Self {
         let home = reach(&base);
         let secure = base.scheme() == "https";
@@ -152,43 +247,106 @@ impl Upstream {
             builder = builder.identity(identity);
         }
         let client = builder.build().unwrap_or_default();
+        let mirrors = std::iter::once(base)
+            .chain(plan.fallbacks.iter().cloned())
+            .map(|base| {
+                let helper = plan
+                    .exec
+                    .as_ref()
+                    .map(|exec| Arc::new(super::exec::Helper::new(exec, base.as_str())));
+                Mirror {
+                    auth: Auth::new(base.clone(), credentials.clone(), helper),
+                    base,
+                    heard: std::sync::Mutex::default(),
+                    passed_over_until: std::sync::Mutex::default(),
+                }
+            })
+            .collect();
         Self {
-            auth: Auth::new(base.clone(), credentials),
-            base,
+            mirrors,
             client,
             metrics: Arc::new(Metrics::default()),
-            heard: std::sync::Mutex::default(),
+            namespace: String::new(),
+            limits: Arc::new(super::limits::Limits::new(
+                plan.max_concurrent,
+                plan.max_bandwidth,
+            )),
+            retry: plan.retry,
+            pull_budget: plan.pull_budget,
+            budget_low: AtomicBool::new(false),
+            answering: AtomicUsize::new(0),
         }
     }
 
-    /// Reports request latencies and errors into `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    /// Reports request latencies, errors, answers and the pull budget
+    /// into `metrics`, labelled with `namespace`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>, namespace: &str) -> Self {
         self.metrics = metrics;
+        self.namespace = namespace.to_owned();
         self
     }
 
-    /// What the cache last heard from the upstream.
+    /// What the cache last heard from the upstream (its first URL).
     pub fn heard(&self) -> super::Heard {
-        crate::sync::lock(&self.heard).clone()
+        crate::sync::lock(&self.mirrors[0].heard).clone()
     }
 
-    /// The upstream's base URL (for logs: it holds no credentials).
+    /// The upstream's base URL (for logs: it holds no credentials): the
+    /// first of its URLs.
     pub fn base(&self) -> &Url {
-        &self.base
+        &self.mirrors[0].base
+    }
+
+    /// The URLs asked after the first one fails.
+    pub fn fallbacks(&self) -> impl Iterator<Item = &Url> {
+        self.mirrors[1..].iter().map(|m| &m.base)
+    }
+
+    /// How long a cached tag is trusted: `usual`, or the pull budget's
+    /// longer freshness while the announced budget is low.
+    pub fn tag_freshness(&self, usual: Duration) -> Duration {
+        if self.budget_low.load(Ordering::Relaxed) {
+            usual.max(self.pull_budget.freshness)
+        } else {
+            usual
+        }
+    }
+
+    /// The longest a cached tag may be trusted: `usual`, or the pull
+    /// budget's freshness if longer.
+    pub fn longest_tag_freshness(&self, usual: Duration) -> Duration {
+        usual.max(self.pull_budget.freshness)
+    }
+
+    /// The caps on requests and bytes.
+    pub(crate) fn limits(&self) -> &Arc<super::limits::Limits> {
+        &self.limits
     }
 
     /// `<base>/v2/<repo>/<rest>`, keeping a path the base URL has
     /// (`https://host/prefix` asks `https://host/prefix/v2/...`).
-    fn url(&self, repo: &RepoName, rest: &str) -> Result<Url, UpstreamError> {
-        let prefix = self.base.path().trim_end_matches('/');
-        self.base
-            .join(&format!("{prefix}/v2/{}/{rest}", repo.as_str()))
+    fn url(base: &Url, repo: &RepoName, rest: &str) -> Result<Url, UpstreamError> {
+        let prefix = base.path().trim_end_matches('/');
+        base.join(&format!("{prefix}/v2/{}/{rest}", repo.as_str()))
             .map_err(|e| UpstreamError::Unreachable(e.to_string()))
+    }
+
+    /// The order its URLs are asked in now: those not passed over, in
+    /// their order, then the passed-over ones (a chain that is all down
+    /// is still asked).
+    fn order(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let (up, down): (Vec<usize>, Vec<usize>) = (0..self.mirrors.len()).partition(|&i| {
+            crate::sync::lock(&self.mirrors[i].passed_over_until).is_none_or(|until| until <= now)
+        });
+        up.into_iter().chain(down).collect()
     }
 
     /// Sends `method` to `/v2/<repo>/<rest>`, authenticating as the upstream
     /// asks, within `deadline` (token requests on the way take at most as
-    /// long, whole).
+    /// long, whole), at most `maxconcurrent` at once: the permit returned
+    /// holds the turn until dropped. A URL that fails (unreachable, 5xx,
+    /// 429) is passed over for `remoteretry` and the next one is asked.
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -196,9 +354,62 @@ impl Upstream {
         rest: &str,
         accept: Option<&str>,
         deadline: Deadline,
+    ) -> Result<(Response, super::limits::Permit), UpstreamError> {
+        let permit = self
+            .limits
+            .permit(deadline.duration())
+            .await
+            .ok_or_else(|| {
+                UpstreamError::Unreachable(format!(
+                    "no turn to ask the upstream within {:?}: maxconcurrent requests are running",
+                    deadline.duration()
+                ))
+            })?;
+        let order = self.order();
+        let mut last = None;
+        for (n, &i) in order.iter().enumerate() {
+            let answer = self
+                .ask(&self.mirrors[i], &method, repo, rest, accept, deadline)
+                .await;
+            let failed = match &answer {
+                Ok(response) => is_outage(response.status()),
+                Err(e) => e.is_outage(),
+            };
+            let mirror = &self.mirrors[i];
+            if failed && self.mirrors.len() > 1 {
+                *crate::sync::lock(&mirror.passed_over_until) = Some(Instant::now() + self.retry);
+                if n + 1 < order.len() {
+                    tracing::warn!(namespace = %self.namespace, upstream = %mirror.base, "upstream failed; asking the next one");
+                }
+                last = Some(answer);
+                continue;
+            }
+            if !failed {
+                *crate::sync::lock(&mirror.passed_over_until) = None;
+                self.metrics
+                    .upstream_answer(&self.namespace, mirror.base.as_str());
+                if self.answering.swap(i, Ordering::Relaxed) != i {
+                    tracing::info!(namespace = %self.namespace, upstream = %mirror.base, "now answered by this upstream");
+                }
+            }
+            return answer.map(|response| (response, permit));
+        }
+        last.unwrap_or_else(|| Err(UpstreamError::Unreachable("no upstream URL".into())))
+            .map(|response| (response, permit))
+    }
+
+    /// One URL asked, in its span, and what it answered noted.
+    async fn ask(
+        &self,
+        mirror: &Mirror,
+        method: &Method,
+        repo: &RepoName,
+        rest: &str,
+        accept: Option<&str>,
+        deadline: Deadline,
     ) -> Result<Response, UpstreamError> {
         use tracing::Instrument as _;
-        let url = self.url(repo, rest)?;
+        let url = Self::url(&mirror.base, repo, rest)?;
         let span = tracing::info_span!(
             "upstream",
             otel.kind = "client",
@@ -209,24 +420,43 @@ impl Upstream {
             http.response.status_code = tracing::field::Empty,
         );
         let answer = self
-            .exchange(method, repo, &url, accept, deadline)
+            .exchange(mirror, method.clone(), repo, &url, accept, deadline)
             .instrument(span.clone())
             .await;
         let now = std::time::SystemTime::now();
         match &answer {
             Ok(response) => {
                 span.record("http.response.status_code", response.status().as_u16());
-                crate::sync::lock(&self.heard).answered(response.status(), response.headers(), now);
+                let mut heard = crate::sync::lock(&mirror.heard);
+                heard.answered(response.status(), response.headers(), now);
+                if let Some(limit) = heard.rate_limit.filter(|l| l.at == now) {
+                    drop(heard);
+                    self.note_budget(limit.limit, limit.remaining);
+                }
             }
-            Err(e) => crate::sync::lock(&self.heard).failed(e.to_string(), now),
+            Err(e) => crate::sync::lock(&mirror.heard).failed(e.to_string(), now),
         }
         answer
     }
 
-    /// [`Self::send`] within its span: the request, and once more with
-    /// credentials when the upstream challenges.
+    /// Notes the pull budget an answer announced.
+    fn note_budget(&self, limit: u64, remaining: u64) {
+        self.metrics.pull_budget(&self.namespace, limit, remaining);
+        let low = self.pull_budget.reserve.reached(remaining, limit);
+        if self.budget_low.swap(low, Ordering::Relaxed) != low {
+            if low {
+                tracing::warn!(namespace = %self.namespace, remaining, limit, freshness = ?self.pull_budget.freshness, "pull budget low: cached tags are served without asking the upstream for up to the freshness given");
+            } else {
+                tracing::info!(namespace = %self.namespace, remaining, limit, "pull budget above its reserve again");
+            }
+        }
+    }
+
+    /// [`Self::send`] to one URL within its span: the request, and once
+    /// more with credentials when the upstream challenges.
     async fn exchange(
         &self,
+        mirror: &Mirror,
         method: Method,
         repo: &RepoName,
         url: &Url,
@@ -248,7 +478,7 @@ impl Upstream {
             if let Deadline::Whole(whole) = deadline {
                 request = request.timeout(whole);
             }
-            let request = self.auth.authorize(request, &scope);
+            let request = mirror.auth.authorize(request, &scope).await;
             let started = Instant::now();
             let sent = match deadline {
                 Deadline::Whole(_) => request
@@ -274,7 +504,7 @@ impl Upstream {
                 return Ok(response);
             }
             refreshed = true;
-            let answered = self
+            let answered = mirror
                 .auth
                 .answer(
                     &self.client,
@@ -357,14 +587,10 @@ mod tests {
                 "https://h.example/a/b/v2/library/alpine/manifests/3",
             ),
         ] {
-            let upstream = Upstream::new(
-                base.parse().expect("url"),
-                None,
-                &UpstreamTls::default(),
-                Duration::from_secs(1),
-            );
             assert_eq!(
-                upstream.url(&repo, "manifests/3").expect("url").as_str(),
+                Upstream::url(&base.parse().expect("url"), &repo, "manifests/3")
+                    .expect("url")
+                    .as_str(),
                 expected
             );
         }

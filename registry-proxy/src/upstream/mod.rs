@@ -6,11 +6,13 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod exec;
 pub mod heard;
+pub mod limits;
 pub mod registry;
 
 pub use auth::{Challenge, Credentials, parse_challenge};
-pub use client::{Deadline, Upstream, UpstreamTls};
+pub use client::{Deadline, PullBudget, Reserve, Upstream, UpstreamPlan, UpstreamTls};
 pub use error::{Asked, UpstreamError};
 pub use heard::{Heard, RateLimit};
 pub use registry::{BlobBody, Fetched};

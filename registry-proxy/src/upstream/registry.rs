@@ -7,11 +7,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, Response};
 
 use super::client::{Deadline, Upstream};
 use super::error::{Asked, UpstreamError, is_outage};
+use super::limits::{Limits, Permit};
 use crate::oci::{self, Digest, MANIFEST_ACCEPT, RepoName};
 
 /// Pages of an upstream tag list followed at most.
@@ -35,22 +36,48 @@ pub struct Fetched {
     pub claimed: Option<Digest>,
 }
 
-/// An upstream's answer to a blob GET, its body not yet read.
+/// An upstream's answer to a blob GET, its body not yet read; it holds
+/// its turn under `maxconcurrent` until the body is read or dropped.
 #[derive(Debug)]
-pub struct BlobBody(Response);
+pub struct BlobBody {
+    response: Response,
+    permit: Permit,
+    limits: std::sync::Arc<Limits>,
+}
 
 impl BlobBody {
     /// The size the upstream announced (`None`: a chunked answer).
     pub fn announced(&self) -> Option<u64> {
-        self.0.content_length()
+        self.response.content_length()
     }
 
-    /// The bytes as they arrive.
+    /// The bytes as they arrive, no faster than `maxbandwidth`.
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, UpstreamError>> + Send {
-        self.0.bytes_stream().map_err(|e| UpstreamError::Body {
+        let Self {
+            response,
+            permit,
+            limits,
+        } = self;
+        let bytes = response.bytes_stream().map_err(|e| UpstreamError::Body {
             what: "blob body",
             detail: e.to_string(),
-        })
+        });
+        if !limits.caps_bandwidth() {
+            return futures::future::Either::Left(bytes.map(move |chunk| {
+                let _turn = &permit;
+                chunk
+            }));
+        }
+        futures::future::Either::Right(bytes.then(move |chunk| {
+            let limits = std::sync::Arc::clone(&limits);
+            let _turn = &permit;
+            async move {
+                if let Ok(chunk) = &chunk {
+                    limits.pass(chunk.len()).await;
+                }
+                chunk
+            }
+        }))
     }
 }
 
@@ -64,7 +91,7 @@ impl Upstream {
         reference: &str,
         timeout: Duration,
     ) -> Result<Option<Digest>, UpstreamError> {
-        let response = self
+        let (response, _turn) = self
             .send(
                 Method::HEAD,
                 repo,
@@ -90,7 +117,7 @@ impl Upstream {
         reference: &str,
         timeout: Duration,
     ) -> Result<Fetched, UpstreamError> {
-        let mut response = self
+        let (mut response, _turn) = self
             .send(
                 Method::GET,
                 repo,
@@ -132,7 +159,7 @@ impl Upstream {
         let mut tags = Vec::new();
         let mut rest = "tags/list".to_owned();
         for _ in 0..MAX_TAG_PAGES {
-            let mut response = self
+            let (mut response, _turn) = self
                 .send(Method::GET, repo, &rest, None, Deadline::Whole(timeout))
                 .await?;
             if !response.status().is_success() {
@@ -176,7 +203,7 @@ impl Upstream {
         let mut left = oci::MAX_MANIFEST_BYTES;
         let mut rest = format!("referrers/{subject}");
         for _ in 0..MAX_REFERRER_PAGES {
-            let mut response = self
+            let (mut response, _turn) = self
                 .send(
                     Method::GET,
                     repo,
@@ -240,7 +267,11 @@ impl Upstream {
     ) -> Result<BlobBody, UpstreamError> {
         self.blob_request(Method::GET, repo, digest, head)
             .await
-            .map(BlobBody)
+            .map(|(response, permit)| BlobBody {
+                response,
+                permit,
+                limits: std::sync::Arc::clone(self.limits()),
+            })
     }
 
     async fn blob_request(
@@ -249,8 +280,8 @@ impl Upstream {
         repo: &RepoName,
         digest: &Digest,
         head: Duration,
-    ) -> Result<Response, UpstreamError> {
-        let response = self
+    ) -> Result<(Response, Permit), UpstreamError> {
+        let (response, permit) = self
             .send(
                 method,
                 repo,
@@ -262,7 +293,7 @@ impl Upstream {
         if !response.status().is_success() {
             return Err(UpstreamError::status(&response, Asked::Blob(*digest)));
         }
-        Ok(response)
+        Ok((response, permit))
     }
 }
 

@@ -48,7 +48,7 @@ impl Manifests {
     ) -> Result<Referrers, CacheError> {
         let key = ns.repo(repo);
         let fresh_key: TagKey = (key.clone(), format!("@referrers/{subject}"));
-        let descriptors = match self.fresh_referrers(&fresh_key, subject).await? {
+        let descriptors = match self.fresh_referrers(ns, &fresh_key, subject).await? {
             Some(found) => found,
             None => {
                 let turn = Arc::clone(lock(&self.resolving).entry(fresh_key.clone()).or_default());
@@ -58,7 +58,7 @@ impl Manifests {
                     turn: Arc::clone(&turn),
                 };
                 let _turn = turn.lock().await;
-                match self.fresh_referrers(&fresh_key, subject).await? {
+                match self.fresh_referrers(ns, &fresh_key, subject).await? {
                     Some(found) => found,
                     None => {
                         self.resolve_referrers(ns, repo, subject, &fresh_key)
@@ -82,13 +82,11 @@ impl Manifests {
     /// the freshness window (an empty list when the upstream said none).
     async fn fresh_referrers(
         &self,
+        ns: &Namespace,
         fresh_key: &TagKey,
         subject: &Digest,
     ) -> Result<Option<Vec<Descriptor>>, CacheError> {
-        let fresh = lock(&self.confirmed)
-            .get(fresh_key)
-            .is_some_and(|t| t.elapsed() < self.freshness);
-        if !fresh {
+        if !self.is_fresh(ns, fresh_key) {
             return Ok(None);
         }
         Ok(Some(
@@ -165,10 +163,7 @@ impl Manifests {
                 .put_content(&link, layout::link_content(&digest))
                 .await?;
         }
-        let freshness = self.freshness;
-        lock(&self.confirmed).insert(fresh_key.clone(), std::time::Instant::now(), |at| {
-            at.elapsed() < freshness
-        });
+        self.confirm(ns, fresh_key.clone());
         Ok(asked)
     }
 
