@@ -41,6 +41,9 @@ pub struct AppState {
     pub namespaces: Arc<Namespaces>,
     /// Client authentication, when configured.
     pub auth: Option<Arc<Htpasswd>>,
+    /// Client authentication by distribution's token scheme, when
+    /// configured (instead of `auth`).
+    pub token: Option<Arc<crate::token::TokenAuth>>,
     /// The URLs the cache writes.
     pub urls: Arc<Urls>,
 }
@@ -117,6 +120,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Client authentication; `None`: every client may pull.
     pub auth: Option<Arc<Htpasswd>>,
+    /// Client authentication by tokens (instead of `auth`).
+    pub token: Option<Arc<crate::token::TokenAuth>>,
     /// Expiry and how often its state is written.
     pub scheduler: Options,
     /// The clock of expiries.
@@ -180,6 +185,7 @@ impl AppState {
             scheduler,
             namespaces,
             auth: settings.auth,
+            token: settings.token,
             urls: Arc::new(settings.urls),
         })
     }

@@ -34,6 +34,7 @@ pub mod status;
 pub(crate) mod sync;
 pub mod telemetry;
 pub mod tls;
+pub mod token;
 pub mod topk;
 pub mod upstream;
 

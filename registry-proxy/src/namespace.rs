@@ -294,13 +294,22 @@ impl Namespace {
         self.dir.as_ref()
     }
 
-    /// Whether `user` may pull through it.
+    /// Whether `user` may pull through it (`None`: an anonymous client,
+    /// or client authentication is off). `users: ["*"]` lets anyone pull,
+    /// without authenticating.
     pub fn allows(&self, user: Option<&str>) -> bool {
         match (&self.users, user) {
             (None, _) => true,
+            (Some(users), _) if users.contains("*") => true,
             (Some(users), Some(user)) => users.contains(user),
             (Some(_), None) => false,
         }
+    }
+
+    /// Whether clients may pull through it without authenticating
+    /// (`users: ["*"]`).
+    pub fn anonymous(&self) -> bool {
+        self.users.as_ref().is_some_and(|u| u.contains("*"))
     }
 
     /// Whether repository `name` (canonical) may be pulled through it.
@@ -317,7 +326,7 @@ impl Namespace {
     /// some users may pull through it. Other namespaces are then served
     /// that content only once their own upstream proves access.
     pub fn private(&self) -> bool {
-        self.isolated() || self.users.is_some()
+        self.isolated() || (self.users.is_some() && !self.anonymous())
     }
 }
 

@@ -87,6 +87,7 @@ async fn replica(
         tag_freshness: Duration::from_secs(60),
         request_timeout: Duration::from_secs(2),
         auth: None,
+        token: None,
         scheduler: Default::default(),
         clock: Clock::system(),
         coordination: Some(EtcdOptions {

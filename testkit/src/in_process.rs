@@ -65,6 +65,7 @@ impl InProcess {
             tag_freshness: freshness,
             request_timeout: Duration::from_secs(2),
             auth: None,
+            token: None,
             scheduler: Default::default(),
             clock: Clock::system(),
             coordination: None,

@@ -151,16 +151,17 @@ impl Config {
     /// asks (no client authentication where it asks for another scheme):
     /// refused rather than ignored.
     fn refused(&self) -> Result<(), ConfigError> {
-        for (key, value) in [
-            ("auth.silly", &self.auth.silly),
-            ("auth.token", &self.auth.token),
-        ] {
-            if !value.is_null() {
-                return Err(invalid(
-                    key,
-                    "only auth.htpasswd authenticates clients here",
-                ));
-            }
+        if !self.auth.silly.is_null() {
+            return Err(invalid(
+                "auth.silly",
+                "only auth.htpasswd and auth.token authenticate clients here",
+            ));
+        }
+        if self.auth.htpasswd.is_some() && self.auth.token.is_some() {
+            return Err(invalid(
+                "auth.token",
+                "give auth.htpasswd or auth.token, not both",
+            ));
         }
         Ok(())
     }
@@ -431,8 +432,28 @@ pub struct AuthConfig {
     pub htpasswd: Option<HtpasswdConfig>,
     /// Distribution's test scheme: refused.
     pub silly: Value,
-    /// Distribution's token scheme: refused (not built yet).
-    pub token: Value,
+    /// Distribution's token scheme: JWTs from a token service.
+    pub token: Option<TokenConfig>,
+}
+
+/// `auth.token`: distribution's token scheme.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The token service clients are sent to.
+    pub realm: String,
+    /// The service tokens are issued for (their audience).
+    pub service: String,
+    /// Who issues them.
+    pub issuer: String,
+    /// The JSON Web Key Set that verifies them.
+    pub jwks: PathBuf,
+    /// Certificates that verify them: not supported (give `jwks`).
+    pub rootcertbundle: Option<PathBuf>,
+    /// The algorithms accepted (default: those the keys name).
+    pub signingalgorithms: Vec<String>,
+    /// Distribution's redirect of the base endpoint: accepted, not used.
+    pub autoredirect: Value,
 }
 
 /// `auth.htpasswd`.
@@ -1081,6 +1102,7 @@ impl Config {
         self.debug_addr()?;
         self.namespaces()?;
         self.client_auth()?;
+        self.token_auth()?;
         self.tag_freshness()?;
         self.fill_timeout()?;
         self.ttl()?;
@@ -1298,10 +1320,53 @@ impl Config {
         key: &str,
         users: Option<&Vec<String>>,
     ) -> Result<Option<Vec<String>>, ConfigError> {
-        if users.is_some() && self.auth.htpasswd.is_none() {
-            return Err(invalid(key, "allowed users need auth.htpasswd"));
+        let only_anyone = users.is_some_and(|u| u.iter().all(|u| u == "*"));
+        if users.is_some()
+            && !only_anyone
+            && self.auth.htpasswd.is_none()
+            && self.auth.token.is_none()
+        {
+            return Err(invalid(
+                key,
+                "allowed users need auth.htpasswd or auth.token",
+            ));
         }
         Ok(users.cloned())
+    }
+
+    /// Client authentication by tokens, when `auth.token` is set (its key
+    /// set read).
+    pub fn token_auth(&self) -> Result<Option<crate::token::TokenAuth>, ConfigError> {
+        let Some(token) = &self.auth.token else {
+            return Ok(None);
+        };
+        if token.rootcertbundle.is_some() {
+            return Err(invalid(
+                "auth.token.rootcertbundle",
+                "certificate bundles are not supported: give the keys as auth.token.jwks",
+            ));
+        }
+        for (key, value) in [
+            ("auth.token.realm", &token.realm),
+            ("auth.token.service", &token.service),
+            ("auth.token.issuer", &token.issuer),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(key, "is required"));
+            }
+        }
+        // At most 4 MiB, as certificate files.
+        let jwks =
+            crate::tls::read_pem_file(&token.jwks).map_err(|e| invalid("auth.token.jwks", e))?;
+        crate::token::TokenAuth::new(
+            &token.realm,
+            &token.service,
+            &token.issuer,
+            &jwks,
+            &token.signingalgorithms,
+        )
+        .map(Some)
+        .map_err(|e| invalid("auth.token.jwks", e))
     }
 
     /// Client authentication, when `auth.htpasswd` is set (its file read).
@@ -2276,8 +2341,12 @@ validation:
                 "http.debug.prometheus.path",
             ),
             (
-                "auth:\n  token:\n    realm: https://auth.test/\n    service: s\n".to_owned(),
-                "auth.token",
+                "auth:\n  token:\n    realm: https://auth.test/\n    service: s\n    issuer: i\n    jwks: /nonexistent\n".to_owned(),
+                "auth.token.jwks",
+            ),
+            (
+                "auth:\n  token:\n    realm: https://auth.test/\n    service: s\n    issuer: i\n    rootcertbundle: /b.pem\n".to_owned(),
+                "auth.token.rootcertbundle",
             ),
             (
                 "auth:\n  silly:\n    realm: r\n    service: s\n".to_owned(),

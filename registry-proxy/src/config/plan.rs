@@ -71,6 +71,7 @@ impl Config {
             tag_freshness: self.tag_freshness()?,
             request_timeout: REQUEST_TIMEOUT,
             auth: self.client_auth()?.map(Arc::new),
+            token: self.token_auth()?.map(Arc::new),
             scheduler,
             clock: Clock::system(),
             coordination: self.etcd()?,

@@ -121,8 +121,12 @@ async fn base(
     headers: HeaderMap,
 ) -> Response {
     let client = client.map(|c| c.0.0.ip());
-    if let Err(refused) = authenticate(&state, &headers, client).await {
-        return refused;
+    match authenticate(&state, &headers, client, None).await {
+        Ok(_) => {}
+        // Anonymous clients may reach the base when the default namespace
+        // lets them pull (Docker cannot log in to a mirror).
+        Err(Refusal::Missing(_)) if state.namespaces.default_namespace().anonymous() => {}
+        Err(Refusal::Missing(refused) | Refusal::Failed(refused)) => return refused,
     }
     (
         StatusCode::OK,
@@ -132,19 +136,52 @@ async fn base(
         .into_response()
 }
 
+/// Why a request is not authenticated, with the answer for it.
+enum Refusal {
+    /// It carries no credentials: anonymous, which a namespace may allow.
+    Missing(Response),
+    /// Wrong credentials, an invalid token, or too many failures.
+    Failed(Response),
+}
+
 /// The user the request authenticates as, when client authentication is
-/// on (401 with a Basic challenge when it fails); `None` when it is off.
-/// Runs before anything else looks at the request, so that an
-/// unauthenticated client learns nothing of namespaces or content.
+/// on (401 with a Basic or Bearer challenge when it fails); `None` when it
+/// is off. Runs before anything else looks at the request, so that an
+/// unauthenticated client learns nothing of namespaces or content. With
+/// tokens, `repository` is the name the request asks for (as its path
+/// gives it), which the token must grant pulling.
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     client: Option<IpAddr>,
-) -> Result<Option<String>, Response> {
+    repository: Option<&str>,
+) -> Result<Option<String>, Refusal> {
+    let authorization = headers.get(header::AUTHORIZATION);
+    if let Some(token) = &state.token {
+        let challenge = |message: &str| {
+            let mut response = OciError::new(ErrorCode::Unauthorized, message).into_response();
+            let scope = repository.map(|r| format!("repository:{r}:pull"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, token.challenge(scope.as_deref()));
+            response
+        };
+        return match token.check(authorization, repository) {
+            Ok(user) => Ok(Some(user)),
+            Err(crate::token::Refused::Missing) => {
+                Err(Refusal::Missing(challenge("authentication required")))
+            }
+            Err(crate::token::Refused::Invalid(why)) => {
+                tracing::info!(why, "token refused");
+                state.metrics.auth_failure();
+                Err(Refusal::Failed(challenge(&why)))
+            }
+        };
+    }
     let Some(auth) = &state.auth else {
         return Ok(None);
     };
-    match auth.check(headers.get(header::AUTHORIZATION), client).await {
+    match auth.check(authorization, client).await {
         Ok(user) => Ok(Some(user)),
         Err(Unauthenticated::Throttled(wait)) => {
             state.metrics.auth_failure();
@@ -153,15 +190,32 @@ async fn authenticate(
                 "too many failed logins from this address; try again later",
             );
             error.retry_after = HeaderValue::try_from(wait.as_secs().max(1).to_string()).ok();
-            Err(error.into_response())
+            Err(Refusal::Failed(error.into_response()))
         }
-        Err(Unauthenticated::Missing) => Err(unauthorized(auth, "authentication required")),
+        Err(Unauthenticated::Missing) => Err(Refusal::Missing(unauthorized(
+            auth,
+            "authentication required",
+        ))),
         Err(Unauthenticated::Wrong) => {
             tracing::info!("wrong user name or password");
             state.metrics.auth_failure();
-            Err(unauthorized(auth, "wrong user name or password"))
+            Err(Refusal::Failed(unauthorized(
+                auth,
+                "wrong user name or password",
+            )))
         }
     }
+}
+
+/// The repository name a `/v2/<path>` request asks for, as the client
+/// wrote it (the scope a token must grant).
+fn requested_repository(path: &str) -> Option<&str> {
+    ["/manifests/", "/blobs/", "/tags/list", "/referrers/"]
+        .iter()
+        .filter_map(|marker| path.rfind(marker))
+        .max()
+        .map(|at| &path[..at])
+        .filter(|name| !name.is_empty())
 }
 
 /// A 401 with `message` and the Basic challenge of `auth`.
@@ -267,9 +321,22 @@ async fn dispatch(
     headers: HeaderMap,
 ) -> Response {
     let client = client.map(|c| c.0.0.ip());
-    let user = match authenticate(&state, &headers, client).await {
+    let authenticated = authenticate(&state, &headers, client, requested_repository(&path)).await;
+    let user = match authenticated {
         Ok(user) => user,
-        Err(refused) => return refused,
+        Err(Refusal::Failed(refused)) => return refused,
+        Err(Refusal::Missing(refused)) => {
+            // Anonymous: only a namespace that lets anyone pull serves it,
+            // and only after routing says which one it is.
+            let anonymous = state
+                .namespaces
+                .route(query.get("ns").map(String::as_str), &path)
+                .is_ok_and(|(ns, _)| ns.anonymous());
+            if !anonymous {
+                return refused;
+            }
+            None
+        }
     };
     let (ns, rest) = match state
         .namespaces
