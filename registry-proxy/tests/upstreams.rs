@@ -527,3 +527,136 @@ async fn exec_credentials_follow_a_rotating_password() {
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
+
+/// A stand-in for ECR's API: `GetAuthorizationToken` answers `AWS` and
+/// the password of the moment, base64, valid 12 hours; calls counted.
+struct FakeEcr {
+    password: std::sync::Mutex<String>,
+    calls: AtomicUsize,
+}
+
+async fn ecr_api(State(ecr): State<Arc<FakeEcr>>, headers: axum::http::HeaderMap) -> Response {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !target.ends_with("GetAuthorizationToken") {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    ecr.calls.fetch_add(1, Ordering::SeqCst);
+    use base64::Engine as _;
+    let password = ecr.password.lock().expect("lock").clone();
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 12 * 3600;
+    (
+        [(header::CONTENT_TYPE.as_str(), "application/x-amz-json-1.1")],
+        serde_json::json!({"authorizationData": [{"authorizationToken": token, "expiresAt": expires, "proxyEndpoint": "https://127.0.0.1"}]})
+            .to_string(),
+    )
+        .into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecr_tokens_come_from_the_aws_chain_and_follow_a_rotation() {
+    if !have("docker-registry") {
+        conformance::skip("ecr", "REQUIRE_E2E", "docker-registry is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let ecr = Arc::new(FakeEcr {
+        password: std::sync::Mutex::new("first-token".into()),
+        calls: AtomicUsize::new(0),
+    });
+    let api = support::fakes::serve(
+        axum::Router::new()
+            .route("/", axum::routing::post(ecr_api))
+            .with_state(Arc::clone(&ecr)),
+    )
+    .await;
+    let htpasswd = |password: &str| {
+        let hash = bcrypt::hash(password, 4).expect("bcrypt");
+        std::fs::write(d.join("htpasswd"), format!("AWS:{hash}\n")).expect("htpasswd");
+    };
+    htpasswd("first-token");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: ecr\n    path: {}\n",
+        d.join("htpasswd").display()
+    );
+    let upstream = tokio::task::block_in_place(|| registry_at(d, "upstream", &addr, &auth));
+    let pusher = |password: &str| {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Basic {basic}").parse().expect("header"),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client")
+    };
+    let mut images = Vec::new();
+    for seed in 0..2 {
+        images.push(
+            push_image(
+                &pusher("first-token"),
+                &upstream.addr,
+                &format!("ecr/app{seed}"),
+                130 + seed,
+                &[16 << 10],
+            )
+            .await,
+        );
+    }
+    let proxy = tokio::task::block_in_place(|| {
+        support::registry_proxy_env(
+            d,
+            &format!(
+                "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{addr}\n  ecrregion: us-east-1\n",
+                d.join("root").display()
+            ),
+            &[
+                ("AWS_ENDPOINT_URL_ECR", api.as_str()),
+                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ("AWS_SECRET_ACCESS_KEY", "not-a-real-secret"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ],
+        )
+    });
+    let client = reqwest::Client::new();
+    pull_image(&client, &proxy.addr, &images[0])
+        .await
+        .expect("pull with ECR's first token");
+    let asked = ecr.calls.load(Ordering::SeqCst);
+    assert!(asked >= 1, "the token came from the ECR API");
+    // The token changes and the registry with it: the refusal fetches a new one.
+    *ecr.password.lock().expect("lock") = "second-token".into();
+    htpasswd("second-token");
+    let mut tries = 0;
+    while pusher("first-token")
+        .get(format!("http://{}/v2/", upstream.addr))
+        .send()
+        .await
+        .expect("old token")
+        .status()
+        != 401
+    {
+        tries += 1;
+        assert!(tries < 50, "docker-registry never took the new htpasswd");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pull_image(&client, &proxy.addr, &images[1])
+        .await
+        .expect("pull with ECR's second token");
+    assert!(
+        ecr.calls.load(Ordering::SeqCst) > asked,
+        "a new token was asked for"
+    );
+}

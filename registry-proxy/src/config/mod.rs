@@ -535,6 +535,10 @@ pub struct UpstreamEntry {
     /// distribution v3's: a credential helper printing the upstream's
     /// credentials.
     pub exec: Option<ExecConfig>,
+    /// Ours: the region of an Amazon ECR upstream, whose tokens come
+    /// from the AWS credential chain (found from an ECR host when unset).
+    #[serde(deserialize_with = "scalar_text")]
+    pub ecrregion: Option<String>,
 }
 
 /// `pullbudget` (ours): when the pull budget an upstream announces
@@ -573,6 +577,7 @@ struct UpstreamKnobs<'a> {
     maxbandwidth: Option<&'a str>,
     pullbudget: &'a PullBudgetConfig,
     exec: Option<&'a ExecConfig>,
+    ecrregion: Option<&'a str>,
 }
 
 impl UpstreamKnobs<'_> {
@@ -644,6 +649,23 @@ impl UpstreamKnobs<'_> {
                     .transpose()?,
             }),
         };
+        let ecr_region = match self.ecrregion {
+            Some(region)
+                if region.is_empty()
+                    || !region
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+            {
+                return Err(invalid(key("ecrregion"), "not an AWS region"));
+            }
+            Some(_) if exec.is_some() => {
+                return Err(invalid(
+                    key("ecrregion"),
+                    "give exec or ecrregion, not both",
+                ));
+            }
+            region => region.map(str::to_owned),
+        };
         if self.maxconcurrent == Some(0) {
             return Err(invalid(key("maxconcurrent"), "must be more than 0"));
         }
@@ -661,6 +683,7 @@ impl UpstreamKnobs<'_> {
                 )?,
             },
             exec,
+            ecr_region,
         };
         Ok((first.0, first.1, plan))
     }
@@ -952,6 +975,10 @@ pub struct ProxyConfig {
     /// distribution v3's: a credential helper printing the upstream's
     /// credentials.
     pub exec: Option<ExecConfig>,
+    /// Ours: the region of an Amazon ECR upstream, whose tokens come
+    /// from the AWS credential chain (found from an ECR host when unset).
+    #[serde(deserialize_with = "scalar_text")]
+    pub ecrregion: Option<String>,
 
     /// Ours: the largest blob filled, in bytes or with a unit (`64GiB`,
     /// the default).
@@ -1222,6 +1249,7 @@ impl Config {
                 maxbandwidth: proxy.maxbandwidth.as_deref(),
                 pullbudget: &proxy.pullbudget,
                 exec: proxy.exec.as_ref(),
+                ecrregion: proxy.ecrregion.as_deref(),
             }
             .plan(primary, &|field| format!("proxy.{field}"))?;
             let mut spec = NamespaceSpec::single(
@@ -1278,6 +1306,7 @@ impl Config {
                 maxbandwidth: entry.maxbandwidth.as_deref(),
                 pullbudget: &entry.pullbudget,
                 exec: entry.exec.as_ref(),
+                ecrregion: entry.ecrregion.as_deref(),
             }
             .plan(primary, &key)?;
             let max_size = positive_size(&key("maxsize"), entry.maxsize.as_deref())?;

@@ -90,12 +90,39 @@ struct Token {
     expires: Instant,
 }
 
+/// Where credentials come from when they are not fixed: asked when
+/// needed, reused while they live, and asked again when refused.
+pub(crate) enum Source {
+    /// A credential helper command (`exec`).
+    Helper(super::exec::Helper),
+    /// Amazon ECR's authorization tokens.
+    Ecr(super::ecr::EcrTokens),
+}
+
+impl Source {
+    /// The credentials to use now.
+    async fn credentials(&self) -> Result<(String, Secret), String> {
+        match self {
+            Self::Helper(helper) => helper.credentials().await,
+            Self::Ecr(tokens) => tokens.credentials().await,
+        }
+    }
+
+    /// Forgets them: the upstream refused them.
+    async fn forget(&self) {
+        match self {
+            Self::Helper(helper) => helper.forget().await,
+            Self::Ecr(tokens) => tokens.forget().await,
+        }
+    }
+}
+
 /// How requests to one upstream authenticate.
 pub(crate) struct Auth {
     base: Url,
     credentials: Credentials,
-    /// A command that prints the credentials (instead of `credentials`).
-    helper: Option<std::sync::Arc<super::exec::Helper>>,
+    /// Where the credentials come from instead of `credentials`.
+    helper: Option<Source>,
     /// Set once the upstream asked for Basic: credentials are then sent up front.
     basic: AtomicBool,
     tokens: Mutex<Swept<String, Token>>,
@@ -104,11 +131,7 @@ pub(crate) struct Auth {
 impl Auth {
     /// Authentication for the upstream at `base` with `credentials`.
     /// `helper`, when given, is asked for them instead.
-    pub(crate) fn new(
-        base: Url,
-        credentials: Credentials,
-        helper: Option<std::sync::Arc<super::exec::Helper>>,
-    ) -> Self {
+    pub(crate) fn new(base: Url, credentials: Credentials, helper: Option<Source>) -> Self {
         Self {
             base,
             credentials,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::ACCEPT;
 use reqwest::{Method, Response, StatusCode, Url};
 
-use super::auth::{Auth, Credentials};
+use super::auth::{Auth, Credentials, Source};
 use super::error::{UpstreamError, describe, is_outage};
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
@@ -106,6 +106,9 @@ pub struct UpstreamPlan {
     pub pull_budget: PullBudget,
     /// A command that prints the credentials, instead of fixed ones.
     pub exec: Option<super::exec::Exec>,
+    /// The region of an Amazon ECR upstream whose tokens come from the
+    /// AWS credential chain (found from an ECR host when unset).
+    pub ecr_region: Option<String>,
 }
 
 impl Default for UpstreamPlan {
@@ -118,6 +121,7 @@ impl Default for UpstreamPlan {
             max_bandwidth: None,
             pull_budget: PullBudget::default(),
             exec: None,
+            ecr_region: None,
         }
     }
 }
@@ -250,10 +254,22 @@ impl Upstream {
         let mirrors = std::iter::once(base)
             .chain(plan.fallbacks.iter().cloned())
             .map(|base| {
-                let helper = plan
-                    .exec
-                    .as_ref()
-                    .map(|exec| Arc::new(super::exec::Helper::new(exec, base.as_str())));
+                let ecr = plan.ecr_region.clone().or_else(|| {
+                    let host = base.host_str()?;
+                    let detected = credentials.is_none() && plan.exec.is_none();
+                    detected
+                        .then(|| super::ecr::region_of(host))
+                        .flatten()
+                        .map(str::to_owned)
+                });
+                let helper = match (&plan.exec, ecr) {
+                    (Some(exec), _) => Some(Source::Helper(super::exec::Helper::new(
+                        exec,
+                        base.as_str(),
+                    ))),
+                    (None, Some(region)) => Some(Source::Ecr(super::ecr::EcrTokens::new(&region))),
+                    (None, None) => None,
+                };
                 Mirror {
                     auth: Auth::new(base.clone(), credentials.clone(), helper),
                     base,

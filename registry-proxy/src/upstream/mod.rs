@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod ecr;
 pub mod error;
 pub mod exec;
 pub mod heard;
