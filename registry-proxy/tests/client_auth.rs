@@ -53,20 +53,31 @@ fn cache(d: &Path, upstream: &str, auth: &str, private_users: &str) -> support::
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn anonymous_and_authenticated_namespaces_side_by_side() {
-    let Some((dir, upstream)) = support::registry_upstream("anonymous namespaces") else {
-        return;
-    };
-    let d = dir.path();
+/// A docker-registry upstream holding `team/app:v1` (seeded by `seed`),
+/// or `None` when `test` is skipped.
+async fn upstream_with_image(
+    test: &str,
+    seed: u64,
+) -> Option<(tempfile::TempDir, support::Server, Image)> {
+    let (dir, upstream) = support::registry_upstream(test)?;
     let image = push_image(
         &reqwest::Client::new(),
         &upstream.addr,
         "team/app",
-        120,
+        seed,
         &[4096],
     )
     .await;
+    Some((dir, upstream, image))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_and_authenticated_namespaces_side_by_side() {
+    let Some((dir, upstream, image)) = upstream_with_image("anonymous namespaces", 120).await
+    else {
+        return;
+    };
+    let d = dir.path();
     let hash = bcrypt::hash("alice-secret", 4).expect("bcrypt");
     std::fs::write(d.join("htpasswd"), format!("alice:{hash}\n")).expect("htpasswd");
     let auth = format!(
@@ -153,18 +164,10 @@ fn token(der: &[u8], kid: &str, issuer: &str, sub: &str, name: &str, expires_in:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_from_a_token_service_are_verified_with_its_key_set() {
-    let Some((dir, upstream)) = support::registry_upstream("token auth") else {
+    let Some((dir, upstream, image)) = upstream_with_image("token auth", 121).await else {
         return;
     };
     let d = dir.path();
-    let image = push_image(
-        &reqwest::Client::new(),
-        &upstream.addr,
-        "team/app",
-        121,
-        &[4096],
-    )
-    .await;
     let (pem, jwk) = key("k1");
     let (other_pem, _) = key("k2");
     std::fs::write(

@@ -516,29 +516,11 @@ pub struct UpstreamEntry {
     pub repositories: RepositoriesConfig,
     /// Ours: images pulled ahead of their clients and kept warm.
     pub prefetch: Option<PrefetchConfig>,
-    /// Ours: the upstream's URLs in the order they are asked, a later
-    /// one when those before fail (instead of `remoteurl`).
-    pub remoteurls: Vec<RemoteUrl>,
-    /// Ours: how long a failing URL of `remoteurls` is passed over
-    /// (default `30s`).
-    #[serde(deserialize_with = "scalar_text")]
-    pub remoteretry: Option<String>,
-    /// Ours: upstream requests at once (default: no cap).
-    pub maxconcurrent: Option<usize>,
-    /// Ours: blob bytes per second from the upstream (`20MiB`; default:
-    /// no cap).
-    #[serde(deserialize_with = "scalar_text")]
-    pub maxbandwidth: Option<String>,
-    /// Ours: when the announced pull budget is low, and the tag
-    /// freshness then.
-    pub pullbudget: PullBudgetConfig,
-    /// distribution v3's: a credential helper printing the upstream's
-    /// credentials.
-    pub exec: Option<ExecConfig>,
-    /// Ours: the region of an Amazon ECR upstream, whose tokens come
-    /// from the AWS credential chain (found from an ECR host when unset).
-    #[serde(deserialize_with = "scalar_text")]
-    pub ecrregion: Option<String>,
+    /// Ours: its URLs, caps, pull budget and credential source (keys at
+    /// this level: `remoteurls`, `remoteretry`, `maxconcurrent`,
+    /// `maxbandwidth`, `pullbudget`, `exec`, `ecrregion`).
+    #[serde(flatten)]
+    pub upstream: UpstreamKnobs,
 }
 
 /// `pullbudget` (ours): when the pull budget an upstream announces
@@ -568,19 +550,37 @@ pub struct ExecConfig {
     pub lifetime: Option<String>,
 }
 
-/// The upstream settings `proxy` and each `proxy.upstreams[]` entry share,
-/// borrowed from either.
-struct UpstreamKnobs<'a> {
-    remoteurls: &'a [RemoteUrl],
-    remoteretry: Option<&'a str>,
-    maxconcurrent: Option<usize>,
-    maxbandwidth: Option<&'a str>,
-    pullbudget: &'a PullBudgetConfig,
-    exec: Option<&'a ExecConfig>,
-    ecrregion: Option<&'a str>,
+/// The upstream settings `proxy` and each `proxy.upstreams[]` entry share
+/// (ours, but `exec`, which is distribution v3's).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamKnobs {
+    /// Ours: the upstream's URLs in the order they are asked, a later
+    /// one when those before fail (instead of `remoteurl`).
+    pub remoteurls: Vec<RemoteUrl>,
+    /// Ours: how long a failing URL of `remoteurls` is passed over
+    /// (default `30s`).
+    #[serde(deserialize_with = "scalar_text")]
+    pub remoteretry: Option<String>,
+    /// Ours: upstream requests at once (default: no cap).
+    pub maxconcurrent: Option<usize>,
+    /// Ours: blob bytes per second from the upstream (`20MiB`; default:
+    /// no cap).
+    #[serde(deserialize_with = "scalar_text")]
+    pub maxbandwidth: Option<String>,
+    /// Ours: when the announced pull budget is low, and the tag
+    /// freshness then.
+    pub pullbudget: PullBudgetConfig,
+    /// distribution v3's: a credential helper printing the upstream's
+    /// credentials.
+    pub exec: Option<ExecConfig>,
+    /// Ours: the region of an Amazon ECR upstream, whose tokens come
+    /// from the AWS credential chain (found from an ECR host when unset).
+    #[serde(deserialize_with = "scalar_text")]
+    pub ecrregion: Option<String>,
 }
 
-impl UpstreamKnobs<'_> {
+impl UpstreamKnobs {
     /// The upstream plan; `primary` is `remoteurl` (`None`: the first of
     /// `remoteurls`), `key` names a field in errors. Returns the first URL,
     /// its credentials and the plan.
@@ -635,7 +635,7 @@ impl UpstreamKnobs<'_> {
                 }
             }
         };
-        let exec = match self.exec {
+        let exec = match &self.exec {
             None => None,
             Some(exec) if exec.command.trim().is_empty() => {
                 return Err(invalid(key("exec.command"), "name the credential helper"));
@@ -649,7 +649,7 @@ impl UpstreamKnobs<'_> {
                     .transpose()?,
             }),
         };
-        let ecr_region = match self.ecrregion {
+        let ecr_region = match self.ecrregion.as_deref() {
             Some(region)
                 if region.is_empty()
                     || !region
@@ -671,9 +671,13 @@ impl UpstreamKnobs<'_> {
         }
         let plan = UpstreamPlan {
             fallbacks,
-            retry: duration(&key("remoteretry"), self.remoteretry, defaults.retry)?,
+            retry: duration(
+                &key("remoteretry"),
+                self.remoteretry.as_deref(),
+                defaults.retry,
+            )?,
             max_concurrent: self.maxconcurrent,
-            max_bandwidth: positive_size(&key("maxbandwidth"), self.maxbandwidth)?,
+            max_bandwidth: positive_size(&key("maxbandwidth"), self.maxbandwidth.as_deref())?,
             pull_budget: PullBudget {
                 reserve,
                 freshness: duration(
@@ -956,29 +960,11 @@ pub struct ProxyConfig {
     pub verifyreads: Option<String>,
     /// Ours: fills running at once (default 64).
     pub maxfills: Option<usize>,
-    /// Ours: the upstream's URLs in the order they are asked, a later
-    /// one when those before fail (instead of `remoteurl`).
-    pub remoteurls: Vec<RemoteUrl>,
-    /// Ours: how long a failing URL of `remoteurls` is passed over
-    /// (default `30s`).
-    #[serde(deserialize_with = "scalar_text")]
-    pub remoteretry: Option<String>,
-    /// Ours: upstream requests at once (default: no cap).
-    pub maxconcurrent: Option<usize>,
-    /// Ours: blob bytes per second from the upstream (`20MiB`; default:
-    /// no cap).
-    #[serde(deserialize_with = "scalar_text")]
-    pub maxbandwidth: Option<String>,
-    /// Ours: when the announced pull budget is low, and the tag
-    /// freshness then.
-    pub pullbudget: PullBudgetConfig,
-    /// distribution v3's: a credential helper printing the upstream's
-    /// credentials.
-    pub exec: Option<ExecConfig>,
-    /// Ours: the region of an Amazon ECR upstream, whose tokens come
-    /// from the AWS credential chain (found from an ECR host when unset).
-    #[serde(deserialize_with = "scalar_text")]
-    pub ecrregion: Option<String>,
+    /// Ours: its URLs, caps, pull budget and credential source (keys at
+    /// this level: `remoteurls`, `remoteretry`, `maxconcurrent`,
+    /// `maxbandwidth`, `pullbudget`, `exec`, `ecrregion`).
+    #[serde(flatten)]
+    pub upstream: UpstreamKnobs,
 
     /// Ours: the largest blob filled, in bytes or with a unit (`64GiB`,
     /// the default).
@@ -1236,22 +1222,18 @@ impl Config {
     pub fn namespaces(&self) -> Result<Vec<NamespaceSpec>, ConfigError> {
         let proxy = &self.proxy;
         let mut specs = Vec::new();
-        if proxy.remoteurl.is_some() || !proxy.remoteurls.is_empty() || proxy.upstreams.is_empty() {
+        if proxy.remoteurl.is_some()
+            || !proxy.upstream.remoteurls.is_empty()
+            || proxy.upstreams.is_empty()
+        {
             let docker_hub = RemoteUrl("https://registry-1.docker.io".to_owned());
-            let primary = match (&proxy.remoteurl, proxy.remoteurls.is_empty()) {
+            let primary = match (&proxy.remoteurl, proxy.upstream.remoteurls.is_empty()) {
                 (None, true) => Some(&docker_hub),
                 (primary, _) => primary.as_ref(),
             };
-            let (url, in_url, plan) = UpstreamKnobs {
-                remoteurls: &proxy.remoteurls,
-                remoteretry: proxy.remoteretry.as_deref(),
-                maxconcurrent: proxy.maxconcurrent,
-                maxbandwidth: proxy.maxbandwidth.as_deref(),
-                pullbudget: &proxy.pullbudget,
-                exec: proxy.exec.as_ref(),
-                ecrregion: proxy.ecrregion.as_deref(),
-            }
-            .plan(primary, &|field| format!("proxy.{field}"))?;
+            let (url, in_url, plan) = proxy
+                .upstream
+                .plan(primary, &|field| format!("proxy.{field}"))?;
             let mut spec = NamespaceSpec::single(
                 url,
                 proxy
@@ -1299,16 +1281,7 @@ impl Config {
                 None => None,
             };
             let primary = (!entry.remoteurl.0.is_empty()).then_some(&entry.remoteurl);
-            let (remote, in_url, plan) = UpstreamKnobs {
-                remoteurls: &entry.remoteurls,
-                remoteretry: entry.remoteretry.as_deref(),
-                maxconcurrent: entry.maxconcurrent,
-                maxbandwidth: entry.maxbandwidth.as_deref(),
-                pullbudget: &entry.pullbudget,
-                exec: entry.exec.as_ref(),
-                ecrregion: entry.ecrregion.as_deref(),
-            }
-            .plan(primary, &key)?;
+            let (remote, in_url, plan) = entry.upstream.plan(primary, &key)?;
             let max_size = positive_size(&key("maxsize"), entry.maxsize.as_deref())?;
             specs.push(NamespaceSpec {
                 name: entry.namespace.clone(),
