@@ -149,7 +149,8 @@ impl KindCounters {
     }
 }
 
-/// One namespace's counters; an update is one atomic add.
+/// One namespace's counters; an update is one atomic add (but for the
+/// repositories asked most, counted under the namespace's own lock).
 #[derive(Debug, Default)]
 pub struct NamespaceMetrics {
     blobs: KindCounters,
@@ -157,9 +158,16 @@ pub struct NamespaceMetrics {
     proofs: Counter,
     denials: Counter,
     repository_denials: Counter,
+    /// Manifest GETs by repository, the most frequent kept.
+    asked: Mutex<crate::topk::TopK>,
 }
 
 impl NamespaceMetrics {
+    /// A manifest of `repo` was sent to a client.
+    pub fn manifest_sent(&self, repo: &str) {
+        crate::sync::lock(&self.asked).add(repo);
+    }
+
     fn of(&self, kind: Kind) -> &KindCounters {
         match kind {
             Kind::Blob => &self.blobs,
@@ -240,12 +248,7 @@ pub struct Metrics {
     auth_failures: Counter,
     corrupt_blobs: Counter,
     fills_refused: Counter,
-    /// Manifest GETs by namespace and repository, the most frequent kept.
-    pulled_repositories: Mutex<crate::topk::TopK>,
 }
-
-/// Repositories whose manifest GETs are counted for the status page.
-const COUNTED_REPOSITORIES: usize = 256;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -454,7 +457,6 @@ impl Default for Metrics {
             auth_failures,
             corrupt_blobs,
             fills_refused,
-            pulled_repositories: Mutex::new(crate::topk::TopK::new(COUNTED_REPOSITORIES)),
             gc,
             budget,
             registry,
@@ -513,26 +515,28 @@ impl Metrics {
             proofs: self.proofs.get_or_create(&label).clone(),
             denials: self.denials.get_or_create(&label).clone(),
             repository_denials: self.repository_denials.get_or_create(&label).clone(),
+            asked: Mutex::default(),
         });
         namespaces.push((name.to_owned(), Arc::clone(&made)));
         made
     }
 
-    /// A manifest of `repo` in namespace `namespace` was sent to a client.
-    pub fn manifest_sent(&self, namespace: &str, repo: &str) {
-        crate::sync::lock(&self.pulled_repositories).add(&format!("{namespace} {repo}"));
-    }
-
-    /// The `n` repositories most asked for manifests: namespace,
-    /// repository, manifest GETs (over by at most the last figure).
+    /// The `n` repositories most asked for manifests over every
+    /// namespace: namespace, repository, manifest GETs (over by at most
+    /// the last figure).
     pub fn most_pulled(&self, n: usize) -> Vec<(String, String, u64, u64)> {
-        let top = crate::sync::lock(&self.pulled_repositories).top(n);
-        top.into_iter()
-            .filter_map(|(key, count, error)| {
-                let (namespace, repo) = key.split_once(' ')?;
-                Some((namespace.to_owned(), repo.to_owned(), count, error))
+        let namespaces = crate::sync::lock(&self.namespaces);
+        let mut all: Vec<(String, String, u64, u64)> = namespaces
+            .iter()
+            .flat_map(|(name, ns)| {
+                let top = crate::sync::lock(&ns.asked).top(n);
+                top.into_iter()
+                    .map(move |(repo, count, error)| (name.clone(), repo, count, error))
             })
-            .collect()
+            .collect();
+        all.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        all.truncate(n);
+        all
     }
 
     /// Requests, hits and misses of every namespace and kind together.

@@ -14,6 +14,17 @@ pub struct TopK {
     counts: HashMap<String, (u64, u64)>,
 }
 
+/// Keys a [`TopK`] counts by default: the repositories of one namespace
+/// the status page ranks.
+const DEFAULT_CAPACITY: usize = 256;
+
+impl Default for TopK {
+    /// Counts at most 256 keys.
+    fn default() -> Self {
+        Self::new(DEFAULT_CAPACITY)
+    }
+}
+
 impl TopK {
     /// Counts at most `capacity` keys (at least one).
     pub fn new(capacity: usize) -> Self {

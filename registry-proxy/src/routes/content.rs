@@ -30,7 +30,7 @@ pub(super) async fn manifest(
         Body::empty()
     } else {
         ns.metrics.pushed(Kind::Manifest, m.bytes.len() as u64);
-        state.metrics.manifest_sent(&ns.name, repo.as_str());
+        ns.metrics.manifest_sent(repo.as_str());
         Body::from(m.bytes)
     };
     builder

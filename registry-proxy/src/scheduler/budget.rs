@@ -311,8 +311,10 @@ impl Scheduler {
     /// without an account. Reads the table in pieces, as purge does.
     pub fn namespace_sizes(&self) -> Option<HashMap<String, (u64, u64)>> {
         self.budget.as_ref()?;
-        let mut sizes: HashMap<String, (u64, u64)> = HashMap::new();
-        let mut counted: std::collections::HashSet<(String, Digest)> =
+        // Namespaces by index, with their blobs and bytes, so that a blob counted is two words, not a
+        // string per entry.
+        let mut names: Vec<(String, (u64, u64))> = Vec::new();
+        let mut counted: std::collections::HashSet<(usize, Digest)> =
             std::collections::HashSet::new();
         let mut from = 0;
         loop {
@@ -327,14 +329,18 @@ impl Scheduler {
                     continue;
                 };
                 let ns = namespace_of(repo);
-                if counted.insert((ns.to_owned(), *digest)) {
-                    let entry = sizes.entry(ns.to_owned()).or_default();
+                let index = names.iter().position(|(n, _)| n == ns).unwrap_or_else(|| {
+                    names.push((ns.to_owned(), (0, 0)));
+                    names.len() - 1
+                });
+                if counted.insert((index, *digest)) {
+                    let entry = &mut names[index].1;
                     entry.0 += 1;
                     entry.1 += size;
                 }
             }
             if end >= inner.table.slot_count() {
-                return Some(sizes);
+                return Some(names.into_iter().collect());
             }
             from = end;
         }

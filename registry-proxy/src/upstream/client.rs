@@ -443,10 +443,12 @@ impl Upstream {
         match &answer {
             Ok(response) => {
                 span.record("http.response.status_code", response.status().as_u16());
-                let mut heard = crate::sync::lock(&mirror.heard);
-                heard.answered(response.status(), response.headers(), now);
-                if let Some(limit) = heard.rate_limit.filter(|l| l.at == now) {
-                    drop(heard);
+                let announced = crate::sync::lock(&mirror.heard).answered(
+                    response.status(),
+                    response.headers(),
+                    now,
+                );
+                if let Some(limit) = announced {
                     self.note_budget(limit.limit, limit.remaining);
                 }
             }

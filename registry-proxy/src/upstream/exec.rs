@@ -82,17 +82,25 @@ impl Helper {
             // registry) may have exited already: its answer decides.
             let _ = stdin.write_all(self.server.as_bytes()).await;
         }
-        let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        // Its output is read only up to the bounds, while it runs.
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let ran = async {
+            let (out, err) = tokio::join!(bounded(stdout, MAX_ANSWER), bounded(stderr, 4096));
+            (out, err, child.wait().await)
+        };
+        let (stdout, stderr, status) = tokio::time::timeout(RUN_TIMEOUT, ran)
             .await
-            .map_err(|_| failed(format!("no answer within {RUN_TIMEOUT:?}")))?
-            .map_err(|e| failed(e.to_string()))?;
-        if !output.status.success() {
-            let said = String::from_utf8_lossy(&output.stderr);
-            let said: String = said.trim().chars().take(200).collect();
-            return Err(failed(format!("{}: {said}", output.status)));
-        }
-        if output.stdout.len() > MAX_ANSWER {
+            .map_err(|_| failed(format!("no answer within {RUN_TIMEOUT:?}")))?;
+        let status = status.map_err(|e| failed(e.to_string()))?;
+        // Checked first: the pipe closed after the bound may have ended it
+        // with SIGPIPE.
+        if stdout.len() > MAX_ANSWER {
             return Err(failed("an answer over 64 KiB".into()));
+        }
+        if !status.success() {
+            let said = String::from_utf8_lossy(&stderr);
+            let said: String = said.trim().chars().take(200).collect();
+            return Err(failed(format!("{status}: {said}")));
         }
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "PascalCase")]
@@ -100,10 +108,21 @@ impl Helper {
             username: String,
             secret: String,
         }
-        let answer: Answer = serde_json::from_slice(&output.stdout)
+        let answer: Answer = serde_json::from_slice(&stdout)
             .map_err(|_| failed("its answer is not {\"Username\", \"Secret\"} JSON".into()))?;
         Ok((answer.username, Secret::from(answer.secret)))
     }
+}
+
+/// What `pipe` gives, at most `limit` bytes and one more (so that an
+/// answer over the limit shows); nothing when there is no pipe.
+async fn bounded(pipe: Option<impl tokio::io::AsyncRead + Unpin>, limit: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut bytes = Vec::new();
+    if let Some(pipe) = pipe {
+        let _ = pipe.take(limit as u64 + 1).read_to_end(&mut bytes).await;
+    }
+    bytes
 }
 
 #[cfg(test)]
@@ -178,5 +197,17 @@ mod tests {
         .await
         .expect_err("a failing helper");
         assert!(e.contains("no such registry"), "{e}");
+        let flood = script(dir.path(), "head -c 100000 /dev/zero");
+        let e = Helper::new(
+            &Exec {
+                command: flood,
+                lifetime: None,
+            },
+            "up.test",
+        )
+        .credentials()
+        .await
+        .expect_err("an answer over the bound");
+        assert!(e.contains("over 64 KiB"), "{e}");
     }
 }

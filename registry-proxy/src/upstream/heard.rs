@@ -56,10 +56,17 @@ pub struct Heard {
 }
 
 impl Heard {
-    /// Notes an answer with `status` and `headers`.
-    pub fn answered(&mut self, status: reqwest::StatusCode, headers: &HeaderMap, at: SystemTime) {
-        if let Some(limit) = RateLimit::from_headers(headers, at) {
-            self.rate_limit = Some(limit);
+    /// Notes an answer with `status` and `headers`; the pull budget it
+    /// announced, if any.
+    pub fn answered(
+        &mut self,
+        status: reqwest::StatusCode,
+        headers: &HeaderMap,
+        at: SystemTime,
+    ) -> Option<RateLimit> {
+        let announced = RateLimit::from_headers(headers, at);
+        if announced.is_some() {
+            self.rate_limit = announced;
         }
         if super::error::is_outage(status) {
             self.failed(format!("answered {status}"), at);
@@ -67,6 +74,7 @@ impl Heard {
             self.last_answer = Some(at);
             self.failures_in_a_row = 0;
         }
+        announced
     }
 
     /// Notes a failure to get an answer.
