@@ -49,11 +49,10 @@ fn rounds() -> usize {
         .unwrap_or(ROUNDS)
 }
 
-/// The lower quartile, median and upper quartile of `ratios`.
-fn quartiles(mut ratios: Vec<f64>) -> String {
-    ratios.sort_by(f64::total_cmp);
-    let at = |q: usize| ratios[(ratios.len() - 1) * q / 4];
-    format!("{:.3} [{:.3}, {:.3}]", at(2), at(1), at(3))
+/// The median of `ratios` with its quartiles, as printed.
+fn quartiles(ratios: Vec<f64>) -> String {
+    let [low, median, high] = support::quartiles(ratios);
+    format!("{median:.3} [{low:.3}, {high:.3}]")
 }
 
 /// A replica (or, without `etcd`, a single node) on bucket root `root`.

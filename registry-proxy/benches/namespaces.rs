@@ -13,21 +13,11 @@ use registry_proxy_testkit as support;
 use std::path::Path;
 
 use base64::Engine as _;
-use support::{Server, docker_registry, have, median, push_image, registry_proxy_with, wrk};
+use support::{Server, docker_registry, have, median, pin, push_image, registry_proxy_with, wrk};
 
 /// The namespace the routed requests go to (isolated: every request
 /// checks its proof of access).
 const ROUTED: &str = "registry.test";
-
-/// Pins every thread of process `pid` to CPU `cpu`.
-fn pin(pid: u32, cpu: &str) {
-    let status = std::process::Command::new("taskset")
-        .args(["-a", "-p", "-c", cpu, &pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("run taskset");
-    assert!(status.success(), "taskset {pid}");
-}
 
 /// A proxy with `proxy_section`, pinned to CPU 0 (wrk runs on CPU 1, so the
 /// two do not compete and runs of different proxies compare).

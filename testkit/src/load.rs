@@ -1,6 +1,5 @@
 //! Load and measurement: a counting TCP relay, `wrk`, medians.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -93,21 +92,6 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 /// `wrk -c64` on one URL (with `headers`): requests per second and the
 /// p99 latency.
 pub fn wrk(url: &str, seconds: u64, headers: &[&str]) -> (f64, String) {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", url])
-        .args(headers.iter().flat_map(|h| ["-H", h]))
-        .output()
-        .expect("run wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("wrk printed no rate: {text}"));
-    assert!(!text.contains("Non-2xx"), "wrk saw failed requests: {text}");
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map_or_else(|| "?".into(), |v| v.trim().to_owned());
-    (rps, p99)
+    let run = crate::measure::wrk_run(url, seconds, headers);
+    (run.rps, run.p99)
 }
