@@ -336,9 +336,20 @@ pub async fn reader_missing_not_found(ctx: Ctx) {
     }
 }
 
+/// The whole content of a local file given by `open`.
+fn read_local(file: &std::fs::File) -> Bytes {
+    use std::os::unix::fs::FileExt as _;
+    let len = file.metadata().expect("fstat of the local file").len();
+    let mut buf = vec![0; usize::try_from(len).expect("size")];
+    file.read_exact_at(&mut buf, 0)
+        .expect("read of the local file");
+    Bytes::from(buf)
+}
+
 /// `open` reports the whole size at every offset, with the bytes from the
 /// offset; a missing file or a directory is `PathNotFound`, and past the end
-/// is `InvalidOffset`.
+/// is `InvalidOffset`. A local file, where the driver gives one, is the
+/// whole file of the version streamed, even after the path is replaced.
 pub async fn open_reports_whole_size(ctx: Ctx) {
     let data = random_bytes(seed(), 2 * MIB + 7);
     let path = ctx.put("dir/o", data.clone()).await;
@@ -346,6 +357,13 @@ pub async fn open_reports_whole_size(ctx: Ctx) {
     for offset in [0, 1, MIB as u64, size - 1, size] {
         let file = ctx.driver().open(&path, offset).await.expect("open");
         assert_eq!(file.size, size, "size reported by open at {offset}");
+        if let Some(local) = &file.local {
+            assert_bytes(
+                &read_local(local),
+                &data,
+                &format!("local file at {offset}"),
+            );
+        }
         let got: Vec<Bytes> = file.stream.try_collect().await.expect("stream");
         assert_bytes(
             &Bytes::from(got.concat()),
@@ -364,6 +382,11 @@ pub async fn open_reports_whole_size(ctx: Ctx) {
             ErrorKind::PathNotFound,
             "open of a missing file or a directory",
         );
+    }
+    let opened = ctx.driver().open(&path, 0).await.expect("open");
+    ctx.put("dir/o", random_bytes(seed() + 1, MIB)).await;
+    if let Some(local) = &opened.local {
+        assert_bytes(&read_local(local), &data, "local file after a replace");
     }
 }
 

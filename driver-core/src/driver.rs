@@ -1,6 +1,7 @@
 //! The [`StorageDriver`] trait and the values it exchanges.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -20,12 +21,29 @@ pub struct OpenFile {
     pub size: u64,
     /// The bytes from the offset on, as [`StorageDriver::reader`] yields them.
     pub stream: ByteStream,
+    /// The file itself, when the backend keeps it on this machine's
+    /// filesystem (driver-fs): the version `stream` reads, open before any
+    /// byte is read, for a caller that sends it without copying it through
+    /// memory (`sendfile`) instead of polling `stream`. `None` elsewhere.
+    pub local: Option<Arc<std::fs::File>>,
+}
+
+impl OpenFile {
+    /// A file of `size` bytes read through `stream` only (no local file).
+    pub fn streamed(size: u64, stream: ByteStream) -> Self {
+        Self {
+            size,
+            stream,
+            local: None,
+        }
+    }
 }
 
 impl Debug for OpenFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenFile")
             .field("size", &self.size)
+            .field("local", &self.local.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -109,12 +109,19 @@ impl Inner {
         Ok(meta)
     }
 
+    /// Opens the file at `path`, with its size: the size of the file
+    /// opened (`fstat`), so that both are of one version even while the
+    /// path is replaced.
     pub(crate) fn open_file(&self, path: &StoragePath) -> Result<(std::fs::File, u64)> {
-        let meta = self.file_metadata(path)?;
+        require_file_path(NAME, path)?;
         let file = self
             .root
             .open(rel(path))
             .map_err(|e| io_error("open", path, e))?;
+        let meta = file.metadata().map_err(|e| io_error("stat", path, e))?;
+        if meta.is_dir() {
+            return Err(Error::not_found(NAME, path));
+        }
         Ok((file.into_std(), meta.len()))
     }
 

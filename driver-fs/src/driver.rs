@@ -134,9 +134,11 @@ impl StorageDriver for FsDriver {
                 offset,
             });
         }
+        let file = Arc::new(file);
         Ok(OpenFile {
             size: len,
-            stream: stream_file(file, path, offset, len),
+            stream: stream_file(Arc::clone(&file), path, offset, len),
+            local: Some(file),
         })
     }
 

@@ -9,15 +9,15 @@ use crate::error::io_error;
 
 /// Streams `len - offset` bytes of `file` from `offset`, one chunk of at most
 /// [`READ_CHUNK`] bytes per blocking read. The stream holds one chunk at a
-/// time. The file was opened before the stream, so a concurrent replace of
-/// the path does not change what it reads.
+/// time and reads nothing until polled. The file was opened before the
+/// stream, so a concurrent replace of the path does not change what it
+/// reads.
 pub(crate) fn stream_file(
-    file: std::fs::File,
+    file: Arc<std::fs::File>,
     path: StoragePath,
     offset: u64,
     len: u64,
 ) -> ByteStream {
-    let file = Arc::new(file);
     Box::pin(futures::stream::try_unfold(offset, move |pos| {
         let file = Arc::clone(&file);
         let path = path.clone();

@@ -99,10 +99,10 @@ impl StorageDriver for MemoryDriver {
                 offset,
             });
         }
-        Ok(OpenFile {
-            size: data.len(),
-            stream: Box::pin(stream::iter(data.slices_from(offset).into_iter().map(Ok))),
-        })
+        Ok(OpenFile::streamed(
+            data.len(),
+            Box::pin(stream::iter(data.slices_from(offset).into_iter().map(Ok))),
+        ))
     }
 
     async fn writer(&self, path: &StoragePath, append: bool) -> Result<Box<dyn FileWriter>> {

@@ -143,17 +143,16 @@ impl StorageDriver for S3Driver {
             request = request.range(format!("bytes={offset}-"));
         }
         match request.send().await {
-            Ok(out) => Ok(OpenFile {
-                size: whole_size(out.content_range(), out.content_length(), offset),
-                stream: body_stream(out.body, path.clone()),
-            }),
+            Ok(out) => Ok(OpenFile::streamed(
+                whole_size(out.content_range(), out.content_length(), offset),
+                body_stream(out.body, path.clone()),
+            )),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
                 // The range starts at or past the end: empty at the end, invalid past it.
                 match self.inner.head(&key, path).await? {
-                    Some((size, _)) if size == offset => Ok(OpenFile {
-                        size,
-                        stream: Box::pin(futures::stream::empty()),
-                    }),
+                    Some((size, _)) if size == offset => {
+                        Ok(OpenFile::streamed(size, Box::pin(futures::stream::empty())))
+                    }
                     Some(_) => Err(Error::InvalidOffset {
                         driver: NAME,
                         path: path.to_string(),

@@ -8,7 +8,8 @@
 //! streams from; [`upstream`] speaks the registry API with its auth;
 //! [`scheduler`] applies expiry and collection; [`metadata`] holds the
 //! entries and persists and coordinates them; [`layout`] names every stored
-//! path. [`clock`], [`sync`], [`oci`] and [`metrics`] are leaves. Each module
+//! path. [`clock`], [`sync`], [`oci`], [`metrics`] and [`zerocopy`] (which
+//! [`listener`] and [`routes`] share) are leaves. Each module
 //! imports only modules after it in this list; [`app`] wires them together
 //! from the [`config`].
 
@@ -37,6 +38,7 @@ pub mod tls;
 pub mod token;
 pub mod topk;
 pub mod upstream;
+pub mod zerocopy;
 
 pub use app::{AppState, OpenError, Settings, open_store};
 pub use routes::{app, debug_app};

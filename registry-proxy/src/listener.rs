@@ -33,6 +33,7 @@ use tower::ServiceExt as _;
 
 use crate::metrics::Metrics;
 use crate::tls::ServerTls;
+use crate::zerocopy::{Outbox, SendfileSocket, ZeroCopy};
 
 /// The listener's limits (`http.*` keys of the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,8 +242,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Body chunks queued, never copied into one buffer: the zero-copy
+    // path recognises its placeholders by their address.
     builder
         .http1()
+        .writev(true)
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     builder
@@ -293,8 +297,15 @@ pub async fn serve(
         tokio::spawn(async move {
             shared.metrics.connection(true);
             match socket {
-                Socket::Tcp(socket) => shared.connection(socket, remote, watcher).await,
-                Socket::Unix(socket) => shared.connection(socket, remote, watcher).await,
+                // Plain TCP: files go out with sendfile.
+                Socket::Tcp(socket) if shared.tls.is_none() => {
+                    let outbox = Arc::new(Outbox::default());
+                    let socket = SendfileSocket::new(socket, Arc::clone(&outbox));
+                    let zero_copy = Some(ZeroCopy::new(outbox));
+                    shared.connection(socket, remote, watcher, zero_copy).await;
+                }
+                Socket::Tcp(socket) => shared.connection(socket, remote, watcher, None).await,
+                Socket::Unix(socket) => shared.connection(socket, remote, watcher, None).await,
             }
             shared.metrics.connection(false);
             drop(permit);
@@ -307,9 +318,15 @@ pub async fn serve(
 impl Shared {
     /// Serves one connection: the TLS handshake first when there is TLS
     /// (within the header time limit), then HTTP until it ends or its
-    /// watchdog closes it.
-    async fn connection<S>(&self, socket: S, remote: SocketAddr, watcher: Watcher)
-    where
+    /// watchdog closes it. `zero_copy` is the socket's sendfile path, if
+    /// it has one (plain TCP).
+    async fn connection<S>(
+        &self,
+        socket: S,
+        remote: SocketAddr,
+        watcher: Watcher,
+        zero_copy: Option<ZeroCopy>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::default());
@@ -320,11 +337,13 @@ impl Shared {
             epoch: self.epoch,
         };
         let Some(tls) = &self.tls else {
-            return self.http(watched, remote, &activity, watcher).await;
+            return self
+                .http(watched, remote, &activity, watcher, zero_copy)
+                .await;
         };
         let handshake = tokio::time::timeout(self.limits.header_read_timeout, tls.accept(watched));
         match handshake.await {
-            Ok(Ok(Some(stream))) => self.http(stream, remote, &activity, watcher).await,
+            Ok(Ok(Some(stream))) => self.http(stream, remote, &activity, watcher, None).await,
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%remote, "TLS handshake too slow"),
@@ -332,9 +351,16 @@ impl Shared {
     }
 
     /// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends or
-    /// overstays a time limit.
-    async fn http<I>(&self, io: I, remote: SocketAddr, activity: &Activity, watcher: Watcher)
-    where
+    /// overstays a time limit. HTTP/1.x requests carry `zero_copy`, if
+    /// any.
+    async fn http<I>(
+        &self,
+        io: I,
+        remote: SocketAddr,
+        activity: &Activity,
+        watcher: Watcher,
+        zero_copy: Option<ZeroCopy>,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let router = self.router.clone();
@@ -342,6 +368,12 @@ impl Shared {
             request
                 .extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
+            if let Some(zero_copy) = zero_copy
+                .as_ref()
+                .filter(|_| request.version() <= hyper::Version::HTTP_11)
+            {
+                request.extensions_mut().insert(zero_copy.clone());
+            }
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
         let connection = watcher.watch(

@@ -158,6 +158,7 @@ pub struct NamespaceMetrics {
     proofs: Counter,
     denials: Counter,
     repository_denials: Counter,
+    zero_copy_bytes: Counter,
     /// Manifest GETs by repository, the most frequent kept.
     asked: Mutex<crate::topk::TopK>,
 }
@@ -217,6 +218,12 @@ impl NamespaceMetrics {
     pub fn repository_denial(&self) {
         self.repository_denials.inc();
     }
+
+    /// `n` blob bytes sent to a client with `sendfile` (besides
+    /// [`Self::pushed`], which counts them too).
+    pub fn sent_zero_copy(&self, n: u64) {
+        self.zero_copy_bytes.inc_by(n);
+    }
 }
 
 /// The counters of the proxy.
@@ -227,6 +234,7 @@ pub struct Metrics {
     proofs: Family<NamespaceLabel, Counter>,
     denials: Family<NamespaceLabel, Counter>,
     repository_denials: Family<NamespaceLabel, Counter>,
+    zero_copy_bytes: Family<NamespaceLabel, Counter>,
     namespaces: Mutex<Vec<(String, Arc<NamespaceMetrics>)>>,
     fills_in_flight: Gauge,
     fill_clients: Gauge,
@@ -285,6 +293,12 @@ impl Default for Metrics {
             "repository_denials",
             "Requests refused without asking the upstream: the repository is not allowed in the namespace",
             repository_denials.clone(),
+        );
+        let zero_copy_bytes = Family::<NamespaceLabel, Counter>::default();
+        registry.register(
+            "zero_copy_bytes",
+            "Blob bytes sent from a local file with sendfile, never copied through memory (also in bytes_pushed)",
+            zero_copy_bytes.clone(),
         );
         let fills_in_flight = Gauge::default();
         let stale_serves = Counter::default();
@@ -464,6 +478,7 @@ impl Default for Metrics {
             proofs,
             denials,
             repository_denials,
+            zero_copy_bytes,
             namespaces: Mutex::new(Vec::new()),
             fills_in_flight,
             fill_clients,
@@ -515,6 +530,7 @@ impl Metrics {
             proofs: self.proofs.get_or_create(&label).clone(),
             denials: self.denials.get_or_create(&label).clone(),
             repository_denials: self.repository_denials.get_or_create(&label).clone(),
+            zero_copy_bytes: self.zero_copy_bytes.get_or_create(&label).clone(),
             asked: Mutex::default(),
         });
         namespaces.push((name.to_owned(), Arc::clone(&made)));

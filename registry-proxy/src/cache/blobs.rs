@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use driver_core::{ByteStream, StorageDriver};
+use driver_core::{OpenFile, StorageDriver};
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::error::CacheError;
@@ -24,6 +24,7 @@ use crate::metrics::{Metrics, NamespaceMetrics};
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, Kind, OciError, RepoName};
 use crate::scheduler::Tracker;
+use crate::zerocopy::ZeroCopy;
 
 /// What a blob request gets: the blob's size and, for GET, the bytes of the
 /// requested range.
@@ -34,13 +35,36 @@ pub struct BlobReply {
     pub range: (u64, u64),
     /// The bytes (absent for HEAD).
     pub body: Option<Body>,
+    /// The local file whose `range` `body` streams unchanged, when storage
+    /// keeps it on this machine (driver-fs) and nothing checks the bytes
+    /// on the way: it may be sent instead, without copying.
+    pub local: Option<Arc<std::fs::File>>,
 }
 
 impl BlobReply {
-    /// The body, counting the bytes sent into `metrics`.
-    pub fn counted_body(self, metrics: Arc<NamespaceMetrics>) -> Option<Body> {
-        self.body.map(|body| -> Body {
-            Box::pin(body.inspect_ok(move |chunk| metrics.pushed(Kind::Blob, chunk.len() as u64)))
+    /// The body, counting the bytes sent into `metrics`: the local file
+    /// sent with `sendfile` where `zero_copy` is given and the reply has
+    /// one, else the stream.
+    pub fn counted_body(
+        self,
+        metrics: Arc<NamespaceMetrics>,
+        zero_copy: Option<&ZeroCopy>,
+    ) -> Option<Body> {
+        let body = self.body?;
+        Some(match (zero_copy, self.local) {
+            (Some(zero_copy), Some(file)) => {
+                let (start, end) = self.range;
+                let count = move |n| {
+                    metrics.pushed(Kind::Blob, n);
+                    metrics.sent_zero_copy(n);
+                };
+                // The stream, never polled, keeps its lease until the file
+                // is sent.
+                Box::pin(zero_copy.body(file, start, end - start, body, count))
+            }
+            _ => Box::pin(
+                body.inspect_ok(move |chunk| metrics.pushed(Kind::Blob, chunk.len() as u64)),
+            ),
         })
     }
 }
@@ -247,7 +271,7 @@ impl Blobs {
             info.map(|i| (!i.is_dir).then_some((i.size, None)))
         } else {
             let file = self.driver.open(&path, 0).await;
-            file.map(|f| Some((f.size, Some(f.stream))))
+            file.map(|f| Some((f.size, Some(f))))
         };
         let found = match found {
             Ok(found) => found,
@@ -279,44 +303,45 @@ impl Blobs {
     }
 
     /// The stored bytes of `digest` (`size` of them): `range` of them, or
-    /// none for `head`. `opened` is the bytes from the start, if they are
-    /// already open. The body holds `lease` until it is dropped.
+    /// none for `head`. `opened` is the file opened from the start, if it
+    /// is already open. The body holds `lease` until it is dropped.
     async fn stored(
         &self,
         digest: &Digest,
         size: u64,
         range: Option<RangeSpec>,
         head: bool,
-        opened: Option<ByteStream>,
+        opened: Option<OpenFile>,
         lease: Lease,
     ) -> Result<BlobReply, CacheError> {
         let (start, end) = resolve(range, size)?;
-        let body = if head {
-            None
-        } else {
-            let stream = match opened {
-                Some(stream) if start == 0 => stream,
-                _ => {
-                    self.driver
-                        .reader(&layout::blob_data(digest), start)
-                        .await?
-                }
-            };
-            let stream = stream.map(|r| r.map_err(std::io::Error::other));
-            let whole = start == 0 && end == size;
-            let body = if whole && self.verifier.wants(digest) {
-                limit(self.verifier.check(digest, stream), size)
-            } else {
-                limit(stream, end - start)
-            };
-            Some(Box::pin(body.inspect(move |_| {
-                let _ = &lease;
-            })) as Body)
+        if head {
+            return Ok(BlobReply {
+                size,
+                range: (start, end),
+                body: None,
+                local: None,
+            });
+        }
+        let file = match opened {
+            Some(file) if start == 0 => file,
+            _ => self.driver.open(&layout::blob_data(digest), start).await?,
         };
+        let stream = file.stream.map(|r| r.map_err(std::io::Error::other));
+        let whole = start == 0 && end == size;
+        let (body, local) = if whole && self.verifier.wants(digest) {
+            (limit(self.verifier.check(digest, stream), size), None)
+        } else {
+            (limit(stream, end - start), file.local)
+        };
+        let body = Box::pin(body.inspect(move |_| {
+            let _ = &lease;
+        }));
         Ok(BlobReply {
             size,
             range: (start, end),
-            body,
+            body: Some(body),
+            local,
         })
     }
 
@@ -381,6 +406,7 @@ impl Blobs {
             size,
             range: (start, end),
             body,
+            local: None,
         })
     }
 }

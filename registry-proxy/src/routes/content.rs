@@ -11,6 +11,7 @@ use crate::app::AppState;
 use crate::cache::blobs::RangeSpec;
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, Kind, OciError, Reference, RepoName};
+use crate::zerocopy::ZeroCopy;
 
 pub(super) async fn manifest(
     state: &AppState,
@@ -76,6 +77,7 @@ pub(super) async fn blob(
     digest: &Digest,
     headers: &HeaderMap,
     head: bool,
+    zero_copy: Option<&ZeroCopy>,
 ) -> Result<Response, OciError> {
     // A Range this server does not understand (another unit, several
     // ranges, garbage) is ignored, as RFC 9110 says: the whole blob, 200.
@@ -99,7 +101,7 @@ pub(super) async fn blob(
     } else {
         builder.status(StatusCode::OK)
     };
-    let body = match reply.counted_body(Arc::clone(&ns.metrics)) {
+    let body = match reply.counted_body(Arc::clone(&ns.metrics), zero_copy) {
         Some(stream) => Body::from_stream(stream),
         None => Body::empty(),
     };

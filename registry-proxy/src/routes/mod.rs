@@ -21,6 +21,7 @@ use crate::health::{StorageCheck, StorageHealth, probe};
 
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
+use crate::zerocopy::ZeroCopy;
 use content::{blob, manifest, referrers};
 use listing::{Listing, catalog, tags};
 
@@ -318,6 +319,7 @@ async fn dispatch(
     Path(path): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
+    zero_copy: Option<Extension<ZeroCopy>>,
     headers: HeaderMap,
 ) -> Response {
     let client = client.map(|c| c.0.0.ip());
@@ -376,7 +378,10 @@ async fn dispatch(
     };
     let result = match target {
         Target::Manifest(repo, reference) => manifest(&state, &ns, &repo, &reference, head).await,
-        Target::Blob(repo, digest) => blob(&state, &ns, &repo, &digest, &headers, head).await,
+        Target::Blob(repo, digest) => {
+            let zero_copy = zero_copy.as_ref().map(|z| &z.0);
+            blob(&state, &ns, &repo, &digest, &headers, head, zero_copy).await
+        }
         Target::Tags(repo) => tags(&state, &ns, &repo, &list).await,
         Target::Referrers(repo, subject) => {
             let artifact_type = query.get("artifactType").map(String::as_str);
