@@ -1059,6 +1059,33 @@ async fn counters_match_a_scripted_sequence_of_hits_and_misses() {
     assert_eq!(support::storage_ops(&text, "stat"), 5);
 }
 
+#[tokio::test]
+async fn a_fresh_tag_is_served_without_reading_storage() {
+    let s = setup().await;
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+    s.fake.tag("v1", manifest);
+    let ops = |text: &str| ["get_content", "open", "stat"].map(|op| support::storage_ops(text, op));
+    let (status, _, body) = s.get("/v2/team/app/manifests/v1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body.expect("body")[..], manifest);
+    let text = String::from_utf8(debug_get(&s, "/metrics").await.to_vec()).expect("utf-8");
+    let before = ops(&text);
+    // Within the tag's freshness the tag resolves in memory, and the
+    // manifest (verified when fetched) is in memory too.
+    for _ in 0..5 {
+        let (status, _, body) = s.get("/v2/team/app/manifests/v1").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(&body.expect("body")[..], manifest);
+    }
+    let text = String::from_utf8(debug_get(&s, "/metrics").await.to_vec()).expect("utf-8");
+    assert_eq!(ops(&text), before, "hits by a fresh tag read storage");
+    assert_eq!(
+        s.fake.count("/manifests/v1"),
+        1,
+        "the upstream was asked again"
+    );
+}
+
 /// Moves tokio's clock (and so the scheduler's) forward by `by`.
 async fn travel(by: Duration) {
     tokio::time::pause();

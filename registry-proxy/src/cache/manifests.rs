@@ -59,8 +59,10 @@ pub struct Manifests {
     metrics: Arc<Metrics>,
     tracker: Tracker,
     links: Links,
-    /// When each tag was last confirmed upstream.
-    confirmed: Mutex<Swept<TagKey, Instant>>,
+    /// When each tag (or referrers list) was last confirmed upstream, and
+    /// the digest it then named, if any (a fresh tag's hit reads no link
+    /// from storage).
+    confirmed: Mutex<Swept<TagKey, (Instant, Option<Digest>)>>,
     /// One turn per tag being resolved upstream: concurrent requests for a
     /// stale tag wait for one resolution instead of each asking.
     resolving: Mutex<HashMap<TagKey, Arc<tokio::sync::Mutex<()>>>>,
@@ -294,19 +296,21 @@ impl Manifests {
         }
     }
 
-    /// Whether `key` was confirmed upstream within `ns`'s tag freshness
-    /// (longer while its upstream's pull budget is low).
-    fn is_fresh(&self, ns: &Namespace, key: &TagKey) -> bool {
+    /// `Some` when `key` was confirmed upstream within `ns`'s tag
+    /// freshness (longer while its upstream's pull budget is low), with the
+    /// digest it then named, if any.
+    fn fresh(&self, ns: &Namespace, key: &TagKey) -> Option<Option<Digest>> {
         let freshness = ns.upstream.tag_freshness(self.freshness);
         lock(&self.confirmed)
             .get(key)
-            .is_some_and(|t| t.elapsed() < freshness)
+            .filter(|(at, _)| at.elapsed() < freshness)
+            .map(|(_, digest)| *digest)
     }
 
-    /// Notes `key` confirmed upstream now.
-    fn confirm(&self, ns: &Namespace, key: TagKey) {
+    /// Notes `key` confirmed upstream now, naming `digest` (if any).
+    fn confirm(&self, ns: &Namespace, key: TagKey, digest: Option<Digest>) {
         let keep = ns.upstream.longest_tag_freshness(self.freshness);
-        lock(&self.confirmed).insert(key, Instant::now(), |at| at.elapsed() < keep);
+        lock(&self.confirmed).insert(key, (Instant::now(), digest), |(at, _)| at.elapsed() < keep);
     }
 
     async fn by_tag(
@@ -339,10 +343,11 @@ impl Manifests {
         repo: &RepoName,
         tag: &Tag,
     ) -> Result<Option<Manifest>, CacheError> {
-        if !self.is_fresh(ns, &(ns.repo(repo), tag.as_str().to_owned())) {
-            return Ok(None);
+        match self.fresh(ns, &(ns.repo(repo), tag.as_str().to_owned())) {
+            Some(Some(digest)) => self.cached_in(ns, repo, &digest).await,
+            Some(None) => self.cached_tag(ns, repo, tag).await,
+            None => Ok(None),
         }
-        self.cached_tag(ns, repo, tag).await
     }
 
     /// Resolves `tag` upstream (one at a time per tag): unless a request
@@ -367,7 +372,7 @@ impl Manifests {
                 .await
             {
                 Ok(Some(current)) if current == m.digest => {
-                    self.confirm(ns, (key.clone(), tag.as_str().to_owned()));
+                    self.confirm(ns, (key.clone(), tag.as_str().to_owned()), Some(m.digest));
                     return Ok(m.clone());
                 }
                 Ok(_) => {}
@@ -381,7 +386,7 @@ impl Manifests {
         match self.fetch(ns, repo, tag.as_str(), None).await {
             Ok(m) => {
                 self.store_tag(&key, tag, &m.digest).await?;
-                self.confirm(ns, (key.clone(), tag.as_str().to_owned()));
+                self.confirm(ns, (key.clone(), tag.as_str().to_owned()), Some(m.digest));
                 Ok(m)
             }
             Err(CacheError::Upstream(e)) if e.is_outage() => match cached {

@@ -86,7 +86,7 @@ impl Manifests {
         fresh_key: &TagKey,
         subject: &Digest,
     ) -> Result<Option<Vec<Descriptor>>, CacheError> {
-        if !self.is_fresh(ns, fresh_key) {
+        if self.fresh(ns, fresh_key).is_none() {
             return Ok(None);
         }
         Ok(Some(
@@ -163,7 +163,7 @@ impl Manifests {
                 .put_content(&link, layout::link_content(&digest))
                 .await?;
         }
-        self.confirm(ns, fresh_key.clone());
+        self.confirm(ns, fresh_key.clone(), None);
         Ok(asked)
     }
 
