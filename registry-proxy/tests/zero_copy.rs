@@ -4,7 +4,9 @@
 //! - every size and range arrives byte-exact over kept-alive and
 //!   concurrent HTTP/1.1 connections, the first whole read of a blob still
 //!   goes through the verifying stream, and the metric counts what went
-//!   out zero-copy; HTTP/2 (h2c, with curl) never takes the path;
+//!   out zero-copy; small blobs (64 KiB or less) come from memory without
+//!   any storage request instead; HTTP/2 (h2c, with curl) never takes the
+//!   path;
 //! - kill -9 while slow clients are mid-send: what they got is a prefix of
 //!   the blob, storage is intact, and the restarted proxy serves it whole;
 //! - a stored file cut short while it is being sent ends the response
@@ -28,6 +30,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REPO: &str = "zc/app";
 const MIB: usize = 1 << 20;
+/// Blobs up to this size are kept in memory instead (the proxy's
+/// `SMALL_BLOB`).
+const SMALL: usize = 64 << 10;
 
 /// The blob bytes this proxy sent with sendfile so far, over namespaces.
 async fn zero_copy_bytes(proxy: &Server) -> u64 {
@@ -132,8 +137,29 @@ async fn warm_hits_are_sent_with_sendfile_byte_exact() {
         "a read that verifies the blob went out zero-copy"
     );
 
-    // Warm: sequential on kept-alive connections, then all at once.
-    let total: usize = sizes.iter().sum();
+    // Warm: sequential on kept-alive connections, then all at once. Small
+    // blobs come from memory: no storage request at all.
+    let total: usize = sizes.iter().filter(|&&n| n > SMALL).sum();
+    let storage_reads = || async {
+        let text = debug_text(&proxy, "/metrics").await;
+        ["open", "stat", "get_content"].map(|op| support::storage_ops(&text, op))
+    };
+    let before = storage_reads().await;
+    for (digest, bytes) in blobs.iter().filter(|(_, b)| b.len() <= SMALL) {
+        assert_eq!(&get(*digest, None).await, bytes, "warm small {digest}");
+        let tail = Some("bytes=-1".to_owned()).filter(|_| !bytes.is_empty());
+        if let Some(range) = tail {
+            assert_eq!(
+                get(*digest, Some(range)).await,
+                bytes.slice(bytes.len() - 1..)
+            );
+        }
+    }
+    assert_eq!(
+        storage_reads().await,
+        before,
+        "small blobs read from storage"
+    );
     for (digest, bytes) in &blobs {
         assert_eq!(&get(*digest, None).await, bytes, "warm {digest}");
     }

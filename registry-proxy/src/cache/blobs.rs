@@ -5,7 +5,7 @@
 //! proved access ([`super::proof`]).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use crate::metrics::{Metrics, NamespaceMetrics};
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, Kind, OciError, RepoName};
 use crate::scheduler::Tracker;
+use crate::sync::{Fifo, lock};
 use crate::zerocopy::ZeroCopy;
 
 /// What a blob request gets: the blob's size and, for GET, the bytes of the
@@ -127,6 +128,21 @@ impl Drop for FillClient {
 /// ones it joined failed for other repositories' requests.
 const FILL_ATTEMPTS: usize = 3;
 
+/// Blobs up to this size are kept in memory once read whole and checked
+/// against their digest: their hits touch no storage.
+const SMALL_BLOB: u64 = 64 << 10;
+
+/// Bytes of small blobs kept in memory at most (the oldest go first).
+const SMALL_BLOBS_BYTES: usize = 64 << 20;
+
+/// A stored blob already open for a whole read.
+enum Opened {
+    /// From storage, from the start.
+    File(OpenFile),
+    /// Kept in memory (a small blob).
+    Memory(Bytes),
+}
+
 fn resolve(range: Option<RangeSpec>, size: u64) -> Result<(u64, u64), OciError> {
     match range {
         None => Ok((0, size)),
@@ -160,6 +176,22 @@ fn limit(
     }))
 }
 
+/// A reply of `range` of `bytes` (the whole blob, `size` bytes), holding
+/// `lease` while its body lives.
+fn in_memory(bytes: Bytes, size: u64, (start, end): (u64, u64), lease: Lease) -> BlobReply {
+    let part = bytes.slice(start as usize..end as usize);
+    let body = futures::stream::once(async move {
+        let _ = &lease;
+        Ok(part)
+    });
+    BlobReply {
+        size,
+        range: (start, end),
+        body: Some(Box::pin(body)),
+        local: None,
+    }
+}
+
 /// The blob store.
 pub struct Blobs {
     driver: Arc<dyn StorageDriver>,
@@ -173,6 +205,11 @@ pub struct Blobs {
     fills: Arc<Fills>,
     /// Checks whole reads of stored blobs.
     verifier: Arc<Verifier>,
+    /// Small blobs read whole and checked, by digest. Content-addressed
+    /// bytes never change; a hit uses them only where the blob's entry is
+    /// known and linked, so what expiry, eviction or a purge removed (they
+    /// drop the entry) is looked up in storage again.
+    small: Mutex<Fifo<Digest, Bytes>>,
     metrics: Arc<Metrics>,
 }
 
@@ -213,6 +250,7 @@ impl Blobs {
         }));
         Self {
             verifier,
+            small: Mutex::new(Fifo::new(SMALL_BLOBS_BYTES)),
             links: links(),
             proofs,
             fills,
@@ -266,12 +304,17 @@ impl Blobs {
             .proofs
             .needed(ns, &key, digest, known_linked, Source::Stored)
             .await;
-        let found = if head || range.is_some() || unproven {
+        let remembered = (known_linked && !unproven)
+            .then(|| lock(&self.small).get(digest).cloned())
+            .flatten();
+        let found = if let Some(bytes) = remembered {
+            Ok(Some((bytes.len() as u64, Some(Opened::Memory(bytes)))))
+        } else if head || range.is_some() || unproven {
             let info = self.driver.stat(&path).await;
             info.map(|i| (!i.is_dir).then_some((i.size, None)))
         } else {
             let file = self.driver.open(&path, 0).await;
-            file.map(|f| Some((f.size, Some(f))))
+            file.map(|f| Some((f.size, Some(Opened::File(f)))))
         };
         let found = match found {
             Ok(found) => found,
@@ -303,15 +346,16 @@ impl Blobs {
     }
 
     /// The stored bytes of `digest` (`size` of them): `range` of them, or
-    /// none for `head`. `opened` is the file opened from the start, if it
-    /// is already open. The body holds `lease` until it is dropped.
+    /// none for `head`. `opened` is the blob opened for a whole read, if it
+    /// is already open. A small blob read whole is checked and kept in
+    /// memory. The body holds `lease` until it is dropped.
     async fn stored(
         &self,
         digest: &Digest,
         size: u64,
         range: Option<RangeSpec>,
         head: bool,
-        opened: Option<OpenFile>,
+        opened: Option<Opened>,
         lease: Lease,
     ) -> Result<BlobReply, CacheError> {
         let (start, end) = resolve(range, size)?;
@@ -323,12 +367,28 @@ impl Blobs {
                 local: None,
             });
         }
+        let whole = start == 0 && end == size;
         let file = match opened {
-            Some(file) if start == 0 => file,
+            Some(Opened::Memory(bytes)) => {
+                return Ok(in_memory(bytes, size, (start, end), lease));
+            }
+            Some(Opened::File(file)) if start == 0 => file,
             _ => self.driver.open(&layout::blob_data(digest), start).await?,
         };
         let stream = file.stream.map(|r| r.map_err(std::io::Error::other));
-        let whole = start == 0 && end == size;
+        if whole && size <= SMALL_BLOB {
+            let checked: Vec<Bytes> = self
+                .verifier
+                .check(digest, stream)
+                .try_collect()
+                .await
+                .map_err(|e| {
+                    driver_core::Error::backend("cache", "read", digest.to_string(), false, e)
+                })?;
+            let bytes = Bytes::from(checked.concat());
+            lock(&self.small).insert(*digest, bytes.clone(), bytes.len());
+            return Ok(in_memory(bytes, size, (start, end), lease));
+        }
         let (body, local) = if whole && self.verifier.wants(digest) {
             (limit(self.verifier.check(digest, stream), size), None)
         } else {
