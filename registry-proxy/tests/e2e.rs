@@ -204,6 +204,154 @@ fn pull_through_s3_cache_on_garage() {
     pull_and_check(&image, &proxy.addr, "team/s3app:v1", &d.join("out2"), None);
 }
 
+/// `curl -s -o /dev/null -w FORMAT url` (no redirects followed).
+fn curl_out(format: &str, url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", format, url])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Blob bytes the proxy sent itself and blob hits, from its `/metrics`.
+fn blob_pushed_and_hits(proxy: &support::Server) -> (u64, u64) {
+    let debug = proxy.debug.as_deref().expect("debug listener");
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{debug}/metrics")])
+        .output()
+        .expect("curl metrics");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(r#"kind="blob""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    (
+        sum("registry_proxy_bytes_pushed_total{"),
+        sum("registry_proxy_hits_total{"),
+    )
+}
+
+#[test]
+fn s3_hits_redirect_to_presigned_urls_that_skopeo_follows() {
+    if !parts_available("s3_redirects") {
+        return;
+    }
+    let Ok(Some(s3)) = driver_s3::S3Config::from_env() else {
+        conformance::skip(
+            "s3_redirects",
+            "REQUIRE_S3",
+            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
+    // An upstream without the image, for an isolated namespace.
+    let other = docker_registry(d, "other", &d.join("other-root"), "");
+    push(
+        &make_image(d, "image", 6, &["amd64"]),
+        &upstream.addr,
+        "team/redirected",
+        None,
+    );
+    let image = upstream_truth(d, &upstream.addr, "team/redirected:v1", None);
+    // The largest file pulled is a layer, named by its digest.
+    let (name, layer_bytes) = image
+        .iter()
+        .max_by_key(|(_, bytes)| bytes.len())
+        .expect("a layer");
+    let layer = Digest::of(layer_bytes);
+    assert_eq!(*name, layer.hex(), "the largest file is a blob");
+    let s3 = driver_s3::S3Config {
+        root_directory: format!("redirect-{:016x}", rand::random::<u64>()),
+        ..s3
+    };
+    let storage = |disable: bool| {
+        let block = support::s3_storage_yaml(&s3, &["redirectexpiry: 600"]);
+        format!("storage:\n{block}  redirect:\n    disable: {disable}\n")
+    };
+    let namespaces = format!(
+        "proxy:\n  remoteurl: http://{}\n  upstreams:\n    - namespace: private.test\n      remoteurl: http://{}\n      sharing: isolated\n",
+        upstream.addr, other.addr
+    );
+    let proxy_dir = d.join("redirecting");
+    std::fs::create_dir_all(&proxy_dir).expect("dir");
+    let proxy = support::registry_proxy_with(&proxy_dir, &(storage(false) + &namespaces));
+    pull_and_check(
+        &image,
+        &proxy.addr,
+        "team/redirected:v1",
+        &d.join("cold"),
+        None,
+    );
+    let (pushed, hits) = blob_pushed_and_hits(&proxy);
+
+    // Warm: skopeo follows each blob's redirect to Garage; the proxy sends
+    // no blob byte itself, and counts the hits.
+    pull_and_check(
+        &image,
+        &proxy.addr,
+        "team/redirected:v1",
+        &d.join("warm"),
+        None,
+    );
+    let (pushed_warm, hits_warm) = blob_pushed_and_hits(&proxy);
+    assert_eq!(
+        pushed_warm, pushed,
+        "warm blob bytes went through the proxy"
+    );
+    assert!(hits_warm >= hits + 2, "hits {hits} then {hits_warm}");
+    let url = format!("http://{}/v2/team/redirected/blobs/{layer}", proxy.addr);
+    let answer = curl_out("%{http_code} %{redirect_url}", &url);
+    let endpoint = s3.endpoint.clone().expect("Garage's endpoint");
+    assert!(
+        answer.starts_with(&format!("307 {}", endpoint.trim_end_matches('/'))),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("X-Amz-Signature="),
+        "not presigned: {answer}"
+    );
+
+    // An isolated namespace whose upstream lacks the image gets no URL:
+    // access is proven before one is given.
+    let private = format!(
+        "http://{}/v2/private.test/team/redirected/blobs/{layer}",
+        proxy.addr
+    );
+    let answer = curl_out("%{http_code} %{redirect_url}", &private);
+    assert!(
+        answer.starts_with("404 ") || answer.starts_with("403 "),
+        "{answer}"
+    );
+    assert!(!answer.contains("http"), "a URL was given: {answer}");
+
+    // disable: true on the same bucket: the bytes come from the proxy.
+    drop(proxy);
+    let streaming_dir = d.join("streaming");
+    std::fs::create_dir_all(&streaming_dir).expect("dir");
+    let proxy = support::registry_proxy_with(&streaming_dir, &(storage(true) + &namespaces));
+    let url = format!("http://{}/v2/team/redirected/blobs/{layer}", proxy.addr);
+    assert_eq!(
+        curl_out("%{http_code} %{size_download}", &url),
+        format!("200 {}", layer_bytes.len())
+    );
+    pull_and_check(
+        &image,
+        &proxy.addr,
+        "team/redirected:v1",
+        &d.join("streamed"),
+        None,
+    );
+    assert!(
+        blob_pushed_and_hits(&proxy).0 > 0,
+        "no blob bytes were streamed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_finishes_responses_and_keeps_what_it_filled() {
     if !parts_available("sigterm_drains") {

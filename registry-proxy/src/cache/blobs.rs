@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use driver_core::{OpenFile, StorageDriver};
+use driver_core::{OpenFile, RedirectMethod, StorageDriver};
 use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::error::CacheError;
@@ -40,6 +40,9 @@ pub struct BlobReply {
     /// keeps it on this machine (driver-fs) and nothing checks the bytes
     /// on the way: it may be sent instead, without copying.
     pub local: Option<Arc<std::fs::File>>,
+    /// Where the client fetches the blob itself (a presigned URL of the
+    /// stored object), instead of `body`.
+    pub redirect: Option<String>,
 }
 
 impl BlobReply {
@@ -189,6 +192,7 @@ fn in_memory(bytes: Bytes, size: u64, (start, end): (u64, u64), lease: Lease) ->
         range: (start, end),
         body: Some(Box::pin(body)),
         local: None,
+        redirect: None,
     }
 }
 
@@ -210,6 +214,8 @@ pub struct Blobs {
     /// known and linked, so what expiry, eviction or a purge removed (they
     /// drop the entry) is looked up in storage again.
     small: Mutex<Fifo<Digest, Bytes>>,
+    /// Whether GET hits answer with the driver's presigned URL.
+    redirects: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -251,6 +257,7 @@ impl Blobs {
         Self {
             verifier,
             small: Mutex::new(Fifo::new(SMALL_BLOBS_BYTES)),
+            redirects: driver.capabilities().redirect,
             links: links(),
             proofs,
             fills,
@@ -307,9 +314,11 @@ impl Blobs {
         let remembered = (known_linked && !unproven)
             .then(|| lock(&self.small).get(digest).cloned())
             .flatten();
+        // A redirect needs to know the blob is there, not its bytes.
+        let redirect = self.redirects && !head;
         let found = if let Some(bytes) = remembered {
             Ok(Some((bytes.len() as u64, Some(Opened::Memory(bytes)))))
-        } else if head || range.is_some() || unproven {
+        } else if head || range.is_some() || unproven || redirect {
             let info = self.driver.stat(&path).await;
             info.map(|i| (!i.is_dir).then_some((i.size, None)))
         } else {
@@ -341,6 +350,22 @@ impl Blobs {
         self.links
             .ensure(&key, digest, Kind::Blob, known_linked)
             .await;
+        if redirect && opened.is_none() {
+            let url = self.driver.redirect_url(&path, RedirectMethod::Get).await?;
+            if let Some(url) = url {
+                // The client reads the object after this answer: its lease
+                // outlives the request by the lease timeout.
+                self.tracker.extend_leases([*digest]);
+                let reply = BlobReply {
+                    size,
+                    range: (0, size),
+                    body: None,
+                    local: None,
+                    redirect: Some(url),
+                };
+                return Ok((reply, true));
+            }
+        }
         let reply = self.stored(digest, size, range, head, opened, lease);
         Ok((reply.await?, true))
     }
@@ -365,6 +390,7 @@ impl Blobs {
                 range: (start, end),
                 body: None,
                 local: None,
+                redirect: None,
             });
         }
         let whole = start == 0 && end == size;
@@ -402,6 +428,7 @@ impl Blobs {
             range: (start, end),
             body: Some(body),
             local,
+            redirect: None,
         })
     }
 
@@ -467,6 +494,7 @@ impl Blobs {
             range: (start, end),
             body,
             local: None,
+            redirect: None,
         })
     }
 }

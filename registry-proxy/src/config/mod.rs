@@ -131,7 +131,6 @@ impl Config {
             ("log.reportcaller", &self.log.reportcaller),
             ("storage.delete", &self.storage.delete),
             ("storage.cache", &self.storage.cache),
-            ("storage.redirect", &self.storage.redirect),
             ("storage.tag", &self.storage.tag),
             (
                 "storage.maintenance.readonly",
@@ -273,6 +272,21 @@ pub struct FsSection {
     pub fsync: Option<Fsync>,
 }
 
+/// `storage.redirect`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedirectSection {
+    /// `true`: never redirect. `false`: redirect S3 blob hits (presigned
+    /// URLs valid `storage.s3.redirectexpiry` seconds, 20 minutes unless
+    /// set). Unset: redirect only where `redirectexpiry` is set.
+    pub disable: Option<bool>,
+}
+
+/// How long a presigned URL stays valid when `storage.redirect.disable:
+/// false` asks for redirects without `redirectexpiry` (distribution's 20
+/// minutes).
+const REDIRECT_EXPIRY_SECS: u64 = 20 * 60;
+
 /// `storage` section: exactly one of `filesystem`, `s3`, `inmemory`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -290,8 +304,9 @@ pub struct StorageConfig {
     /// Distribution's maintenance: `uploadpurging` removes abandoned
     /// writers; `readonly` is accepted.
     pub maintenance: Maintenance,
-    /// Distribution's redirect switch; accepted.
-    pub redirect: Value,
+    /// Distribution's redirect switch: whether blob hits on S3 answer
+    /// with a presigned URL of the object instead of its bytes.
+    pub redirect: RedirectSection,
     /// Distribution's tag lookup concurrency: accepted, not applied.
     pub tag: Value,
 }
@@ -1195,6 +1210,13 @@ impl Config {
                 let mut s3 = s3.clone();
                 if s3.endpoint.is_some() {
                     s3.force_path_style = true;
+                }
+                match s.redirect.disable {
+                    Some(true) => s3.redirect_expiry_secs = None,
+                    Some(false) => {
+                        s3.redirect_expiry_secs.get_or_insert(REDIRECT_EXPIRY_SECS);
+                    }
+                    None => {}
                 }
                 s3.validate()
                     .map_err(|e| invalid(format!("storage.s3.{}", e.key), e.reason))?;
@@ -2180,7 +2202,6 @@ validation:
                 "log.reportcaller",
                 "storage.delete",
                 "storage.cache",
-                "storage.redirect",
                 "storage.tag",
                 "storage.maintenance.readonly",
                 "http.secret",

@@ -86,6 +86,15 @@ pub(super) async fn blob(
         .and_then(|v| v.to_str().ok())
         .and_then(RangeSpec::parse);
     let reply = state.blobs.get(ns, repo, digest, range, head).await?;
+    if let Some(url) = &reply.redirect {
+        return Response::builder()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(header::LOCATION, url)
+            .header(header::CONTENT_LENGTH, 0)
+            .header("docker-content-digest", digest.to_string())
+            .body(Body::empty())
+            .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()));
+    }
     let (start, end) = reply.range;
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
