@@ -1906,6 +1906,37 @@ proxy:
 ";
 
     #[test]
+    fn storage_redirect_turns_presigned_urls_on_and_off() {
+        let expiry = |redirect: &str, s3_extra: &str| {
+            let yaml = format!(
+                "version: 0.1\nstorage:\n  s3:\n    bucket: b\n    region: r\n{s3_extra}{redirect}proxy:\n  remoteurl: https://r.test\n"
+            );
+            let config = load(&yaml, &[]).expect("loads");
+            let Ok(Backend::S3(s3)) = config.backend() else {
+                panic!("not the s3 backend");
+            };
+            s3.redirect_expiry_secs
+        };
+        let disable = |on: bool| format!("  redirect:\n    disable: {on}\n");
+        let expiry_600 = "    redirectexpiry: 600\n";
+        assert_eq!(expiry("", ""), None, "off unless asked");
+        assert_eq!(
+            expiry(&disable(false), ""),
+            Some(1200),
+            "distribution's 20 minutes"
+        );
+        assert_eq!(expiry(&disable(false), expiry_600), Some(600));
+        assert_eq!(expiry("", expiry_600), Some(600));
+        assert_eq!(expiry(&disable(true), expiry_600), None, "disable wins");
+        let e = load(
+            "version: 0.1\nstorage:\n  inmemory: {}\n  redirect:\n    disabled: true\n",
+            &[],
+        )
+        .expect_err("misspelt");
+        assert!(e.to_string().contains("disabled"), "{e}");
+    }
+
+    #[test]
     fn a_registry2_s3_config_runs_unchanged() {
         let config = load(REGISTRY2_S3, &[]).expect("loads");
         let Ok(Backend::S3(s3)) = config.backend() else {
