@@ -888,6 +888,42 @@ pub async fn delete_last_file_removes_parents(ctx: Ctx) {
 
 // ---------------------------------------------------------------- redirect
 
+/// A scratch file, where the driver gives one, becomes the file at a path
+/// when adopted, whole, replacing what was there; a driver without scratch
+/// files refuses to adopt and leaves the path as it was.
+pub async fn adopt_scratch(ctx: Ctx) {
+    use std::os::unix::fs::FileExt as _;
+    let path = ctx.put("adopted/a", "before").await;
+    let Some(file) = ctx.driver().local_scratch().await.expect("local_scratch") else {
+        ctx.skip("the driver gives no scratch files; checking adopt is refused");
+        let spare = tempfile::tempfile().expect("a local file");
+        assert!(ctx.driver().adopt(&path, Arc::new(spare)).await.is_err());
+        let kept = ctx.driver().get_content(&path).await.expect("get");
+        assert_bytes(
+            &kept,
+            &Bytes::from_static(b"before"),
+            "after a refused adopt",
+        );
+        return;
+    };
+    let data = random_bytes(seed(), MIB + 3);
+    file.write_all_at(&data, 0).expect("write the scratch file");
+    ctx.driver()
+        .adopt(&path, Arc::new(file))
+        .await
+        .expect("adopt");
+    let got = ctx.driver().get_content(&path).await.expect("get");
+    assert_bytes(&got, &data, "adopted");
+    let info = ctx.driver().stat(&path).await.expect("stat");
+    assert_eq!(info.size, data.len() as u64);
+    let listed = ctx.driver().list(&ctx.path("adopted")).await.expect("list");
+    assert_eq!(
+        listed,
+        vec![path.clone()],
+        "only the adopted file is listed"
+    );
+}
+
 /// Drivers without redirects return `None` for GET and HEAD; drivers with
 /// them return a URL serving the content.
 pub async fn redirect_url(ctx: Ctx) {

@@ -226,6 +226,32 @@ pub trait StorageDriver: Send + Sync + Debug + 'static {
         visit: &mut WalkFn<'_>,
     ) -> Result<()>;
 
+    /// An unnamed file on this machine's filesystem, beside the stored
+    /// files, for a caller to write a whole file into and then hand to
+    /// [`Self::adopt`], so that storing it copies nothing. `None` (the
+    /// default) where the backend keeps no local files. The file vanishes
+    /// when its last handle closes unless adopted (nothing is left behind
+    /// by a crash).
+    async fn local_scratch(&self) -> Result<Option<std::fs::File>> {
+        Ok(None)
+    }
+
+    /// Makes the whole content of `file`, a file [`Self::local_scratch`]
+    /// gave, the file at `path`: atomically, as a committed writer, and as
+    /// durably as the driver's writes. The caller must not change `file`
+    /// afterwards. Fails (and changes nothing) where the driver gives no
+    /// scratch files.
+    async fn adopt(&self, path: &StoragePath, file: Arc<std::fs::File>) -> Result<()> {
+        let _ = file;
+        Err(crate::Error::backend(
+            self.name(),
+            "adopt",
+            path,
+            false,
+            "this driver keeps no local files",
+        ))
+    }
+
     /// A URL from which a client can fetch `path` directly, or `None` when the
     /// driver does not redirect (the default). Only drivers whose
     /// [`Capabilities::redirect`] is set return URLs.

@@ -125,6 +125,45 @@ impl Inner {
         Ok((file.into_std(), meta.len()))
     }
 
+    /// An unnamed file (`O_TMPFILE`) in the write-aside directory: gone
+    /// when its last handle closes unless [`Self::adopt`]ed. `None` where
+    /// the filesystem cannot make one.
+    pub(crate) fn scratch(&self) -> Result<Option<std::fs::File>> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+        match rustix::fs::openat(&self.root, TMP_DIR, flags, Mode::from_raw_mode(0o644)) {
+            Ok(fd) => Ok(Some(std::fs::File::from(fd))),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => Ok(None),
+            Err(e) => Err(io_error("scratch", StoragePath::root(), e.into())),
+        }
+    }
+
+    /// Makes the unnamed `file` the file at `path`: synced (per the fsync
+    /// policy), linked into the write-aside directory, then renamed into
+    /// place as a committed writer is.
+    pub(crate) fn adopt(&self, path: &StoragePath, file: &std::fs::File) -> Result<()> {
+        use std::os::fd::AsRawFd as _;
+        require_file_path(NAME, path)?;
+        self.sync_file(file, path)?;
+        let name = Path::new(TMP_DIR).join(nonce());
+        // Through /proc: linking an unnamed file by its descriptor alone
+        // (AT_EMPTY_PATH) needs a capability this process may lack.
+        let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            by_fd.as_str(),
+            &self.root,
+            &name,
+            rustix::fs::AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(|e| io_error("link", path, e.into()))?;
+        if let Err(e) = self.place(&name, path) {
+            let _ = self.root.remove_file(&name);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Renames the file `from` (relative to the root) to `to`, creating
     /// parents, then flushes the directory entry.
     pub(crate) fn place(&self, from: &Path, to: &StoragePath) -> Result<()> {

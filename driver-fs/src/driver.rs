@@ -232,4 +232,13 @@ impl StorageDriver for FsDriver {
     async fn purge_writers(&self, before: SystemTime) -> Result<u64> {
         self.run(move |inner| inner.purge(before)).await
     }
+
+    async fn local_scratch(&self) -> Result<Option<std::fs::File>> {
+        self.run(Inner::scratch).await
+    }
+
+    async fn adopt(&self, path: &StoragePath, file: Arc<std::fs::File>) -> Result<()> {
+        let path = path.clone();
+        self.run(move |inner| inner.adopt(&path, &file)).await
+    }
 }

@@ -126,6 +126,21 @@ impl StorageDriver for Metered {
         let work = self.inner.purge_writers(before);
         timed(&self.metrics, self.name(), "purge_writers", work).await
     }
+
+    async fn local_scratch(&self) -> Result<Option<std::fs::File>> {
+        let work = self.inner.local_scratch();
+        timed(&self.metrics, self.name(), "local_scratch", work).await
+    }
+
+    async fn adopt(&self, path: &StoragePath, file: Arc<std::fs::File>) -> Result<()> {
+        timed(
+            &self.metrics,
+            self.name(),
+            "adopt",
+            self.inner.adopt(path, file),
+        )
+        .await
+    }
 }
 
 struct MeteredWriter {

@@ -10,7 +10,9 @@
 //! - kill -9 while slow clients are mid-send: what they got is a prefix of
 //!   the blob, storage is intact, and the restarted proxy serves it whole;
 //! - a stored file cut short while it is being sent ends the response
-//!   early, never padded with other bytes.
+//!   early, never padded with other bytes;
+//! - fills spool into driver-fs's scratch files and store them by adopting
+//!   them (no copy).
 //!
 //! Skipped (with the reason printed) without `docker-registry` unless
 //! `REQUIRE_E2E=1`.
@@ -128,6 +130,15 @@ async fn warm_hits_are_sent_with_sendfile_byte_exact() {
         assert_eq!(&get(*digest, None).await, bytes, "cold {digest}");
     }
     fills_settled(&proxy).await;
+    // Each fill spooled into a scratch file of driver-fs and stored it by
+    // adopting it: no writer, no copy.
+    let text = debug_text(&proxy, "/metrics").await;
+    assert_eq!(support::storage_ops(&text, "adopt"), blobs.len() as u64);
+    assert_eq!(
+        support::storage_ops(&text, "writer"),
+        0,
+        "a fill copied its spool"
+    );
     for (digest, bytes) in &blobs {
         assert_eq!(&get(*digest, None).await, bytes, "first stored read");
     }

@@ -91,6 +91,9 @@ pub(crate) struct Fill {
     /// The spool file, unnamed (deleted when the last waiter drops the
     /// fill, and by the OS when the process dies).
     spool: Arc<std::fs::File>,
+    /// Whether the spool is the storage driver's scratch file: stored by
+    /// adopting it, without a copy.
+    adoptable: bool,
     /// The newest bytes, in memory.
     recent: Mutex<Recent>,
 }
@@ -246,6 +249,15 @@ impl Fills {
         if let Some(fill) = lock(&self.fills).get(digest) {
             return Ok(Arc::clone(fill));
         }
+        // The storage driver's scratch file where it has one (driver-fs),
+        // so that storing the blob copies nothing; else one in spool_dir.
+        let scratch = match self.driver.local_scratch().await {
+            Ok(scratch) => scratch,
+            Err(e) => {
+                tracing::warn!(error = %e, "no scratch file from storage; spooling aside");
+                None
+            }
+        };
         let slot = Arc::clone(&self.slots).acquire_owned();
         let Ok(Ok(slot)) = tokio::time::timeout(self.limits.slot_wait, slot).await else {
             self.metrics.fill_refused();
@@ -263,18 +275,23 @@ impl Fills {
         if let Some(fill) = fills.get(digest) {
             return Ok(Arc::clone(fill));
         }
-        let spool = tempfile::tempfile_in(&self.spool_dir).map_err(|e| {
-            OciError::new(
-                ErrorCode::Unavailable,
-                format!("cannot create a spool file: {e}"),
-            )
-        })?;
+        let adoptable = scratch.is_some();
+        let spool = match scratch {
+            Some(file) => file,
+            None => tempfile::tempfile_in(&self.spool_dir).map_err(|e| {
+                OciError::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot create a spool file: {e}"),
+                )
+            })?,
+        };
         let (publish, progress) = watch::channel(Progress::default());
         let fill = Arc::new(Fill {
             namespace: Arc::clone(ns),
             repo: repo.clone(),
             progress,
             spool: Arc::new(spool),
+            adoptable,
             recent: Mutex::default(),
         });
         fills.insert(*digest, Arc::clone(&fill));
@@ -483,9 +500,20 @@ impl Fills {
         Ok(room)
     }
 
-    /// Copies the verified spool of `fill` to storage and commits it; on
-    /// any failure nothing becomes visible.
+    /// Stores the verified spool of `fill`: adopted as the stored file
+    /// where it is the driver's scratch file, else copied to a writer and
+    /// committed. On any failure nothing becomes visible.
     async fn store(&self, digest: &Digest, fill: &Fill, size: u64) -> Result<(), CacheError> {
+        let path = layout::blob_data(digest);
+        if fill.adoptable {
+            match self.driver.adopt(&path, Arc::clone(&fill.spool)).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_storage_full() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "could not adopt the spool; copying it");
+                }
+            }
+        }
         let mut writer = self
             .driver
             .writer(&layout::blob_data(digest), false)
@@ -511,6 +539,32 @@ impl Fills {
                 let _ = writer.cancel().await;
                 Err(e)
             }
+        }
+    }
+
+    /// Writes `chunk` at `at` in the spool of `fill`. A spool that is the
+    /// storage's scratch file shares the storage's volume: when that is
+    /// full, eviction makes room for the blob (`announced` bytes, else what
+    /// has arrived) and the write is tried once more.
+    async fn spool_write(
+        &self,
+        fill: &Fill,
+        chunk: &[u8],
+        at: u64,
+        announced: Option<u64>,
+        digest: &Digest,
+    ) -> Result<(), CacheError> {
+        let failed = |e: std::io::Error| -> CacheError {
+            OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}")).into()
+        };
+        match fill.spool.write_all_at(chunk, at) {
+            Err(e) if fill.adoptable && e.kind() == std::io::ErrorKind::StorageFull => {
+                let size = announced.unwrap_or(at + chunk.len() as u64);
+                let made = self.tracker.make_room(size).await;
+                tracing::warn!(%digest, size, evicted = made.bytes, "storage full while spooling; evicted to make room, writing again");
+                fill.spool.write_all_at(chunk, at).map_err(failed)
+            }
+            written => written.map_err(failed),
         }
     }
 
@@ -556,9 +610,8 @@ impl Fills {
                 )
                 .into());
             }
-            fill.spool.write_all_at(&chunk, written).map_err(|e| {
-                OciError::new(ErrorCode::Unavailable, format!("spool write failed: {e}"))
-            })?;
+            self.spool_write(fill, &chunk, written, announced, digest)
+                .await?;
             room.wrote(chunk.len() as u64);
             fill.namespace
                 .metrics
