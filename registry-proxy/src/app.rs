@@ -13,6 +13,7 @@ use crate::cache::blobs::Blobs;
 use crate::cache::catalog::Catalog;
 use crate::cache::fill::FillLimits;
 use crate::cache::manifests::Manifests;
+use crate::cache::tier::Tier;
 use crate::cache::verify::VerifyReads;
 use crate::metadata::MetadataStore;
 use crate::metadata::embedded::Embedded;
@@ -57,6 +58,9 @@ pub enum OpenError {
     /// The scheduler's state could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The local tier's directory cannot be used.
+    #[error("local tier: {0}")]
+    Tier(driver_core::Error),
 }
 
 /// The metadata store: etcd when `coordination` names one (campaigning
@@ -130,6 +134,8 @@ pub struct Settings {
     pub coordination: Option<EtcdOptions>,
     /// The URLs the cache writes (`http.prefix`, `http.host`).
     pub urls: Urls,
+    /// The local tier in front of remote storage, if any.
+    pub local_tier: Option<crate::cache::tier::TierOptions>,
 }
 
 impl AppState {
@@ -162,16 +168,27 @@ impl AppState {
         // Leftovers of a crash go before anything new is staged.
         scheduler.purge_writers().await;
         scheduler.start();
+        let tier = match &settings.local_tier {
+            Some(options) => Some(
+                Tier::open(options, Arc::clone(&metrics))
+                    .await
+                    .map_err(OpenError::Tier)?,
+            ),
+            None => None,
+        };
         Ok(Self {
-            blobs: Arc::new(Blobs::new(
-                Arc::clone(&driver),
-                settings.spool_dir,
-                settings.fill_timeout,
-                settings.fill_limits,
-                settings.verify_reads,
-                Tracker::new(Arc::clone(&scheduler)),
-                Arc::clone(&metrics),
-            )),
+            blobs: Arc::new(
+                Blobs::new(
+                    Arc::clone(&driver),
+                    settings.spool_dir,
+                    settings.fill_timeout,
+                    settings.fill_limits,
+                    settings.verify_reads,
+                    Tracker::new(Arc::clone(&scheduler)),
+                    Arc::clone(&metrics),
+                )
+                .with_tier(tier),
+            ),
             manifests: Arc::new(Manifests::new(
                 Arc::clone(&driver),
                 settings.tag_freshness,

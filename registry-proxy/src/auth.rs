@@ -231,14 +231,17 @@ impl Htpasswd {
                 entry.count = entry.count.saturating_add(1);
                 entry.last = now;
             }
-            None => failures.insert(
-                ip,
-                Failures {
-                    count: 1,
-                    last: now,
-                },
-                1,
-            ),
+            None => {
+                // The oldest failures forgotten past the bound: fine.
+                let _ = failures.insert(
+                    ip,
+                    Failures {
+                        count: 1,
+                        last: now,
+                    },
+                    1,
+                );
+            }
         }
     }
 }

@@ -46,19 +46,27 @@ impl<K: std::hash::Hash + Eq + Clone, V> Fifo<K, V> {
 
     /// Forgets `key`.
     pub(crate) fn remove(&mut self, key: &K) {
-        if let Some((_, weight, _)) = self.map.remove(key) {
+        self.take(key);
+    }
+
+    /// Forgets `key`, returning its value.
+    fn take(&mut self, key: &K) -> Option<V> {
+        let taken = self.map.remove(key).map(|(value, weight, _)| {
             self.weight -= weight;
-        }
+            value
+        });
         if self.order.len() > 2 * self.map.len() + 16 {
             let map = &self.map;
             self.order
                 .retain(|(k, g)| map.get(k).is_some_and(|(_, _, live)| live == g));
         }
+        taken
     }
 
     /// Sets `key` to `value` of `weight`, then forgets the oldest entries
-    /// until the map is within its budget again.
-    pub(crate) fn insert(&mut self, key: K, value: V, weight: usize) {
+    /// until the map is within its budget again; returns those.
+    pub(crate) fn insert(&mut self, key: K, value: V, weight: usize) -> Vec<(K, V)> {
+        let mut forgotten = Vec::new();
         self.weight += weight;
         if let Some((old, old_weight, _)) = self.map.get_mut(&key) {
             *old = value;
@@ -77,9 +85,12 @@ impl<K: std::hash::Hash + Eq + Clone, V> Fifo<K, V> {
                 .get(&oldest)
                 .is_some_and(|(_, _, g)| *g == generation)
             {
-                self.remove(&oldest);
+                if let Some(value) = self.take(&oldest) {
+                    forgotten.push((oldest, value));
+                }
             }
         }
+        forgotten
     }
 
     /// How many entries it holds.

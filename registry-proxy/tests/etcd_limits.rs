@@ -99,6 +99,7 @@ async fn replica(
             tls: Default::default(),
         }),
         urls: Default::default(),
+        local_tier: None,
     };
     AppState::open(Arc::clone(driver), namespaces, settings)
         .await

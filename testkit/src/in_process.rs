@@ -70,6 +70,7 @@ impl InProcess {
             clock: Clock::system(),
             coordination: None,
             urls: Default::default(),
+            local_tier: None,
         };
         tweak(&mut settings);
         let state =

@@ -17,6 +17,7 @@ use super::fill::spool::{Body, spool_stream};
 use super::fill::{FillLimits, FillParts, FillSize, Fills};
 use super::links::Links;
 use super::proof::{Proofs, Source};
+use super::tier::Tier;
 use super::verify::{Verifier, VerifyReads};
 use crate::layout;
 use crate::metadata::Lease;
@@ -216,10 +217,18 @@ pub struct Blobs {
     small: Mutex<Fifo<Digest, Bytes>>,
     /// Whether GET hits answer with the driver's presigned URL.
     redirects: bool,
+    /// Local copies of blobs stored remotely (`proxy.localtier`).
+    tier: Option<Arc<Tier>>,
     metrics: Arc<Metrics>,
 }
 
 impl Blobs {
+    /// The store with the local tier `tier` in front of its storage.
+    pub(crate) fn with_tier(mut self, tier: Option<Arc<Tier>>) -> Self {
+        self.tier = tier;
+        self
+    }
+
     /// The fills running now, largest first.
     pub fn fills_running(&self) -> Vec<super::fill::FillView> {
         self.fills.running()
@@ -258,6 +267,7 @@ impl Blobs {
             verifier,
             small: Mutex::new(Fifo::new(SMALL_BLOBS_BYTES)),
             redirects: driver.capabilities().redirect,
+            tier: None,
             links: links(),
             proofs,
             fills,
@@ -316,8 +326,18 @@ impl Blobs {
             .flatten();
         // A redirect needs to know the blob is there, not its bytes.
         let redirect = self.redirects && !head;
+        // A whole read (or HEAD) of a blob the local tier holds reads no
+        // remote storage.
+        let tiered = match &self.tier {
+            Some(tier) if remembered.is_none() && known_linked && !unproven && range.is_none() => {
+                tier.open_blob(digest).await
+            }
+            _ => None,
+        };
         let found = if let Some(bytes) = remembered {
             Ok(Some((bytes.len() as u64, Some(Opened::Memory(bytes)))))
+        } else if let Some(file) = tiered {
+            Ok(Some((file.size, Some(Opened::File(file)))))
         } else if head || range.is_some() || unproven || redirect {
             let info = self.driver.stat(&path).await;
             info.map(|i| (!i.is_dir).then_some((i.size, None)))
@@ -401,6 +421,10 @@ impl Blobs {
             Some(Opened::File(file)) if start == 0 => file,
             _ => self.driver.open(&layout::blob_data(digest), start).await?,
         };
+        if let Some(tier) = self.tier.as_ref().filter(|_| whole && file.local.is_none()) {
+            // Served from remote storage: copied for the next hit.
+            tier.copy_in(*digest, Arc::clone(&self.driver));
+        }
         let stream = file.stream.map(|r| r.map_err(std::io::Error::other));
         if whole && size <= SMALL_BLOB {
             let checked: Vec<Bytes> = self

@@ -11,6 +11,7 @@ pub mod fill;
 pub mod links;
 pub mod manifests;
 pub(crate) mod proof;
+pub mod tier;
 pub mod verify;
 
 pub use error::CacheError;

@@ -272,6 +272,16 @@ pub struct FsSection {
     pub fsync: Option<Fsync>,
 }
 
+/// `proxy.localtier`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalTierSection {
+    /// Where the copies are kept (required).
+    pub rootdirectory: PathBuf,
+    /// The bytes they take at most (required, e.g. `20GiB`).
+    pub maxsize: Option<String>,
+}
+
 /// `storage.redirect`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -975,6 +985,9 @@ pub struct ProxyConfig {
     pub verifyreads: Option<String>,
     /// Ours: fills running at once (default 64).
     pub maxfills: Option<usize>,
+    /// Ours: a local copy of blobs served from S3, within a byte budget
+    /// (`rootdirectory`, `maxsize`).
+    pub localtier: Option<LocalTierSection>,
     /// Ours: its URLs, caps, pull budget and credential source (keys at
     /// this level: `remoteurls`, `remoteretry`, `maxconcurrent`,
     /// `maxbandwidth`, `pullbudget`, `exec`, `ecrregion`).
@@ -1467,6 +1480,29 @@ impl Config {
         }))
     }
 
+    /// The local tier (`proxy.localtier`), if configured: only in front of
+    /// S3 storage, with a directory and a positive `maxsize`.
+    pub fn local_tier(&self) -> Result<Option<crate::cache::tier::TierOptions>, ConfigError> {
+        let Some(tier) = &self.proxy.localtier else {
+            return Ok(None);
+        };
+        if !matches!(self.backend()?, Backend::S3(_)) {
+            return Err(invalid(
+                "proxy.localtier",
+                "is a tier in front of s3 storage; this storage is local already",
+            ));
+        }
+        if tier.rootdirectory.as_os_str().is_empty() {
+            return Err(invalid("proxy.localtier.rootdirectory", "is required"));
+        }
+        let max_bytes = positive_size("proxy.localtier.maxsize", tier.maxsize.as_deref())?
+            .ok_or_else(|| invalid("proxy.localtier.maxsize", "is required"))?;
+        Ok(Some(crate::cache::tier::TierOptions {
+            root: tier.rootdirectory.clone(),
+            max_bytes,
+        }))
+    }
+
     /// The byte budget of stored blobs (`proxy.maxsize`), if any.
     pub fn max_size(&self) -> Result<Option<u64>, ConfigError> {
         positive_size("proxy.maxsize", self.proxy.maxsize.as_deref())
@@ -1904,6 +1940,34 @@ storage:
 proxy:
   remoteurl: https://registry-1.docker.io
 ";
+
+    #[test]
+    fn a_local_tier_needs_s3_a_directory_and_a_size() {
+        let s3 = "storage:\n  s3:\n    bucket: b\n    region: r\n";
+        let fs = "storage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n";
+        let tier = |storage: &str, section: &str| {
+            let yaml = format!(
+                "version: 0.1\n{storage}proxy:\n  remoteurl: https://r.test\n  localtier:\n{section}"
+            );
+            load(&yaml, &[]).and_then(|c| c.local_tier())
+        };
+        let both = "    rootdirectory: /var/cache/tier\n    maxsize: 2GiB\n";
+        assert_eq!(
+            tier(s3, both).expect("valid"),
+            Some(crate::cache::tier::TierOptions {
+                root: "/var/cache/tier".into(),
+                max_bytes: 2 << 30,
+            })
+        );
+        for (storage, section, key) in [
+            (fs, both, "proxy.localtier"),
+            (s3, "    maxsize: 2GiB\n", "proxy.localtier.rootdirectory"),
+            (s3, "    rootdirectory: /t\n", "proxy.localtier.maxsize"),
+        ] {
+            let e = tier(storage, section).expect_err(key);
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+    }
 
     #[test]
     fn storage_redirect_turns_presigned_urls_on_and_off() {

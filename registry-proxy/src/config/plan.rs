@@ -76,6 +76,7 @@ impl Config {
             clock: Clock::system(),
             coordination: self.etcd()?,
             urls: self.urls()?,
+            local_tier: self.local_tier()?,
         };
         // As before the plan: a name or value that is not one is skipped.
         let headers = self
