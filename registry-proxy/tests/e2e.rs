@@ -170,17 +170,19 @@ fn answers(proxy: &support::Server, repo: &str) -> String {
     })
 }
 
+/// The S3 bucket (Garage in the tests) under a fresh root named after
+/// `root`, when the end-to-end parts are there too; else `test` is
+/// skipped.
+fn bucket(test: &str, root: &str) -> Option<driver_s3::S3Config> {
+    if !parts_available(test) {
+        return None;
+    }
+    support::s3_bucket(test, root)
+}
+
 #[test]
 fn pull_through_s3_cache_on_garage() {
-    if !parts_available("pull_through_s3_cache") {
-        return;
-    }
-    let Ok(Some(s3)) = driver_s3::S3Config::from_env() else {
-        conformance::skip(
-            "pull_through_s3_cache",
-            "REQUIRE_S3",
-            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
-        );
+    let Some(s3) = bucket("pull_through_s3_cache", "e2e") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -193,10 +195,6 @@ fn pull_through_s3_cache_on_garage() {
         None,
     );
     let image = upstream_truth(d, &upstream.addr, "team/s3app:v1", None);
-    let s3 = driver_s3::S3Config {
-        root_directory: format!("e2e-{:016x}", rand::random::<u64>()),
-        ..s3
-    };
     let storage = support::s3_storage_yaml(&s3, &[]);
     let proxy = registry_proxy(d, &storage, &upstream.addr, None);
     pull_and_check(&image, &proxy.addr, "team/s3app:v1", &d.join("out1"), None);
@@ -235,15 +233,7 @@ fn blob_pushed_and_hits(proxy: &support::Server) -> (u64, u64) {
 
 #[test]
 fn s3_hits_redirect_to_presigned_urls_that_skopeo_follows() {
-    if !parts_available("s3_redirects") {
-        return;
-    }
-    let Ok(Some(s3)) = driver_s3::S3Config::from_env() else {
-        conformance::skip(
-            "s3_redirects",
-            "REQUIRE_S3",
-            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
-        );
+    let Some(s3) = bucket("s3_redirects", "redirect") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -265,10 +255,6 @@ fn s3_hits_redirect_to_presigned_urls_that_skopeo_follows() {
         .expect("a layer");
     let layer = Digest::of(layer_bytes);
     assert_eq!(*name, layer.hex(), "the largest file is a blob");
-    let s3 = driver_s3::S3Config {
-        root_directory: format!("redirect-{:016x}", rand::random::<u64>()),
-        ..s3
-    };
     let storage = |disable: bool| {
         let block = support::s3_storage_yaml(&s3, &["redirectexpiry: 600"]);
         format!("storage:\n{block}  redirect:\n    disable: {disable}\n")

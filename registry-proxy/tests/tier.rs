@@ -18,29 +18,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use registry_proxy::oci::Digest;
-use support::{Server, debug_text, docker_registry, fills_settled, have, push_blob};
+use support::{Server, debug_text, fills_settled, push_blob};
 
 const REPO: &str = "tier/app";
 const MIB: usize = 1 << 20;
 
-/// Garage's bucket under a fresh root, or `None` (skipped).
-fn s3(test: &str) -> Option<driver_s3::S3Config> {
-    if !have("docker-registry") {
-        conformance::skip(test, "REQUIRE_E2E", "docker-registry is not installed");
-        return None;
-    }
-    let Ok(Some(s3)) = driver_s3::S3Config::from_env() else {
-        conformance::skip(
-            test,
-            "REQUIRE_S3",
-            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
-        );
-        return None;
-    };
-    Some(driver_s3::S3Config {
-        root_directory: format!("tier-{:016x}", rand::random::<u64>()),
-        ..s3
-    })
+/// Garage's bucket under a fresh root, with an upstream, or `None`
+/// (skipped).
+fn s3(test: &str) -> Option<(driver_s3::S3Config, tempfile::TempDir, Server)> {
+    let s3 = support::s3_bucket(test, "tier")?;
+    let (dir, upstream) = support::registry_upstream(test)?;
+    Some((s3, dir, upstream))
 }
 
 /// A proxy on `s3` with its tier at `tier`, its config in `dir`.
@@ -104,10 +92,10 @@ async fn get(proxy: &Server, digest: &Digest) -> Result<Bytes, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn warm_hits_come_from_the_tier_and_a_corrupt_copy_is_not_served() {
-    let Some(s3) = s3("tier_hits") else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((s3, dir, upstream)) = s3("tier_hits") else {
+        return;
+    };
     let d = dir.path();
-    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
     let client = reqwest::Client::new();
     let bytes = conformance::random_bytes(3, 4 * MIB + 5);
     let digest = push_blob(&client, &upstream.addr, REPO, bytes.clone()).await;
@@ -163,10 +151,10 @@ async fn warm_hits_come_from_the_tier_and_a_corrupt_copy_is_not_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_tier_copies_leaves_no_partial_copy() {
-    let Some(s3) = s3("tier_kill") else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((s3, dir, upstream)) = s3("tier_kill") else {
+        return;
+    };
     let d = dir.path();
-    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
     let client = reqwest::Client::new();
     let mut blobs = Vec::new();
     for i in 0..6 {

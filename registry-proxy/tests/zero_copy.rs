@@ -25,8 +25,7 @@ use std::process::Command;
 use bytes::Bytes;
 use registry_proxy::oci::Digest;
 use support::{
-    Server, debug_text, docker_registry, fills_settled, have, push_blob, registry_proxy,
-    verify_stored_blobs,
+    Server, debug_text, fills_settled, have, push_blob, registry_proxy, verify_stored_blobs,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -90,17 +89,14 @@ async fn read_until(socket: &mut tokio::net::TcpStream, body: &mut Vec<u8>, want
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn warm_hits_are_sent_with_sendfile_byte_exact() {
-    if !have("docker-registry") || !have("curl") {
-        conformance::skip(
-            "zero_copy",
-            "REQUIRE_E2E",
-            "docker-registry or curl is not installed",
-        );
+    let Some((dir, upstream)) = support::upstream_for(
+        "zero_copy",
+        have("docker-registry") && have("curl"),
+        "docker-registry or curl is not installed",
+    ) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let d = dir.path();
-    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
     let client = reqwest::Client::new();
     // Empty, tiny, one placeholder chunk, just over one, several.
     let sizes = [0, 1, 16 << 10, MIB, MIB + 1, 5 * MIB + 3];
@@ -236,17 +232,10 @@ async fn warm_blob(d: &Path, upstream: &Server, size: usize) -> (Server, Digest,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_zero_copy_sends() {
-    if !have("docker-registry") {
-        conformance::skip(
-            "zero_copy_kill",
-            "REQUIRE_E2E",
-            "docker-registry is not installed",
-        );
+    let Some((dir, upstream)) = support::registry_upstream("zero_copy_kill") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let d = dir.path();
-    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
     let size = 64 * MIB;
     let (mut proxy, digest, bytes) = warm_blob(d, &upstream, size).await;
     let sent_before = zero_copy_bytes(&proxy).await;
@@ -291,17 +280,10 @@ async fn kill_9_during_zero_copy_sends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_cut_short_while_sent_ends_the_response() {
-    if !have("docker-registry") {
-        conformance::skip(
-            "zero_copy_cut",
-            "REQUIRE_E2E",
-            "docker-registry is not installed",
-        );
+    let Some((dir, upstream)) = support::registry_upstream("zero_copy_cut") else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
+    };
     let d = dir.path();
-    let upstream = docker_registry(d, "upstream", &d.join("upstream-root"), "");
     let size = 32 * MIB;
     let (proxy, digest, bytes) = warm_blob(d, &upstream, size).await;
 

@@ -346,6 +346,24 @@ pub fn status_mib(pid: u32, field: &str) -> f64 {
     kib / 1024.0
 }
 
+/// The S3 bucket of the environment (Garage, started by `scripts/test.sh`)
+/// under a fresh root directory named after `root`; else `test` is
+/// skipped (failing under `REQUIRE_S3=1`).
+pub fn s3_bucket(test: &str, root: &str) -> Option<driver_s3::S3Config> {
+    let Ok(Some(s3)) = driver_s3::S3Config::from_env() else {
+        conformance::skip(
+            test,
+            "REQUIRE_S3",
+            "S3_BUCKET is not set (scripts/test.sh starts Garage)",
+        );
+        return None;
+    };
+    Some(driver_s3::S3Config {
+        root_directory: format!("{root}-{:016x}", rand::random::<u64>()),
+        ..s3
+    })
+}
+
 /// The `storage` block (YAML, indented two spaces) of `s3`'s bucket, root
 /// directory and credentials, with `extra` keys (`key: value` lines).
 pub fn s3_storage_yaml(s3: &driver_s3::S3Config, extra: &[&str]) -> String {
