@@ -362,6 +362,12 @@ async fn main() {
         }
     }
 
+    // nginx is done: SIGTERM, so that its master takes the worker along
+    // (a drop's SIGKILL of the master would leave the worker running).
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.server.pid().to_string()])
+        .status();
+
     let mut colds: Vec<(&str, Option<&Subject>, Cold)> = vec![
         ("direct (containerd-like)", None, Cold::default()),
         (null.label, Some(&null), Cold::default()),
