@@ -226,6 +226,18 @@ impl NamespaceMetrics {
     }
 }
 
+/// A new metric of type `M`, registered in `registry` as `name` with
+/// `help`.
+fn registered<M: prometheus_client::registry::Metric + Clone + Default>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// The counters of the proxy.
 #[derive(Debug)]
 pub struct Metrics {
@@ -272,57 +284,47 @@ impl Default for Metrics {
             ("bytes_pulled", "Content bytes received from the upstream"),
             ("bytes_pushed", "Content bytes sent to clients"),
         ] {
-            let family = Family::default();
-            registry.register(name, help, family.clone());
-            content.push(family);
+            content.push(registered(&mut registry, name, help));
         }
-        let proofs = Family::<NamespaceLabel, Counter>::default();
-        registry.register(
+        let proofs: Family<NamespaceLabel, Counter> = registered(
+            &mut registry,
             "proofs",
             "Upstream requests proving an isolated namespace's access to a stored blob",
-            proofs.clone(),
         );
-        let denials = Family::<NamespaceLabel, Counter>::default();
-        registry.register(
+        let denials: Family<NamespaceLabel, Counter> = registered(
+            &mut registry,
             "denials",
             "Requests refused: client not allowed, or access not proven upstream",
-            denials.clone(),
         );
-        let repository_denials = Family::<NamespaceLabel, Counter>::default();
-        registry.register(
+        let repository_denials: Family<NamespaceLabel, Counter> = registered(
+            &mut registry,
             "repository_denials",
             "Requests refused without asking the upstream: the repository is not allowed in the namespace",
-            repository_denials.clone(),
         );
-        let zero_copy_bytes = Family::<NamespaceLabel, Counter>::default();
-        registry.register(
+        let zero_copy_bytes: Family<NamespaceLabel, Counter> = registered(
+            &mut registry,
             "zero_copy_bytes",
             "Blob bytes sent from a local file with sendfile, never copied through memory (also in bytes_pushed)",
-            zero_copy_bytes.clone(),
         );
-        let fills_in_flight = Gauge::default();
-        let stale_serves = Counter::default();
-        registry.register(
+        let fills_in_flight: Gauge = registered(
+            &mut registry,
             "fills_in_flight",
             "Blob fills from the upstream running now",
-            fills_in_flight.clone(),
         );
-        registry.register(
+        let stale_serves: Counter = registered(
+            &mut registry,
             "stale_serves",
             "Tags served from the cache because the upstream was unavailable",
-            stale_serves.clone(),
         );
-        let connections = Gauge::default();
-        registry.register(
+        let connections: Gauge = registered(
+            &mut registry,
             "connections",
             "Client connections open on the public listener",
-            connections.clone(),
         );
-        let fill_clients = Gauge::default();
-        registry.register(
+        let fill_clients: Gauge = registered(
+            &mut registry,
             "fill_clients",
             "Clients reading a blob from a running fill (shared by all of them)",
-            fill_clients.clone(),
         );
         let upstream_latency = latency_histogram();
         registry.register(
@@ -330,53 +332,42 @@ impl Default for Metrics {
             "Time from sending an upstream request to its response head",
             upstream_latency.clone(),
         );
-        let upstream_errors = Family::<StatusLabel, Counter>::default();
-        registry.register(
+        let upstream_errors: Family<StatusLabel, Counter> = registered(
+            &mut registry,
             "upstream_errors",
             "Upstream requests that failed, by status (network: no answer)",
-            upstream_errors.clone(),
         );
-        let upstream_answers = Family::<UpstreamLabel, Counter>::default();
-        registry.register(
+        let upstream_answers: Family<UpstreamLabel, Counter> = registered(
+            &mut registry,
             "upstream_answers",
             "Upstream answers (not unreachable, 5xx or 429) by namespace and URL of its chain",
-            upstream_answers.clone(),
         );
-        let pull_limit = Family::<NamespaceLabel, Gauge>::default();
-        registry.register(
+        let pull_limit: Family<NamespaceLabel, Gauge> = registered(
+            &mut registry,
             "upstream_pull_limit",
             "The pull budget per window the upstream last announced (ratelimit-limit)",
-            pull_limit.clone(),
         );
-        let pulls_remaining = Family::<NamespaceLabel, Gauge>::default();
-        registry.register(
+        let pulls_remaining: Family<NamespaceLabel, Gauge> = registered(
+            &mut registry,
             "upstream_pulls_remaining",
             "The pulls left in the window the upstream last announced (ratelimit-remaining)",
-            pulls_remaining.clone(),
         );
-        let scheduler_entries = Gauge::default();
-        registry.register(
+        let scheduler_entries: Gauge = registered(
+            &mut registry,
             "scheduler_entries",
             "Cached blobs and manifests (per repository) the TTL scheduler tracks",
-            scheduler_entries.clone(),
         );
-        let expirations = Counter::default();
-        registry.register(
-            "expirations",
-            "Scheduler entries expired",
-            expirations.clone(),
-        );
-        let bytes_freed = Counter::default();
-        registry.register(
+        let expirations: Counter =
+            registered(&mut registry, "expirations", "Scheduler entries expired");
+        let bytes_freed: Counter = registered(
+            &mut registry,
             "bytes_freed",
             "Bytes of content deleted by expiry",
-            bytes_freed.clone(),
         );
-        let writers_purged = Counter::default();
-        registry.register(
+        let writers_purged: Counter = registered(
+            &mut registry,
             "writers_purged",
             "Abandoned storage writers removed (leftovers of interrupted fills)",
-            writers_purged.clone(),
         );
         let storage_latency: Histograms<StorageLabel> =
             Family::new_with_constructor(latency_histogram);
@@ -385,29 +376,25 @@ impl Default for Metrics {
             "Storage driver operations by driver and operation",
             storage_latency.clone(),
         );
-        let leader = Gauge::default();
-        registry.register(
+        let leader: Gauge = registered(
+            &mut registry,
             "leader",
             "1 while this replica runs expiry and garbage collection",
-            leader.clone(),
         );
-        let auth_failures = Counter::default();
-        registry.register(
+        let auth_failures: Counter = registered(
+            &mut registry,
             "auth_failures",
             "Requests whose client credentials were wrong",
-            auth_failures.clone(),
         );
-        let corrupt_blobs = Counter::default();
-        registry.register(
+        let corrupt_blobs: Counter = registered(
+            &mut registry,
             "corrupt_blobs",
             "Stored blobs whose bytes no longer matched their digest (deleted)",
-            corrupt_blobs.clone(),
         );
-        let fills_refused = Counter::default();
-        registry.register(
+        let fills_refused: Counter = registered(
+            &mut registry,
             "fills_refused",
             "Fills refused at a limit (fills at once, blob size)",
-            fills_refused.clone(),
         );
         let gc = GcMetrics::default();
         registry.register(

@@ -308,11 +308,9 @@ async fn a_file_cut_short_while_sent_ends_the_response() {
         body.len() < size,
         "the response was completed past the file's end"
     );
-    assert!(
-        body.len() <= kept.max(MIB) + (16 * MIB),
-        "{} bytes",
-        body.len()
-    );
+    // What was in flight before the cut (socket buffers) may still
+    // arrive; nothing near the blob's end can.
+    assert!(body.len() <= kept + 16 * MIB, "{} bytes", body.len());
     assert_eq!(
         &body[..],
         &bytes[..body.len()],

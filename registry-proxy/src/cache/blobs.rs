@@ -141,10 +141,20 @@ const SMALL_BLOBS_BYTES: usize = 64 << 20;
 
 /// A stored blob already open for a whole read.
 enum Opened {
-    /// From storage, from the start.
+    /// From storage (or the local tier), from the start.
     File(OpenFile),
     /// Kept in memory (a small blob).
     Memory(Bytes),
+}
+
+impl Opened {
+    /// The blob's size.
+    fn size(&self) -> u64 {
+        match self {
+            Self::File(file) => file.size,
+            Self::Memory(bytes) => bytes.len() as u64,
+        }
+    }
 }
 
 fn resolve(range: Option<RangeSpec>, size: u64) -> Result<(u64, u64), OciError> {
@@ -321,23 +331,17 @@ impl Blobs {
             .proofs
             .needed(ns, &key, digest, known_linked, Source::Stored)
             .await;
-        let remembered = (known_linked && !unproven)
-            .then(|| lock(&self.small).get(digest).cloned())
-            .flatten();
+        // Where the blob's entry is known and linked (no proof due), a copy
+        // on this machine answers without asking storage.
+        let local = if known_linked && !unproven {
+            self.local_copy(digest, range.is_none()).await
+        } else {
+            None
+        };
         // A redirect needs to know the blob is there, not its bytes.
         let redirect = self.redirects && !head;
-        // A whole read (or HEAD) of a blob the local tier holds reads no
-        // remote storage.
-        let tiered = match &self.tier {
-            Some(tier) if remembered.is_none() && known_linked && !unproven && range.is_none() => {
-                tier.open_blob(digest).await
-            }
-            _ => None,
-        };
-        let found = if let Some(bytes) = remembered {
-            Ok(Some((bytes.len() as u64, Some(Opened::Memory(bytes)))))
-        } else if let Some(file) = tiered {
-            Ok(Some((file.size, Some(Opened::File(file)))))
+        let found = if let Some(opened) = local {
+            Ok(Some((opened.size(), Some(opened))))
         } else if head || range.is_some() || unproven || redirect {
             let info = self.driver.stat(&path).await;
             info.map(|i| (!i.is_dir).then_some((i.size, None)))
@@ -388,6 +392,17 @@ impl Blobs {
         }
         let reply = self.stored(digest, size, range, head, opened, lease);
         Ok((reply.await?, true))
+    }
+
+    /// The copy of `digest` kept on this machine: a small blob in memory,
+    /// else (for a whole read or HEAD, `whole`) the local tier's.
+    async fn local_copy(&self, digest: &Digest, whole: bool) -> Option<Opened> {
+        let remembered = lock(&self.small).get(digest).cloned();
+        if let Some(bytes) = remembered {
+            return Some(Opened::Memory(bytes));
+        }
+        let tier = self.tier.as_ref().filter(|_| whole)?;
+        tier.open_blob(digest).await.map(Opened::File)
     }
 
     /// The stored bytes of `digest` (`size` of them): `range` of them, or

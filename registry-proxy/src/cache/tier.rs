@@ -6,7 +6,8 @@
 //! - A copy is made in the background after a blob is served whole from
 //!   storage: read again from storage, hashed as it is written, committed
 //!   (renamed into place) only when it matches its digest. One copy per
-//!   digest at a time, two at once.
+//!   digest at a time, two at once, 64 waiting or running at most (past
+//!   that, a hit copies nothing: a later one will).
 //! - Copies are used only where the blob's cache entry is known and linked
 //!   (as for small blobs in memory), so expiry, eviction and purges, which
 //!   drop the entry, take effect at once; the copy itself goes when the
@@ -21,12 +22,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use driver_core::{OpenFile, StorageDriver};
+use driver_core::{OpenFile, StorageDriver, WalkControl, WalkOptions};
 use driver_fs::{FsConfig, FsDriver, Fsync};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Semaphore;
 
+use super::verify::hash_of;
 use crate::layout;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
@@ -43,6 +45,9 @@ pub struct TierOptions {
 
 /// Copies made at once.
 const COPIES_AT_ONCE: usize = 2;
+
+/// Copies waiting or running at most.
+const COPIES_PENDING: usize = 64;
 
 /// The local tier.
 pub(crate) struct Tier {
@@ -72,13 +77,20 @@ impl Tier {
         fs.purge_writers(SystemTime::now()).await?;
         let budget = usize::try_from(options.max_bytes).unwrap_or(usize::MAX);
         let mut held = Fifo::new(budget);
-        let root = options.root.clone();
-        let found = tokio::task::spawn_blocking(move || stock(&root))
-            .await
-            .map_err(|e| driver_core::Error::backend("tier", "stock", "", false, e))?;
         let mut over = Vec::new();
-        for (digest, size) in found {
-            over.extend(held.insert(digest, false, size));
+        let mut visit = |info: &driver_core::FileInfo| {
+            if let Some(digest) = layout::blob_digest(&info.path) {
+                let size = usize::try_from(info.size).unwrap_or(usize::MAX);
+                over.extend(held.insert(digest, false, size));
+            }
+            WalkControl::Continue
+        };
+        match fs
+            .walk(&layout::blobs_root(), &WalkOptions::default(), &mut visit)
+            .await
+        {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
         }
         let tier = Arc::new(Self {
             fs,
@@ -112,23 +124,9 @@ impl Tier {
     /// Hashes the copy of `digest`; one that does not match is deleted.
     async fn check(&self, digest: &Digest) -> bool {
         let path = layout::blob_data(digest);
-        let matches = match self.fs.reader(&path, 0).await {
-            Ok(mut stream) => {
-                let mut hasher = Sha256::new();
-                let mut read = true;
-                while let Some(chunk) = stream.next().await {
-                    match chunk {
-                        Ok(chunk) => hasher.update(&chunk),
-                        Err(_) => {
-                            read = false;
-                            break;
-                        }
-                    }
-                }
-                read && Digest::from_hasher(hasher) == *digest
-            }
-            Err(_) => false,
-        };
+        let matches = hash_of(self.fs.as_ref(), &path, &mut 0)
+            .await
+            .is_ok_and(|got| got == *digest);
         if matches {
             if let Some(checked) = lock(&self.held).get_mut(digest) {
                 *checked = true;
@@ -145,8 +143,16 @@ impl Tier {
     /// Makes a copy of `digest` (`size` bytes) from `storage` in the
     /// background, unless one is held or being made.
     pub(crate) fn copy_in(self: &Arc<Self>, digest: Digest, storage: Arc<dyn StorageDriver>) {
-        if lock(&self.held).get(&digest).is_some() || !lock(&self.copying).insert(digest) {
+        if lock(&self.held).get(&digest).is_some() {
             return;
+        }
+        {
+            // At most this many copies wait or run: past it, a hit copies
+            // nothing (a later hit of the blob will).
+            let mut copying = lock(&self.copying);
+            if copying.len() >= COPIES_PENDING || !copying.insert(digest) {
+                return;
+            }
         }
         let tier = Arc::clone(self);
         tokio::spawn(async move {
@@ -211,31 +217,4 @@ impl Tier {
             }
         }
     }
-}
-
-/// The copies under `root` (distribution's blob layout) and their sizes.
-fn stock(root: &std::path::Path) -> Vec<(Digest, usize)> {
-    let blobs = root.join(layout::blobs_root().as_str().trim_start_matches('/'));
-    let mut found = Vec::new();
-    let Ok(prefixes) = std::fs::read_dir(blobs.join("sha256")) else {
-        return found;
-    };
-    for prefix in prefixes.flatten() {
-        let Ok(dirs) = std::fs::read_dir(prefix.path()) else {
-            continue;
-        };
-        for dir in dirs.flatten() {
-            let name = dir.file_name();
-            let Some(digest) = name
-                .to_str()
-                .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
-            else {
-                continue;
-            };
-            if let Ok(meta) = std::fs::metadata(dir.path().join("data")) {
-                found.push((digest, usize::try_from(meta.len()).unwrap_or(usize::MAX)));
-            }
-        }
-    }
-    found
 }

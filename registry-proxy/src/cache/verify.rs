@@ -221,7 +221,7 @@ pub async fn scrub(
 }
 
 /// The SHA-256 of the file at `path`, adding its length to `bytes`.
-async fn hash_of(
+pub(crate) async fn hash_of(
     driver: &dyn StorageDriver,
     path: &StoragePath,
     bytes: &mut u64,
