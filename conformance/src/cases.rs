@@ -997,6 +997,26 @@ pub async fn stat_file(ctx: Ctx) {
     assert_eq!((&info.path, info.size, info.is_dir), (&path, 1234, false));
 }
 
+/// `stat_file` describes files as `stat` does, and nothing else: a
+/// directory, the root and a missing path are all `PathNotFound`.
+pub async fn stat_file_only_files(ctx: Ctx) {
+    let path = ctx.put("dir/file", random_bytes(seed(), 1234)).await;
+    let info = ctx.driver().stat_file(&path).await.expect("stat_file");
+    assert_eq!(info, ctx.driver().stat(&path).await.expect("stat"));
+    assert_eq!((&info.path, info.size, info.is_dir), (&path, 1234, false));
+    for (what, path) in [
+        ("a directory", ctx.path("dir")),
+        ("a missing path", ctx.path("dir/missing")),
+        ("the root", StoragePath::root()),
+    ] {
+        expect_kind(
+            ctx.driver().stat_file(&path).await,
+            ErrorKind::PathNotFound,
+            &format!("stat_file of {what}"),
+        );
+    }
+}
+
 /// A file's modification time is the time of its last write.
 pub async fn stat_modtime_current(ctx: Ctx) {
     let slack = Duration::from_secs(5);

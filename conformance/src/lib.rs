@@ -52,7 +52,7 @@ macro_rules! __with_cases {
             move_file, move_overwrites, move_missing_keeps_dest, move_under_file_fails, move_prunes_empty_source_dir,
             delete_file, delete_missing_not_found, delete_folder_keeps_siblings, delete_prefix_trap,
             delete_last_file_removes_parents, redirect_url, adopt_scratch,
-            stat_missing, stat_file, stat_modtime_current, stat_directory, stat_root,
+            stat_missing, stat_file, stat_file_only_files, stat_modtime_current, stat_directory, stat_root,
             concurrent_readers, concurrent_writers_finish, racing_writers_one_path, put_is_atomic,
             walk_order, walk_skip_dir, walk_stop, walk_start_after, walk_prefix_trap, walk_missing_not_found,
             walk_from_root, model_random_sequences,

@@ -30,6 +30,7 @@ enum Fault {
     NonAtomicCommit,
     ResumedSizeZero,
     StatDirAsFile,
+    StatFileFindsDirectories,
     MissingIsBackendError,
     PastEndReadsEmpty,
     OpenSizeIsRest,
@@ -67,6 +68,13 @@ impl StorageDriver for Broken {
             info.is_dir = false;
         }
         Ok(info)
+    }
+
+    async fn stat_file(&self, path: &StoragePath) -> Result<FileInfo> {
+        if self.has(Fault::StatFileFindsDirectories) {
+            return self.inner.stat(path).await;
+        }
+        self.inner.stat_file(path).await
     }
 
     async fn get_content(&self, path: &StoragePath) -> Result<Bytes> {
@@ -306,6 +314,7 @@ broken! {
     commit_not_atomic: NonAtomicCommit caught by ["racing_writers_one_path"];
     resumed_writer_reports_size_zero: ResumedSizeZero caught by ["append_resumes_small_chunks", "append_after_commit"];
     stat_reports_directory_as_file: StatDirAsFile caught by ["stat_directory"];
+    stat_file_reports_directories: StatFileFindsDirectories caught by ["stat_file_only_files"];
     missing_reported_as_backend_error: MissingIsBackendError caught by ["get_missing_not_found"];
     read_past_end_is_empty: PastEndReadsEmpty caught by ["reader_past_end_invalid_offset"];
     open_reports_the_rest_as_size: OpenSizeIsRest caught by ["open_reports_whole_size"];

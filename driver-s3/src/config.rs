@@ -236,7 +236,72 @@ impl S3Config {
         if self.root_directory.split('/').any(|s| s == "@writers") {
             return Err(invalid("rootdirectory", "may not contain @writers"));
         }
+        let root_ok = |c: char| c.is_ascii_alphanumeric() || "/._-@".contains(c);
+        if !self.root_directory.chars().all(root_ok) {
+            return Err(invalid(
+                "rootdirectory",
+                "may only contain A-Z, a-z, 0-9, '/', '.', '_', '-' and '@'",
+            ));
+        }
+        if let Some(endpoint) = self.endpoint_url() {
+            let parsed = url::Url::parse(&endpoint)
+                .map_err(|e| invalid("regionendpoint", format!("{endpoint:?}: {e}")))?;
+            if parsed.host_str().is_none() {
+                return Err(invalid(
+                    "regionendpoint",
+                    format!("{endpoint:?} has no host"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The URL of the bucket, as the SDK client addresses it: virtual-hosted
+    /// (`https://bucket.host`) unless `forcepathstyle` is set, the endpoint
+    /// is an IP address, or the bucket is no DNS label (then
+    /// `https://host/bucket`); AWS endpoints follow `region`, `usedualstack`
+    /// and `accelerate`. Needs a validated configuration.
+    pub(crate) fn bucket_url(&self) -> String {
+        let label = |b: &str| {
+            (3..=63).contains(&b.len())
+                && b.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                && !b.starts_with('-')
+                && !b.ends_with('-')
+        };
+        let (scheme, host) = match self.endpoint_url() {
+            Some(endpoint) => {
+                let url = url::Url::parse(&endpoint).expect("validated endpoint");
+                let host = match url.port() {
+                    Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+                    None => url.host_str().unwrap_or_default().to_owned(),
+                };
+                let is_ip = matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)));
+                let path = url.path().trim_end_matches('/').to_owned();
+                let base = format!("{}://{host}{path}", url.scheme());
+                if self.force_path_style || is_ip || !label(&self.bucket) || !path.is_empty() {
+                    return format!("{base}/{}", self.bucket);
+                }
+                (url.scheme().to_owned(), host)
+            }
+            None => {
+                let stack = if self.use_dual_stack {
+                    ".dualstack"
+                } else {
+                    ""
+                };
+                let host = if self.accelerate {
+                    format!("s3-accelerate{stack}.amazonaws.com")
+                } else {
+                    format!("s3{stack}.{}.amazonaws.com", self.region)
+                };
+                if (self.force_path_style || !label(&self.bucket)) && !self.accelerate {
+                    return format!("https://{host}/{}", self.bucket);
+                }
+                ("https".to_owned(), host)
+            }
+        };
+        format!("{scheme}://{}.{host}", self.bucket)
     }
 
     /// The endpoint URL, with the scheme `secure` picks when it has none.
@@ -347,6 +412,79 @@ mod tests {
         assert_eq!(
             huge_copy.validate().unwrap_err().key,
             "multipartcopythresholdsize"
+        );
+        let odd_root = S3Config {
+            root_directory: "/reg istry".into(),
+            ..valid()
+        };
+        assert_eq!(odd_root.validate().unwrap_err().key, "rootdirectory");
+        let no_host = S3Config {
+            endpoint: Some("http://".into()),
+            ..valid()
+        };
+        assert_eq!(no_host.validate().unwrap_err().key, "regionendpoint");
+    }
+
+    #[test]
+    fn the_bucket_url_addresses_the_bucket_as_the_sdk_does() {
+        let at = |endpoint: Option<&str>, bucket: &str, change: fn(&mut S3Config)| {
+            let mut config = S3Config {
+                bucket: bucket.into(),
+                region: "eu-west-1".into(),
+                endpoint: endpoint.map(str::to_owned),
+                ..S3Config::default()
+            };
+            change(&mut config);
+            config.validate().expect("valid");
+            config.bucket_url()
+        };
+        let keep = |_: &mut S3Config| {};
+        assert_eq!(
+            at(None, "cache", keep),
+            "https://cache.s3.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            at(None, "cache", |c| c.use_dual_stack = true),
+            "https://cache.s3.dualstack.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            at(None, "cache", |c| c.accelerate = true),
+            "https://cache.s3-accelerate.amazonaws.com"
+        );
+        assert_eq!(
+            at(None, "cache", |c| c.force_path_style = true),
+            "https://s3.eu-west-1.amazonaws.com/cache"
+        );
+        // Dots would not match the wildcard certificate: path style.
+        assert_eq!(
+            at(None, "my.cache", keep),
+            "https://s3.eu-west-1.amazonaws.com/my.cache"
+        );
+        assert_eq!(
+            at(Some("https://minio.example:9000"), "cache", keep),
+            "https://cache.minio.example:9000"
+        );
+        assert_eq!(
+            at(Some("minio.example"), "cache", |c| c.secure = false),
+            "http://cache.minio.example"
+        );
+        assert_eq!(
+            at(Some("http://127.0.0.1:3900"), "cache", keep),
+            "http://127.0.0.1:3900/cache"
+        );
+        assert_eq!(
+            at(Some("http://[::1]:3900/"), "cache", keep),
+            "http://[::1]:3900/cache"
+        );
+        assert_eq!(
+            at(Some("https://minio.example"), "cache", |c| c
+                .force_path_style =
+                true),
+            "https://minio.example/cache"
+        );
+        assert_eq!(
+            at(Some("https://gw.example/s3"), "cache", keep),
+            "https://gw.example/s3/cache"
         );
     }
 }

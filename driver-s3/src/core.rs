@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::NAME;
 use crate::config::S3Config;
 use crate::error::{is_not_found, sdk_error};
+use crate::reads::Reads;
 
 /// Directory (under the root directory) of writer records; `@` cannot occur
 /// in a storage path.
@@ -30,6 +31,8 @@ pub(crate) struct Inner {
     /// Key prefix without leading or trailing `/`; may be empty.
     pub(crate) prefix: String,
     pub(crate) config: S3Config,
+    /// `HeadObject` and `GetObject`, through the lean client.
+    pub(crate) reads: Reads,
     /// Settings of every object written.
     pub(crate) object: ObjectSettings,
 }
@@ -118,29 +121,6 @@ impl Inner {
         format!("{}{WRITERS_DIR}/{hash}/", self.dir_key(&root))
     }
 
-    /// Size and modification time of the object at `key`, `None` if absent.
-    pub(crate) async fn head(
-        &self,
-        key: &str,
-        path: &StoragePath,
-    ) -> Result<Option<(u64, SystemTime)>> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some((
-                out.content_length().unwrap_or(0).max(0) as u64,
-                to_system_time(out.last_modified()),
-            ))),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(sdk_error("stat", path, e)),
-        }
-    }
-
     /// Whether any object's key starts with `prefix`.
     pub(crate) async fn any_under(&self, prefix: &str, path: &StoragePath) -> Result<bool> {
         let out = self
@@ -164,31 +144,6 @@ impl Inner {
             .await
             .map_err(|e| sdk_error("put", path, e))?;
         Ok(())
-    }
-
-    /// The whole object at `key`. A body that fails mid-stream (the object
-    /// was replaced while being read: some servers drop the old version's
-    /// data at once) is fetched again, up to `max_attempts` times.
-    pub(crate) async fn get(&self, key: &str, path: &StoragePath) -> Result<Bytes> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let out = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| sdk_error("get", path, e))?;
-            match out.body.collect().await {
-                Ok(data) => return Ok(data.into_bytes()),
-                Err(e) if attempt >= self.config.max_attempts => {
-                    return Err(Error::backend(NAME, "get", path, true, e));
-                }
-                Err(_) => continue,
-            }
-        }
     }
 
     pub(crate) async fn delete_key(&self, key: &str, path: &StoragePath) -> Result<()> {

@@ -12,8 +12,8 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::presigning::PresigningConfig;
 use bytes::Bytes;
 use driver_core::{
-    Capabilities, Error, FileInfo, FileWriter, FlatWalk, OpenFile, RedirectMethod, Result,
-    StorageDriver, StoragePath, WalkFn, WalkOptions, finish_listing, require_file_path,
+    Capabilities, Error, ErrorKind, FileInfo, FileWriter, FlatWalk, OpenFile, RedirectMethod,
+    Result, StorageDriver, StoragePath, WalkFn, WalkOptions, finish_listing, require_file_path,
 };
 use futures::StreamExt;
 
@@ -21,7 +21,7 @@ use crate::NAME;
 use crate::config::{ConfigError, MAX_SINGLE_COPY, S3Config};
 use crate::core::{Inner, ObjectSettings, WRITERS_DIR, to_system_time};
 use crate::error::{is_not_found, sdk_error};
-use crate::reader::{body_stream, whole_size};
+use crate::reads::Reads;
 use crate::writer::{S3Writer, UPLOAD_ID};
 
 /// The S3 driver. Clones share one client.
@@ -46,6 +46,14 @@ impl S3Driver {
             ));
         }
         let shared = loader.load().await;
+        let chain = shared.credentials_provider().ok_or_else(|| ConfigError {
+            key: "accesskey",
+            reason: "no AWS credential chain could be built".into(),
+        })?;
+        let reads = Reads::new(&config, chain).map_err(|e| ConfigError {
+            key: "regionendpoint",
+            reason: format!("the read client: {e}"),
+        })?;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(config.force_path_style)
             .use_dual_stack(config.use_dual_stack)
@@ -69,6 +77,7 @@ impl S3Driver {
                 bucket: config.bucket.clone(),
                 prefix,
                 object: ObjectSettings::new(&config),
+                reads,
                 config,
             }),
         })
@@ -97,13 +106,9 @@ impl StorageDriver for S3Driver {
         if path.is_root() {
             return Ok(FileInfo::directory(path.clone()));
         }
-        if let Some((size, modified)) = self.inner.head(&self.inner.key(path), path).await? {
-            return Ok(FileInfo {
-                path: path.clone(),
-                size,
-                modified,
-                is_dir: false,
-            });
+        match self.stat_file(path).await {
+            Err(e) if e.kind() == ErrorKind::PathNotFound => {}
+            found => return found,
         }
         if self
             .inner
@@ -115,9 +120,29 @@ impl StorageDriver for S3Driver {
         Err(Error::not_found(NAME, path))
     }
 
+    /// One `HeadObject`, whether the file is there or not.
+    async fn stat_file(&self, path: &StoragePath) -> Result<FileInfo> {
+        if path.is_root() {
+            return Err(Error::not_found(NAME, path));
+        }
+        match self.inner.reads.head(&self.inner.key(path), path).await? {
+            Some((size, modified)) => Ok(FileInfo {
+                path: path.clone(),
+                size,
+                modified,
+                is_dir: false,
+            }),
+            None => Err(Error::not_found(NAME, path)),
+        }
+    }
+
     async fn get_content(&self, path: &StoragePath) -> Result<Bytes> {
         require_file_path(NAME, path)?;
-        self.inner.get(&self.inner.key(path), path).await
+        let max_attempts = self.inner.config.max_attempts;
+        self.inner
+            .reads
+            .get(&self.inner.key(path), path, max_attempts)
+            .await
     }
 
     async fn put_content(&self, path: &StoragePath, content: Bytes) -> Result<()> {
@@ -132,37 +157,10 @@ impl StorageDriver for S3Driver {
 
     async fn open(&self, path: &StoragePath, offset: u64) -> Result<OpenFile> {
         require_file_path(NAME, path)?;
-        let key = self.inner.key(path);
-        let mut request = self
-            .inner
-            .client
-            .get_object()
-            .bucket(&self.inner.bucket)
-            .key(&key);
-        if offset > 0 {
-            request = request.range(format!("bytes={offset}-"));
-        }
-        match request.send().await {
-            Ok(out) => Ok(OpenFile::streamed(
-                whole_size(out.content_range(), out.content_length(), offset),
-                body_stream(out.body, path.clone()),
-            )),
-            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
-                // The range starts at or past the end: empty at the end, invalid past it.
-                match self.inner.head(&key, path).await? {
-                    Some((size, _)) if size == offset => {
-                        Ok(OpenFile::streamed(size, Box::pin(futures::stream::empty())))
-                    }
-                    Some(_) => Err(Error::InvalidOffset {
-                        driver: NAME,
-                        path: path.to_string(),
-                        offset,
-                    }),
-                    None => Err(Error::not_found(NAME, path)),
-                }
-            }
-            Err(e) => Err(sdk_error("read", path, e)),
-        }
+        self.inner
+            .reads
+            .open(&self.inner.key(path), path, offset)
+            .await
     }
 
     async fn writer(&self, path: &StoragePath, append: bool) -> Result<Box<dyn FileWriter>> {
@@ -201,7 +199,7 @@ impl StorageDriver for S3Driver {
         require_file_path(NAME, source)?;
         require_file_path(NAME, dest)?;
         let source_key = self.inner.key(source);
-        let Some((size, _)) = self.inner.head(&source_key, source).await? else {
+        let Some((size, _)) = self.inner.reads.head(&source_key, source).await? else {
             return Err(Error::not_found(NAME, source));
         };
         if source == dest {
@@ -216,7 +214,7 @@ impl StorageDriver for S3Driver {
     async fn delete(&self, path: &StoragePath) -> Result<()> {
         require_file_path(NAME, path)?;
         let key = self.inner.key(path);
-        let is_file = self.inner.head(&key, path).await?.is_some();
+        let is_file = self.inner.reads.head(&key, path).await?.is_some();
         if is_file {
             self.inner.delete_key(&key, path).await?;
         }

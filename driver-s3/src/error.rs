@@ -42,6 +42,29 @@ where
     Error::backend(NAME, operation, path, temporary, detail)
 }
 
+/// Converts an `object_store` error (the lean read path): not found is
+/// `PathNotFound`; refused credentials and requests are permanent; anything
+/// else is what its own retries (5xx, throttling, timeouts, connections)
+/// gave up on, so temporary.
+pub(crate) fn store_error(
+    operation: &'static str,
+    path: impl Display,
+    err: object_store::Error,
+) -> Error {
+    use object_store::Error as E;
+    let temporary = match &err {
+        E::NotFound { .. } => return Error::not_found(NAME, path),
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented
+        | E::UnknownConfigurationKey { .. } => false,
+        _ => true,
+    };
+    Error::backend(NAME, operation, path, temporary, err)
+}
+
 #[cfg(test)]
 mod tests {
     use aws_sdk_s3::config::http::HttpResponse;
@@ -86,6 +109,32 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::Backend);
             assert!(!e.is_temporary(), "{status} {code}: {e}");
         }
+    }
+
+    #[test]
+    fn object_store_errors_map_like_sdk_errors() {
+        use super::store_error;
+        let source = || Box::new(std::io::Error::other("x"));
+        let missing = object_store::Error::NotFound {
+            path: "k".into(),
+            source: source(),
+        };
+        assert_eq!(
+            store_error("get", "/a", missing).kind(),
+            ErrorKind::PathNotFound
+        );
+        let denied = object_store::Error::PermissionDenied {
+            path: "k".into(),
+            source: source(),
+        };
+        let denied = store_error("get", "/a", denied);
+        assert_eq!(denied.kind(), ErrorKind::Backend);
+        assert!(!denied.is_temporary());
+        let outage = object_store::Error::Generic {
+            store: "S3",
+            source: source(),
+        };
+        assert!(store_error("get", "/a", outage).is_temporary());
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! - Move is a server-side copy (multipart above `multipartcopythresholdsize`)
 //!   then a delete; directory deletes list and batch-delete, never touching a
 //!   sibling prefix.
+//! - Reads (`stat`, `get_content`, `open`) are `HeadObject` and `GetObject`
+//!   through `object_store`, signed with the SDK's credential chain: the
+//!   requests a cache makes on every hit take the leaner client.
 //! - Retries with backoff (5xx, throttling, dropped connections) come from the
 //!   SDK's standard retry mode; errors map onto driver-core's with
 //!   `is_temporary()` set for what a retry may fix.
@@ -21,7 +24,7 @@ mod config;
 mod core;
 mod driver;
 mod error;
-mod reader;
+mod reads;
 mod writer;
 
 pub use config::{ConfigError, S3Config};

@@ -67,7 +67,7 @@ impl S3Writer {
             writer.load_record(record).await?;
             return Ok(writer);
         }
-        let Some((size, _)) = inner.head(&writer.key, &path).await? else {
+        let Some((size, _)) = inner.reads.head(&writer.key, &path).await? else {
             return Err(Error::not_found(NAME, &path));
         };
         writer.continue_committed(size).await?;

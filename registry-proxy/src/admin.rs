@@ -359,7 +359,7 @@ pub(crate) async fn warmed(
     for (digest, size) in blobs {
         if state
             .driver
-            .stat(&layout::blob_data(&digest))
+            .stat_file(&layout::blob_data(&digest))
             .await
             .is_err()
         {

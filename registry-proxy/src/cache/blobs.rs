@@ -343,8 +343,8 @@ impl Blobs {
         let found = if let Some(opened) = local {
             Ok(Some((opened.size(), Some(opened))))
         } else if head || range.is_some() || unproven || redirect {
-            let info = self.driver.stat(&path).await;
-            info.map(|i| (!i.is_dir).then_some((i.size, None)))
+            let info = self.driver.stat_file(&path).await;
+            info.map(|i| Some((i.size, None)))
         } else {
             let file = self.driver.open(&path, 0).await;
             file.map(|f| Some((f.size, Some(Opened::File(f)))))

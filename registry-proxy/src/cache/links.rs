@@ -35,7 +35,7 @@ impl Links {
         }
         if self
             .driver
-            .stat(&layout::link(repo, digest, kind))
+            .stat_file(&layout::link(repo, digest, kind))
             .await
             .is_err()
         {
@@ -53,7 +53,7 @@ impl Links {
             return;
         }
         let link = layout::link(repo, digest, kind);
-        if self.driver.stat(&link).await.is_err() {
+        if self.driver.stat_file(&link).await.is_err() {
             if let Err(e) = self
                 .driver
                 .put_content(&link, layout::link_content(digest))

@@ -73,7 +73,11 @@ impl Proofs {
     /// Whether blob `digest` came in through a private namespace (its
     /// marker exists, or storage cannot tell: then it is treated as private).
     async fn came_privately(&self, digest: &Digest) -> bool {
-        match self.driver.stat(&layout::blob_private_marker(digest)).await {
+        match self
+            .driver
+            .stat_file(&layout::blob_private_marker(digest))
+            .await
+        {
             Ok(_) => true,
             Err(e) => !e.is_not_found(),
         }

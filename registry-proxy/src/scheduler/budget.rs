@@ -484,7 +484,7 @@ impl Scheduler {
     async fn size_unsized(&self, budget: &Budget) {
         let waiting: Vec<(Digest, String)> = lock(&budget.to_size).drain().collect();
         for (digest, ns) in waiting {
-            match self.driver.stat(&layout::blob_data(&digest)).await {
+            match self.driver.stat_file(&layout::blob_data(&digest)).await {
                 Ok(info) if !info.is_dir => self.account(&ns, &digest, info.size),
                 Err(e) if !e.is_not_found() => {
                     tracing::warn!(%digest, error = %e, "cannot size a blob another replica stored");
@@ -721,7 +721,7 @@ impl Scheduler {
             if self.leases.in_use(digest) || self.store.remote_leases().await?.contains(digest) {
                 return Ok(None);
             }
-            let size = match self.driver.stat(&layout::blob_data(digest)).await {
+            let size = match self.driver.stat_file(&layout::blob_data(digest)).await {
                 Ok(info) => info.size,
                 Err(e) if e.is_not_found() => 0,
                 Err(e) => return Err(e.into()),

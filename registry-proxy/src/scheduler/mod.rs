@@ -999,7 +999,7 @@ impl Scheduler {
                 return Ok(0);
             }
             let path = layout::blob_data(&*digest);
-            let size = match self.driver.stat(&path).await {
+            let size = match self.driver.stat_file(&path).await {
                 Ok(info) => info.size,
                 Err(e) if e.is_not_found() => 0,
                 Err(e) => return Err(e.into()),

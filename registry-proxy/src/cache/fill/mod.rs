@@ -359,7 +359,7 @@ impl Fills {
         let ns = &fill.namespace;
         let key = ns.repo(repo);
         if self.tracker.shared() {
-            if let Ok(info) = self.driver.stat(&layout::blob_data(digest)).await {
+            if let Ok(info) = self.driver.stat_file(&layout::blob_data(digest)).await {
                 if !info.is_dir {
                     // Stored by another replica: served only as a stored hit
                     // would be, after a proof of access where one is due.
