@@ -211,3 +211,61 @@ where
         futures::stream::iter(pieces)
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use aws_credential_types::credential_fn::provide_credentials_fn;
+    use aws_sdk_s3::config::Credentials;
+
+    use super::*;
+
+    /// A chain that counts its calls and hands out credentials valid for
+    /// `lifetime` from now (`None`: they never expire).
+    fn counting_chain(lifetime: Option<Duration>) -> (ChainCredentials, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&calls);
+        let chain = provide_credentials_fn(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let expiry = lifetime.map(|l| SystemTime::now() + l);
+                Ok(Credentials::new(
+                    format!("key{n}"),
+                    "secret",
+                    Some("token".into()),
+                    expiry,
+                    "test",
+                ))
+            }
+        });
+        let provider = ChainCredentials {
+            chain: SharedCredentialsProvider::new(chain),
+            cached: Mutex::new(None),
+        };
+        (provider, calls)
+    }
+
+    #[tokio::test]
+    async fn credentials_are_cached_until_shortly_before_they_expire() {
+        let (lasting, calls) = counting_chain(Some(Duration::from_secs(3600)));
+        for _ in 0..3 {
+            let credential = lasting.get_credential().await.expect("credential");
+            assert_eq!(credential.key_id, "key0");
+            assert_eq!(credential.token.as_deref(), Some("token"));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let (forever, calls) = counting_chain(None);
+        for _ in 0..3 {
+            forever.get_credential().await.expect("credential");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Within a minute of expiry: fetched again every time.
+        let (expiring, calls) = counting_chain(Some(Duration::from_secs(30)));
+        for n in 0..3 {
+            let credential = expiring.get_credential().await.expect("credential");
+            assert_eq!(credential.key_id, format!("key{n}"));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}

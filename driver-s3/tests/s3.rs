@@ -485,3 +485,142 @@ async fn distribution_object_settings_and_a_schemeless_endpoint_work() {
     }
     assert_eq!(keys(&witness, &root).await, ["large", "small"]);
 }
+
+/// A TCP relay in front of the S3 server that keeps the request line of
+/// every request a client sends through it (the bodiless requests of reads:
+/// each head ends the request).
+struct RequestLog {
+    addr: String,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RequestLog {
+    async fn start(server: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, server) = (Arc::clone(&lines), server.to_owned());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&server).await else {
+                    continue;
+                };
+                let log = Arc::clone(&log);
+                tokio::spawn(async move {
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = upstream.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                    });
+                    let (mut buf, mut pending) = (vec![0; 64 << 10], Vec::new());
+                    while let Ok(n @ 1..) = client_rx.read(&mut buf).await {
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
+                            let line = String::from_utf8_lossy(&pending[..end]).into_owned();
+                            if line.ends_with(" HTTP/1.1") {
+                                log.lock().expect("log").push(line);
+                            }
+                            pending.drain(..end + 2);
+                        }
+                        if server_tx.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, lines }
+    }
+
+    /// The request lines sent since the last call, as `METHOD /path?query`.
+    fn take(&self) -> Vec<String> {
+        let lines = std::mem::take(&mut *self.lines.lock().expect("log"));
+        lines
+            .into_iter()
+            .map(|l| l.trim_end_matches(" HTTP/1.1").to_owned())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_one_request_each_and_a_missing_file_is_one_head() {
+    let Some((writer, _witness, root)) = setup("reads_one_request").await else {
+        return;
+    };
+    let config = common::config_or_skip("reads_one_request").expect("config");
+    let server = config.endpoint.clone().expect("an endpoint");
+    let log = RequestLog::start(server.trim_start_matches("http://")).await;
+    // No keys in the configuration: the reads sign with what the standard
+    // chain finds (here the environment's AWS_ACCESS_KEY_ID and secret).
+    let reader = S3Driver::new(S3Config {
+        endpoint: Some(format!("http://{}", log.addr)),
+        root_directory: root.clone(),
+        access_key: None,
+        secret_key: None,
+        ..config
+    })
+    .await
+    .expect("client");
+    let data = random_bytes(3, 1000);
+    writer
+        .put_content(&path("/dir/file"), data.clone())
+        .await
+        .expect("put");
+    let key = |p: &str| format!("/{}/{root}/{p}", bucket());
+    let methods = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            .map(|l| l.split_once('?').map_or(l.clone(), |(p, _)| p.to_owned()))
+            .collect()
+    };
+
+    let missing = reader.stat_file(&path("/dir/missing")).await;
+    assert_eq!(missing.unwrap_err().kind(), ErrorKind::PathNotFound);
+    assert_eq!(log.take(), [format!("HEAD {}", key("dir/missing"))]);
+    // A directory is no object: stat tells it from nothing with a listing.
+    let dir = reader.stat(&path("/dir")).await.expect("stat dir");
+    assert!(dir.is_dir);
+    assert_eq!(
+        methods(log.take()),
+        [
+            format!("HEAD {}", key("dir")),
+            format!("GET /{}/", bucket())
+        ]
+    );
+    assert_eq!(
+        reader.stat_file(&path("/dir")).await.unwrap_err().kind(),
+        ErrorKind::PathNotFound
+    );
+    assert_eq!(log.take(), [format!("HEAD {}", key("dir"))]);
+
+    let info = reader.stat_file(&path("/dir/file")).await.expect("stat");
+    assert_eq!((info.size, info.is_dir), (1000, false));
+    assert_eq!(info, reader.stat(&path("/dir/file")).await.expect("stat"));
+    assert_eq!(log.take().len(), 2, "one HEAD each");
+    let got = reader.get_content(&path("/dir/file")).await.expect("get");
+    assert!(got == data);
+    assert_eq!(log.take(), [format!("GET {}", key("dir/file"))]);
+    let file = reader.open(&path("/dir/file"), 600).await.expect("open");
+    assert_eq!(file.size, 1000, "the whole size, from a ranged read");
+    let rest: Vec<Bytes> = file.stream.try_collect().await.expect("read");
+    assert!(rest.concat() == data[600..]);
+    assert_eq!(log.take(), [format!("GET {}", key("dir/file"))]);
+    // At the end, S3 refuses the range; the size tells an empty read from
+    // one past the end.
+    let at_end = reader.open(&path("/dir/file"), 1000).await.expect("open");
+    assert_eq!(at_end.size, 1000);
+    assert!(
+        at_end
+            .stream
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let past = reader.open(&path("/dir/file"), 1001).await;
+    assert_eq!(past.unwrap_err().kind(), ErrorKind::InvalidOffset);
+    writer.delete(&path("/dir")).await.expect("cleanup");
+}
