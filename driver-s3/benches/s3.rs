@@ -33,6 +33,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The lower quartile, median and upper quartile of `v` (not empty).
+fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    let at = |q: usize| v[(v.len() - 1) * q / 4];
+    [at(1), at(2), at(3)]
+}
+
+/// CPU time this process has used (every thread: the client's work).
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Throughput and the client's CPU time per operation of one pass.
+#[derive(Clone, Copy)]
+struct Measured {
+    ops: f64,
+    cpu_us: f64,
+}
+
+/// [`ops_per_sec`], with the process's CPU time per operation.
+async fn measured<F, Fut>(ops: usize, op: F) -> Measured
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let cpu = process_cpu();
+    let rate = ops_per_sec(ops, op).await;
+    Measured {
+        ops: rate,
+        cpu_us: (process_cpu() - cpu).as_secs_f64() * 1e6 / ops as f64,
+    }
+}
+
 /// Runs `ops` operations made by `op`, `IN_FLIGHT` at a time; returns ops/s.
 async fn ops_per_sec<F, Fut>(ops: usize, op: F) -> f64
 where
@@ -179,33 +213,21 @@ async fn main() {
         ours.1 / best_down
     );
 
-    // Small objects, 64 in flight.
+    // Small objects, 64 in flight: put once, then get, stat and a stat of a
+    // missing file in interleaved rounds (the order alternating), with the
+    // client's CPU time per operation; ratios are paired within a round.
     let small = Bytes::from(vec![7u8; 1024]);
-    let key = |i: usize| format!("/small/{}", i % 256);
+    let key = |i: usize| StoragePath::parse(&format!("/small/{}", i % 256)).expect("path");
+    let location = |i: usize| ObjectPath::from(format!("{root}/os_small/{}", i % 256));
+    let missing = |i: usize| format!("/absent/{}", i % 256);
+    let root = &root;
     let d = &driver;
+    let s = &store;
     let put = ops_per_sec(small_ops, |i| {
         let small = small.clone();
-        async move {
-            d.put_content(&StoragePath::parse(&key(i)).expect("path"), small)
-                .await
-                .expect("put")
-        }
+        async move { d.put_content(&key(i), small).await.expect("put") }
     })
     .await;
-    let get = ops_per_sec(small_ops, |i| async move {
-        d.get_content(&StoragePath::parse(&key(i)).expect("path"))
-            .await
-            .expect("get");
-    })
-    .await;
-    let stat = ops_per_sec(small_ops, |i| async move {
-        d.stat(&StoragePath::parse(&key(i)).expect("path"))
-            .await
-            .expect("stat");
-    })
-    .await;
-    let s = &store;
-    let location = |i: usize| ObjectPath::from(format!("{root}/os_small/{}", i % 256));
     let os_put = ops_per_sec(small_ops, |i| {
         let small = small.clone();
         async move {
@@ -216,28 +238,87 @@ async fn main() {
         }
     })
     .await;
-    let os_get = ops_per_sec(small_ops, |i| async move {
-        s.get(&location(i))
-            .await
-            .expect("get")
-            .bytes()
-            .await
-            .expect("body");
-    })
-    .await;
-    let os_stat = ops_per_sec(small_ops, |i| async move {
-        s.head(&location(i)).await.expect("head");
-    })
-    .await;
-    println!("1 KiB ops/s ({IN_FLIGHT} in flight)  driver-s3 / object_store");
-    for (name, ours, theirs) in [
-        ("put", put, os_put),
-        ("get", get, os_get),
-        ("stat", stat, os_stat),
-    ] {
+    let rounds = conformance::env_or::<usize>("BENCH_S3_ROUNDS", 5);
+    let mut table: Vec<(&str, Vec<[Measured; 2]>)> =
+        vec![("get", vec![]), ("stat", vec![]), ("stat missing", vec![])];
+    for round in 0..rounds {
+        for (name, pairs) in &mut table {
+            let ours = async || match *name {
+                "get" => {
+                    measured(small_ops, |i| async move {
+                        d.get_content(&key(i)).await.expect("get");
+                    })
+                    .await
+                }
+                "stat" => {
+                    measured(small_ops, |i| async move {
+                        d.stat_file(&key(i)).await.expect("stat");
+                    })
+                    .await
+                }
+                _ => {
+                    measured(small_ops, |i| async move {
+                        let path = StoragePath::parse(&missing(i)).expect("path");
+                        assert!(d.stat_file(&path).await.is_err());
+                    })
+                    .await
+                }
+            };
+            let theirs = async || match *name {
+                "get" => {
+                    measured(small_ops, |i| async move {
+                        s.get(&location(i))
+                            .await
+                            .expect("get")
+                            .bytes()
+                            .await
+                            .expect("body");
+                    })
+                    .await
+                }
+                "stat" => {
+                    measured(small_ops, |i| async move {
+                        s.head(&location(i)).await.expect("head");
+                    })
+                    .await
+                }
+                _ => {
+                    measured(small_ops, |i| async move {
+                        let absent = ObjectPath::from(format!("{}{}", &*root, missing(i)));
+                        assert!(s.head(&absent).await.is_err());
+                    })
+                    .await
+                }
+            };
+            let pair = if round % 2 == 0 {
+                let a = ours().await;
+                [a, theirs().await]
+            } else {
+                let b = theirs().await;
+                [ours().await, b]
+            };
+            pairs.push(pair);
+        }
+    }
+    println!(
+        "1 KiB ops ({IN_FLIGHT} in flight), driver-s3 / object_store alone; \
+         median of {rounds} interleaved rounds [quartiles]"
+    );
+    println!(
+        "  put   {put:>9.0} / {os_put:>9.0} ops/s = {:.2} (one pass; writes stay on the SDK)",
+        put / os_put
+    );
+    for (name, pairs) in &table {
+        let ops = |side: usize| median(pairs.iter().map(|p| p[side].ops).collect());
+        let cpu = |side: usize| median(pairs.iter().map(|p| p[side].cpu_us).collect());
+        let [low, mid, high] = quartiles(pairs.iter().map(|[a, b]| a.ops / b.ops).collect());
         println!(
-            "  {name:<5} {ours:>9.0} / {theirs:>9.0} = {:.2} (target >= 1.00)",
-            ours / theirs
+            "  {name:<13} {:>9.0} / {:>9.0} ops/s = {mid:.2} [{low:.2}, {high:.2}] (target >= 1.00); \
+             client CPU {:.1} / {:.1} us per op",
+            ops(0),
+            ops(1),
+            cpu(0),
+            cpu(1)
         );
     }
     driver
