@@ -5,7 +5,8 @@
 //! userspace; HTTP/2 frames its data). On such a connection the listener
 //! wraps the socket in a [`SendfileSocket`] and gives each request a
 //! [`ZeroCopy`] handle. A handler that answers with a local file makes its
-//! body with [`ZeroCopy::body`]: hyper writes the response head as usual,
+//! body with [`ZeroCopy::body`] (a fill's clients, with [`ZeroCopy::chunk`]
+//! as the spool grows): hyper writes the response head as usual,
 //! and the body's chunks are *placeholders*, slices of one static buffer
 //! that is never read. The socket recognises a placeholder by its address,
 //! and sends as many bytes of the file instead, in order: the files a
@@ -73,6 +74,21 @@ impl ZeroCopy {
         Self(outbox)
     }
 
+    /// The placeholder for the next bytes of a body: up to `len` bytes of
+    /// `file` from `offset` (at most 1 MiB; the chunk's length says how
+    /// many), announced to the connection's socket, which sends them with
+    /// `sendfile` when hyper writes the chunk. A body's chunks must be
+    /// yielded in the order they were made.
+    pub fn chunk(&self, file: Arc<std::fs::File>, offset: u64, len: u64) -> Bytes {
+        let n = usize::try_from(len).map_or(PLACEHOLDER_LEN, |n| n.min(PLACEHOLDER_LEN));
+        lock(&self.0.spans).push_back(Span {
+            file,
+            offset,
+            left: n as u64,
+        });
+        Bytes::from_static(&PLACEHOLDER[..n])
+    }
+
     /// A response body of `len` bytes of `file` from `offset`, sent with
     /// `sendfile`. `keep` lives as long as the body (a lease, a reader
     /// never polled); `sent` hears of each chunk's length as it is handed
@@ -88,25 +104,17 @@ impl ZeroCopy {
     where
         K: Send + 'static,
     {
-        let mut announce = Some(Span {
-            file,
-            offset,
-            left: len,
-        });
-        let outbox = Arc::clone(&self.0);
-        let mut left = len;
+        let zero_copy = self.clone();
+        let (mut pos, end) = (offset, offset + len);
         futures::stream::poll_fn(move |_| {
             let _ = &keep;
-            if left == 0 {
+            if pos >= end {
                 return Poll::Ready(None);
             }
-            if let Some(span) = announce.take() {
-                lock(&outbox.spans).push_back(span);
-            }
-            let n = usize::try_from(left).map_or(PLACEHOLDER_LEN, |n| n.min(PLACEHOLDER_LEN));
-            left -= n as u64;
-            sent(n as u64);
-            Poll::Ready(Some(Ok(Bytes::from_static(&PLACEHOLDER[..n]))))
+            let chunk = zero_copy.chunk(Arc::clone(&file), pos, end - pos);
+            pos += chunk.len() as u64;
+            sent(chunk.len() as u64);
+            Poll::Ready(Some(Ok(chunk)))
         })
     }
 }

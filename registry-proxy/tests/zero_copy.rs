@@ -12,7 +12,9 @@
 //! - a stored file cut short while it is being sent ends the response
 //!   early, never padded with other bytes;
 //! - fills spool into driver-fs's scratch files and store them by adopting
-//!   them (no copy).
+//!   them (no copy); clients of a fill get its spool with `sendfile` as it
+//!   is written, and a fill whose bytes do not match never sends its last
+//!   byte.
 //!
 //! Skipped (with the reason printed) without `docker-registry` unless
 //! `REQUIRE_E2E=1`.
@@ -120,11 +122,12 @@ async fn warm_hits_are_sent_with_sendfile_byte_exact() {
         }
     };
 
-    // Cold, then the first whole read from storage: verified as it
-    // streams, so not zero-copy.
+    // Cold: each fill's spool goes out zero-copy as it is written.
     for (digest, bytes) in &blobs {
         assert_eq!(&get(*digest, None).await, bytes, "cold {digest}");
     }
+    let cold: u64 = sizes.iter().map(|&n| n as u64).sum();
+    assert_eq!(zero_copy_bytes(&proxy).await, cold, "fills sent by copying");
     fills_settled(&proxy).await;
     // Each fill spooled into a scratch file of driver-fs and stored it by
     // adopting it: no writer, no copy.
@@ -135,12 +138,14 @@ async fn warm_hits_are_sent_with_sendfile_byte_exact() {
         0,
         "a fill copied its spool"
     );
+    // The first whole read from storage is verified as it streams, so not
+    // zero-copy.
     for (digest, bytes) in &blobs {
         assert_eq!(&get(*digest, None).await, bytes, "first stored read");
     }
     assert_eq!(
         zero_copy_bytes(&proxy).await,
-        0,
+        cold,
         "a read that verifies the blob went out zero-copy"
     );
 
@@ -170,13 +175,13 @@ async fn warm_hits_are_sent_with_sendfile_byte_exact() {
     for (digest, bytes) in &blobs {
         assert_eq!(&get(*digest, None).await, bytes, "warm {digest}");
     }
-    assert_eq!(zero_copy_bytes(&proxy).await, total as u64);
+    assert_eq!(zero_copy_bytes(&proxy).await, cold + total as u64);
     let all = blobs.iter().cycle().take(48).map(|(digest, bytes)| {
         let fetched = get(*digest, None);
         async move { assert_eq!(&fetched.await, bytes, "concurrent {digest}") }
     });
     futures::future::join_all(all).await;
-    assert_eq!(zero_copy_bytes(&proxy).await, total as u64 * 9);
+    assert_eq!(zero_copy_bytes(&proxy).await, cold + total as u64 * 9);
 
     // Ranges of the largest blob.
     let (digest, bytes) = blobs.last().expect("a blob");
@@ -194,7 +199,7 @@ async fn warm_hits_are_sent_with_sendfile_byte_exact() {
     let ranged = (len - 100) + 10 + (2 * MIB + 13);
     assert_eq!(
         zero_copy_bytes(&proxy).await,
-        total as u64 * 9 + ranged as u64
+        cold + total as u64 * 9 + ranged as u64
     );
 
     // HTTP/2 without TLS (prior knowledge): the stream path, same bytes.
@@ -209,8 +214,75 @@ async fn warm_hits_are_sent_with_sendfile_byte_exact() {
     assert_eq!(std::fs::read(&out).expect("h2 body"), bytes.as_ref());
     assert_eq!(
         zero_copy_bytes(&proxy).await,
-        total as u64 * 9 + ranged as u64,
+        cold + total as u64 * 9 + ranged as u64,
         "an HTTP/2 response went out zero-copy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fills_go_out_zero_copy_and_a_corrupt_one_never_whole() {
+    use axum::extract::{Path as UrlPath, State};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let good = conformance::random_bytes(7, 3 * MIB + 5);
+    let claimed = conformance::random_bytes(8, 2 * MIB);
+    let (good_digest, bad_digest) = (Digest::of(&good), Digest::of(&claimed));
+    // An upstream that serves the good blob, and zeros for the other one
+    // (the right length, the wrong bytes), counting blob requests.
+    type Upstream = (Bytes, Digest, Arc<AtomicUsize>);
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let router = axum::Router::new()
+        .route("/v2/", axum::routing::get(|| async { "{}" }))
+        .route(
+            "/v2/{*rest}",
+            axum::routing::get(
+                |State((good, good_digest, fetched)): State<Upstream>,
+                 UrlPath(rest): UrlPath<String>| async move {
+                    fetched.fetch_add(1, Ordering::SeqCst);
+                    if rest.ends_with(&good_digest.to_string()) {
+                        good
+                    } else {
+                        Bytes::from(vec![0; 2 * MIB])
+                    }
+                },
+            ),
+        )
+        .with_state((good.clone(), good_digest, Arc::clone(&fetched)));
+    let upstream = support::fakes::serve(router).await;
+    let upstream = upstream.trim_start_matches("http://");
+    let proxy = registry_proxy(d, &storage(&d.join("cache")), upstream, None);
+
+    // Eight clients at once on a cold blob: one fill, each body exact, all
+    // of it sent from the spool with sendfile.
+    let pulls = (0..8).map(|_| async {
+        let (mut socket, mut body, length) = open_get(&proxy.addr, &good_digest).await;
+        read_until(&mut socket, &mut body, length).await;
+        body
+    });
+    for body in futures::future::join_all(pulls).await {
+        assert!(body == good, "a cold body differs ({} bytes)", body.len());
+    }
+    assert_eq!(fetched.load(Ordering::SeqCst), 1, "more than one fill");
+    assert_eq!(zero_copy_bytes(&proxy).await, 8 * good.len() as u64);
+
+    // Wrong bytes: the body stops short of its length (the last byte waits
+    // for the digest), and nothing is stored.
+    let (mut socket, mut body, length) = open_get(&proxy.addr, &bad_digest).await;
+    read_until(&mut socket, &mut body, length).await;
+    assert_eq!(length, 2 * MIB);
+    assert!(body.len() < length, "a corrupt body was sent whole");
+    assert!(
+        body.iter().all(|&b| b == 0),
+        "bytes the upstream never sent"
+    );
+    fills_settled(&proxy).await;
+    let driver = driver_fs::FsDriver::open(&driver_fs::FsConfig::at(d.join("cache"))).expect("fs");
+    assert_eq!(
+        verify_stored_blobs(&driver).await,
+        1,
+        "only the good blob is stored"
     );
 }
 

@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 
 use super::error::CacheError;
 use super::fill::spool::{Body, spool_stream};
-use super::fill::{FillLimits, FillParts, FillSize, Fills};
+use super::fill::{Fill, FillLimits, FillParts, FillSize, Fills};
 use super::links::Links;
 use super::proof::{Proofs, Source};
 use super::tier::Tier;
@@ -37,13 +37,22 @@ pub struct BlobReply {
     pub range: (u64, u64),
     /// The bytes (absent for HEAD).
     pub body: Option<Body>,
-    /// The local file whose `range` `body` streams unchanged, when storage
-    /// keeps it on this machine (driver-fs) and nothing checks the bytes
-    /// on the way: it may be sent instead, without copying.
-    pub local: Option<Arc<std::fs::File>>,
+    /// The file on this machine that holds what `body` streams, when there
+    /// is one and nothing checks the bytes on the way: it may be sent
+    /// instead, without copying.
+    pub(crate) local: Option<Local>,
     /// Where the client fetches the blob itself (a presigned URL of the
     /// stored object), instead of `body`.
     pub redirect: Option<String>,
+}
+
+/// A file on this machine holding a reply's bytes.
+pub(crate) enum Local {
+    /// The stored file (driver-fs, the local tier), whose `range` the body
+    /// streams unchanged.
+    File(Arc<std::fs::File>),
+    /// The spool of the fill the body streams, read as it is written.
+    Spool(Arc<Fill>),
 }
 
 impl BlobReply {
@@ -56,17 +65,28 @@ impl BlobReply {
         zero_copy: Option<&ZeroCopy>,
     ) -> Option<Body> {
         let body = self.body?;
+        let (start, end) = self.range;
+        let count = {
+            let metrics = Arc::clone(&metrics);
+            move |n| {
+                metrics.pushed(Kind::Blob, n);
+                metrics.sent_zero_copy(n);
+            }
+        };
         Some(match (zero_copy, self.local) {
-            (Some(zero_copy), Some(file)) => {
-                let (start, end) = self.range;
-                let count = move |n| {
-                    metrics.pushed(Kind::Blob, n);
-                    metrics.sent_zero_copy(n);
-                };
-                // The stream, never polled, keeps its lease until the file
-                // is sent.
+            // The stream, never polled, keeps its lease until the file is
+            // sent.
+            (Some(zero_copy), Some(Local::File(file))) => {
                 Box::pin(zero_copy.body(file, start, end - start, body, count))
             }
+            // The stream, never polled, keeps the client counted as
+            // reading the fill.
+            (Some(zero_copy), Some(Local::Spool(fill))) => Box::pin(
+                spool_stream(fill, start, end, Some(zero_copy.clone())).inspect_ok(move |chunk| {
+                    let _ = &body;
+                    count(chunk.len() as u64);
+                }),
+            ),
             _ => Box::pin(
                 body.inspect_ok(move |chunk| metrics.pushed(Kind::Blob, chunk.len() as u64)),
             ),
@@ -457,7 +477,7 @@ impl Blobs {
         let (body, local) = if whole && self.verifier.wants(digest) {
             (limit(self.verifier.check(digest, stream), size), None)
         } else {
-            (limit(stream, end - start), file.local)
+            (limit(stream, end - start), file.local.map(Local::File))
         };
         let body = Box::pin(body.inspect(move |_| {
             let _ = &lease;
@@ -523,7 +543,7 @@ impl Blobs {
         let body = (!head).then(|| -> Body {
             // The client counts as reading the fill until its body is dropped.
             Box::pin(
-                spool_stream(Arc::clone(&fill), start, end).inspect(move |_| {
+                spool_stream(Arc::clone(&fill), start, end, None).inspect(move |_| {
                     let _ = &client;
                 }),
             )
@@ -532,7 +552,7 @@ impl Blobs {
             size,
             range: (start, end),
             body,
-            local: None,
+            local: Some(Local::Spool(fill)),
             redirect: None,
         })
     }

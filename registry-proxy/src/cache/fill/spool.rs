@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::Fill;
 use crate::sync::lock;
+use crate::zerocopy::ZeroCopy;
 
 /// Bytes a client stream reads from the spool at once.
 const SPOOL_READ: u64 = 256 << 10;
@@ -141,11 +142,21 @@ pub(crate) async fn read_spool(fill: &Fill, pos: u64, len: u64) -> std::io::Resu
 /// byte is held back until the digest is verified, so a client never gets a
 /// complete body that failed verification: on failure its stream errors.
 /// Verified bytes are served even if the commit to storage then fails.
-pub(crate) fn spool_stream(fill: Arc<Fill>, start: u64, end: u64) -> Body {
+///
+/// With `zero_copy`, the bytes written so far go out as placeholders of the
+/// spool file (sent with `sendfile` from the page cache the fill just
+/// wrote); without, from the in-memory window of the newest bytes, or read
+/// back from the spool for a client that fell behind it.
+pub(crate) fn spool_stream(
+    fill: Arc<Fill>,
+    start: u64,
+    end: u64,
+    zero_copy: Option<ZeroCopy>,
+) -> Body {
     let progress = fill.progress.clone();
     Box::pin(futures::stream::try_unfold(
-        (fill, progress, start),
-        move |(fill, mut progress, pos)| async move {
+        (fill, progress, start, zero_copy),
+        move |(fill, mut progress, pos, zero_copy)| async move {
             loop {
                 if pos >= end {
                     return Ok(None);
@@ -164,14 +175,19 @@ pub(crate) fn spool_stream(fill: Arc<Fill>, start: u64, end: u64) -> Body {
                 };
                 let limit = readable.min(end);
                 if pos < limit {
+                    if let Some(handle) = &zero_copy {
+                        let chunk = handle.chunk(Arc::clone(&fill.spool), pos, limit - pos);
+                        let next = pos + chunk.len() as u64;
+                        return Ok(Some((chunk, (fill, progress, next, zero_copy))));
+                    }
                     let recent = lock(&fill.recent).get(pos, limit);
                     if let Some(chunk) = recent {
                         let next = pos + chunk.len() as u64;
-                        return Ok(Some((chunk, (fill, progress, next))));
+                        return Ok(Some((chunk, (fill, progress, next, zero_copy))));
                     }
                     let chunk = read_spool(&fill, pos, (limit - pos).min(SPOOL_READ)).await?;
                     let next = pos + chunk.len() as u64;
-                    return Ok(Some((chunk, (fill, progress, next))));
+                    return Ok(Some((chunk, (fill, progress, next, zero_copy))));
                 }
                 if progress.changed().await.is_err() {
                     return Err(std::io::Error::other("the fill ended unexpectedly"));
