@@ -237,10 +237,14 @@ impl S3Config {
             return Err(invalid("rootdirectory", "may not contain @writers"));
         }
         let root_ok = |c: char| c.is_ascii_alphanumeric() || "/._-@".contains(c);
-        if !self.root_directory.chars().all(root_ok) {
+        let root = self.root_directory.trim_matches('/');
+        if !root.chars().all(root_ok)
+            || (!root.is_empty() && root.split('/').any(|s| matches!(s, "" | "." | "..")))
+        {
             return Err(invalid(
                 "rootdirectory",
-                "may only contain A-Z, a-z, 0-9, '/', '.', '_', '-' and '@'",
+                "may only contain A-Z, a-z, 0-9, '/', '.', '_', '-' and '@', \
+                 without empty, '.' or '..' segments",
             ));
         }
         if let Some(endpoint) = self.endpoint_url() {
@@ -418,6 +422,20 @@ mod tests {
             ..valid()
         };
         assert_eq!(odd_root.validate().unwrap_err().key, "rootdirectory");
+        for bad in ["a//b", "/a/./b", "../a"] {
+            let root = S3Config {
+                root_directory: bad.into(),
+                ..valid()
+            };
+            assert_eq!(root.validate().unwrap_err().key, "rootdirectory", "{bad}");
+        }
+        for good in ["", "/", "/registry/", "a/b.c/d-e_f"] {
+            let root = S3Config {
+                root_directory: good.into(),
+                ..valid()
+            };
+            assert!(root.validate().is_ok(), "{good}");
+        }
         let no_host = S3Config {
             endpoint: Some("http://".into()),
             ..valid()
