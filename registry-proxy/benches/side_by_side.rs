@@ -17,7 +17,8 @@
 //! switches per request from `/proc`. Cold figures (a 256 MiB blob) rotate
 //! the direct pull (the client as containerd pulls: hash, write, fsync),
 //! the null proxy, registry-proxy and docker-registry over `BENCH_COLD_RUNS`
-//! fresh blobs, waiting for background fills to settle after each, and
+//! fresh blobs, each pull starting after a `sync` (no dirty pages left by
+//! the one before), waiting for background fills to settle after each, and
 //! print wall time and the server's CPU seconds per GiB. Then skopeo pulls
 //! of a 5-layer image, manifests by tag against the upstream's log, and 8
 //! concurrent cold pulls of one blob (upstream copies, peak RSS).
@@ -380,6 +381,10 @@ async fn main() {
         for i in 0..n {
             let (_, server, figures) = &mut colds[(i + round) % n];
             let addr = server.map_or(relay.addr.as_str(), |s| s.server.addr.as_str());
+            // Every pull starts with no dirty pages: another pull's
+            // writeback would otherwise land on whichever runs next.
+            let synced = std::process::Command::new("sync").status();
+            assert!(synced.is_ok_and(|s| s.success()), "sync failed");
             let before = (server.map(Subject::stats), relay.sent());
             figures
                 .wall
