@@ -410,7 +410,8 @@ impl Drop for Tmpfs {
 
 /// A full disk is a signal: on a 48 MiB tmpfs holding three 14 MiB layers,
 /// the fourth one's write finds it full, eviction makes room and the fill
-/// succeeds, with no byte budget configured. On a 64 MiB tmpfs with
+/// succeeds, with no byte budget configured, whether fills spool on that
+/// volume (the default) or elsewhere. On a 64 MiB tmpfs with
 /// watermarks at 50% and 25%, eviction starts once the volume is more
 /// than half full and stops at a quarter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,8 +440,12 @@ async fn a_full_disk_and_the_watermarks_evict() {
             .await,
         );
     }
+    // "full" twice: with the spool directory elsewhere, and where it is by
+    // default, on the full volume itself (a fill must then evict, not be
+    // refused for want of room to spool).
     for (phase, size, extra) in [
         ("full", "48m", ""),
+        ("full-default-spool", "48m", ""),
         (
             "watermarks",
             "64m",
@@ -449,23 +454,30 @@ async fn a_full_disk_and_the_watermarks_evict() {
     ] {
         let disk = Tmpfs::mount(d.join(phase), size);
         let root = disk.0.join("root");
+        let spool = match phase {
+            "full-default-spool" => String::new(),
+            _ => format!(
+                "  spooldirectory: {}\n",
+                d.join(format!("spool-{phase}")).display()
+            ),
+        };
         let sections = format!(
-            "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\n  spooldirectory: {}\n{extra}",
+            "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\n{spool}{extra}",
             root.display(),
             upstream.addr,
-            d.join(format!("spool-{phase}")).display(),
         );
         let config_dir = d.join(format!("proxy-{phase}"));
         std::fs::create_dir_all(&config_dir).expect("config dir");
         std::fs::create_dir_all(d.join(format!("spool-{phase}"))).expect("spool dir");
         let proxy = tokio::task::block_in_place(|| registry_proxy_with(&config_dir, &sections));
-        let count = if phase == "full" { 4 } else { 3 };
+        let full = phase.starts_with("full");
+        let count = if full { 4 } else { 3 };
         for image in &images[..count] {
             pull_image(&client, &proxy.addr, image).await.expect(phase);
             support::fills_settled(&proxy).await;
         }
         let last = &images[count - 1];
-        if phase == "full" {
+        if full {
             assert_eq!(
                 layers_on_disk(&root, last),
                 last.blobs.len(),
@@ -489,4 +501,62 @@ async fn a_full_disk_and_the_watermarks_evict() {
         }
         drop(proxy);
     }
+}
+
+/// Storage without scratch files of its own (here in-memory) spools fills
+/// in `spooldirectory`: a blob larger than that volume's free room is
+/// refused before its first byte, with a 503 that says so and when to come
+/// back, and a blob that fits is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_directory_without_room_refuses_the_fill_up_front() {
+    let root_user = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
+    let Some((dir, upstream)) = support::upstream_for(
+        "a_spool_directory_without_room_refuses_the_fill_up_front",
+        have("docker-registry") && root_user,
+        "needs docker-registry, and root to mount a tmpfs",
+    ) else {
+        return;
+    };
+    let d = dir.path();
+    let client = reqwest::Client::new();
+    let large = support::push_blob(
+        &client,
+        &upstream.addr,
+        "team/big",
+        conformance::random_bytes(5, 12 << 20).into(),
+    )
+    .await;
+    let small = conformance::random_bytes(6, 2 << 20);
+    let fits = support::push_blob(&client, &upstream.addr, "team/big", small.clone().into()).await;
+    let disk = Tmpfs::mount(d.join("spool"), "8m");
+    let sections = format!(
+        "storage:\n  inmemory: {{}}\nproxy:\n  remoteurl: http://{}\n  spooldirectory: {}\n",
+        upstream.addr,
+        disk.0.display(),
+    );
+    let config_dir = d.join("proxy");
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    let proxy = tokio::task::block_in_place(|| registry_proxy_with(&config_dir, &sections));
+    let url = |digest: &Digest| format!("http://{}/v2/team/big/blobs/{digest}", proxy.addr);
+    let refused = client.get(url(&large)).send().await.expect("GET");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    let body = refused.text().await.expect("body");
+    assert_eq!(
+        support::error_code(body.as_bytes()),
+        "UNAVAILABLE",
+        "{body}"
+    );
+    assert!(body.contains("no room to spool"), "{body}");
+    let served = client.get(url(&fits)).send().await.expect("GET");
+    assert_eq!(served.status(), 200);
+    assert!(served.bytes().await.expect("body") == small);
+    drop(proxy);
 }

@@ -396,7 +396,7 @@ impl Fills {
         // Without a Content-Length (a chunked answer), clients learn the
         // size, and get the bytes, once the whole blob is verified.
         let announced = response.announced();
-        let mut room = self.spool_room(announced, digest)?;
+        let mut room = self.spool_room(announced, fill.adoptable, digest)?;
         // Room in the byte budget, before a byte arrives (a chunked answer
         // reserves once its size is known).
         let mut reserved = announced
@@ -461,10 +461,18 @@ impl Fills {
     }
 
     /// Makes sure a blob of `announced` bytes may be filled: not larger
-    /// than the limit, and with room on the spool's volume beside what the
-    /// running fills have still to write. The room is held until written
-    /// or the guard is dropped.
-    fn spool_room(&self, announced: Option<u64>, digest: &Digest) -> Result<SpoolRoom, CacheError> {
+    /// than the limit, and, for a spool in the spool directory, with room
+    /// on its volume beside what the running fills have still to write
+    /// (held until written or the guard is dropped). A spool that is the
+    /// storage's scratch file (`adoptable`) takes the blob's place in
+    /// storage, whose room is the byte budget's and eviction's: a full
+    /// volume evicts rather than refuses.
+    fn spool_room(
+        &self,
+        announced: Option<u64>,
+        adoptable: bool,
+        digest: &Digest,
+    ) -> Result<SpoolRoom, CacheError> {
         let size = announced.unwrap_or(0);
         if size > self.limits.max_blob_size {
             self.metrics.fill_refused();
@@ -476,6 +484,12 @@ impl Fills {
                 ),
             )
             .into());
+        }
+        if adoptable {
+            return Ok(SpoolRoom {
+                spooling: Arc::clone(&self.spooling),
+                remaining: 0,
+            });
         }
         let held = self
             .spooling
