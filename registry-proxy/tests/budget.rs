@@ -524,11 +524,11 @@ async fn a_spool_directory_without_room_refuses_the_fill_up_front() {
         &client,
         &upstream.addr,
         "team/big",
-        conformance::random_bytes(5, 12 << 20).into(),
+        conformance::random_bytes(5, 12 << 20),
     )
     .await;
     let small = conformance::random_bytes(6, 2 << 20);
-    let fits = support::push_blob(&client, &upstream.addr, "team/big", small.clone().into()).await;
+    let fits = support::push_blob(&client, &upstream.addr, "team/big", small.clone()).await;
     let disk = Tmpfs::mount(d.join("spool"), "8m");
     let sections = format!(
         "storage:\n  inmemory: {{}}\nproxy:\n  remoteurl: http://{}\n  spooldirectory: {}\n",
