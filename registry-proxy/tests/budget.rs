@@ -386,6 +386,18 @@ async fn within_budget_of(proxy: &support::Server, bound: u64) {
     panic!("stored bytes never came within {bound}");
 }
 
+/// The upstream of a test that mounts a tmpfs: `None` (after printing
+/// why) without `docker-registry` or without root.
+fn upstream_and_tmpfs(test: &str) -> Option<(tempfile::TempDir, support::Server)> {
+    let root_user = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
+    support::upstream_for(
+        test,
+        have("docker-registry") && root_user,
+        "needs docker-registry, and root to mount a tmpfs",
+    )
+}
+
 /// A tmpfs of `size` mounted at `dir` until dropped.
 struct Tmpfs(PathBuf);
 
@@ -416,13 +428,7 @@ impl Drop for Tmpfs {
 /// than half full and stops at a quarter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_and_the_watermarks_evict() {
-    let root_user = std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
-    let Some((dir, upstream)) = support::upstream_for(
-        "a_full_disk_and_the_watermarks_evict",
-        have("docker-registry") && root_user,
-        "needs docker-registry, and root to mount a tmpfs",
-    ) else {
+    let Some((dir, upstream)) = upstream_and_tmpfs("a_full_disk_and_the_watermarks_evict") else {
         return;
     };
     let d = dir.path();
@@ -509,13 +515,9 @@ async fn a_full_disk_and_the_watermarks_evict() {
 /// back, and a blob that fits is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spool_directory_without_room_refuses_the_fill_up_front() {
-    let root_user = std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")));
-    let Some((dir, upstream)) = support::upstream_for(
-        "a_spool_directory_without_room_refuses_the_fill_up_front",
-        have("docker-registry") && root_user,
-        "needs docker-registry, and root to mount a tmpfs",
-    ) else {
+    let Some((dir, upstream)) =
+        upstream_and_tmpfs("a_spool_directory_without_room_refuses_the_fill_up_front")
+    else {
         return;
     };
     let d = dir.path();
