@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use driver_core::{OpenFile, StorageDriver, WalkControl, WalkOptions};
+use driver_core::{OpenFile, StorageDriver};
 use driver_fs::{FsConfig, FsDriver, Fsync};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
@@ -32,6 +32,7 @@ use super::verify::hash_of;
 use crate::layout;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
+use crate::scheduler::usage::stored_blobs;
 use crate::sync::{Fifo, lock};
 
 /// Where the tier is and how much it holds (`proxy.localtier`).
@@ -78,19 +79,9 @@ impl Tier {
         let budget = usize::try_from(options.max_bytes).unwrap_or(usize::MAX);
         let mut held = Fifo::new(budget);
         let mut over = Vec::new();
-        let mut visit = |info: &driver_core::FileInfo| {
-            if let Some(digest) = layout::blob_digest(&info.path) {
-                let size = usize::try_from(info.size).unwrap_or(usize::MAX);
-                over.extend(held.insert(digest, false, size));
-            }
-            WalkControl::Continue
-        };
-        match fs
-            .walk(&layout::blobs_root(), &WalkOptions::default(), &mut visit)
-            .await
-        {
-            Err(e) if !e.is_not_found() => return Err(e),
-            _ => {}
+        for (digest, size) in stored_blobs(&*fs).await? {
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            over.extend(held.insert(digest, false, size));
         }
         let tier = Arc::new(Self {
             fs,

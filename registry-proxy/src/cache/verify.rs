@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use driver_core::{StorageDriver, StoragePath, WalkControl, WalkOptions};
+use driver_core::{StorageDriver, StoragePath};
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 
 use crate::layout;
 use crate::metrics::Metrics;
 use crate::oci::Digest;
+use crate::scheduler::usage::stored_blobs;
 use crate::sync::lock;
 
 /// Which whole-blob reads are checked as they are served
@@ -176,20 +177,8 @@ pub async fn scrub(
     dry_run: bool,
     metrics: &Metrics,
 ) -> driver_core::Result<Scrubbed> {
-    let mut digests = Vec::new();
-    let mut visit = |info: &driver_core::FileInfo| {
-        if let Some(digest) = layout::blob_digest(&info.path) {
-            digests.push(digest);
-        }
-        WalkControl::Continue
-    };
-    match driver
-        .walk(&layout::blobs_root(), &WalkOptions::default(), &mut visit)
-        .await
-    {
-        Err(e) if !e.is_not_found() => return Err(e),
-        _ => {}
-    }
+    let mut digests: Vec<Digest> = stored_blobs(driver).await?.into_keys().collect();
+    digests.sort_unstable();
     let started = tokio::time::Instant::now();
     let mut found = Scrubbed::default();
     for digest in digests {

@@ -281,9 +281,9 @@ pub(super) async fn walk(
     driver: &dyn driver_core::StorageDriver,
     from: &StoragePath,
     mut visit: impl FnMut(&FileInfo) -> WalkControl + Send,
-) -> Result<(), MetadataError> {
+) -> driver_core::Result<()> {
     match driver.walk(from, &WalkOptions::default(), &mut visit).await {
-        Err(e) if !e.is_not_found() => Err(e.into()),
+        Err(e) if !e.is_not_found() => Err(e),
         _ => Ok(()),
     }
 }

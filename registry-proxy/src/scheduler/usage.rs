@@ -38,10 +38,8 @@ pub struct Usage {
     pub dangling: u64,
 }
 
-/// Every stored blob's digest and size.
-pub async fn stored_blobs(
-    driver: &dyn StorageDriver,
-) -> Result<HashMap<Digest, u64>, MetadataError> {
+/// Every stored blob's digest and size (none when `blobs/` is absent).
+pub async fn stored_blobs(driver: &dyn StorageDriver) -> driver_core::Result<HashMap<Digest, u64>> {
     let mut sizes = HashMap::new();
     walk(driver, &layout::blobs_root(), |info| {
         if let Some(digest) = layout::blob_digest(&info.path) {
