@@ -3,7 +3,9 @@
 //! and every request must carry `Authorization: Bearer <token>`, the token
 //! read from `admin.tokenfile` (compared by SHA-256, so its length and
 //! bytes do not show in timing), or the Basic credentials of a user of
-//! `auth.htpasswd` listed in `admin.users`.
+//! `auth.htpasswd` listed in `admin.users`. Those logins are throttled as
+//! the public listener's are (by client and by user, failures counted
+//! together), and verified on bcrypt threads of their own.
 //!
 //! - `POST /admin/purge`: with `repository` (and `namespace`, default the
 //!   default namespace) and `tag`, drops that tag (the manifest stays,
@@ -25,7 +27,7 @@
 use std::path::Path;
 
 use axum::Router;
-use axum::extract::{Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -97,9 +99,15 @@ pub struct AdminAccess {
 }
 
 impl AdminAccess {
-    /// `None` when `headers` are admitted, else the refusal: 403 `DENIED`
-    /// for a user who is not an admin, 401 otherwise.
-    async fn refusal(&self, state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    /// `None` when `headers` (of a request from `peer`) are admitted, else
+    /// the refusal: 403 `DENIED` for a user who is not an admin, 429 for a
+    /// client or user that failed too often, 401 otherwise.
+    async fn refusal(
+        &self,
+        state: &AppState,
+        headers: &HeaderMap,
+        peer: Option<std::net::IpAddr>,
+    ) -> Option<Response> {
         if self.token.as_ref().is_some_and(|t| t.admits(headers)) {
             return None;
         }
@@ -113,14 +121,22 @@ impl AdminAccess {
             .as_ref()
             .filter(|_| basic && !self.users.is_empty())
         {
-            match auth.check(authorization, None).await {
+            match auth
+                .check_admin(authorization, auth.client(peer, headers))
+                .await
+            {
                 Ok(user) if self.users.contains(&user) => return None,
                 Ok(user) => {
                     tracing::info!(user, "not an admin user");
                     let refused = OciError::new(ErrorCode::Denied, "not an admin user");
                     return Some(refused.into_response());
                 }
-                Err(_) => {}
+                Err(crate::auth::Unauthenticated::Throttled(wait)) => {
+                    state.metrics.auth_failure();
+                    return Some(crate::routes::throttled(wait));
+                }
+                Err(crate::auth::Unauthenticated::Wrong) => state.metrics.auth_failure(),
+                Err(crate::auth::Unauthenticated::Missing) => {}
             }
         }
         let mut refused =
@@ -172,7 +188,11 @@ pub fn admin_app(state: AppState, access: AdminAccess) -> Router {
             move |State(state): State<AppState>, request: Request, next: Next| {
                 let access = std::sync::Arc::clone(&access);
                 async move {
-                    match access.refusal(&state, request.headers()).await {
+                    let peer = request
+                        .extensions()
+                        .get::<ConnectInfo<std::net::SocketAddr>>()
+                        .map(|c| c.0.ip());
+                    match access.refusal(&state, request.headers(), peer).await {
                         None => next.run(request).await,
                         Some(refused) => refused,
                     }

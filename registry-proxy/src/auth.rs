@@ -10,8 +10,13 @@
 //!   oldest one at a time when full;
 //! - an unknown user costs one bcrypt verification like a wrong password,
 //!   so timing does not tell which users exist;
-//! - a client address that keeps failing is refused for a while without
-//!   any bcrypt work (429 `TOOMANYREQUESTS` with `Retry-After`).
+//! - a client that keeps failing, and a user name that keeps failing from
+//!   any clients, are refused for a while without any bcrypt work (429
+//!   `TOOMANYREQUESTS` with `Retry-After`); a client is its address, an
+//!   IPv6 one by its /64, taken from a header that a trusted reverse proxy
+//!   sets ([`ClientAddress`]) when one is in front;
+//! - the admin listener's logins have threads and a queue of their own
+//!   ([`Htpasswd::check_admin`]), their failures counted with the others.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,13 +24,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 use crate::sync::{Fifo, lock};
+
+mod throttle;
+
+#[cfg(test)]
+use throttle::MAX_BACKOFF;
+pub use throttle::{Cidr, ClientAddress};
+use throttle::{FREE_FAILURES, FREE_USER_FAILURES, Throttle, client_key, user_key};
 
 /// Verified credentials remembered at most.
 const REMEMBERED: usize = 10_000;
@@ -36,14 +47,11 @@ const VERIFIERS: usize = 2;
 /// Verifications queued at most before callers wait for room.
 const QUEUE: usize = 64;
 
-/// Failures from one address tolerated before it is made to wait.
-const FREE_FAILURES: u32 = 5;
+/// Threads verifying the admin listener's logins.
+const ADMIN_VERIFIERS: usize = 1;
 
-/// The longest an address is made to wait after failures.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// Client addresses whose failures are remembered at most.
-const TRACKED_ADDRESSES: usize = 10_000;
+/// Admin verifications queued at most.
+const ADMIN_QUEUE: usize = 8;
 
 /// Why a request is not authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +60,8 @@ pub enum Unauthenticated {
     Missing,
     /// Unknown user or wrong password.
     Wrong,
-    /// Its address failed too often lately: it may try again after this.
+    /// Its client, or its user name, failed too often lately: it may try
+    /// again after this.
     Throttled(Duration),
 }
 
@@ -65,13 +74,6 @@ pub struct HtpasswdError(String);
 /// matched.
 type Job = (String, String, oneshot::Sender<bool>);
 
-/// Recent failures of one client address.
-#[derive(Clone, Copy)]
-struct Failures {
-    count: u32,
-    last: Instant,
-}
-
 /// The users of an htpasswd file.
 pub struct Htpasswd {
     realm: String,
@@ -81,9 +83,17 @@ pub struct Htpasswd {
     decoy: String,
     /// Verified credentials by [`credential_key`], and their user.
     remembered: Mutex<Fifo<[u8; 32], String>>,
-    failures: Mutex<Fifo<IpAddr, Failures>>,
+    /// Failures by [`client_key`].
+    clients: Throttle<IpAddr>,
+    /// Failures by [`user_key`], whoever the client.
+    names: Throttle<[u8; 32]>,
+    /// The public listener's verifications.
     jobs: mpsc::Sender<Job>,
+    /// The admin listener's.
+    admin_jobs: mpsc::Sender<Job>,
     verifications: AtomicU64,
+    /// Where clients' addresses come from.
+    clients_from: ClientAddress,
 }
 
 impl std::fmt::Debug for Htpasswd {
@@ -138,10 +148,25 @@ impl Htpasswd {
             users,
             decoy,
             remembered: Mutex::new(Fifo::new(REMEMBERED)),
-            failures: Mutex::new(Fifo::new(TRACKED_ADDRESSES)),
-            jobs: start_verifiers()?,
+            clients: Throttle::new(FREE_FAILURES),
+            names: Throttle::new(FREE_USER_FAILURES),
+            jobs: start_verifiers("bcrypt", VERIFIERS, QUEUE)?,
+            admin_jobs: start_verifiers("bcrypt-admin", ADMIN_VERIFIERS, ADMIN_QUEUE)?,
             verifications: AtomicU64::new(0),
+            clients_from: ClientAddress::default(),
         })
+    }
+
+    /// Takes clients' addresses as `clients_from` says (default: the peer).
+    pub fn behind(mut self, clients_from: ClientAddress) -> Self {
+        self.clients_from = clients_from;
+        self
+    }
+
+    /// The client of a request from `peer` with `headers`, as failures are
+    /// counted ([`ClientAddress::of`]).
+    pub fn client(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        self.clients_from.of(peer, headers)
     }
 
     /// Remembers at most `capacity` verified credentials (10,000 unless set).
@@ -163,9 +188,30 @@ impl Htpasswd {
     }
 
     /// The user an `Authorization` header authenticates, for a request from
-    /// `client` (its address, when known).
+    /// `client` (its address, when known: [`Htpasswd::client`]).
     pub async fn check(
         &self,
+        authorization: Option<&HeaderValue>,
+        client: Option<IpAddr>,
+    ) -> Result<String, Unauthenticated> {
+        self.check_on(&self.jobs, authorization, client).await
+    }
+
+    /// As [`check`](Self::check), for the admin listener: verified on
+    /// threads behind a queue of their own, so that guesses on either
+    /// listener do not hold up the other's logins; failures count for the
+    /// client and user as on the public listener.
+    pub async fn check_admin(
+        &self,
+        authorization: Option<&HeaderValue>,
+        client: Option<IpAddr>,
+    ) -> Result<String, Unauthenticated> {
+        self.check_on(&self.admin_jobs, authorization, client).await
+    }
+
+    async fn check_on(
+        &self,
+        pool: &mpsc::Sender<Job>,
         authorization: Option<&HeaderValue>,
         client: Option<IpAddr>,
     ) -> Result<String, Unauthenticated> {
@@ -176,30 +222,37 @@ impl Htpasswd {
         if let Some(user) = lock(&self.remembered).get(&key) {
             return Ok(user.clone());
         }
-        if let Some(wait) = client.and_then(|ip| self.backoff(ip)) {
+        let client = client.map(client_key);
+        let name = user_key(&user);
+        let wait = client
+            .and_then(|c| self.clients.backoff(&c))
+            .max(self.names.backoff(&name));
+        if let Some(wait) = wait {
             return Err(Unauthenticated::Throttled(wait));
         }
         let known = self.users.get(&user);
         let hash = known.unwrap_or(&self.decoy).clone();
-        let matched = self.verify(password, hash).await && known.is_some();
+        let matched = self.verify(pool, password, hash).await && known.is_some();
         if !matched {
-            if let Some(ip) = client {
-                self.failed(ip);
+            if let Some(client) = client {
+                self.clients.failed(client);
             }
+            self.names.failed(name);
             return Err(Unauthenticated::Wrong);
         }
-        if let Some(ip) = client {
-            lock(&self.failures).remove(&ip);
+        if let Some(client) = client {
+            self.clients.forgive(&client);
         }
+        self.names.forgive(&name);
         self.remember(key, &user);
         Ok(user)
     }
 
-    /// Runs one bcrypt verification on the pool.
-    async fn verify(&self, password: String, hash: String) -> bool {
+    /// Runs one bcrypt verification on `pool`.
+    async fn verify(&self, pool: &mpsc::Sender<Job>, password: String, hash: String) -> bool {
         self.verifications.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        if self.jobs.send((password, hash, reply)).await.is_err() {
+        if pool.send((password, hash, reply)).await.is_err() {
             return false;
         }
         answer.await.unwrap_or(false)
@@ -208,52 +261,21 @@ impl Htpasswd {
     fn remember(&self, key: [u8; 32], user: &str) {
         lock(&self.remembered).insert(key, user.to_owned(), 1);
     }
-
-    /// How long `ip` must still wait, if its failures exceeded the free ones.
-    fn backoff(&self, ip: IpAddr) -> Option<Duration> {
-        let failures = *lock(&self.failures).get(&ip)?;
-        let over = failures.count.checked_sub(FREE_FAILURES)?;
-        let wait = Duration::from_secs(1)
-            .saturating_mul(1 << over.min(6))
-            .min(MAX_BACKOFF);
-        let until = failures.last + wait;
-        let now = Instant::now();
-        (until > now).then(|| until - now)
-    }
-
-    /// Counts a failure of `ip`; past [`TRACKED_ADDRESSES`] the address
-    /// that first failed longest ago is forgotten.
-    fn failed(&self, ip: IpAddr) {
-        let mut failures = lock(&self.failures);
-        let now = Instant::now();
-        match failures.get_mut(&ip) {
-            Some(entry) => {
-                entry.count = entry.count.saturating_add(1);
-                entry.last = now;
-            }
-            None => {
-                // The oldest failures forgotten past the bound: fine.
-                let _ = failures.insert(
-                    ip,
-                    Failures {
-                        count: 1,
-                        last: now,
-                    },
-                    1,
-                );
-            }
-        }
-    }
 }
 
-/// Starts the verifying threads; they end when the queue's sender goes.
-fn start_verifiers() -> Result<mpsc::Sender<Job>, HtpasswdError> {
-    let (jobs, queue) = mpsc::channel::<Job>(QUEUE);
+/// Starts `threads` verifying threads named `name`, behind a queue of
+/// `queue` jobs; they end when the queue's sender goes.
+fn start_verifiers(
+    name: &str,
+    threads: usize,
+    queue: usize,
+) -> Result<mpsc::Sender<Job>, HtpasswdError> {
+    let (jobs, queue) = mpsc::channel::<Job>(queue);
     let queue = std::sync::Arc::new(Mutex::new(queue));
-    for n in 0..VERIFIERS {
+    for n in 0..threads {
         let queue = std::sync::Arc::clone(&queue);
         std::thread::Builder::new()
-            .name(format!("bcrypt-{n}"))
+            .name(format!("{name}-{n}"))
             .spawn(move || {
                 loop {
                     let job = lock(&queue).blocking_recv();
@@ -278,7 +300,10 @@ fn credential_key(user: &str, password: &str) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// The user and password of a `Basic` `Authorization` value.
+/// The user and password of a `Basic` `Authorization` value. An empty user
+/// with an empty password is no credentials: containers/image clients
+/// (skopeo, Podman) that hold none answer a Basic challenge with them, and
+/// are anonymous.
 fn basic_credentials(value: &HeaderValue) -> Option<(String, String)> {
     let value = value.to_str().ok()?.trim();
     let (scheme, encoded) = value.split_once(' ')?;
@@ -290,11 +315,16 @@ fn basic_credentials(value: &HeaderValue) -> Option<(String, String)> {
         .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (user, password) = decoded.split_once(':')?;
+    if user.is_empty() && password.is_empty() {
+        return None;
+    }
     Some((user.to_owned(), password.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderName;
+
     use super::*;
 
     fn basic(user: &str, password: &str) -> HeaderValue {
@@ -337,6 +367,21 @@ mod tests {
 
     /// An unknown user costs a bcrypt verification, as a wrong password
     /// does (it was refused at once: user enumeration by timing).
+    /// containers/image clients without credentials answer a Basic
+    /// challenge with an empty user and password: that is anonymous, and
+    /// costs no verification and no throttle count.
+    #[tokio::test]
+    async fn empty_credentials_are_none() {
+        let file = file(&["alice"]);
+        for _ in 0..10 {
+            assert_eq!(
+                file.check(Some(&basic("", "")), None).await,
+                Err(Unauthenticated::Missing)
+            );
+        }
+        assert_eq!(file.verifications(), 0);
+    }
+
     #[tokio::test]
     async fn unknown_users_cost_a_verification() {
         let file = file(&["alice"]);
@@ -409,6 +454,179 @@ mod tests {
             file.check(Some(&basic("alice", "right")), Some(bad)).await,
             Ok("alice".into())
         );
+    }
+
+    /// IPv6 clients are counted by their /64: rotating addresses within it
+    /// does not escape the wait (each address had a counter of its own).
+    #[tokio::test(start_paused = true)]
+    async fn ipv6_clients_are_throttled_by_their_64() {
+        let file = file(&["alice"]);
+        for n in 1..=FREE_FAILURES {
+            let ip: IpAddr = format!("2001:db8:1:2::{n:x}").parse().expect("ip");
+            assert_eq!(
+                file.check(Some(&basic("alice", "guess")), Some(ip)).await,
+                Err(Unauthenticated::Wrong)
+            );
+        }
+        let rotated: IpAddr = "2001:db8:1:2:ffff::1".parse().expect("ip");
+        let refused = file
+            .check(Some(&basic("alice", "right")), Some(rotated))
+            .await;
+        assert!(
+            matches!(refused, Err(Unauthenticated::Throttled(_))),
+            "{refused:?}"
+        );
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(
+            file.check(Some(&basic("alice", "right")), Some(elsewhere))
+                .await,
+            Ok("alice".into())
+        );
+    }
+
+    /// A user name that keeps failing from many clients waits whatever the
+    /// client, unknown names as known ones; credentials already verified
+    /// (remembered) never wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_user_name_is_throttled_whatever_the_client() {
+        let file = file(&["alice", "bob"]);
+        assert_eq!(
+            file.check(Some(&basic("bob", "right")), None).await,
+            Ok("bob".into())
+        );
+        let client = |n: u32| -> IpAddr { format!("192.0.2.{n}").parse().expect("ip") };
+        for user in ["alice", "bob", "nobody"] {
+            for n in 0..FREE_USER_FAILURES {
+                assert_eq!(
+                    file.check(Some(&basic(user, "guess")), Some(client(n)))
+                        .await,
+                    Err(Unauthenticated::Wrong)
+                );
+            }
+        }
+        let before = file.verifications();
+        for user in ["alice", "nobody"] {
+            let refused = file
+                .check(Some(&basic(user, "right")), Some(client(99)))
+                .await;
+            assert!(
+                matches!(refused, Err(Unauthenticated::Throttled(_))),
+                "{user}: {refused:?}"
+            );
+        }
+        assert_eq!(file.verifications(), before, "a throttled try ran bcrypt");
+        assert_eq!(
+            file.check(Some(&basic("bob", "right")), Some(client(99)))
+                .await,
+            Ok("bob".into()),
+            "remembered credentials waited"
+        );
+    }
+
+    /// Behind a trusted proxy the client is the last address of its
+    /// header: one client's failures do not lock out another behind the
+    /// same proxy (they shared the proxy's counter). An untrusted peer's
+    /// header is ignored; a Unix socket's clients share no counter.
+    #[tokio::test(start_paused = true)]
+    async fn a_trusted_proxys_header_names_the_client() {
+        let proxies = vec![Cidr::parse("10.0.0.0/8").expect("cidr")];
+        let file = file(&["alice"]).behind(ClientAddress::new(
+            Some(HeaderName::from_static("x-forwarded-for")),
+            proxies,
+        ));
+        let proxy: IpAddr = "10.1.2.3".parse().expect("ip");
+        let from = |xff: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "x-forwarded-for",
+                HeaderValue::from_str(xff).expect("value"),
+            );
+            headers
+        };
+        let attacker = from("203.0.113.50, 198.51.100.7");
+        let neighbour = from("198.51.100.8");
+        assert_eq!(
+            file.client(Some(proxy), &attacker),
+            Some("198.51.100.7".parse::<IpAddr>().expect("ip"))
+        );
+        assert_eq!(
+            file.client(Some("192.0.2.1".parse::<IpAddr>().expect("ip")), &attacker),
+            Some("192.0.2.1".parse::<IpAddr>().expect("ip")),
+            "an untrusted peer named its client"
+        );
+        assert_eq!(
+            file.client(Some("0.0.0.0".parse().expect("ip")), &neighbour),
+            Some("198.51.100.8".parse::<IpAddr>().expect("ip")),
+            "a Unix socket's proxy"
+        );
+        let plain = self::file(&["alice"]);
+        assert_eq!(
+            plain.client(Some("0.0.0.0".parse().expect("ip")), &HeaderMap::new()),
+            None,
+            "Unix socket clients shared one counter"
+        );
+        for _ in 0..=FREE_FAILURES {
+            let _ = file
+                .check(
+                    Some(&basic("mallory", "guess")),
+                    file.client(Some(proxy), &attacker),
+                )
+                .await;
+        }
+        let refused = file
+            .check(
+                Some(&basic("alice", "right")),
+                file.client(Some(proxy), &attacker),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(Unauthenticated::Throttled(_))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            file.check(
+                Some(&basic("alice", "right")),
+                file.client(Some(proxy), &neighbour)
+            )
+            .await,
+            Ok("alice".into()),
+            "one client behind the proxy locked out another"
+        );
+    }
+
+    /// Admin logins are verified on threads of their own: with the public
+    /// ones busy with slow hashes, an admin check does not wait for them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_checks_do_not_queue_behind_public_ones() {
+        let slow = bcrypt::hash("right", 11).expect("hash");
+        let quick = bcrypt::hash("right", 4).expect("hash");
+        let file = std::sync::Arc::new(
+            Htpasswd::parse("r", &format!("slow:{slow}\nadmin:{quick}\n")).expect("parse"),
+        );
+        let done = std::sync::Arc::new(AtomicU64::new(0));
+        let public: Vec<_> = (0..8)
+            .map(|n| {
+                let (file, done) = (std::sync::Arc::clone(&file), std::sync::Arc::clone(&done));
+                tokio::spawn(async move {
+                    let _ = file
+                        .check(Some(&basic("slow", &format!("guess-{n}"))), None)
+                        .await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            file.check_admin(Some(&basic("admin", "right")), None).await,
+            Ok("admin".into())
+        );
+        assert!(
+            done.load(Ordering::SeqCst) < 8,
+            "the admin check waited for every public one"
+        );
+        for task in public {
+            task.await.expect("task");
+        }
     }
 
     /// Verification does not wait for the blocking pool that storage I/O

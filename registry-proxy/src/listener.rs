@@ -3,20 +3,28 @@
 //! holding what others need.
 //!
 //! - A request's headers must arrive within `header_read_timeout`.
-//! - A connection that moves no byte either way for `idle_timeout` is
-//!   closed (an idle keep-alive, or a client that went silent).
+//! - A connection with no request in progress for `idle_timeout` is
+//!   closed (an idle keep-alive, or a client that went silent). Idleness is
+//!   measured by requests, not bytes: HTTP/2 keep-alive pings (the
+//!   client's, or the server's and their answers) do not keep a connection
+//!   open; a request counts from its head's arrival until its response
+//!   body ends.
 //! - A response write that cannot make progress for `write_timeout` (the
 //!   client stopped reading) closes the connection: its body is dropped,
 //!   and with it the fill client's spool and window, or the stored blob's
 //!   reader and lease.
 //! - At most `max_connections` are served at once; more wait in the
 //!   kernel's backlog until one ends.
+//!
+//! The debug and admin listeners are served the same way ([`serve_side`]),
+//! with the public listener's time limits and small connection caps of
+//! their own ([`DEBUG_CONNECTIONS`], [`ADMIN_CONNECTIONS`]).
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,7 +50,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a request's headers may take to arrive.
     pub header_read_timeout: Duration,
-    /// How long a connection may move no byte at all.
+    /// How long a connection may stay without a request in progress.
     pub idle_timeout: Duration,
     /// How long a response write may wait for the client to read.
     pub write_timeout: Duration,
@@ -59,16 +67,81 @@ impl Default for Limits {
     }
 }
 
+/// Connections the debug listener serves at once (probes, scrapes, a
+/// person on `/status`); more wait in the kernel's backlog.
+pub const DEBUG_CONNECTIONS: usize = 64;
+
+/// Connections the admin listener serves at once.
+pub const ADMIN_CONNECTIONS: usize = 16;
+
 /// What a connection did last, in milliseconds since the listener started.
 #[derive(Default)]
 struct Activity {
-    /// The last byte read or written.
+    /// When the last request arrived or its response ended (or the
+    /// connection was accepted): idle since then when `requests` is 0.
     last: AtomicU64,
+    /// Requests in progress, their response bodies included.
+    requests: AtomicUsize,
     /// Since when a write has been waiting for the client; 0: none waits.
     blocked_since: AtomicU64,
 }
 
-/// A connection's socket, noting its activity.
+/// A request in progress on a connection: counted from when its head
+/// arrives until its response body ends or is dropped.
+struct InFlight {
+    activity: Arc<Activity>,
+    epoch: Instant,
+}
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>, epoch: Instant) -> Self {
+        activity.last.store(millis(epoch), Ordering::Relaxed);
+        activity.requests.fetch_add(1, Ordering::AcqRel);
+        Self {
+            activity: Arc::clone(activity),
+            epoch,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity
+            .last
+            .store(millis(self.epoch), Ordering::Relaxed);
+        // Release: whoever sees the count fall sees the time above.
+        self.activity.requests.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A response body that keeps its request counted until it ends. Its
+/// frames pass unchanged (the zero-copy placeholders keep their address).
+struct Counted<B> {
+    body: B,
+    _request: InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection's socket, noting since when a write waits for the client.
 struct Watched<I> {
     inner: I,
     activity: Arc<Activity>,
@@ -94,18 +167,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let now = self.now();
-            self.activity.last.store(now, Ordering::Relaxed);
-        }
-        polled
+        // Bytes read are no activity: a ping is not a request.
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<I: AsyncWrite + Unpin> Watched<I> {
-    /// Notes the outcome of a write.
+    /// Notes the outcome of a write (for the write timeout only: bytes
+    /// written are no activity either).
     fn wrote<T>(&self, polled: &Poll<std::io::Result<T>>) {
         match polled {
             Poll::Pending => {
@@ -119,7 +188,6 @@ impl<I: AsyncWrite + Unpin> Watched<I> {
             }
             Poll::Ready(_) => {
                 self.activity.blocked_since.store(0, Ordering::Relaxed);
-                self.activity.last.store(self.now(), Ordering::Relaxed);
             }
         }
     }
@@ -172,8 +240,13 @@ impl Activity {
     fn overstayed(&self, now: u64, limits: &Limits) -> Option<Overstayed> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let blocked = self.blocked_since.load(Ordering::Relaxed);
-        if blocked != 0 && now.saturating_sub(blocked) >= ms(limits.write_timeout) {
-            return Some(Overstayed::Write);
+        if blocked != 0 {
+            // A write waits: not idle, but not for longer than the limit.
+            return (now.saturating_sub(blocked) >= ms(limits.write_timeout))
+                .then_some(Overstayed::Write);
+        }
+        if self.requests.load(Ordering::Acquire) > 0 {
+            return None;
         }
         let last = self.last.load(Ordering::Relaxed);
         (now.saturating_sub(last) >= ms(limits.idle_timeout)).then_some(Overstayed::Idle)
@@ -223,7 +296,8 @@ struct Shared {
     builder: auto::Builder<TokioExecutor>,
     router: Router,
     limits: Limits,
-    metrics: Arc<Metrics>,
+    /// The connections gauge (the public listener's only).
+    metrics: Option<Arc<Metrics>>,
     tls: Option<Arc<ServerTls>>,
     epoch: Instant,
     tick: Duration,
@@ -239,6 +313,35 @@ pub async fn serve(
     router: Router,
     limits: Limits,
     metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    run(listener, tls, router, limits, Some(metrics), shutdown).await;
+}
+
+/// Serves a side listener's `router` (the debug or the admin surface) on
+/// `listener` within `limits` (the public listener's time limits, with a
+/// cap of its own such as [`DEBUG_CONNECTIONS`]) for as long as the
+/// runtime runs. Its connections count in no gauge: the connections gauge
+/// is the public listener's.
+pub async fn serve_side(listener: TcpListener, router: Router, limits: Limits) {
+    run(
+        Bound::Tcp(listener),
+        None,
+        router,
+        limits,
+        None,
+        std::future::pending(),
+    )
+    .await;
+}
+
+/// [`serve`], with the connections gauge in `metrics` if given.
+async fn run(
+    listener: Bound,
+    tls: Option<Arc<ServerTls>>,
+    router: Router,
+    limits: Limits,
+    metrics: Option<Arc<Metrics>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -295,7 +398,9 @@ pub async fn serve(
         let shared = Arc::clone(&shared);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            shared.metrics.connection(true);
+            if let Some(metrics) = &shared.metrics {
+                metrics.connection(true);
+            }
             match socket {
                 // Plain TCP: files go out with sendfile.
                 Socket::Tcp(socket) if shared.tls.is_none() => {
@@ -307,7 +412,9 @@ pub async fn serve(
                 Socket::Tcp(socket) => shared.connection(socket, remote, watcher, None).await,
                 Socket::Unix(socket) => shared.connection(socket, remote, watcher, None).await,
             }
-            shared.metrics.connection(false);
+            if let Some(metrics) = &shared.metrics {
+                metrics.connection(false);
+            }
             drop(permit);
         });
     }
@@ -352,19 +459,22 @@ impl Shared {
 
     /// Serves HTTP/1.1 or HTTP/2 on `io` until the connection ends or
     /// overstays a time limit. HTTP/1.x requests carry `zero_copy`, if
-    /// any.
+    /// any. Each request is counted in `activity` until its response body
+    /// ends.
     async fn http<I>(
         &self,
         io: I,
         remote: SocketAddr,
-        activity: &Activity,
+        activity: &Arc<Activity>,
         watcher: Watcher,
         zero_copy: Option<ZeroCopy>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let router = self.router.clone();
+        let (counting, epoch) = (Arc::clone(activity), self.epoch);
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            let in_flight = InFlight::start(&counting, epoch);
             request
                 .extensions_mut()
                 .insert(ConnectInfo::<SocketAddr>(remote));
@@ -374,7 +484,15 @@ impl Shared {
             {
                 request.extensions_mut().insert(zero_copy.clone());
             }
-            router.clone().oneshot(request.map(axum::body::Body::new))
+            let answer = router.clone().oneshot(request.map(axum::body::Body::new));
+            async move {
+                answer.await.map(|response| {
+                    response.map(|body| Counted {
+                        body,
+                        _request: in_flight,
+                    })
+                })
+            }
         });
         let connection = watcher.watch(
             self.builder
@@ -395,4 +513,24 @@ impl Shared {
             }
         }
     }
+}
+
+/// Raises this process's soft limit of open files (`RLIMIT_NOFILE`) to its
+/// hard limit, and returns the soft limit now. Every connection holds a
+/// descriptor and so does every stored file being read or written: the
+/// usual soft limit of 1024 runs out long before `http.maxconnections`,
+/// and then accepts and storage opens fail together.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        )?;
+    }
+    Ok(getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX))
 }

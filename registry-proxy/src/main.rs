@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use driver_core::StorageDriver;
 use registry_proxy::config::{Backend, Config, ConfigError, Listen, Plan};
-use registry_proxy::listener::Bound;
+use registry_proxy::listener::{ADMIN_CONNECTIONS, Bound, DEBUG_CONNECTIONS, Limits, serve_side};
 use registry_proxy::metadata::MetadataError;
 use registry_proxy::scheduler::{Clock, LoadError, Scheduler};
 use registry_proxy::tls::ServerTls;
@@ -577,6 +577,10 @@ async fn scrub(plan: Plan, rate: &str, dry_run: bool) -> Result<(), Failure> {
 
 async fn serve(plan: Plan) -> Result<(), Failure> {
     let drain = plan.drain;
+    match registry_proxy::listener::raise_open_files_limit() {
+        Ok(open_files) => tracing::info!(open_files, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let (driver, storage) = open_driver(&plan.storage).await?;
     let spool_dir = &plan.settings.spool_dir;
     // Spool files are unnamed, so a crash leaves none behind; check now
@@ -625,7 +629,11 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
             .await
             .map_err(io(format!("cannot listen on {debug_addr}")))?;
         let router = debug_app(state.clone(), &plan.debug_surface);
-        tokio::spawn(async move { axum::serve(debug_listener, router).await });
+        let limits = Limits {
+            max_connections: DEBUG_CONNECTIONS,
+            ..plan.listener
+        };
+        tokio::spawn(serve_side(debug_listener, router, limits));
         tracing::info!(%debug_addr, "debug listener");
     }
     if let Some(admin) = &plan.admin {
@@ -633,7 +641,11 @@ async fn serve(plan: Plan) -> Result<(), Failure> {
             .await
             .map_err(io(format!("cannot listen on {}", admin.addr)))?;
         let router = registry_proxy::admin::admin_app(state.clone(), admin.access.clone());
-        tokio::spawn(async move { axum::serve(admin_listener, router).await });
+        let limits = Limits {
+            max_connections: ADMIN_CONNECTIONS,
+            ..plan.listener
+        };
+        tokio::spawn(serve_side(admin_listener, router, limits));
         tracing::info!(admin_addr = %admin.addr, "admin listener");
     }
     // Stopped with the process.

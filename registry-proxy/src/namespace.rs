@@ -423,6 +423,13 @@ impl Namespaces {
         &self.list[self.default]
     }
 
+    /// Whether every namespace lets anyone pull without authenticating
+    /// (`users: ["*"]`): only then does `/v2/` answer an anonymous client
+    /// without a challenge.
+    pub fn all_anonymous(&self) -> bool {
+        self.list.iter().all(|ns| ns.anonymous())
+    }
+
     /// The namespace a request selects, and the rest of its path: `ns` (a
     /// `?ns=` value) if given, else a leading path component naming a
     /// namespace, else the default. An unknown `ns` is `NAME_UNKNOWN`.

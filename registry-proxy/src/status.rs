@@ -5,11 +5,18 @@
 //! a chart, the cache's size per namespace, the fills running with their
 //! progress, the repositories most asked for manifests, and each
 //! upstream's health and announced pull budget.
+//!
+//! It names no repository and no blob of a private namespace (isolated, or
+//! with `users`): their fills show as "private" and their repositories are
+//! left out of the most asked. It is rendered at most once every
+//! [`PAGE_FRESH`], on a thread of its own ([`Page`]).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
 
 use crate::app::AppState;
 use crate::metrics::Metrics;
@@ -27,6 +34,58 @@ const MOST_PULLED: usize = 10;
 
 /// Fills shown (the largest).
 const FILLS_SHOWN: usize = 20;
+
+/// How long a rendered page is served again before the next render.
+pub const PAGE_FRESH: Duration = Duration::from_secs(2);
+
+/// The status page as last rendered. One render runs at a time, however
+/// many ask, and its page is served for [`PAGE_FRESH`]; each render runs on
+/// a thread of its own, since it reads the whole entry table: not on the
+/// runtime's workers, nor on the blocking pool that storage calls wait for.
+pub struct Page {
+    state: AppState,
+    history: Arc<History>,
+    /// The last page and when it was rendered; held while one renders.
+    last: Arc<tokio::sync::Mutex<Option<(Instant, Bytes)>>>,
+}
+
+impl Page {
+    /// The page of `state`, its chart from `history`.
+    pub fn new(state: AppState, history: Arc<History>) -> Self {
+        Self {
+            state,
+            history,
+            last: Arc::default(),
+        }
+    }
+
+    /// The page, rendered at most [`PAGE_FRESH`] ago: the last one if it
+    /// is that fresh, else a new render that whoever asks meanwhile waits
+    /// for (and that finishes even when its asker has gone). An error: no
+    /// thread could be started for it, or it panicked.
+    pub async fn get(&self) -> std::io::Result<Bytes> {
+        let mut last = Arc::clone(&self.last).lock_owned().await;
+        if let Some((at, page)) = last.as_ref()
+            && at.elapsed() < PAGE_FRESH
+        {
+            return Ok(page.clone());
+        }
+        let (state, history) = (self.state.clone(), Arc::clone(&self.history));
+        let (done, rendered) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("status-page".to_owned())
+            .spawn(move || {
+                let page = Bytes::from(render(&state, &history));
+                drop((state, history));
+                *last = Some((Instant::now(), page.clone()));
+                drop(last);
+                let _ = done.send(page);
+            })?;
+        rendered
+            .await
+            .map_err(|_| std::io::Error::other("the status page's render panicked"))
+    }
+}
 
 /// The hit and miss counters over the last hour, a sample a minute.
 #[derive(Debug, Default)]
@@ -330,11 +389,26 @@ pub fn render(state: &AppState, history: &History) -> String {
     page.push_str(
         "<h2>Fills running</h2><table id=\"fills\"><tr><th>namespace</th><th>repository</th><th>blob</th><th>progress</th><th>received</th></tr>",
     );
+    // A namespace unknown here counts as private.
+    let private = |namespace: &str| {
+        state
+            .namespaces
+            .get(namespace)
+            .is_none_or(|ns| ns.private())
+    };
     let fills = state.blobs.fills_running();
     if fills.is_empty() {
         page.push_str("<tr><td colspan=\"5\" class=\"idle\">none</td></tr>");
     }
     for fill in fills.iter().take(FILLS_SHOWN) {
+        if private(&fill.namespace) {
+            let _ = write!(
+                page,
+                r#"<tr class="fill"><td>{}</td><td colspan="4" class="idle">private</td></tr>"#,
+                escape(&fill.namespace),
+            );
+            continue;
+        }
         let (bar, of) = match fill.size {
             Some(total) => (
                 format!(
@@ -360,7 +434,14 @@ pub fn render(state: &AppState, history: &History) -> String {
     page.push_str(
         "<h2>Most asked repositories (manifest GETs)</h2><table id=\"popular\"><tr><th>namespace</th><th>repository</th><th>manifest GETs</th></tr>",
     );
-    let popular = metrics.most_pulled(MOST_PULLED);
+    // Every namespace's counted repositories (a bounded number), so that
+    // leaving out the private ones still shows as many.
+    let popular: Vec<_> = metrics
+        .most_pulled(usize::MAX)
+        .into_iter()
+        .filter(|(namespace, ..)| !private(namespace))
+        .take(MOST_PULLED)
+        .collect();
     if popular.is_empty() {
         page.push_str("<tr><td colspan=\"3\" class=\"idle\">none yet</td></tr>");
     }

@@ -1,10 +1,11 @@
 //! Client authentication by distribution's token scheme (`auth.token`): a
 //! client without a token is sent to the token service (`realm`) with a
-//! Bearer challenge naming the `service` and the repository's pull scope;
-//! a token is a JWT signed by a key of the JSON Web Key Set `jwks`, issued
-//! by `issuer` for `service`, inside its lifetime, granting `pull` (or
-//! `*`) on the repository asked for. The token's `sub` is the user that
-//! namespaces' `users` lists name.
+//! Bearer challenge naming the `service` and the request's [`Scope`]; a
+//! token is a JWT signed by a key of the JSON Web Key Set `jwks`, which
+//! must name `issuer` (`iss`), `service` (`aud`) and its expiry (`exp`),
+//! be inside its lifetime, and grant the scope: `pull` (or `*`) on
+//! `<namespace>/<repository>`, or `registry:catalog:*` for the catalog.
+//! The token's `sub` is the user that namespaces' `users` lists name.
 
 use std::collections::HashSet;
 
@@ -35,13 +36,72 @@ impl std::fmt::Debug for TokenAuth {
     }
 }
 
+/// What a request asks a token to grant, in distribution's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Pulling `repository` (as the namespace knows it) through
+    /// `namespace`, spelt as the path form names it whichever way the
+    /// request chose the namespace (`?ns=`, a path prefix, or none):
+    /// `repository:<namespace>/<repository>:pull`, or
+    /// `repository:<repository>:pull` in the default namespace (`None`),
+    /// whose path form has no prefix (and no name of the default namespace
+    /// can begin with another namespace's name, so spellings never collide).
+    Pull {
+        /// The namespace's name; `None`: the default namespace.
+        namespace: Option<&'a str>,
+        /// The repository, canonical in the namespace.
+        repository: &'a str,
+    },
+    /// Listing the repositories: `registry:catalog:*`, as distribution
+    /// asks.
+    Catalog,
+}
+
+impl Scope<'_> {
+    /// Whether `access` grants it.
+    fn granted_by(self, access: &Access) -> bool {
+        let acts = |wanted: &str| access.actions.iter().any(|a| a == wanted || a == "*");
+        match self {
+            Self::Pull {
+                namespace,
+                repository,
+            } => {
+                let name = match namespace {
+                    Some(namespace) => access
+                        .name
+                        .strip_prefix(namespace)
+                        .and_then(|rest| rest.strip_prefix('/')),
+                    None => Some(access.name.as_str()),
+                };
+                access.kind == "repository" && name == Some(repository) && acts("pull")
+            }
+            Self::Catalog => access.kind == "registry" && access.name == "catalog" && acts("*"),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pull {
+                namespace,
+                repository,
+            } => match namespace {
+                Some(namespace) => write!(f, "repository:{namespace}/{repository}:pull"),
+                None => write!(f, "repository:{repository}:pull"),
+            },
+            Self::Catalog => f.write_str("registry:catalog:*"),
+        }
+    }
+}
+
 /// Why a token was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
     /// No Bearer token came.
     Missing,
     /// A token came that does not hold (signature, issuer, audience,
-    /// lifetime, or no pull on the repository).
+    /// lifetime, a claim of those missing, or no grant of the scope).
     Invalid(String),
 }
 
@@ -100,9 +160,9 @@ impl TokenAuth {
         })
     }
 
-    /// The challenge sending a client to the token service for `scope`
-    /// (`repository:<name>:pull`), or for none (the base endpoint).
-    pub fn challenge(&self, scope: Option<&str>) -> HeaderValue {
+    /// The challenge sending a client to the token service for `scope`,
+    /// or for none (the base endpoint).
+    pub fn challenge(&self, scope: Option<Scope<'_>>) -> HeaderValue {
         let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
         let mut value = format!(
             "Bearer realm=\"{}\",service=\"{}\"",
@@ -110,18 +170,18 @@ impl TokenAuth {
             quote(&self.service)
         );
         if let Some(scope) = scope {
-            value.push_str(&format!(",scope=\"{}\"", quote(scope)));
+            value.push_str(&format!(",scope=\"{}\"", quote(&scope.to_string())));
         }
         HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
     }
 
     /// The user an `Authorization` header's token names, when the token
-    /// holds and grants pulling `repository` (`None`: the base endpoint,
-    /// which any valid token may reach).
+    /// holds and grants `scope` (`None`: the base endpoint, which any
+    /// valid token may reach).
     pub fn check(
         &self,
         authorization: Option<&HeaderValue>,
-        repository: Option<&str>,
+        scope: Option<Scope<'_>>,
     ) -> Result<String, Refused> {
         let token = authorization
             .and_then(|v| v.to_str().ok())
@@ -146,6 +206,9 @@ impl TokenAuth {
             None => self.keys.keys.iter().collect(),
         };
         let mut validation = Validation::new(header.alg);
+        // jsonwebtoken compares `iss` and `aud` only when a token carries
+        // them: a token without them must not pass.
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.service]);
         validation.validate_nbf = true;
@@ -156,7 +219,7 @@ impl TokenAuth {
                 continue;
             };
             match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
-                Ok(data) => return data.claims.admit(repository),
+                Ok(data) => return data.claims.admit(scope),
                 Err(e) => last = invalid(e),
             }
         }
@@ -184,21 +247,16 @@ struct Access {
 }
 
 impl Claims {
-    /// The token's user, if it may pull `repository`.
-    fn admit(self, repository: Option<&str>) -> Result<String, Refused> {
-        let Some(repository) = repository else {
+    /// The token's user, if it grants `scope`.
+    fn admit(self, scope: Option<Scope<'_>>) -> Result<String, Refused> {
+        let Some(scope) = scope else {
             return Ok(self.sub);
         };
-        let granted = self.access.iter().any(|a| {
-            a.kind == "repository"
-                && a.name == repository
-                && a.actions.iter().any(|x| x == "pull" || x == "*")
-        });
-        if granted {
+        if self.access.iter().any(|a| scope.granted_by(a)) {
             Ok(self.sub)
         } else {
             Err(Refused::Invalid(format!(
-                "the token grants no pull on {repository}"
+                "the token does not grant {scope}"
             )))
         }
     }

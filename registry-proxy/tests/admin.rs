@@ -4,7 +4,9 @@
 //! listener, and purges of a tag, a repository and a digest (through the
 //! HTTP API and `registry-proxy purge`) drop what they name and keep bytes
 //! another repository still uses. Skipped without `docker-registry`
-//! unless `REQUIRE_E2E=1`.
+//! unless `REQUIRE_E2E=1`. The admin and debug listeners close idle and
+//! slow connections as the public one does (no upstream needed). Failed
+//! admin logins are throttled (in process, and on the real listener).
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
 use registry_proxy_testkit as support;
@@ -13,7 +15,7 @@ use std::path::Path;
 
 use registry_proxy::admin::{PurgeReport, WarmReport};
 use registry_proxy::oci::Digest;
-use support::{Image, free_port, pull_image, push_image, registry_proxy_with};
+use support::{Image, free_port, pull_image, push_image, registry_proxy_http, registry_proxy_with};
 
 const TOKEN: &str = "s3cret-admin-token";
 
@@ -45,19 +47,84 @@ fn report(body: &str) -> PurgeReport {
 /// lines of its `proxy` section) and the admin surface behind [`TOKEN`]:
 /// the server and the admin address.
 fn cache(d: &Path, proxy: &str) -> (support::Server, String) {
+    cache_with(d, "", proxy)
+}
+
+/// [`cache`], with the lines `http` added to its `http` section.
+fn cache_with(d: &Path, http: &str, proxy: &str) -> (support::Server, String) {
     std::fs::write(d.join("token"), format!("{TOKEN}\n")).expect("token file");
     let admin = format!("127.0.0.1:{}", free_port());
+    let addr = format!("127.0.0.1:{}", free_port());
     let server = tokio::task::block_in_place(|| {
-        registry_proxy_with(
+        registry_proxy_http(
             d,
+            &addr,
+            http,
             &format!(
                 "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n{proxy}admin:\n  addr: {admin}\n  tokenfile: {}\n",
                 d.join("root").display(),
                 d.join("token").display()
             ),
+            &[],
         )
     });
     (server, admin)
+}
+
+/// Reads from `socket` until the server closes it (within 15 s, else
+/// panics naming `what`); what came.
+async fn until_closed(socket: &mut tokio::net::TcpStream, what: &str) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("{what}: still open 15 s past a 1 s limit"),
+        }
+    }
+}
+
+/// The admin and debug listeners are served within the public listener's
+/// time limits (here 1 s each): headers that never end, and a kept-alive
+/// connection left idle after its answer, are closed, so idle clients
+/// cannot hold the descriptors that public accepts and storage need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_and_debug_listeners_close_idle_and_slow_connections() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (proxy, admin) = cache_with(
+        dir.path(),
+        "  readheadertimeout: 1s\n  idletimeout: 1s\n",
+        "  remoteurl: http://127.0.0.1:9\n",
+    );
+    let debug = proxy.debug.clone().expect("a debug listener");
+    for (listener, path) in [
+        (debug.as_str(), "/livez"),
+        (admin.as_str(), "/admin/leases"),
+    ] {
+        let mut slow = tokio::net::TcpStream::connect(listener)
+            .await
+            .expect("connect");
+        slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nX-Slow: ").as_bytes())
+            .await
+            .expect("write");
+        let mut idle = tokio::net::TcpStream::connect(listener)
+            .await
+            .expect("connect");
+        idle.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        until_closed(&mut slow, &format!("headers that never end on {listener}")).await;
+        let answer = until_closed(&mut idle, &format!("an idle keep-alive on {listener}")).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 "),
+            "no answer on {listener}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +291,82 @@ async fn admin_users_are_admitted_by_their_credentials() {
     assert_eq!(leases(Some(("alice", "wrong")), None).await, 401);
     assert_eq!(leases(None, None).await, 401);
     assert_eq!(leases(None, Some(TOKEN)).await, 200);
+    // Failed logins are throttled by client here too (the listener gives
+    // each request its client's address); verified credentials still pass.
+    let mut guesses = Vec::new();
+    for _ in 0..6 {
+        guesses.push(leases(Some(("bob", "guess")), None).await);
+    }
+    assert_eq!(guesses.last(), Some(&429), "{guesses:?}");
+    assert_eq!(leases(Some(("alice", "alice-pw")), None).await, 200);
     drop(proxy);
+}
+
+/// The admin listener throttles failed logins as the public one does: a
+/// client past its free failures gets 429 without a bcrypt verification
+/// (it got 401 for ever, each guess verified), while another client still
+/// logs in.
+#[tokio::test]
+async fn failed_admin_logins_are_throttled() {
+    use axum::extract::ConnectInfo;
+    use base64::Engine as _;
+    use tower::ServiceExt as _;
+    let hash = bcrypt::hash("alice-pw", 4).expect("bcrypt");
+    let auth = std::sync::Arc::new(
+        registry_proxy::auth::Htpasswd::parse("r", &format!("alice:{hash}\n")).expect("htpasswd"),
+    );
+    let spec = registry_proxy::namespace::NamespaceSpec::single(
+        "http://127.0.0.1:1".parse().expect("url"),
+        None,
+    );
+    let proxy = support::InProcess::with_settings(
+        &[spec],
+        std::time::Duration::from_secs(60),
+        |settings| settings.auth = Some(std::sync::Arc::clone(&auth)),
+    )
+    .await;
+    let admin = registry_proxy::admin::admin_app(
+        proxy.state.clone(),
+        registry_proxy::admin::AdminAccess {
+            token: None,
+            users: ["alice".to_owned()].into(),
+        },
+    );
+    let leases = |client: [u8; 4], password: &str| {
+        let request = axum::http::Request::builder()
+            .uri("/admin/leases")
+            .header(
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"))
+                ),
+            )
+            .extension(ConnectInfo(std::net::SocketAddr::from((client, 40_000))))
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let admin = admin.clone();
+        async move {
+            admin
+                .oneshot(request)
+                .await
+                .expect("infallible")
+                .status()
+                .as_u16()
+        }
+    };
+    let guesser = [192, 0, 2, 1];
+    for _ in 0..5 {
+        assert_eq!(leases(guesser, "guess").await, 401);
+    }
+    let verified = auth.verifications();
+    assert_eq!(leases(guesser, "alice-pw").await, 429);
+    assert_eq!(
+        auth.verifications(),
+        verified,
+        "a throttled guess ran bcrypt"
+    );
+    assert_eq!(leases([192, 0, 2, 2], "alice-pw").await, 200);
 }
 
 /// `POST /admin/warm` with `dry_run` counts the blobs an image would fetch

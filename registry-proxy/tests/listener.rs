@@ -1,6 +1,7 @@
 //! The public listener's limits, on real sockets: headers that never end,
 //! TLS handshakes that never end, connections beyond the limit, a client
-//! that stops reading a large blob.
+//! that stops reading a large blob, an HTTP/2 connection that only pings,
+//! and the process's limit of open files.
 //! Each limit is 1 s here; the tests wait for the server to act (a closed
 //! socket, a gauge falling), never for a length of time.
 
@@ -36,6 +37,15 @@ async fn listening_with(
     proxy: &InProcess,
     tls: Option<std::sync::Arc<registry_proxy::tls::ServerTls>>,
 ) -> String {
+    listening_within(proxy, tls, LIMITS).await
+}
+
+/// [`listening_with`], within `limits`.
+async fn listening_within(
+    proxy: &InProcess,
+    tls: Option<std::sync::Arc<registry_proxy::tls::ServerTls>>,
+    limits: Limits,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -46,7 +56,7 @@ async fn listening_with(
         Bound::Tcp(listener),
         tls,
         router,
-        LIMITS,
+        limits,
         metrics,
         std::future::pending(),
     ));
@@ -198,4 +208,150 @@ async fn a_client_that_stops_reading_is_cut_off() {
         "the whole body arrived ({} bytes)",
         got.len()
     );
+}
+
+/// An HTTP/2 connection that carries no request is closed after the idle
+/// timeout although its client pings it every 100 ms (pings, and the
+/// server's own keep-alive pings and their answers, are bytes, not
+/// requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_that_only_pings_is_closed_when_idle() {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let proxy = InProcess::open("http://127.0.0.1:9", None, Duration::ZERO).await;
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(1),
+        ..LIMITS
+    };
+    let addr = listening_within(&proxy, None, limits).await;
+    let socket = TcpStream::connect(&addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .handshake::<_, axum::body::Body>(TokioIo::new(socket))
+        .await
+        .expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    // One request, answered over HTTP/2; then only pings.
+    let request = axum::http::Request::get(format!("http://{addr}/v2/"))
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("answer");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.version(), axum::http::Version::HTTP_2);
+    axum::body::to_bytes(axum::body::Body::new(answer.into_body()), 1 << 20)
+        .await
+        .expect("body");
+    let closed = tokio::time::timeout(Duration::from_secs(30), connection).await;
+    assert!(
+        closed.is_ok(),
+        "the connection that only pinged stayed open 30 s past a 1 s idle timeout"
+    );
+    assert!(
+        sender.is_closed(),
+        "the client still holds an open connection"
+    );
+}
+
+/// A response that takes longer than the idle timeout to read (a client
+/// reading a 16 MiB blob at a steady pace over about 5 s, with a 1 s idle
+/// timeout) is not cut off: a request counts until its body ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_longer_than_the_idle_timeout_is_not_cut_off() {
+    let proxy = InProcess::open("http://127.0.0.1:9", None, Duration::ZERO).await;
+    let blob = Bytes::from(vec![5u8; 16 << 20]);
+    let digest = Digest::of(&blob);
+    proxy
+        .driver
+        .put_content(&layout::blob_data(&digest), blob.clone())
+        .await
+        .expect("stored");
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(1),
+        ..LIMITS
+    };
+    let addr = listening_within(&proxy, None, limits).await;
+    let mut socket = TcpStream::connect(&addr).await.expect("connect");
+    socket
+        .write_all(
+            format!("GET /v2/a/blobs/{digest} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), socket.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server neither sent nor closed"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        got.len() > blob.len(),
+        "cut off after {} bytes of {}",
+        got.len(),
+        blob.len()
+    );
+}
+
+/// The cache raises its soft limit of open files to the hard limit at
+/// start: started with a soft limit of 256 under a larger hard limit, it
+/// runs with the hard limit (every connection and stored file open holds a
+/// descriptor).
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    /// The soft and hard "Max open files" of process `pid`.
+    fn open_files(pid: &str) -> (String, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("a Max open files line");
+        let mut fields = line["Max open files".len()..].split_whitespace();
+        let soft = fields.next().expect("soft").to_owned();
+        (soft, fields.next().expect("hard").to_owned())
+    }
+    let (_, hard) = open_files("self");
+    if hard != "unlimited" && hard.parse::<u64>().expect("a number") <= 256 {
+        conformance::skip(
+            "the_open_files_limit_is_raised",
+            "REQUIRE_E2E",
+            "the hard limit of open files is 256 or less here",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let debug = format!("127.0.0.1:{}", support::free_port());
+    let config = d.join("proxy.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nhttp:\n  addr: {addr}\n  debug:\n    addr: {debug}\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://127.0.0.1:9\n",
+            d.join("root").display()
+        ),
+    )
+    .expect("config");
+    let binary = support::registry_proxy_binary();
+    // The shell lowers its soft limit, then becomes the cache (same pid).
+    let proxy = support::start_env(
+        "sh",
+        &[
+            "-c",
+            r#"ulimit -S -n 256 && exec "$0" serve "$1""#,
+            binary.to_str().expect("utf-8 path"),
+            config.to_str().expect("utf-8 path"),
+        ],
+        "proxy",
+        debug,
+        d,
+        &[],
+    );
+    let (soft, hard_now) = open_files(&proxy.pid().to_string());
+    assert_eq!(hard_now, hard, "the hard limit is inherited unchanged");
+    assert_eq!(soft, hard, "the soft limit stayed at {soft}");
 }

@@ -4,8 +4,9 @@
 //! systemd unit through `systemd-analyze verify` and its exposure score;
 //! the Kubernetes manifests against the API's schemas
 //! (kubernetes-validate, strict) with their config accepted by
-//! `check-config`. Skipped with the reason when a tool is missing, unless
-//! `REQUIRE_E2E=1` (the test command installs them).
+//! `check-config`, and the debug port published to no one but the peers a
+//! NetworkPolicy names. Skipped with the reason when a tool is missing,
+//! unless `REQUIRE_E2E=1` (the test command installs them).
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
 use registry_proxy_testkit as support;
@@ -251,5 +252,85 @@ fn the_kubernetes_manifests_validate() {
     );
     for probe in ["path: /livez", "path: /readyz", "port: debug"] {
         assert!(deployment.contains(probe), "the deployment has no {probe}");
+    }
+}
+
+/// The Kubernetes manifests publish the debug listener (metrics,
+/// `/status`, `/debug/budget`) to no one but the peers they name: no
+/// Service carries the debug port, and a NetworkPolicy selecting the
+/// cache's pods admits the registry port from anywhere and the debug port
+/// only from the peers of its rule.
+#[test]
+fn the_kubernetes_manifests_keep_the_debug_port_private() {
+    let manifests = repo().join("packaging/kubernetes");
+    let objects: Vec<serde_norway::Value> = std::fs::read_dir(&manifests)
+        .expect("manifests")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            serde_norway::from_str(&std::fs::read_to_string(&p).expect("manifest"))
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        })
+        .collect();
+    let of_kind = |kind: &str| -> Vec<&serde_norway::Value> {
+        objects
+            .iter()
+            .filter(|o| o["kind"].as_str() == Some(kind))
+            .collect()
+    };
+    let is_debug =
+        |port: &serde_norway::Value| port.as_str() == Some("debug") || port.as_u64() == Some(5001);
+    let services = of_kind("Service");
+    assert!(!services.is_empty(), "no Service");
+    for service in services {
+        for port in service["spec"]["ports"].as_sequence().expect("ports") {
+            assert!(
+                !is_debug(&port["port"]) && !is_debug(&port["targetPort"]),
+                "a Service publishes the debug port: {port:?}"
+            );
+        }
+    }
+    let policy = of_kind("NetworkPolicy")
+        .into_iter()
+        .find(|p| {
+            p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str()
+                == Some("registry-proxy")
+        })
+        .expect("a NetworkPolicy selecting the cache's pods");
+    let types = policy["spec"]["policyTypes"]
+        .as_sequence()
+        .expect("policyTypes");
+    assert!(
+        types.iter().any(|t| t.as_str() == Some("Ingress")),
+        "{policy:?}"
+    );
+    let rules = policy["spec"]["ingress"].as_sequence().expect("ingress");
+    // The rules that open the debug port (or the others): a rule without
+    // ports, or a port entry without a port, opens every port.
+    let admits = |debug: bool| {
+        rules
+            .iter()
+            .filter(move |rule| match rule["ports"].as_sequence() {
+                None => true,
+                Some(ports) => ports
+                    .iter()
+                    .any(|p| p["port"].is_null() || is_debug(&p["port"]) == debug),
+            })
+    };
+    assert!(
+        admits(false).count() > 0,
+        "the registry port is not admitted"
+    );
+    assert!(
+        admits(true).count() > 0,
+        "Prometheus cannot reach the debug port"
+    );
+    for rule in admits(true) {
+        assert!(
+            rule["from"]
+                .as_sequence()
+                .is_some_and(|from| !from.is_empty()),
+            "the debug port is admitted from anywhere: {rule:?}"
+        );
     }
 }

@@ -7,6 +7,9 @@
 //! chart. With `STATUS_SCREENSHOT=path.png` the test also keeps the
 //! screenshot (the README's). Skipped without `docker-registry` and
 //! `chromium` unless `REQUIRE_E2E=1`.
+//!
+//! In process: the page names no repository of a private namespace, and it
+//! answers while the blocking pool storage calls use is full.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
 use registry_proxy_testkit as support;
@@ -274,4 +277,91 @@ async fn the_status_page_shows_what_the_metrics_say() {
     up.release.notify_waiters();
     let received = waiting.await.expect("task").expect("the blob");
     assert_eq!(received, blob);
+}
+
+/// The debug router of `proxy`: its `/status` page, as text.
+async fn status_page(router: &axum::Router) -> (StatusCode, String) {
+    use tower::ServiceExt as _;
+    let answer = router
+        .clone()
+        .oneshot(
+            axum::http::Request::get("/status")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    let status = answer.status();
+    let body = axum::body::to_bytes(answer.into_body(), 16 << 20)
+        .await
+        .expect("page");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The most asked repositories of an isolated namespace and of one with
+/// `users` are not on the page; a shared namespace's are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_names_no_repository_of_a_private_namespace() {
+    use registry_proxy::namespace::{NamespaceSpec, Sharing};
+    let spec = |name: &str, sharing, users: Option<Vec<String>>, default| NamespaceSpec {
+        name: name.to_owned(),
+        sharing,
+        users,
+        registry2_dir: default,
+        default,
+        ..NamespaceSpec::single("http://127.0.0.1:9".parse().expect("url"), None)
+    };
+    let proxy = support::InProcess::with_namespaces(
+        &[
+            spec("hub.test", Sharing::Shared, None, true),
+            spec("iso.test", Sharing::Isolated, None, false),
+            spec(
+                "team.test",
+                Sharing::Shared,
+                Some(vec!["alice".to_owned()]),
+                false,
+            ),
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    // What a manifest GET through each namespace records.
+    for (namespace, repo) in [
+        ("hub.test", "open/app"),
+        ("iso.test", "isolated/secret-app"),
+        ("team.test", "private/secret-app"),
+    ] {
+        let ns = proxy.state.namespaces.get(namespace).expect("namespace");
+        ns.metrics.manifest_sent(repo);
+    }
+    let router = registry_proxy::debug_app(proxy.state.clone(), &Default::default());
+    let (status, page) = status_page(&router).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<td>open/app</td>"), "{page}");
+    for secret in ["isolated/secret-app", "private/secret-app"] {
+        assert!(!page.contains(secret), "{secret} is named: {page}");
+    }
+}
+
+/// `/status` is rendered off the blocking pool that storage calls use:
+/// with that pool's one thread held, the page still answers.
+#[test]
+fn the_status_page_answers_while_the_blocking_pool_is_full() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let proxy = support::InProcess::open("http://127.0.0.1:9", None, Duration::ZERO).await;
+        let router = registry_proxy::debug_app(proxy.state.clone(), &Default::default());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::task::spawn_blocking(move || held.recv());
+        let answer = tokio::time::timeout(Duration::from_secs(10), status_page(&router)).await;
+        release.send(()).expect("release");
+        busy.await.expect("the held thread").expect("released");
+        let (status, page) = answer.expect("the page waited for the storage pool");
+        assert_eq!(status, 200, "{page}");
+    });
 }

@@ -385,7 +385,7 @@ pub struct HttpConfig {
     /// Ours: how long a request's headers may take (default `10s`).
     #[serde(deserialize_with = "scalar_text")]
     pub readheadertimeout: Option<String>,
-    /// Ours: how long a connection may move no byte (default `300s`).
+    /// Ours: how long a connection may go without a request (default `300s`).
     #[serde(deserialize_with = "scalar_text")]
     pub idletimeout: Option<String>,
     /// Ours: how long a response may wait for the client to read (default
@@ -489,6 +489,14 @@ pub struct HtpasswdConfig {
     pub realm: String,
     /// The htpasswd file (`htpasswd -Bbn user password` lines).
     pub path: PathBuf,
+    /// Ours: the header a reverse proxy in front sets to the client's
+    /// address (`X-Forwarded-For`: its last address is taken), by which
+    /// failed logins are counted; believed only from `trustedproxies` and
+    /// from a Unix socket's clients.
+    pub clientheader: Option<String>,
+    /// Ours: the proxies (addresses or CIDR ranges) whose `clientheader`
+    /// is believed.
+    pub trustedproxies: Vec<String>,
 }
 
 /// An upstream URL as written, which may carry credentials
@@ -1419,8 +1427,41 @@ impl Config {
         } else {
             &section.realm
         };
+        let header = section
+            .clientheader
+            .as_deref()
+            .map(|h| {
+                axum::http::HeaderName::try_from(h)
+                    .map_err(|e| invalid("auth.htpasswd.clientheader", e))
+            })
+            .transpose()?;
+        let proxies = section
+            .trustedproxies
+            .iter()
+            .map(|p| {
+                crate::auth::Cidr::parse(p).ok_or_else(|| {
+                    invalid(
+                        "auth.htpasswd.trustedproxies",
+                        format!("{p:?} is not an address or CIDR range"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if header.is_none() && !proxies.is_empty() {
+            return Err(invalid(
+                "auth.htpasswd.trustedproxies",
+                "needs auth.htpasswd.clientheader",
+            ));
+        }
+        // Without proxies the header is believed from a Unix socket only.
+        if header.is_some() && proxies.is_empty() && matches!(self.listen()?, Listen::Tcp(_)) {
+            return Err(invalid(
+                "auth.htpasswd.trustedproxies",
+                "needed with auth.htpasswd.clientheader on a TCP listener",
+            ));
+        }
         Htpasswd::load(realm, &section.path)
-            .map(Some)
+            .map(|h| Some(h.behind(crate::auth::ClientAddress::new(header, proxies))))
             .map_err(|e| invalid("auth.htpasswd.path", e))
     }
 

@@ -21,6 +21,7 @@ use crate::health::{StorageCheck, StorageHealth, probe};
 
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, OciError, Reference, RepoName};
+use crate::token::Scope;
 use crate::zerocopy::ZeroCopy;
 use content::{blob, manifest, referrers};
 use listing::{Listing, catalog, tags};
@@ -116,6 +117,12 @@ async fn request_span(request: axum::extract::Request, next: axum::middleware::N
     response
 }
 
+/// `/v2/`: 200 to an authenticated client; to an anonymous one only when
+/// every namespace lets anyone pull. containers/image clients (skopeo,
+/// Podman, Buildah, CRI-O) decide at this ping whether to send
+/// credentials, so while some namespace needs them the ping challenges;
+/// clients holding none go on anonymously and are served by the open
+/// namespaces.
 async fn base(
     State(state): State<AppState>,
     client: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -124,9 +131,7 @@ async fn base(
     let client = client.map(|c| c.0.0.ip());
     match authenticate(&state, &headers, client, None).await {
         Ok(_) => {}
-        // Anonymous clients may reach the base when the default namespace
-        // lets them pull (Docker cannot log in to a mirror).
-        Err(Refusal::Missing(_)) if state.namespaces.default_namespace().anonymous() => {}
+        Err(Refusal::Missing(_)) if state.namespaces.all_anonymous() => {}
         Err(Refusal::Missing(refused) | Refusal::Failed(refused)) => return refused,
     }
     (
@@ -147,27 +152,26 @@ enum Refusal {
 
 /// The user the request authenticates as, when client authentication is
 /// on (401 with a Basic or Bearer challenge when it fails); `None` when it
-/// is off. Runs before anything else looks at the request, so that an
+/// is off. Decides before anything is answered, so that an
 /// unauthenticated client learns nothing of namespaces or content. With
-/// tokens, `repository` is the name the request asks for (as its path
-/// gives it), which the token must grant pulling.
+/// tokens, `scope` is what the routed request asks for (`None`: the base,
+/// or a request that routes nowhere), which the token must grant.
 async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
-    client: Option<IpAddr>,
-    repository: Option<&str>,
+    peer: Option<IpAddr>,
+    scope: Option<Scope<'_>>,
 ) -> Result<Option<String>, Refusal> {
     let authorization = headers.get(header::AUTHORIZATION);
     if let Some(token) = &state.token {
         let challenge = |message: &str| {
             let mut response = OciError::new(ErrorCode::Unauthorized, message).into_response();
-            let scope = repository.map(|r| format!("repository:{r}:pull"));
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, token.challenge(scope.as_deref()));
+                .insert(header::WWW_AUTHENTICATE, token.challenge(scope));
             response
         };
-        return match token.check(authorization, repository) {
+        return match token.check(authorization, scope) {
             Ok(user) => Ok(Some(user)),
             Err(crate::token::Refused::Missing) => {
                 Err(Refusal::Missing(challenge("authentication required")))
@@ -182,16 +186,11 @@ async fn authenticate(
     let Some(auth) = &state.auth else {
         return Ok(None);
     };
-    match auth.check(authorization, client).await {
+    match auth.check(authorization, auth.client(peer, headers)).await {
         Ok(user) => Ok(Some(user)),
         Err(Unauthenticated::Throttled(wait)) => {
             state.metrics.auth_failure();
-            let mut error = OciError::new(
-                ErrorCode::TooManyRequests,
-                "too many failed logins from this address; try again later",
-            );
-            error.retry_after = HeaderValue::try_from(wait.as_secs().max(1).to_string()).ok();
-            Err(Refusal::Failed(error.into_response()))
+            Err(Refusal::Failed(throttled(wait)))
         }
         Err(Unauthenticated::Missing) => Err(Refusal::Missing(unauthorized(
             auth,
@@ -208,15 +207,14 @@ async fn authenticate(
     }
 }
 
-/// The repository name a `/v2/<path>` request asks for, as the client
-/// wrote it (the scope a token must grant).
-fn requested_repository(path: &str) -> Option<&str> {
-    ["/manifests/", "/blobs/", "/tags/list", "/referrers/"]
-        .iter()
-        .filter_map(|marker| path.rfind(marker))
-        .max()
-        .map(|at| &path[..at])
-        .filter(|name| !name.is_empty())
+/// A 429 `TOOMANYREQUESTS` for a login throttled for `wait`.
+pub(crate) fn throttled(wait: std::time::Duration) -> Response {
+    let mut error = OciError::new(
+        ErrorCode::TooManyRequests,
+        "too many failed logins from this client or for this user; try again later",
+    );
+    error.retry_after = HeaderValue::try_from(wait.as_secs().max(1).to_string()).ok();
+    error.into_response()
 }
 
 /// A 401 with `message` and the Basic challenge of `auth`.
@@ -261,6 +259,18 @@ impl Target {
             Self::Tags(repo) => Self::Tags(ns.canonical(repo)),
             Self::Referrers(repo, subject) => Self::Referrers(ns.canonical(repo), subject),
             Self::Catalog => Self::Catalog,
+        }
+    }
+
+    /// What a token must grant for it through `ns` (the default namespace
+    /// when `default`).
+    fn scope<'a>(&'a self, ns: &'a Namespace, default: bool) -> Scope<'a> {
+        match self.repo() {
+            Some(repo) => Scope::Pull {
+                namespace: (!default).then_some(ns.name.as_str()),
+                repository: repo.as_str(),
+            },
+            None => Scope::Catalog,
         }
     }
 
@@ -322,28 +332,28 @@ async fn dispatch(
     zero_copy: Option<Extension<ZeroCopy>>,
     headers: HeaderMap,
 ) -> Response {
-    let client = client.map(|c| c.0.0.ip());
-    let authenticated = authenticate(&state, &headers, client, requested_repository(&path)).await;
-    let user = match authenticated {
-        Ok(user) => user,
-        Err(Refusal::Failed(refused)) => return refused,
-        Err(Refusal::Missing(refused)) => {
-            // Anonymous: only a namespace that lets anyone pull serves it,
-            // and only after routing says which one it is.
-            let anonymous = state
-                .namespaces
-                .route(query.get("ns").map(String::as_str), &path)
-                .is_ok_and(|(ns, _)| ns.anonymous());
-            if !anonymous {
-                return refused;
-            }
-            None
-        }
-    };
-    let (ns, rest) = match state
+    let peer = client.map(|c| c.0.0.ip());
+    // Routed and parsed first, for the scope a token must grant, but no
+    // error of either is answered before authentication has decided.
+    let routed = state
         .namespaces
         .route(query.get("ns").map(String::as_str), &path)
-    {
+        .map(|(ns, rest)| (ns, parse_target(rest).map(|t| t.canonical(ns))));
+    let scope = match &routed {
+        Ok((ns, Ok(target))) => {
+            let default = Arc::ptr_eq(ns, state.namespaces.default_namespace());
+            Some(target.scope(ns, default))
+        }
+        _ => None,
+    };
+    let user = match authenticate(&state, &headers, peer, scope).await {
+        Ok(user) => user,
+        Err(Refusal::Failed(refused)) => return refused,
+        // Anonymous: only a namespace that lets anyone pull serves it.
+        Err(Refusal::Missing(_)) if routed.as_ref().is_ok_and(|(ns, _)| ns.anonymous()) => None,
+        Err(Refusal::Missing(refused)) => return refused,
+    };
+    let (ns, target) = match routed {
         Ok(routed) => routed,
         Err(e) => return e.into_response(),
     };
@@ -352,8 +362,8 @@ async fn dispatch(
     if let Err(refused) = permit(&ns, user.as_deref()) {
         return refused.into_response();
     }
-    let target = match parse_target(rest) {
-        Ok(t) => t.canonical(&ns),
+    let target = match target {
+        Ok(target) => target,
         Err(e) => return e.into_response(),
     };
     if let Some(repo) = target.repo().filter(|repo| !ns.permits(repo)) {
@@ -452,6 +462,7 @@ impl Default for DebugSurface {
 /// - `/status` a page for people ([`crate::status`]).
 pub fn debug_app(state: AppState, surface: &DebugSurface) -> Router {
     let history = crate::status::History::start(Arc::clone(&state.metrics));
+    let page = Arc::new(crate::status::Page::new(state.clone(), history));
     let checked = surface
         .storage_check
         .map(|check| StorageHealth::start(Arc::clone(&state.driver), check));
@@ -469,23 +480,21 @@ pub fn debug_app(state: AppState, surface: &DebugSurface) -> Router {
             .route("/livez", get(|| async { "ok" }))
             .route(
                 "/status",
-                get(|State(state): State<AppState>| async move {
-                    // It reads the whole entry table: off the runtime's threads.
-                    let page = tokio::task::spawn_blocking(move || {
-                        crate::status::render(&state, &history)
-                    })
-                    .await;
-                    match page {
-                        Ok(page) => (
-                            [
-                                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                                (header::CACHE_CONTROL, "no-store"),
-                            ],
-                            page,
-                        )
-                            .into_response(),
-                        Err(e) => {
-                            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                get(move || {
+                    let page = Arc::clone(&page);
+                    async move {
+                        match page.get().await {
+                            Ok(page) => (
+                                [
+                                    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                                    (header::CACHE_CONTROL, "no-store"),
+                                ],
+                                page,
+                            )
+                                .into_response(),
+                            Err(e) => {
+                                (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                            }
                         }
                     }
                 }),
