@@ -9,11 +9,14 @@
 //!
 //! - `POST /admin/purge`: with `repository` (and `namespace`, default the
 //!   default namespace) and `tag`, drops that tag (the manifest stays,
-//!   cached by digest; the next pull by tag asks the upstream); with
+//!   cached by digest; the next pull by tag asks the upstream, on every
+//!   replica: the purge is published through the metadata store); with
 //!   `repository` and `digest`, that content in the repository; with
 //!   `repository` alone, the whole repository; with `digest` alone, that
-//!   content in every repository. Links and tags go first, the bytes once
-//!   no entry of any repository uses them. Answers what went, as JSON.
+//!   content in every repository of `namespace`, or, without `namespace`,
+//!   of every namespace. Links and tags go first, the bytes once no entry
+//!   of any repository (of any namespace) uses them. Answers what went, as
+//!   JSON.
 //! - `GET /admin/leases`: the digests leased now (pulls and fills in
 //!   progress).
 //! - `GET /admin/du`: what storage holds (`registry-proxy du`'s figures)
@@ -42,6 +45,7 @@ use crate::cache::CacheError;
 use crate::layout;
 use crate::namespace::Namespace;
 use crate::oci::{self, Digest, ErrorCode, OciError, Platform, Reference, RepoName, Tag};
+use crate::scheduler::PurgeScope;
 
 /// The most bytes of a token file read.
 const TOKEN_FILE_MAX: u64 = 4096;
@@ -158,7 +162,8 @@ pub struct PurgeQuery {
     pub repository: Option<String>,
     /// A tag of the repository.
     pub tag: Option<String>,
-    /// A digest, in the repository or everywhere.
+    /// A digest: in the repository; without one, in every repository of
+    /// the namespace, or of every namespace when none is named.
     pub digest: Option<String>,
 }
 
@@ -243,17 +248,27 @@ async fn purged(state: &AppState, query: PurgeQuery) -> Result<PurgeReport, OciE
     let digest = query.digest.as_deref().map(Digest::parse).transpose()?;
     let tag = query.tag.as_deref().map(Tag::parse).transpose()?;
     let purged = match (&repo, tag, digest) {
-        (Some(repo), Some(tag), None) => PurgeReport {
-            tag: state
-                .manifests
-                .purge_tag(&ns.repo(repo), &tag)
-                .await
-                .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))?,
-            ..PurgeReport::default()
-        },
+        (Some(repo), Some(tag), None) => {
+            let key = ns.repo(repo);
+            let removed = (state.manifests.purge_tag(&key, &tag).await)
+                .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))?;
+            // Every other replica forgets it confirmed the tag, too.
+            let store = state.scheduler.store();
+            (store.publish_untag(key.as_str(), tag.as_str()).await)
+                .map_err(|e| OciError::new(ErrorCode::Unavailable, e.to_string()))?;
+            PurgeReport {
+                tag: removed,
+                ..PurgeReport::default()
+            }
+        }
         (repo, None, digest) if repo.is_some() || digest.is_some() => {
             let key = repo.as_ref().map(|r| ns.repo(r));
-            let purged = state.scheduler.purge(key.as_ref(), digest.as_ref()).await;
+            let scope = match (&key, &query.namespace) {
+                (Some(key), _) => PurgeScope::Repository(key),
+                (None, Some(_)) => PurgeScope::Namespace(ns.dir().map(|dir| dir.as_str())),
+                (None, None) => PurgeScope::Everywhere,
+            };
+            let purged = state.scheduler.purge(scope, digest.as_ref()).await;
             PurgeReport {
                 entries: purged.entries,
                 bytes_freed: purged.bytes_freed,

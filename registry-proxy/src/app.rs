@@ -168,6 +168,20 @@ impl AppState {
         // Leftovers of a crash go before anything new is staged.
         scheduler.purge_writers().await;
         scheduler.start();
+        let manifests = Arc::new(Manifests::new(
+            Arc::clone(&driver),
+            settings.tag_freshness,
+            settings.request_timeout,
+            Tracker::new(Arc::clone(&scheduler)),
+            Arc::clone(&metrics),
+        ));
+        // A tag purged on another replica is no longer trusted here either.
+        let weak = Arc::downgrade(&manifests);
+        scheduler.on_untag(move |repo, tag| {
+            if let Some(manifests) = weak.upgrade() {
+                manifests.forget_tag(repo, tag);
+            }
+        });
         let tier = match &settings.local_tier {
             Some(options) => Some(
                 Tier::open(options, Arc::clone(&metrics))
@@ -189,13 +203,7 @@ impl AppState {
                 )
                 .with_tier(tier),
             ),
-            manifests: Arc::new(Manifests::new(
-                Arc::clone(&driver),
-                settings.tag_freshness,
-                settings.request_timeout,
-                Tracker::new(Arc::clone(&scheduler)),
-                Arc::clone(&metrics),
-            )),
+            manifests,
             catalog: Arc::new(Catalog::new(Arc::clone(&driver))),
             driver,
             metrics,

@@ -76,7 +76,8 @@ enum Command {
         /// A tag of the repository.
         #[arg(long)]
         tag: Option<String>,
-        /// A digest: in the repository, or without one, everywhere.
+        /// A digest: in the repository; without one, in every repository
+        /// of `--namespace`, or of every namespace when none is named.
         #[arg(long)]
         digest: Option<String>,
     },

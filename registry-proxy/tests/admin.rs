@@ -251,6 +251,74 @@ async fn purges_drop_what_they_name_and_only_admins_may() {
         .expect("a purged digest fills again");
 }
 
+/// A digest purged in one namespace (`namespace=N&digest=D`) goes from
+/// that namespace's repositories only: another namespace's link to it, and
+/// the bytes it still uses, stay, and it is served them from storage
+/// without asking its upstream. (The purge dropped D in every namespace.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_purged_in_one_namespace_stays_in_the_others() {
+    let Some((dir, upstream)) = support::registry_upstream("namespaced_purge") else {
+        return;
+    };
+    let d = dir.path();
+    let client = reqwest::Client::new();
+    let image = push_image(&client, &upstream.addr, "team/app", 7, &[32 << 10]).await;
+    let root = d.join("root");
+    let (proxy, admin) = cache(
+        d,
+        &format!(
+            "  upstreams:\n    - namespace: a.test\n      remoteurl: http://{0}\n      default: true\n    - namespace: b.test\n      remoteurl: http://{0}\n",
+            upstream.addr
+        ),
+    );
+    let through = |ns: &str| Image {
+        repo: format!("{ns}/team/app"),
+        ..image.clone()
+    };
+    for ns in ["a.test", "b.test"] {
+        pull_image(&client, &proxy.addr, &through(ns))
+            .await
+            .expect("pull");
+        support::fills_settled(&proxy).await;
+    }
+    let layer = *image.blobs.last().expect("a layer");
+    let link = |ns: &str| {
+        root.join(format!(
+            "docker/registry/v2/repositories/_namespaces/{ns}/team/app/_layers/sha256/{}/link",
+            layer.hex()
+        ))
+    };
+    assert!(link("a.test").exists() && link("b.test").exists());
+    let upstream_gets = || {
+        std::fs::read_to_string(d.join("upstream.log"))
+            .expect("upstream log")
+            .matches(&format!("\"GET /v2/team/app/blobs/{layer}"))
+            .count()
+    };
+    let gets = upstream_gets();
+
+    let (status, body) = purge(
+        &admin,
+        &format!("namespace=b.test&digest={layer}"),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let purged = report(&body);
+    assert_eq!(
+        (purged.entries, purged.bytes_freed),
+        (1, 0),
+        "not b.test's entry alone: {purged:?}"
+    );
+    assert!(!link("b.test").exists(), "b.test still links the digest");
+    assert!(link("a.test").exists(), "a.test's link was purged");
+    assert!(blob_stored(&root, &layer), "bytes a.test uses were deleted");
+    pull_image(&client, &proxy.addr, &through("a.test"))
+        .await
+        .expect("a.test pulls");
+    assert_eq!(upstream_gets(), gets, "a.test's layer was fetched again");
+}
+
 /// With `admin.users`, users of `auth.htpasswd` listed there are admitted
 /// by their Basic credentials; another user gets 403, a wrong password or
 /// none 401; the token still admits.

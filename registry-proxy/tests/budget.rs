@@ -375,6 +375,108 @@ async fn fills_reserve_room_and_namespaces_keep_their_own_budget() {
     );
 }
 
+/// A namespace's budget evicts that namespace's use of blobs, never what
+/// another namespace holds. Reading (a HEAD) through small.test
+/// (`maxsize: 15MiB`) the layers big.test brought in is not charged to
+/// small.test, so its eviction leaves them alone; a blob small.test brought
+/// in and big.test then pulled too loses small.test's link when small.test
+/// goes over its budget, and its bytes stay for big.test; a blob only
+/// small.test linked goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_budget_evicts_only_its_own_use_of_blobs() {
+    let Some((dir, upstream)) =
+        support::registry_upstream("a_namespace_budget_evicts_only_its_own_use_of_blobs")
+    else {
+        return;
+    };
+    let d = dir.path();
+    let client = reqwest::Client::new();
+    let root: PathBuf = d.join("root");
+    let sections = format!(
+        "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  upstreams:\n    - namespace: small.test\n      remoteurl: http://{up}\n      maxsize: 15MiB\n    - namespace: big.test\n      remoteurl: http://{up}\n      default: true\n",
+        root.display(),
+        up = upstream.addr
+    );
+    let proxy = tokio::task::block_in_place(|| registry_proxy_with(d, &sections));
+    let through = |ns: &str, image: &Image| Image {
+        repo: format!("{ns}/{}", image.repo),
+        ..image.clone()
+    };
+    let other = push_image(&client, &upstream.addr, "team/other", 40, &[LAYER; 2]).await;
+    let shared = push_image(&client, &upstream.addr, "team/shared", 41, &[LAYER]).await;
+    let mut own = Vec::new();
+    for i in 0..2u64 {
+        let repo = format!("team/own{i}");
+        own.push(push_image(&client, &upstream.addr, &repo, 42 + i, &[LAYER]).await);
+    }
+    // big.test brings in `other` (its blobs fetched, no pull left waiting
+    // for them); small.test brings in `shared`, which big.test pulls too.
+    for blob in &other.blobs {
+        let path = format!("/v2/big.test/{}/blobs/{blob}", other.repo);
+        assert_eq!(status_of(&client, &proxy, &path).await.0, 200);
+    }
+    pull_image(&client, &proxy.addr, &through("small.test", &shared))
+        .await
+        .expect("shared through small.test");
+    support::fills_settled(&proxy).await;
+    pull_image(&client, &proxy.addr, &through("big.test", &shared))
+        .await
+        .expect("shared through big.test");
+    // Anyone allowed into small.test asks for big.test's blobs there: one
+    // HEAD each.
+    for blob in &other.blobs {
+        let url = format!(
+            "http://{}/v2/small.test/{}/blobs/{blob}",
+            proxy.addr, other.repo
+        );
+        let head = client.head(url).send().await.expect("HEAD");
+        assert_eq!(head.status(), 200);
+    }
+    // small.test's own pulls take it over its budget twice.
+    for image in &own {
+        pull_image(&client, &proxy.addr, &through("small.test", image))
+            .await
+            .expect("small.test pull");
+        support::fills_settled(&proxy).await;
+    }
+    let mut evictions = 0;
+    for _ in 0..600 {
+        evictions = metric(&proxy, "evictions_total{reason=\"namespace\"}").await;
+        if evictions >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(evictions >= 4, "{evictions} namespace evictions");
+    assert_eq!(
+        layers_on_disk(&root, &other),
+        other.blobs.len(),
+        "reading big.test's blobs through small.test deleted them"
+    );
+    assert_eq!(
+        layers_on_disk(&root, &shared),
+        shared.blobs.len(),
+        "small.test's budget deleted blobs big.test uses"
+    );
+    let small_link = root.join(format!(
+        "docker/registry/v2/repositories/_namespaces/small.test/{}/_layers/sha256/{}",
+        shared.repo,
+        shared.blobs[1].hex()
+    ));
+    assert!(
+        !small_link.exists(),
+        "small.test kept its link of an evicted blob"
+    );
+    assert_eq!(
+        layers_on_disk(&root, &own[0]),
+        0,
+        "what only small.test linked was not evicted"
+    );
+    pull_image(&client, &proxy.addr, &through("big.test", &other))
+        .await
+        .expect("big.test still pulls other");
+}
+
 /// Waits until the accounted bytes are within `bound`.
 async fn within_budget_of(proxy: &support::Server, bound: u64) {
     for _ in 0..600 {

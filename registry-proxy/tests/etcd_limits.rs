@@ -3,8 +3,9 @@
 //! its lock: the other replica's request for the same blob waits for it
 //! instead of filling again, and the upstream (which holds the body until
 //! the test lets it go) sends the blob once. Leases on tens of thousands
-//! of digests are published whole. Skipped (with the reason printed)
-//! without etcd unless `REQUIRE_E2E=1`.
+//! of digests are published whole. A tag purged through one replica is
+//! dropped by the other, which trusted it for another minute. Skipped
+//! (with the reason printed) without etcd unless `REQUIRE_E2E=1`.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
 use registry_proxy_testkit as support;
@@ -231,6 +232,74 @@ async fn an_isolated_fill_finding_the_blob_stored_elsewhere_proves_access_first(
         body.len()
     );
     assert_eq!(upstream.gets.load(Ordering::SeqCst), 1);
+    drop(etcd);
+}
+
+/// A tag purged through one replica's admin surface is purged on every
+/// replica: the other one, which confirmed the tag upstream and trusts it
+/// for a minute, asks the upstream again within seconds and serves the
+/// manifest the tag names now, not the one it confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_purged_through_one_replica_is_dropped_by_every_replica() {
+    use registry_proxy::admin::{AdminAccess, AdminToken, admin_app};
+    let test = "a_tag_purged_through_one_replica_is_dropped_by_every_replica";
+    if !have("etcd") {
+        conformance::skip(test, "REQUIRE_E2E", "etcd is not installed");
+        return;
+    }
+    let Some((dir, upstream)) = support::registry_upstream(test) else {
+        return;
+    };
+    let etcd = tokio::task::block_in_place(|| etcd(dir.path()));
+    let client = reqwest::Client::new();
+    let old = support::push_image(&client, &upstream.addr, "team/app", 51, &[4096]).await;
+    let driver: Arc<dyn driver_core::StorageDriver> = Arc::new(driver_memory::MemoryDriver::new());
+    let prefix = format!("/untag-{:x}", rand::random::<u64>());
+    let namespaces = single(&format!("http://{}", upstream.addr));
+    let a = replica(&driver, &namespaces, &etcd.addr, &prefix, dir.path()).await;
+    let b = replica(&driver, &namespaces, &etcd.addr, &prefix, dir.path()).await;
+    let uri = "/v2/team/app/manifests/v1".to_owned();
+    let manifest = |state: &AppState| {
+        let (state, uri) = (state.clone(), uri.clone());
+        async move {
+            let (status, body) = get(state, uri).await;
+            assert_eq!(status, StatusCode::OK);
+            Digest::of(&body.expect("body"))
+        }
+    };
+    // Both replicas confirm the tag upstream: trusted for a minute.
+    assert_eq!(manifest(&a).await, old.manifest);
+    assert_eq!(manifest(&b).await, old.manifest);
+    // The tag moves upstream, and an operator purges it through A.
+    let new = support::push_image(&client, &upstream.addr, "team/app", 52, &[4096]).await;
+    let token = "purge-token";
+    let access = AdminAccess {
+        token: AdminToken::new(token),
+        ..AdminAccess::default()
+    };
+    let purged = admin_app(a.clone(), access)
+        .oneshot(
+            Request::post("/admin/purge?repository=team/app&tag=v1")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("response");
+    assert_eq!(purged.status(), StatusCode::OK);
+    assert_eq!(
+        manifest(&a).await,
+        new.manifest,
+        "A asks the upstream again"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while manifest(&b).await != new.manifest {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still serves the manifest the purged tag named"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(etcd);
 }
 

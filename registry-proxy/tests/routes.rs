@@ -1612,6 +1612,128 @@ async fn content_of_an_isolated_namespace_does_not_leak_through_a_shared_one() {
     assert_eq!(public.count("HEAD "), heads, "a shared blob needed a proof");
 }
 
+/// Manifests and referrers indexes are marked as private blobs are: those
+/// that came in through an isolated namespace are not served through a
+/// shared namespace's blobs endpoint (GET or HEAD), which answers for them
+/// exactly as for a digest never stored; and a manifest is served through
+/// a blobs endpoint only once the asking repository's upstream has it as a
+/// blob (one HEAD, then the stored bytes). All were served from storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_reach_a_blobs_endpoint_only_with_a_proof_of_access() {
+    use registry_proxy::namespace::{NamespaceSpec, Sharing};
+    let (private, private_base) = start_fake(Auth::Anonymous).await;
+    let (public, public_base) = start_fake(Auth::Anonymous).await;
+    let spec = |name: &str, base: &str, sharing, default| NamespaceSpec {
+        name: name.to_owned(),
+        sharing,
+        registry2_dir: false,
+        default,
+        ..NamespaceSpec::single(base.parse().expect("url"), None)
+    };
+    let proxy = InProcess::with_namespaces(
+        &[
+            spec("private.test", &private_base, Sharing::Isolated, false),
+            spec("public.test", &public_base, Sharing::Shared, true),
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    // A private manifest, and its referrers (by the tag schema).
+    let manifest =
+        format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[],"team":"corp"}}"#);
+    let manifest_digest = private.tag("v1", manifest.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": OCI_MANIFEST,
+            "digest": Digest::of(b"a signature").to_string(),
+            "size": 11,
+            "artifactType": "application/vnd.example.signature",
+        }],
+    })
+    .to_string();
+    private.tag(
+        &format!("sha256-{}", manifest_digest.hex()),
+        index.as_bytes(),
+    );
+    let (status, _, _) = proxy.get("/v2/private.test/corp/app/manifests/v1").await;
+    assert_eq!(status, StatusCode::OK);
+    let referrers = format!("/v2/private.test/corp/app/referrers/{manifest_digest}");
+    assert_eq!(proxy.get(&referrers).await.0, StatusCode::OK);
+    let key = layout::RepoKey::new(
+        Some(&driver_core::Segment::parse("private.test").expect("dir")),
+        &RepoName::parse("corp/app").expect("name"),
+    );
+    let link = proxy
+        .driver
+        .get_content(&layout::referrers_link(&key, &manifest_digest))
+        .await
+        .expect("the referrers index is stored");
+    let index_digest =
+        Digest::parse(String::from_utf8_lossy(&link).trim()).expect("the index's digest");
+
+    // Through the shared namespace: the answer for a digest never stored,
+    // the digest written `D` so that answers compare.
+    let through_public = |method: Method, digest: Digest| {
+        let proxy = &proxy;
+        async move {
+            let uri = format!("/v2/library/anything/blobs/{digest}");
+            let response = proxy.send(method, &uri, &[]).await;
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let text = String::from_utf8_lossy(&body).replace(&digest.to_string(), "D");
+            (status, text)
+        }
+    };
+    let never = through_public(Method::GET, Digest::of(b"never stored anywhere")).await;
+    assert_eq!(never.0, StatusCode::NOT_FOUND, "{}", never.1);
+    for (what, digest) in [
+        ("manifest", manifest_digest),
+        ("referrers index", index_digest),
+    ] {
+        assert_eq!(
+            through_public(Method::GET, digest).await,
+            never,
+            "a private {what} was served through another namespace's blobs endpoint"
+        );
+        assert_eq!(
+            through_public(Method::HEAD, digest).await.0,
+            StatusCode::NOT_FOUND,
+            "a private {what} was found through another namespace's blobs endpoint"
+        );
+    }
+
+    // The shared namespace's own manifest is no blob either, until its
+    // upstream has it as one.
+    let own = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","layers":[],"open":1}}"#);
+    let own_digest = public.tag("v1", own.as_bytes());
+    assert_eq!(
+        proxy.get("/v2/library/app/manifests/v1").await.0,
+        StatusCode::OK
+    );
+    let uri = blob_uri("library/app", &own_digest);
+    let (status, _, body) = proxy.get(&uri).await;
+    assert_eq!(
+        (status, error_code(&body.expect("body")).as_str()),
+        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        "a manifest was served as a blob its upstream does not have"
+    );
+    public.add_blob(own.as_bytes());
+    let (status, _, body) = proxy.get(&uri).await;
+    assert_eq!(
+        (status, body.expect("body")),
+        (StatusCode::OK, Bytes::from(own))
+    );
+    assert_eq!(
+        public.count(&format!("GET library/app/blobs/{own_digest}")),
+        0,
+        "proved, the stored bytes are served"
+    );
+}
+
 /// A proxy in front of `fake` with fill limits `limits`.
 async fn limited(base: &str, limits: registry_proxy::cache::fill::FillLimits) -> InProcess {
     let spec = registry_proxy::namespace::NamespaceSpec::single(base.parse().expect("url"), None);
@@ -1714,6 +1836,68 @@ async fn the_catalog_is_paged_by_default() {
     let (_, _, body) = s.get("/v2/_catalog?n=100&last=team/app099").await;
     let page: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
     assert_eq!(page["repositories"].as_array().expect("list").len(), 50);
+}
+
+/// `_catalog` of the namespace stored where registry:2 keeps repositories
+/// never lists another namespace's (`_namespaces/<ns>/...`, an isolated
+/// one's here): `last` must be a repository name (400 `NAME_INVALID`), so
+/// it cannot start the walk of storage inside their directory, as
+/// `last=_namespaces/-` did, listing them all.
+#[tokio::test]
+async fn the_catalog_never_lists_another_namespaces_repositories() {
+    use registry_proxy::namespace::{NamespaceSpec, Sharing};
+    let (fake, base) = start_fake(Auth::Anonymous).await;
+    let spec = |name: &str, sharing, plain| NamespaceSpec {
+        name: name.to_owned(),
+        sharing,
+        registry2_dir: plain,
+        default: plain,
+        ..NamespaceSpec::single(base.parse().expect("url"), None)
+    };
+    let proxy = InProcess::with_namespaces(
+        &[
+            spec("open.test", Sharing::Shared, true),
+            spec("private.test", Sharing::Isolated, false),
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    fake.tag("v1", br#"{"schemaVersion":2,"layers":[]}"#);
+    for uri in [
+        "/v2/team/app/manifests/v1",
+        "/v2/private.test/corp/secret/manifests/v1",
+    ] {
+        assert_eq!(proxy.get(uri).await.0, StatusCode::OK, "{uri}");
+    }
+    let listed = |body: Result<Bytes, axum::Error>| {
+        let json: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+        json["repositories"].clone()
+    };
+    for uri in ["/v2/_catalog", "/v2/_catalog?n=1000&last=0"] {
+        let (status, _, body) = proxy.get(uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}");
+        assert_eq!(listed(body), serde_json::json!(["team/app"]), "{uri}");
+    }
+    let (_, _, body) = proxy.get("/v2/private.test/_catalog").await;
+    assert_eq!(listed(body), serde_json::json!(["corp/secret"]));
+    for last in [
+        "_namespaces/-",
+        "_namespaces/private.test/corp/a",
+        "_namespaces",
+        "Team/App",
+    ] {
+        let (status, _, body) = proxy.get(&format!("/v2/_catalog?n=1000&last={last}")).await;
+        let body = body.expect("body");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("corp/secret"),
+            "last={last} listed another namespace's repository"
+        );
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+            "last={last}"
+        );
+    }
 }
 
 /// An upstream tag list page larger than 4 MiB is not read whole: the

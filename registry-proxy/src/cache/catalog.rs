@@ -1,7 +1,10 @@
 //! The repository catalog: the repositories of a namespace that hold
 //! manifests in storage, a page at a time. A page walks storage from just
 //! after the last name the client saw and stops once full, so a request
-//! never lists all of storage (on S3, all of the bucket).
+//! never lists all of storage (on S3, all of the bucket). Only names that
+//! parse as repository names are listed: registry:2's namespace never
+//! lists the other namespaces' directories (`_namespaces/...`), wherever
+//! the walk starts.
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use driver_core::{FileInfo, Segment, StorageDriver, WalkControl, WalkOptions};
 
 use super::error::CacheError;
 use crate::layout;
+use crate::oci::RepoName;
 
 /// The catalog of the repositories in storage.
 pub struct Catalog {
@@ -28,15 +32,19 @@ impl Catalog {
 
     /// Up to `want` repositories of the namespace stored in `dir` (`None`:
     /// registry:2's) that come after `last` in [`walk_order`], sorted so.
+    /// `last` is a repository name, so the walk starts at a repository's
+    /// place, never inside another namespace's directory; and a path whose
+    /// name does not parse as a repository name (`_namespaces/<ns>/...`
+    /// under registry:2's namespace) is never listed.
     pub async fn page(
         &self,
         dir: Option<&Segment>,
-        last: Option<&str>,
+        last: Option<&RepoName>,
         want: usize,
     ) -> Result<Vec<String>, CacheError> {
         let root = layout::repositories(dir);
         let prefix = root.dir_prefix();
-        let start_after = last.and_then(|last| root.join(last).ok());
+        let start_after = last.map(|last| root.descend(last.segments()));
         let mut repos = Vec::new();
         let mut visit = |info: &FileInfo| {
             if !info.is_dir {
@@ -44,9 +52,10 @@ impl Catalog {
             }
             match info.path.file_name() {
                 Some("_manifests") => {
-                    if let Some(parent) = info.path.parent() {
-                        let repo = &parent.as_str()[prefix.len()..];
-                        if last.is_none_or(|last| walk_order(repo, last).is_gt()) {
+                    let parent = info.path.parent();
+                    let repo = parent.as_ref().and_then(|p| p.as_str().get(prefix.len()..));
+                    if let Some(repo) = repo.filter(|repo| RepoName::parse(repo).is_ok()) {
+                        if last.is_none_or(|last| walk_order(repo, last.as_str()).is_gt()) {
                             repos.push(repo.to_owned());
                         }
                     }

@@ -2,7 +2,9 @@
 //! miss. By tag: resolved upstream (one HEAD) at most once per freshness
 //! window; when the upstream fails, the cached tag is served, stale. Tags
 //! and links are per namespace; an isolated namespace is served a stored
-//! manifest only once it came through that namespace.
+//! manifest only once it came through that namespace. Stored manifests
+//! (and referrers indexes) are marked ([`proof::mark`]): no blobs endpoint
+//! serves their bytes without a proof of access.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use futures::StreamExt;
 
 use super::error::CacheError;
 use super::links::Links;
+use super::proof;
 use crate::layout::{self, RepoKey};
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
@@ -283,8 +286,10 @@ impl Manifests {
 
     /// Drops `tag` of `repo` from storage and from what is known fresh:
     /// the next pull by that tag asks the upstream. Whether it was there.
+    /// Other replicas learn of it from the caller (through the metadata
+    /// store) and [`Self::forget_tag`].
     pub async fn purge_tag(&self, repo: &RepoKey, tag: &Tag) -> Result<bool, driver_core::Error> {
-        lock(&self.confirmed).remove(&(repo.clone(), tag.as_str().to_owned()));
+        self.forget_tag(repo, tag.as_str());
         match self
             .driver
             .delete(&layout::tag_dir(repo, tag.segment()))
@@ -294,6 +299,12 @@ impl Manifests {
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Forgets that `tag` of `repo` was confirmed upstream (it was purged,
+    /// here or on another replica): the next pull by it asks the upstream.
+    pub fn forget_tag(&self, repo: &RepoKey, tag: &str) {
+        lock(&self.confirmed).remove(&(repo.clone(), tag.to_owned()));
     }
 
     /// `Some` when `key` was confirmed upstream within `ns`'s tag
@@ -439,6 +450,9 @@ impl Manifests {
         let key = ns.repo(repo);
         self.tracker.access(&key, &digest, Kind::Manifest).await;
         let path = layout::blob_data(&digest);
+        // Marked before the bytes become visible: no blobs endpoint serves
+        // them unproven.
+        proof::mark(&*self.driver, ns, &digest, Kind::Manifest).await?;
         self.driver.put_content(&path, bytes.clone()).await?;
         self.remember(&digest, &bytes);
         self.links

@@ -1,11 +1,15 @@
 //! Proofs of access: content that came in through an isolated or
-//! access-restricted namespace is served to another namespace only after
-//! that namespace's own upstream says its repository has it. The one place
-//! this rule is written, for stored bytes and for joining a running fill.
+//! access-restricted namespace, and any manifest or referrers index, is
+//! served through the blobs endpoint of a repository that does not link it
+//! only after that namespace's own upstream says its repository has it as
+//! a blob. The one place this rule is written, for stored bytes and for
+//! joining a running fill, and the one place stored content is marked for
+//! it ([`mark`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use driver_core::StorageDriver;
 use reqwest::StatusCode;
 
@@ -46,9 +50,9 @@ impl Proofs {
     /// Whether `ns` must prove, through its own upstream, that repository
     /// `key` has `digest` before it is served the bytes from `source`: it
     /// has no link to it (`known`: its entry knows of one, else storage is
-    /// asked), and the namespace is isolated or the bytes are private
-    /// (stored with the private marker, or filled through a private
-    /// namespace). Bytes its own upstream is sending need no proof. The
+    /// asked), and the namespace is isolated or the bytes are marked
+    /// ([`mark`]: private, or a manifest) or filled through a private
+    /// namespace. Bytes its own upstream is sending need no proof. The
     /// one place this rule is written.
     pub(crate) async fn needed(
         &self,
@@ -65,14 +69,15 @@ impl Proofs {
             || match source {
                 Source::Fill(filler) if Arc::ptr_eq(filler, ns) => return false,
                 Source::Fill(filler) => filler.private(),
-                Source::Stored => self.came_privately(digest).await,
+                Source::Stored => self.marked(digest).await,
             };
         due && !self.links.linked(key, digest, Kind::Blob, false).await
     }
 
-    /// Whether blob `digest` came in through a private namespace (its
-    /// marker exists, or storage cannot tell: then it is treated as private).
-    async fn came_privately(&self, digest: &Digest) -> bool {
+    /// Whether `digest` is marked ([`mark`]: it came in through a private
+    /// namespace, or is a manifest), or storage cannot tell: then it is
+    /// treated as marked.
+    async fn marked(&self, digest: &Digest) -> bool {
         match self
             .driver
             .stat_file(&layout::blob_private_marker(digest))
@@ -106,4 +111,25 @@ impl Proofs {
         }
         Ok(proven?)
     }
+}
+
+/// Marks `digest`, about to be stored as `kind` through `ns` (call it
+/// before the bytes become visible), so that a blobs endpoint proves access
+/// before it serves them to a repository without a link to them: when it
+/// comes through a private namespace, and always for a manifest (a
+/// referrers index too), which a blobs endpoint serves only once the
+/// asking repository's upstream has it as a blob. Blob fills, manifests
+/// and referrers indexes all mark through here.
+pub(crate) async fn mark(
+    driver: &dyn StorageDriver,
+    ns: &Namespace,
+    digest: &Digest,
+    kind: Kind,
+) -> Result<(), CacheError> {
+    if ns.private() || kind == Kind::Manifest {
+        driver
+            .put_content(&layout::blob_private_marker(digest), Bytes::new())
+            .await?;
+    }
+    Ok(())
 }

@@ -541,8 +541,9 @@ pub struct UpstreamEntry {
     pub default: bool,
     /// How its upstream is trusted beyond the platform's roots.
     pub tls: UpstreamTlsConfig,
-    /// Ours: the most bytes of the blobs this namespace links (`50GiB`); a
-    /// blob several namespaces link counts in full against each.
+    /// Ours: the most bytes of the blobs this namespace brought in
+    /// (`50GiB`); over it, the namespace's links of blobs go, and their
+    /// bytes only where no other namespace links them.
     #[serde(deserialize_with = "scalar_text")]
     pub maxsize: Option<String>,
     /// Ours: which repositories may be pulled through this namespace.

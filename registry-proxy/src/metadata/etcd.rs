@@ -27,7 +27,7 @@ use tokio::sync::{OwnedMutexGuard, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::embedded::Embedded;
-use super::schema::{self, KINDS};
+use super::schema::{self, KINDS, prefix_end};
 use super::table::{Entry, Secs, Table};
 use super::{
     Change, Coordination, DigestLock, Loaded, LockKind, MetadataError, Persistence, SCHEMA_VERSION,
@@ -303,6 +303,14 @@ impl Etcd {
 
     fn change(&self, kind: EventType, kv: &etcd_client::KeyValue) -> Option<Change> {
         let key = kv.key_str().ok()?;
+        if let Some((repo, tag)) = schema::parse_untag_key(&self.options.prefix, key) {
+            // Another replica's purge (this one's dropped the tag already).
+            let theirs = matches!(kind, EventType::Put) && kv.value_str().ok()? != self.replica;
+            return theirs.then(|| Change::Untag {
+                repo: repo.as_str().into(),
+                tag: tag.into(),
+            });
+        }
         let (repo, digest, kind_) = schema::parse_ref_key(&self.options.prefix, key)?;
         Some(match kind {
             EventType::Put => Change::Upsert(Entry {
@@ -406,18 +414,6 @@ impl Etcd {
             .map_err(etcd_error)?
             .succeeded())
     }
-}
-
-/// The first key after every key starting with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// One in-process mutex per lock name, kept only while someone holds or
@@ -527,7 +523,7 @@ impl Persistence for Etcd {
         // The newest access of each entry; removals were written when made.
         entries.extend(changes.into_iter().filter_map(|change| match change {
             Change::Upsert(entry) => Some(entry),
-            Change::Remove { .. } => None,
+            Change::Remove { .. } | Change::Untag { .. } => None,
         }));
         let mut newest: HashMap<(Box<str>, Digest, Kind), Secs> = HashMap::new();
         for entry in &entries {
@@ -738,6 +734,16 @@ impl Coordination for Etcd {
 
     fn changes(&self) -> Option<mpsc::UnboundedReceiver<Change>> {
         lock(&self.changes).take()
+    }
+
+    async fn publish_untag(&self, repo: &str, tag: &str) -> Result<(), MetadataError> {
+        // Put, then deleted: each replica's watch sees the put.
+        let key = schema::untag_key(&self.options.prefix, repo, tag);
+        let mut client = self.client();
+        let put = client.put(key.clone(), self.replica.clone(), None).await;
+        put.map_err(etcd_error)?;
+        client.delete(key, None).await.map_err(etcd_error)?;
+        Ok(())
     }
 
     async fn ready(&self) -> Result<(), MetadataError> {

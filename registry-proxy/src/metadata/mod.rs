@@ -68,7 +68,8 @@ pub struct Loaded {
 }
 
 /// A change to the entries: what the scheduler hands a store to persist,
-/// and what another replica made, applied to the local table.
+/// and what another replica made, applied to the local table (and, for a
+/// purged tag, to what this replica keeps in memory).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// An entry was created or accessed at `at`.
@@ -81,6 +82,14 @@ pub enum Change {
         digest: Digest,
         /// What it kept alive.
         kind: Kind,
+    },
+    /// A replica purged a tag ([`Coordination::publish_untag`]): every
+    /// other replica forgets it confirmed the tag upstream. Never persisted.
+    Untag {
+        /// The repository key.
+        repo: Box<str>,
+        /// The tag.
+        tag: Box<str>,
     },
 }
 
@@ -191,6 +200,11 @@ pub trait Coordination: Send + Sync {
     /// Changes made by other replicas, to apply to the local table; `None`
     /// when nobody else writes (or when taken already).
     fn changes(&self) -> Option<mpsc::UnboundedReceiver<Change>>;
+
+    /// Tells every other replica that `tag` of the repository keyed `repo`
+    /// was purged: their [`Self::changes`] carry it as [`Change::Untag`].
+    /// One node has nobody to tell.
+    async fn publish_untag(&self, repo: &str, tag: &str) -> Result<(), MetadataError>;
 
     /// Whether the shared state answers now (readiness): always for one
     /// node.

@@ -5,6 +5,9 @@
 //! - `<prefix>/v1/<ns>/refs/<blob|manifest>/<hex>/<repository>`: a
 //!   repository of namespace `<ns>` references content `sha256:<hex>`; the
 //!   value is its last access (seconds since the epoch).
+//! - `<prefix>/v1/<ns>/untags/<repository>/<tag>`: put (and deleted at
+//!   once) when a replica purges that tag; the value names the replica.
+//!   Every other replica's watch sees the put.
 //! - `<prefix>/v1/_all/ingests/<hex>`: the lock of a fill (or a deletion)
 //!   of that digest, held on the holder's session lease.
 //! - `<prefix>/v1/_all/leases/<replica>`: the digests a replica holds
@@ -93,6 +96,37 @@ pub fn parse_ref_key(prefix: &str, key: &str) -> Option<(RepoKey, Digest, Kind)>
     Some((repo, Digest::from_raw(digest), kind))
 }
 
+/// The key announcing that `tag` of `repo` was purged.
+pub fn untag_key(prefix: &str, repo: &str, tag: &str) -> String {
+    let (ns, name) = split(repo);
+    format!("{}{ns}/untags/{name}/{tag}", root(prefix))
+}
+
+/// The repository key and tag an untag key names.
+pub fn parse_untag_key(prefix: &str, key: &str) -> Option<(RepoKey, String)> {
+    let rest = key.strip_prefix(&root(prefix))?;
+    let (ns, rest) = rest.split_once('/')?;
+    let (name, tag) = rest.strip_prefix("untags/")?.rsplit_once('/')?;
+    let repo = if ns == PLAIN {
+        RepoKey::parse(name)?
+    } else {
+        RepoKey::parse(&format!("_namespaces/{ns}/{name}"))?
+    };
+    Some((repo, tag.to_owned()))
+}
+
+/// The first key after every key starting with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// The lock of fills and deletions of `digest`.
 pub fn lock_key(prefix: &str, digest: &Digest) -> String {
     format!("{}{ALL}/ingests/{}", root(prefix), hex::encode(digest))
@@ -144,6 +178,16 @@ mod tests {
             format!("/rp/v1/_/refs/blob/{}/a/b", hex::encode([1; 32]))
         );
         assert_eq!(parse_ref_key("/rp", "/rp/v1/_all/leases/x"), None);
+        let untag = untag_key("/rp", "_namespaces/ghcr.io/team/app", "v1");
+        assert_eq!(untag, "/rp/v1/ghcr.io/untags/team/app/v1");
+        assert_eq!(parse_ref_key("/rp", &untag), None);
+        assert_eq!(
+            parse_untag_key("/rp", &untag),
+            Some((
+                RepoKey::parse("_namespaces/ghcr.io/team/app").expect("key"),
+                "v1".to_owned()
+            ))
+        );
         assert_eq!(
             parse_ref_key(
                 "/other",

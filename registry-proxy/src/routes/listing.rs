@@ -107,7 +107,9 @@ pub(super) async fn tags(
 }
 
 /// A page of the namespace's repositories with manifests in storage, in
-/// walk order, `n` of them (100 by default, at most 1000).
+/// walk order, `n` of them (100 by default, at most 1000). `last`, when
+/// not empty, must be a repository name (400 `NAME_INVALID` otherwise):
+/// it is where the walk of storage starts.
 pub(super) async fn catalog(
     state: &AppState,
     ns: &Namespace,
@@ -115,8 +117,14 @@ pub(super) async fn catalog(
 ) -> Result<Response, OciError> {
     let n = page_size(request.query, Some(CATALOG_PAGE), CATALOG_MAX_PAGE)?;
     let want = n.unwrap_or(CATALOG_PAGE).saturating_add(1);
-    let last = request.query.get("last").map(String::as_str);
-    let repos = state.catalog.page(ns.dir(), last, want).await?;
+    let last = request
+        .query
+        .get("last")
+        .filter(|last| !last.is_empty())
+        .map(String::as_str)
+        .map(RepoName::parse)
+        .transpose()?;
+    let repos = state.catalog.page(ns.dir(), last.as_ref(), want).await?;
     let page = paginate(repos, request.query, n, |repo, last| {
         catalog::walk_order(repo, last).is_gt()
     });

@@ -1,12 +1,13 @@
 //! Bounds on stored bytes: the byte budget (`proxy.maxsize`), per-namespace
 //! budgets (`upstreams[].maxsize`), the volume's free-space watermarks
 //! (`proxy.highwatermark`/`lowwatermark`, filesystem storage) and a full
-//! disk. While one is exceeded the leader evicts by value ([`S3Fifo`]):
-//! blob data only, under the digest's content lock, never what is in use
+//! disk. While one is exceeded the leader evicts by value ([`S3Fifo`]),
+//! under the digest's content lock, never what is in use
 //! ([`Leases::in_use`](crate::metadata::Leases::in_use): a response or fill
-//! reading it, a pull that has not fetched it yet) or being expired. The
-//! links and entries stay, so an evicted blob is a miss that fills again;
-//! they expire with their TTL.
+//! reading it, a pull that has not fetched it yet) or being expired. For
+//! the byte budget, the watermarks and a full disk it deletes blob data
+//! only: the links and entries stay, so an evicted blob is a miss that
+//! fills again; they expire with their TTL.
 //!
 //! Accounting: fills reserve their announced size before they start and
 //! report what they store; stored hits report what they serve (an
@@ -19,9 +20,14 @@
 //! reach the leader through the metadata store's changes (batched, as
 //! access times are), never through a request on a warm hit.
 //!
-//! A blob linked from several namespaces counts in full against each of
-//! their budgets, and once against `proxy.maxsize`; evicting it for one
-//! namespace's budget frees it for all.
+//! A blob counts once against `proxy.maxsize`. A namespace's budget counts
+//! the blobs its fills stored and, when storage is walked, those it alone
+//! links; a hit on a blob another namespace brought in charges nothing to
+//! the namespace reading it. Over its budget, a namespace loses its own
+//! entries and links of the blobs chosen, and their bytes go only where no
+//! entry of another namespace uses them ([`namespace`]).
+
+mod namespace;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -245,9 +251,10 @@ pub struct NextOut {
 /// What eviction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Evicted {
-    /// Blobs whose data was deleted.
+    /// Blobs evicted: their data deleted or, for a namespace's budget, that
+    /// namespace's entries and links of them dropped.
     pub blobs: u64,
-    /// Their bytes.
+    /// The bytes deleted.
     pub bytes: u64,
 }
 
@@ -258,24 +265,24 @@ impl Evicted {
     }
 }
 
-/// Which policy a victim is chosen from.
-#[derive(Clone, Copy)]
-enum Pool<'a> {
-    /// Every stored blob.
-    All,
-    /// The blobs a namespace links.
-    Namespace(&'a str),
-}
-
 impl Scheduler {
     /// Notes that blob `digest` of `size` bytes, linked in `repo`, is
-    /// stored and was just served or filled.
+    /// stored and was just served. A hit is not charged to `repo`'s
+    /// namespace: it only counts as an access where that namespace's budget
+    /// already holds the blob (another namespace may have brought it in).
     pub fn stored(&self, repo: &str, digest: &Digest, size: u64) {
-        self.account(namespace_of(repo), digest, size);
+        self.account(namespace_of(repo), digest, size, false);
     }
 
-    /// [`Self::stored`], for a blob linked in namespace directory `ns`.
-    fn account(&self, ns: &str, digest: &Digest, size: u64) {
+    /// Notes that a fill through `repo` just stored blob `digest` of `size`
+    /// bytes: charged to `repo`'s namespace.
+    pub fn filled(&self, repo: &str, digest: &Digest, size: u64) {
+        self.account(namespace_of(repo), digest, size, true);
+    }
+
+    /// [`Self::stored`] (or, when `charge`, [`Self::filled`]) for a blob
+    /// linked in namespace directory `ns`.
+    fn account(&self, ns: &str, digest: &Digest, size: u64, charge: bool) {
         let Some(budget) = &self.budget else {
             return;
         };
@@ -291,7 +298,11 @@ impl Scheduler {
         };
         let ns_over = budget.namespaces.get(ns).is_some_and(|p| {
             let mut p = lock(p);
-            p.insert(*digest, size);
+            if charge {
+                p.insert(*digest, size);
+            } else {
+                p.access(digest);
+            }
             p.over()
         });
         // New bytes on the volume: one statvfs per blob stored.
@@ -446,7 +457,8 @@ impl Scheduler {
     }
 
     /// Notes an entry another replica created or accessed (the metadata
-    /// store's change): an access of a blob known, or a blob to size.
+    /// store's change): an access of a blob known, or a blob to size (which
+    /// that replica's fill stored: charged to the entry's namespace).
     pub(super) fn accessed_elsewhere(&self, repo: &str, digest: &Digest, kind: Kind) {
         let Some(budget) = &self.budget else {
             return;
@@ -461,9 +473,9 @@ impl Scheduler {
             policy.size_of(digest)
         };
         match size {
-            Some(size) => {
+            Some(_) => {
                 if let Some(p) = budget.namespaces.get(namespace_of(repo)) {
-                    lock(p).insert(*digest, size);
+                    lock(p).access(digest);
                 }
             }
             // Only the leader evicts; a replica that leads later walks
@@ -485,7 +497,7 @@ impl Scheduler {
         let waiting: Vec<(Digest, String)> = lock(&budget.to_size).drain().collect();
         for (digest, ns) in waiting {
             match self.driver.stat_file(&layout::blob_data(&digest)).await {
-                Ok(info) if !info.is_dir => self.account(&ns, &digest, info.size),
+                Ok(info) if !info.is_dir => self.account(&ns, &digest, info.size, true),
                 Err(e) if !e.is_not_found() => {
                     tracing::warn!(%digest, error = %e, "cannot size a blob another replica stored");
                     lock(&budget.to_size).insert(digest, ns);
@@ -501,7 +513,9 @@ impl Scheduler {
 
     /// Makes the account what storage holds: every blob's data and size,
     /// ordered by the entries' access times (oldest first) and valued by
-    /// how many repositories link it; blobs no longer stored forgotten.
+    /// how many repositories link it; blobs no longer stored forgotten. A
+    /// namespace's budget keeps what it holds and adds what only that
+    /// namespace links (who brought in a blob several link is not known).
     pub async fn reconcile(&self) -> Result<u64, MetadataError> {
         let Some(budget) = &self.budget else {
             return Ok(0);
@@ -510,25 +524,25 @@ impl Scheduler {
         let found = super::usage::stored_blobs(&*self.driver).await?;
         // The namespaces with a budget, by index.
         let budgeted: Vec<&str> = budget.namespaces.keys().map(String::as_str).collect();
-        // Per stored blob: its last access, the entries linking it, and the
-        // budgeted namespaces among theirs. The table is read in pieces so
-        // requests are not held up.
-        let mut seen: HashMap<Digest, (super::Secs, u8, Vec<u16>)> = HashMap::new();
+        // Per stored blob: its last access, the entries linking it, the
+        // budgeted namespaces among theirs, and whether a namespace without
+        // a budget links it too. The table is read in pieces so requests are
+        // not held up.
+        let mut seen: HashMap<Digest, (super::Secs, u8, Vec<u16>, bool)> = HashMap::new();
         let mut from = 0;
         loop {
             let inner = lock(&self.inner);
             let end = from + super::SCAN_PIECE;
             for (repo, digest, _, at) in inner.table.entries_in(from..end) {
                 if found.contains_key(digest) {
-                    let (last, links, namespaces) = seen.entry(*digest).or_default();
+                    let (last, links, namespaces, others) = seen.entry(*digest).or_default();
                     *last = (*last).max(at);
                     *links = links.saturating_add(1);
                     let ns = namespace_of(repo);
-                    if let Some(i) = budgeted.iter().position(|b| *b == ns) {
-                        let i = i as u16;
-                        if !namespaces.contains(&i) {
-                            namespaces.push(i);
-                        }
+                    match budgeted.iter().position(|b| *b == ns) {
+                        Some(i) if !namespaces.contains(&(i as u16)) => namespaces.push(i as u16),
+                        Some(_) => {}
+                        None => *others = true,
                     }
                 }
             }
@@ -539,7 +553,8 @@ impl Scheduler {
         }
         let mut order: Vec<(&Digest, &u64)> = found.iter().collect();
         order.sort_by_key(|(d, _)| seen.get(*d).map_or(0, |s| s.0));
-        // Every blob in the whole account; a namespace's, those it links.
+        // Every blob in the whole account; a namespace's, those it alone
+        // links.
         let seed = |ns: Option<u16>, policy: &mut dyn Seeded| {
             for digest in policy.names() {
                 if !found.contains_key(&digest) {
@@ -548,7 +563,7 @@ impl Scheduler {
             }
             for (digest, size) in &order {
                 let links = seen.get(*digest);
-                let counted = ns.is_none_or(|ns| links.is_some_and(|l| l.2.contains(&ns)));
+                let counted = ns.is_none_or(|ns| links.is_some_and(|l| l.2 == [ns] && !l.3));
                 if counted && !policy.contains(digest) {
                     // Linked by several repositories: worth more (an
                     // access each, as many as the policy counts).
@@ -622,22 +637,17 @@ impl Scheduler {
             return done;
         };
         done.add(
-            self.evict_while(Pool::All, EvictReason::Budget, |_| {
+            self.evict_while(EvictReason::Budget, |_| {
                 budget.over(lock(&self.inner).table.budget_ref())
             })
             .await,
         );
         for (ns, policy) in &budget.namespaces {
-            done.add(
-                self.evict_while(Pool::Namespace(ns), EvictReason::Namespace, |_| {
-                    lock(policy).over()
-                })
-                .await,
-            );
+            done.add(self.evict_namespace(ns, policy).await);
         }
         if let Some(need) = budget.watermarks.as_ref().and_then(Watermarks::excess) {
             done.add(
-                self.evict_while(Pool::All, EvictReason::Watermark, |freed| freed < need)
+                self.evict_while(EvictReason::Watermark, |freed| freed < need)
                     .await,
             );
         }
@@ -647,22 +657,15 @@ impl Scheduler {
     /// Evicts at least `bytes` now, whoever leads: a write found the disk
     /// full. Returns what went.
     pub async fn make_room(&self, bytes: u64) -> Evicted {
-        self.evict_while(Pool::All, EvictReason::Full, |freed| freed < bytes)
+        self.evict_while(EvictReason::Full, |freed| freed < bytes)
             .await
     }
 
-    /// Evicts from `from` while `more(bytes freed so far)` says so.
-    async fn evict_while(
-        &self,
-        from: Pool<'_>,
-        reason: EvictReason,
-        more: impl Fn(u64) -> bool,
-    ) -> Evicted {
+    /// Evicts blob data by the policy over every stored blob while
+    /// `more(bytes freed so far)` says so.
+    async fn evict_while(&self, reason: EvictReason, more: impl Fn(u64) -> bool) -> Evicted {
         let mut done = Evicted::default();
-        let Some(budget) = &self.budget else {
-            return done;
-        };
-        if !more(0) {
+        if self.budget.is_none() || !more(0) {
             return done;
         }
         let remote = match self.store.remote_leases().await {
@@ -672,11 +675,9 @@ impl Scheduler {
                 return done;
             }
         };
-        // Put back into the policy it came from: kept.
-        let keep = |digest: Digest, size: u64| match from {
-            Pool::All => lock(&self.inner).table.budget().insert(digest, size),
-            Pool::Namespace(ns) => lock(&budget.namespaces[ns]).insert(digest, size),
-        };
+        // Put back into the policy: kept.
+        let keep =
+            |digest: Digest, size: u64| lock(&self.inner).table.budget().insert(digest, size);
         while more(done.bytes) {
             let victim = {
                 let mut guard = lock(&self.inner);
@@ -685,10 +686,7 @@ impl Scheduler {
                 let in_use = |d: &Digest| {
                     self.leases.in_use(d) || remote.contains(d) || expiring.contains_key(d)
                 };
-                match from {
-                    Pool::All => inner.table.budget().evict(in_use),
-                    Pool::Namespace(ns) => lock(&budget.namespaces[ns]).evict(in_use),
-                }
+                inner.table.budget().evict(in_use)
             };
             let Some((digest, size)) = victim else {
                 tracing::warn!(?reason, "over a bound, and everything stored is in use");

@@ -24,7 +24,9 @@
 //! fills it, so an expiry never deletes what is served or just re-filled.
 
 mod budget;
+mod feed;
 pub mod gc;
+mod purge;
 pub mod usage;
 
 use std::collections::{HashMap, HashSet};
@@ -44,6 +46,7 @@ pub use budget::{
     Bounds, BudgetView, Evicted, NextOut, NoRoom, RECONCILE_INTERVAL, Reservation, Watermarks,
 };
 pub use gc::{Collected, GcOptions};
+pub use purge::{PurgeScope, Purged};
 
 use crate::layout::{self, RepoKey};
 use crate::metadata::embedded::Embedded;
@@ -232,6 +235,8 @@ pub struct Scheduler {
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     loaded: Loaded,
+    /// Told of the tags other replicas purged ([`Self::on_untag`]).
+    untagged: std::sync::OnceLock<feed::Untagged>,
 }
 
 /// The cache's narrow handle on the scheduler: it records accesses, notes
@@ -274,6 +279,11 @@ impl Tracker {
     /// See [`Scheduler::stored`].
     pub fn stored(&self, repo: &RepoKey, digest: &Digest, size: u64) {
         self.0.stored(repo.as_str(), digest, size);
+    }
+
+    /// See [`Scheduler::filled`].
+    pub fn filled(&self, repo: &RepoKey, digest: &Digest, size: u64) {
+        self.0.filled(repo.as_str(), digest, size);
     }
 
     /// See [`Scheduler::reserve`].
@@ -403,6 +413,7 @@ impl Scheduler {
             stop,
             tasks: Mutex::new(Vec::new()),
             loaded,
+            untagged: std::sync::OnceLock::new(),
         }))
     }
 
@@ -475,35 +486,6 @@ impl Scheduler {
             tasks.push(tokio::spawn(
                 async move { this.apply_changes(changes).await },
             ));
-        }
-    }
-
-    /// Applies other replicas' changes to the table until the stream ends.
-    async fn apply_changes(&self, mut changes: tokio::sync::mpsc::UnboundedReceiver<Change>) {
-        let mut stopped = self.stopped();
-        loop {
-            let Some(Some(change)) = stopped.until(changes.recv()).await else {
-                return;
-            };
-            let mut inner = lock(&self.inner);
-            match change {
-                Change::Upsert(e) => {
-                    let newer = inner
-                        .table
-                        .access_time(&e.repo, &e.digest, e.kind)
-                        .is_none_or(|at| at < e.at);
-                    if newer {
-                        inner.table.upsert(&e.repo, &e.digest, e.kind, e.at);
-                        drop(inner);
-                        self.accessed_elsewhere(&e.repo, &e.digest, e.kind);
-                        inner = lock(&self.inner);
-                    }
-                }
-                Change::Remove { repo, digest, kind } => {
-                    inner.table.remove(&repo, &digest, kind);
-                }
-            }
-            self.metrics.scheduler_entries(inner.table.len());
         }
     }
 
@@ -904,66 +886,6 @@ impl Scheduler {
         batch
     }
 
-    /// Drops entries now, as expiry would (their links and tags; the bytes
-    /// once no entry uses them): those of `repo` (all, or those of
-    /// `digest`), or those of `digest` in every repository. Entries whose
-    /// content is being expired are left to that expiry.
-    pub async fn purge(&self, repo: Option<&RepoKey>, digest: Option<&Digest>) -> Purged {
-        // The table is read in pieces, so requests are not held up.
-        let mut batch = Vec::new();
-        let mut from = 0;
-        loop {
-            let mut guard = lock(&self.inner);
-            let inner = &mut *guard;
-            let end = from + SCAN_PIECE;
-            let matching: Vec<Entry> = inner
-                .table
-                .entries_in(from..end)
-                .filter(|(r, d, _, _)| {
-                    repo.is_none_or(|repo| repo.as_str() == *r) && digest.is_none_or(|x| x == *d)
-                })
-                .map(|(r, d, kind, at)| Entry {
-                    repo: r.into(),
-                    digest: *d,
-                    kind,
-                    at,
-                })
-                .collect();
-            for entry in matching {
-                inner.table.remove(&entry.repo, &entry.digest, entry.kind);
-                batch.push(inner.begin_expiry(entry));
-            }
-            self.metrics.scheduler_entries(inner.table.len());
-            if end >= inner.table.slot_count() {
-                break;
-            }
-            from = end;
-        }
-        let mut report = Purged::default();
-        for (entry, data) in batch {
-            let deleted = self.delete(&entry, data).await;
-            lock(&self.inner).end_expiry(&entry.digest);
-            match deleted {
-                Ok(Deleted::Freed(bytes)) => {
-                    report.entries += 1;
-                    report.bytes_freed += bytes;
-                }
-                Ok(Deleted::Kept(at)) => {
-                    report.kept += 1;
-                    lock(&self.inner)
-                        .table
-                        .upsert(&entry.repo, &entry.digest, entry.kind, at);
-                }
-                Err(e) => {
-                    tracing::warn!(repo = %entry.repo, digest = %entry.digest, error = %e, "purge failed; the entry expires as usual");
-                    report.kept += 1;
-                }
-            }
-        }
-        self.released.notify_waiters();
-        report
-    }
-
     /// Deletes what an expired entry kept alive.
     async fn delete(&self, entry: &Entry, data: bool) -> Result<Deleted, MetadataError> {
         if let Some(at) = self.store.remove(entry).await? {
@@ -1045,17 +967,6 @@ impl Scheduler {
 }
 
 /// What an expiry did to an entry.
-/// What [`Scheduler::purge`] dropped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Purged {
-    /// Entries removed, with their links.
-    pub entries: u64,
-    /// Blob bytes deleted (no entry used them any more).
-    pub bytes_freed: u64,
-    /// Entries another replica used meanwhile, so kept.
-    pub kept: u64,
-}
-
 enum Deleted {
     /// Expired; the bytes freed.
     Freed(u64),

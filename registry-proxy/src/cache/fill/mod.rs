@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use driver_core::StorageDriver;
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
@@ -20,7 +19,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use self::spool::{HashQueue, Recent, SpoolRoom, read_spool};
 use super::error::CacheError;
 use super::links::Links;
-use super::proof::{Proofs, Source};
+use super::proof::{self, Proofs, Source};
 use crate::layout;
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
@@ -418,13 +417,9 @@ impl Fills {
         if reserved.is_none() {
             reserved = Some(self.reserve(size, digest)?);
         }
-        if ns.private() {
-            // Marked before the bytes become visible: no other namespace
-            // is ever served them unproven.
-            self.driver
-                .put_content(&layout::blob_private_marker(digest), Bytes::new())
-                .await?;
-        }
+        // Marked before the bytes become visible: no other namespace is
+        // ever served private bytes unproven.
+        proof::mark(&*self.driver, ns, digest, Kind::Blob).await?;
         match self.store(digest, fill, size).await {
             // A full disk: evict, then try once more.
             Err(CacheError::Storage(e)) if e.is_storage_full() => {
@@ -435,7 +430,7 @@ impl Fills {
             stored => stored?,
         }
         drop(reserved);
-        self.tracker.stored(&key, digest, size);
+        self.tracker.filled(&key, digest, size);
         self.links
             .ensure(&ns.repo(repo), digest, Kind::Blob, false)
             .await;

@@ -54,6 +54,8 @@ pub fn encode(changes: impl IntoIterator<Item = Change>) -> Vec<u8> {
             Change::Remove { repo, digest, kind } => {
                 encode_record(&mut buf, REMOVE, &repo, &digest, kind, 0);
             }
+            // News for other replicas, not state.
+            Change::Untag { .. } => {}
         }
     }
     buf

@@ -329,6 +329,10 @@ impl Coordination for Embedded {
         None
     }
 
+    async fn publish_untag(&self, _repo: &str, _tag: &str) -> Result<(), MetadataError> {
+        Ok(())
+    }
+
     async fn ready(&self) -> Result<(), MetadataError> {
         Ok(())
     }
