@@ -1482,9 +1482,10 @@ async fn wait_for_fill_clients(s: &InProcess, n: u64) {
 }
 
 /// A fill started by a request for a repository that does not have the
-/// blob (`HEAD /v2/no/such/blobs/<D>`, here held until the legitimate pull
+/// blob (`GET /v2/no/such/blobs/<D>`, here held until the legitimate pull
 /// joined it) fails for that request only: the pull that joined it fills
-/// again through its own repository and gets the blob whole.
+/// again through its own repository and gets the blob whole. (A HEAD
+/// starts no fill: the upstream's HEAD answers it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_failing_for_another_repository_does_not_fail_the_one_that_joined_it() {
     let s = setup().await;
@@ -1497,7 +1498,7 @@ async fn a_fill_failing_for_another_repository_does_not_fail_the_one_that_joined
         use tower::ServiceExt as _;
         registry_proxy::app(state)
             .oneshot(
-                Request::head(spoiler_uri)
+                Request::get(spoiler_uri)
                     .body(Body::empty())
                     .expect("request"),
             )

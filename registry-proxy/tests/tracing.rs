@@ -4,12 +4,15 @@
 //! the OTLP definitions). A cold pull's blob request is a server span in
 //! the client's trace, its fill a span under it, and the fill's upstream
 //! request a client span under that; a manifest miss's upstream request
-//! sits under its request. Without the key nothing is exported. Skipped
-//! without `docker-registry` unless `REQUIRE_E2E=1`.
+//! sits under its request. Without the key nothing is exported. A
+//! client's sampled `traceparent` is followed only when
+//! `trustclientsampling` says so. The pull is skipped without
+//! `docker-registry` unless `REQUIRE_E2E=1`.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
 use registry_proxy_testkit as support;
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -203,5 +206,76 @@ async fn a_pull_is_traced_from_request_through_fill_to_upstream() {
     assert!(
         services.iter().all(|s| s.contains("cache-under-test")),
         "{services:?}"
+    );
+}
+
+/// A client's sampled `traceparent` does not make its request traced
+/// unless `tracing.otlp.trustclientsampling` says so: with
+/// `samplingratio: 0` the trusting proxy exports the client's trace, the
+/// other one nothing (any client could otherwise make every request of a
+/// busy cache exported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_sampled_flag_is_followed_only_when_trusted() {
+    const TRUSTED: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
+    const UNTRUSTED: &str = "6bf92f3577b34da6a3ce929d0e0e4738";
+    let received = Arc::new(Received::default());
+    let collector = support::fakes::serve(
+        axum::Router::new()
+            .route("/v1/traces", post(receive))
+            .with_state(Arc::clone(&received)),
+    )
+    .await;
+    let proxy = |dir: &Path, trust: bool| {
+        let trust = if trust {
+            "    trustclientsampling: true\n"
+        } else {
+            ""
+        };
+        tokio::task::block_in_place(|| {
+            registry_proxy_env(
+                dir,
+                &format!(
+                    "storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://127.0.0.1:9\ntracing:\n  otlp:\n    endpoint: {collector}\n    samplingratio: 0\n{trust}",
+                    dir.join("root").display()
+                ),
+                &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+            )
+        })
+    };
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let trusting = proxy(dirs[0].path(), true);
+    let other = proxy(dirs[1].path(), false);
+    let client = reqwest::Client::new();
+    for (proxy, trace) in [(&trusting, TRUSTED), (&other, UNTRUSTED)] {
+        let ping = client
+            .get(format!("http://{}/v2/", proxy.addr))
+            .header("traceparent", format!("00-{trace}-{CLIENT_SPAN}-01"))
+            .send()
+            .await
+            .expect("ping");
+        assert_eq!(ping.status(), 200);
+    }
+    let traced = |trace: &str| {
+        received
+            .spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|s| hex::encode(&s.trace_id) == trace)
+    };
+    let mut tries = 0;
+    while !traced(TRUSTED) {
+        tries += 1;
+        assert!(tries < 200, "the trusted client's trace never came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The other proxy exports on the same schedule: a second more.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !traced(UNTRUSTED),
+        "a client's sampled flag made its request traced"
     );
 }

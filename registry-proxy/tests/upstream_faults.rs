@@ -1,7 +1,9 @@
 //! An upstream that misbehaves at the HTTP and TCP level, written by hand
 //! on a raw socket because a real server (or axum) will not: bodies shorter
 //! or longer than their Content-Length, a stall mid-body, connection
-//! resets, 429 with Retry-After, 500 and 503, and a failing token service.
+//! resets, 429 with Retry-After, 500 and 503, a failing token service, a
+//! token service answering too much or naming a link-local realm, and a
+//! tag list whose tags would end a `Link` header.
 //! For each fault the proxy answers the miss with an error (or a body that
 //! breaks off), stores nothing, keeps serving what it had cached, and
 //! fills the blob once the upstream behaves again.
@@ -38,6 +40,14 @@ enum Fault {
     Status(u16),
     /// Bearer auth whose token endpoint answers 500.
     TokenFails,
+    /// Bearer auth whose token endpoint answers a token over 8 KiB (one
+    /// the upstream would take).
+    TokenTooLarge,
+    /// Bearer auth whose token endpoint answers a good token padded to
+    /// over 64 KiB.
+    TokenAnswerTooLarge,
+    /// Bearer auth whose realm is a cloud metadata service's address.
+    RealmLinkLocal,
     /// The whole body, in 16 pieces 150 ms apart: bytes keep flowing, but
     /// the whole takes several fill timeouts.
     Steady,
@@ -50,6 +60,19 @@ struct Upstream {
     /// Good answers come chunked, without a Content-Length.
     chunked: AtomicBool,
     addr: String,
+}
+
+impl Fault {
+    /// Whether the upstream asks for a bearer token.
+    fn bearer(self) -> bool {
+        matches!(
+            self,
+            Self::TokenFails
+                | Self::TokenTooLarge
+                | Self::TokenAnswerTooLarge
+                | Self::RealmLinkLocal
+        )
+    }
 }
 
 impl Upstream {
@@ -95,17 +118,32 @@ impl Upstream {
                 .contains("authorization: bearer good");
             let fault = *self.fault.lock().expect("lock");
             let found = self.content.lock().expect("lock").get(&path).cloned();
-            if fault == Fault::TokenFails && path == "/token" {
-                let _ = socket
-                    .write_all(&response(500, &[], b"token service down"))
-                    .await;
+            if fault.bearer() && path == "/token" {
+                let answer = match fault {
+                    Fault::TokenTooLarge => {
+                        let token = format!("good{}", "x".repeat(9 << 10));
+                        response(
+                            200,
+                            &[],
+                            serde_json::json!({"token": token}).to_string().as_bytes(),
+                        )
+                    }
+                    Fault::TokenAnswerTooLarge => {
+                        let padding = "p".repeat(100 << 10);
+                        let answer = serde_json::json!({"token": "good", "padding": padding});
+                        response(200, &[], answer.to_string().as_bytes())
+                    }
+                    _ => response(500, &[], b"token service down"),
+                };
+                let _ = socket.write_all(&answer).await;
                 continue;
             }
-            if fault == Fault::TokenFails && !authorized {
-                let challenge = format!(
-                    "Bearer realm=\"http://{}/token\",service=\"faulty\"",
-                    self.addr
-                );
+            if fault.bearer() && !authorized {
+                let realm = match fault {
+                    Fault::RealmLinkLocal => "169.254.169.254".to_owned(),
+                    _ => self.addr.clone(),
+                };
+                let challenge = format!("Bearer realm=\"http://{realm}/token\",service=\"faulty\"");
                 let _ = socket
                     .write_all(&response(401, &[("www-authenticate", &challenge)], b""))
                     .await;
@@ -125,7 +163,10 @@ impl Upstream {
             };
             let head_only = method == "HEAD";
             match fault {
-                Fault::None | Fault::TokenFails if self.chunked.load(Ordering::SeqCst) => {
+                fault
+                    if (fault == Fault::None || fault.bearer())
+                        && self.chunked.load(Ordering::SeqCst) =>
+                {
                     let mut answer = format!(
                         "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
                     )
@@ -148,7 +189,11 @@ impl Upstream {
                         return;
                     }
                 }
-                Fault::None | Fault::TokenFails => {
+                Fault::None
+                | Fault::TokenFails
+                | Fault::TokenTooLarge
+                | Fault::TokenAnswerTooLarge
+                | Fault::RealmLinkLocal => {
                     let mut answer = headers(len);
                     if !head_only {
                         answer.extend_from_slice(&body);
@@ -280,6 +325,12 @@ async fn check(fault: Fault) {
 
     upstream.set(fault);
     let (status, headers, body) = proxy.get(&missing_uri).await;
+    if fault == Fault::RealmLinkLocal {
+        // Refused before any connection: no request to a metadata service.
+        let heard = proxy.state.namespaces.default_namespace().upstream.heard();
+        let (_, why) = heard.last_failure.expect("a failure heard");
+        assert!(why.contains("link-local"), "{why}");
+    }
     match body {
         Ok(body) if status == StatusCode::OK => {
             panic!("{fault:?}: a complete 200 of {} bytes", body.len())
@@ -360,6 +411,9 @@ fault_tests! {
     internal_server_errors: Fault::Status(500);
     service_unavailable_passes_retry_after_on: Fault::Status(503);
     a_failing_token_service: Fault::TokenFails;
+    a_token_over_8_kib_is_refused: Fault::TokenTooLarge;
+    a_token_answer_over_64_kib_is_refused: Fault::TokenAnswerTooLarge;
+    a_link_local_token_realm_is_not_asked: Fault::RealmLinkLocal;
 }
 
 /// `filltimeout` bounds the silence between bytes, not the whole body: a
@@ -424,4 +478,46 @@ async fn a_chunked_manifest_over_4_mib_is_refused() {
         (status, body.expect("body")),
         (StatusCode::OK, manifest(10))
     );
+}
+
+/// An upstream's tag is escaped in the `Link` to the next page: a tag
+/// that would end the link and add a target of its own (any client
+/// following `rel="next"` would go there) stays one query value, and the
+/// link leads to the next page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_tag_cannot_end_the_tags_link() {
+    let upstream = Upstream::start().await;
+    let hostile = "a>; rel=\"next\", <https://evil.test/v2/x/tags/list?n=1&last=";
+    upstream.add(
+        "/v2/team/app/tags/list",
+        Bytes::from(serde_json::json!({"name": "team/app", "tags": [hostile, "b"]}).to_string()),
+        "application/json",
+    );
+    let proxy = InProcess::open(&format!("http://{}", upstream.addr), None, Duration::ZERO).await;
+    let (status, headers, body) = proxy.get("/v2/team/app/tags/list?n=1").await;
+    assert_eq!(status, StatusCode::OK);
+    let page: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+    assert_eq!(page["tags"], serde_json::json!([hostile]));
+    let link = headers["link"].to_str().expect("ascii");
+    let target = link
+        .strip_prefix('<')
+        .and_then(|l| l.strip_suffix(">; rel=\"next\""))
+        .unwrap_or_else(|| panic!("not one link: {link}"));
+    assert!(!target.contains(['<', '>', ',', ';', ' ', '"']), "{link}");
+    let (path, query) = target.split_once('?').expect("a query");
+    assert_eq!(path, "/v2/team/app/tags/list");
+    let last = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("last="))
+        .expect("last");
+    assert_eq!(
+        percent_encoding::percent_decode_str(last)
+            .decode_utf8()
+            .expect("utf-8"),
+        hostile
+    );
+    let (status, _, body) = proxy.get(target).await;
+    assert_eq!(status, StatusCode::OK);
+    let page: serde_json::Value = serde_json::from_slice(&body.expect("body")).expect("json");
+    assert_eq!(page["tags"], serde_json::json!(["b"]));
 }

@@ -4,7 +4,9 @@
 //! second (counted and timed at a test upstream), Docker Hub's pull budget
 //! stretching tag freshness as it falls (a test upstream sending its
 //! headers), and credentials from a helper command while the upstream's
-//! htpasswd rotates. Skipped without `docker-registry` unless
+//! htpasswd rotates; blob bodies and HEADs of uncached blobs leave
+//! manifests their turns (a test upstream streaming slowly). The tests of
+//! real registries are skipped without `docker-registry` unless
 //! `REQUIRE_E2E=1`.
 
 // Shared by the test binaries and the side-by-side benchmark; each uses a part.
@@ -659,4 +661,113 @@ async fn ecr_tokens_come_from_the_aws_chain_and_follow_a_rotation() {
         ecr.calls.load(Ordering::SeqCst) > asked,
         "a new token was asked for"
     );
+}
+
+/// A test upstream with a manifest of `blobs` and slow blob bodies: pieces
+/// of 64 KiB, 200 ms apart (within the fill timeout); blob GETs counted.
+struct Slow {
+    blobs: Vec<Bytes>,
+    blob_gets: AtomicUsize,
+}
+
+async fn slow(
+    State(up): State<Arc<Slow>>,
+    method: Method,
+    UrlPath(rest): UrlPath<String>,
+) -> Response {
+    if rest.contains("/manifests/") {
+        let manifest = manifest_of(&up.blobs);
+        return (
+            [
+                (header::CONTENT_TYPE.as_str(), OCI_MANIFEST.to_owned()),
+                ("docker-content-digest", Digest::of(&manifest).to_string()),
+            ],
+            manifest,
+        )
+            .into_response();
+    }
+    let Some(blob) = up
+        .blobs
+        .iter()
+        .find(|b| rest.ends_with(&Digest::of(b).to_string()))
+        .cloned()
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if method == Method::GET {
+        up.blob_gets.fetch_add(1, Ordering::SeqCst);
+    }
+    let len = blob.len();
+    let pieces: Vec<Bytes> = (0..len)
+        .step_by(64 << 10)
+        .map(|i| blob.slice(i..len.min(i + (64 << 10))))
+        .collect();
+    let body = futures::StreamExt::then(futures::stream::iter(pieces), |piece| async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok::<_, std::io::Error>(piece)
+    });
+    Response::builder()
+        .header(header::CONTENT_LENGTH, len)
+        .body(Body::from_stream(body))
+        .expect("response")
+}
+
+/// `maxconcurrent` turns of blob bodies are apart from those of small
+/// requests, and a HEAD of an uncached blob is answered by the upstream's
+/// HEAD without a fill: with one turn of each, HEADs of large layers and
+/// a blob streaming for 4 s leave manifests a turn at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_bodies_and_heads_leave_manifests_their_turns() {
+    let blobs: Vec<Bytes> = std::iter::once(Bytes::from_static(b"{}"))
+        .chain((0..2).map(|seed| conformance::random_bytes(140 + seed, 20 << 16)))
+        .collect();
+    let up = Arc::new(Slow {
+        blobs: blobs.clone(),
+        blob_gets: AtomicUsize::new(0),
+    });
+    let base = support::fakes::serve(
+        axum::Router::new()
+            .route("/v2/{*rest}", any(slow))
+            .with_state(Arc::clone(&up)),
+    )
+    .await;
+    let mut spec =
+        registry_proxy::namespace::NamespaceSpec::single(base.parse().expect("url"), None);
+    spec.plan.max_concurrent = Some(1);
+    let proxy = support::InProcess::with_namespaces(&[spec], Duration::ZERO).await;
+    let blob_uri = |blob: &Bytes| format!("/v2/team/app/blobs/{}", Digest::of(blob));
+    for blob in &blobs[1..] {
+        let head = proxy.send(Method::HEAD, &blob_uri(blob), &[]).await;
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(
+            head.headers()[header::CONTENT_LENGTH],
+            blob.len().to_string().as_str()
+        );
+    }
+    assert_eq!(
+        up.blob_gets.load(Ordering::SeqCst),
+        0,
+        "a HEAD started a fill"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        proxy.get("/v2/team/app/manifests/v1").await.0,
+        StatusCode::OK
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // A blob body streams for 4 s on the one blob turn.
+    let pull = proxy.send(Method::GET, &blob_uri(&blobs[1]), &[]).await;
+    assert_eq!(pull.status(), StatusCode::OK);
+    let pull = tokio::spawn(axum::body::to_bytes(pull.into_body(), 4 << 20));
+    let started = Instant::now();
+    assert_eq!(
+        proxy.get("/v2/team/other/manifests/v1").await.0,
+        StatusCode::OK
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a manifest waited {:?} for a blob body's turn",
+        started.elapsed()
+    );
+    assert_eq!(pull.await.expect("task").expect("body"), blobs[1]);
 }

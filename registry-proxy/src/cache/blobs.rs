@@ -1,5 +1,6 @@
 //! Blobs: served from storage on a hit; on a miss, from the one fill of the
-//! digest ([`super::fill`]) that every waiting client streams from. Blob
+//! digest ([`super::fill`]) that every waiting client streams from (a HEAD
+//! miss, from the upstream's HEAD: it starts no fill). Blob
 //! bytes are shared by every namespace; an isolated namespace is served
 //! stored bytes (or joins another namespace's fill) only once its upstream
 //! proved access ([`super::proof`]).
@@ -249,6 +250,8 @@ pub struct Blobs {
     redirects: bool,
     /// Local copies of blobs stored remotely (`proxy.localtier`).
     tier: Option<Arc<Tier>>,
+    /// How long a HEAD miss waits for the upstream's answer.
+    head_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -298,6 +301,7 @@ impl Blobs {
             small: Mutex::new(Fifo::new(SMALL_BLOBS_BYTES)),
             redirects: driver.capabilities().redirect,
             tier: None,
+            head_timeout: fill_timeout,
             links: links(),
             proofs,
             fills,
@@ -381,6 +385,11 @@ impl Blobs {
             }
         };
         let Some((size, opened)) = found else {
+            if head {
+                if let Some(reply) = self.head_miss(ns, repo, digest, range).await? {
+                    return Ok((reply, false));
+                }
+            }
             let reply = self.from_fill(ns, repo, digest, range, head, known_linked);
             return Ok((reply.await?, false));
         };
@@ -412,6 +421,37 @@ impl Blobs {
         }
         let reply = self.stored(digest, size, range, head, opened, lease);
         Ok((reply.await?, true))
+    }
+
+    /// A HEAD of `digest`, neither stored nor filling, answered by the
+    /// upstream's HEAD (through `ns`'s own upstream and credentials: no
+    /// proof is due) on a small request's turn: HEADs of large uncached
+    /// layers start no fills and hold no blob-body turns. `None` when the
+    /// upstream gives no size that way (a fill answers then, as before).
+    async fn head_miss(
+        &self,
+        ns: &Namespace,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<RangeSpec>,
+    ) -> Result<Option<BlobReply>, CacheError> {
+        if self.fills.is_running(digest) {
+            return Ok(None);
+        }
+        let Some(size) = ns
+            .upstream
+            .blob_size(repo, digest, self.head_timeout)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(BlobReply {
+            size,
+            range: resolve(range, size)?,
+            body: None,
+            local: None,
+            redirect: None,
+        }))
     }
 
     /// The copy of `digest` kept on this machine: a small blob in memory,

@@ -3,6 +3,7 @@
 
 mod http;
 mod plan;
+mod remote;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub use http::{
     HealthConfig, HttpTlsConfig, LetsEncryptConfig, Listen, PrometheusConfig, StorageDriverHealth,
 };
 pub use plan::Plan;
+use remote::exec_env;
+pub use remote::{RemoteUrlCredentials, RemoteUrlEntry};
 
 /// A configuration that cannot be used; `key` is the dotted path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -582,6 +585,10 @@ pub struct ExecConfig {
     /// refuses them; `0`: it runs for every request that needs them.
     #[serde(deserialize_with = "scalar_text")]
     pub lifetime: Option<String>,
+    /// Ours: the variables it gets besides `PATH`, `HOME` and the few
+    /// others every helper gets (its environment is cleared): names, or
+    /// prefixes ending in `*` (`AWS_*`); never `REGISTRY_*`.
+    pub env: Vec<String>,
 }
 
 /// The upstream settings `proxy` and each `proxy.upstreams[]` entry share
@@ -590,8 +597,9 @@ pub struct ExecConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamKnobs {
     /// Ours: the upstream's URLs in the order they are asked, a later
-    /// one when those before fail (instead of `remoteurl`).
-    pub remoteurls: Vec<RemoteUrl>,
+    /// one when those before fail (instead of `remoteurl`), each with its
+    /// own credentials or none.
+    pub remoteurls: Vec<RemoteUrlEntry>,
     /// Ours: how long a failing URL of `remoteurls` is passed over
     /// (default `30s`).
     #[serde(deserialize_with = "scalar_text")]
@@ -605,10 +613,10 @@ pub struct UpstreamKnobs {
     /// Ours: when the announced pull budget is low, and the tag
     /// freshness then.
     pub pullbudget: PullBudgetConfig,
-    /// distribution v3's: a credential helper printing the upstream's
+    /// distribution v3's: a credential helper printing the first URL's
     /// credentials.
     pub exec: Option<ExecConfig>,
-    /// Ours: the region of an Amazon ECR upstream, whose tokens come
+    /// Ours: the region of an Amazon ECR first URL, whose tokens come
     /// from the AWS credential chain (found from an ECR host when unset).
     #[serde(deserialize_with = "scalar_text")]
     pub ecrregion: Option<String>,
@@ -616,14 +624,16 @@ pub struct UpstreamKnobs {
 
 impl UpstreamKnobs {
     /// The upstream plan; `primary` is `remoteurl` (`None`: the first of
-    /// `remoteurls`), `key` names a field in errors. Returns the first URL,
+    /// `remoteurls`), `level` the `username` and `password` beside it (the
+    /// first URL's), `key` names a field in errors. Returns the first URL,
     /// its credentials and the plan.
     fn plan(
         &self,
         primary: Option<&RemoteUrl>,
+        level: Credentials,
         key: &dyn Fn(&str) -> String,
     ) -> Result<(reqwest::Url, Credentials, crate::upstream::UpstreamPlan), ConfigError> {
-        use crate::upstream::{PullBudget, Reserve, UpstreamPlan};
+        use crate::upstream::{Fallback, PullBudget, Reserve, UpstreamPlan};
         let defaults = UpstreamPlan::default();
         let (first, rest) = match (primary, self.remoteurls.split_first()) {
             (Some(_), Some(_)) => {
@@ -633,20 +643,23 @@ impl UpstreamKnobs {
                 ));
             }
             (Some(url), None) => (upstream_url(&key("remoteurl"), &url.0)?, &[][..]),
-            (None, Some((url, rest))) => (upstream_url(&key("remoteurls[0]"), &url.0)?, rest),
-            (None, None) => return Err(invalid(key("remoteurl"), "an upstream URL is required")),
-        };
-        let mut fallbacks = Vec::new();
-        for (i, url) in rest.iter().enumerate() {
-            let at = key(&format!("remoteurls[{}]", i + 1));
-            let (url, credentials) = upstream_url(&at, &url.0)?;
-            if credentials.is_some() {
+            (None, Some((RemoteUrlEntry::WithCredentials(e), _)))
+                if level.is_some() && (e.username.is_some() || e.password.is_some()) =>
+            {
                 return Err(invalid(
-                    at,
-                    "every URL of the chain uses the first one's credentials; give them in username and password",
+                    key("remoteurls[0]"),
+                    "the first URL's credentials are given twice: here and in username and password",
                 ));
             }
-            fallbacks.push(url);
+            (None, Some((url, rest))) => (url.read(&key("remoteurls[0]"))?, rest),
+            (None, None) => return Err(invalid(key("remoteurl"), "an upstream URL is required")),
+        };
+        // `username` and `password` beside the URL win over those in it.
+        let first = (first.0, level.or(first.1));
+        let mut fallbacks = Vec::new();
+        for (i, url) in rest.iter().enumerate() {
+            let (url, credentials) = url.read(&key(&format!("remoteurls[{}]", i + 1)))?;
+            fallbacks.push(Fallback { url, credentials });
         }
         let reserve = match self.pullbudget.reserve.as_deref() {
             None => defaults.pull_budget.reserve,
@@ -681,6 +694,7 @@ impl UpstreamKnobs {
                     .as_deref()
                     .map(|l| duration(&key("exec.lifetime"), Some(l), Duration::ZERO))
                     .transpose()?,
+                env: exec_env(&key("exec.env"), &exec.env)?,
             }),
         };
         let ecr_region = match self.ecrregion.as_deref() {
@@ -840,6 +854,10 @@ pub struct OtlpConfig {
     /// The share of traces kept, 0 to 1 (default 1).
     #[serde(deserialize_with = "scalar_text")]
     pub samplingratio: Option<String>,
+    /// Whether a client's sampled `traceparent` makes its request traced
+    /// whatever `samplingratio` says (default: no, any client could then
+    /// make every request exported).
+    pub trustclientsampling: bool,
     /// Headers sent with each export (an API key).
     pub headers: BTreeMap<String, String>,
 }
@@ -1211,6 +1229,7 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| "registry-proxy".to_owned()),
             sampling_ratio,
+            trust_client_sampling: otlp.trustclientsampling,
             headers: otlp.headers.clone().into_iter().collect(),
         }))
     }
@@ -1275,17 +1294,12 @@ impl Config {
                 (None, true) => Some(&docker_hub),
                 (primary, _) => primary.as_ref(),
             };
-            let (url, in_url, plan) = proxy
-                .upstream
-                .plan(primary, &|field| format!("proxy.{field}"))?;
-            let mut spec = NamespaceSpec::single(
-                url,
-                proxy
-                    .username
-                    .clone()
-                    .zip(proxy.password.clone())
-                    .or(in_url),
-            );
+            let (url, credentials, plan) = proxy.upstream.plan(
+                primary,
+                proxy.username.clone().zip(proxy.password.clone()),
+                &|field| format!("proxy.{field}"),
+            )?;
+            let mut spec = NamespaceSpec::single(url, credentials);
             if let Some(name) = &proxy.namespace {
                 if !namespace::valid_name(name) {
                     return Err(invalid("proxy.namespace", bad_name(name)));
@@ -1325,16 +1339,16 @@ impl Config {
                 None => None,
             };
             let primary = (!entry.remoteurl.0.is_empty()).then_some(&entry.remoteurl);
-            let (remote, in_url, plan) = entry.upstream.plan(primary, &key)?;
+            let (remote, credentials, plan) = entry.upstream.plan(
+                primary,
+                entry.username.clone().zip(entry.password.clone()),
+                &key,
+            )?;
             let max_size = positive_size(&key("maxsize"), entry.maxsize.as_deref())?;
             specs.push(NamespaceSpec {
                 name: entry.namespace.clone(),
                 remote,
-                credentials: entry
-                    .username
-                    .clone()
-                    .zip(entry.password.clone())
-                    .or(in_url),
+                credentials,
                 ttl,
                 sharing,
                 users: self.users(&key("users"), entry.users.as_ref())?,
@@ -2414,8 +2428,20 @@ validation:
                 "proxy.upstreams[0] (a.test).remoteurls",
             ),
             (
-                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurls: [http://a.test, \"http://u:p@b.test\"]\n".to_owned(),
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurls: [http://a.test, {url: \"http://u:p@b.test\", username: v, password: q}]\n".to_owned(),
                 "proxy.upstreams[0] (a.test).remoteurls[1]",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurls: [http://a.test, {url: http://b.test, username: v}]\n".to_owned(),
+                "proxy.upstreams[0] (a.test).remoteurls[1]",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      username: u\n      password: p\n      remoteurls: [{url: http://a.test, username: v, password: q}]\n".to_owned(),
+                "proxy.upstreams[0] (a.test).remoteurls[0]",
+            ),
+            (
+                "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      exec: {command: h, env: [REGISTRY_PROXY_PASSWORD]}\n".to_owned(),
+                "proxy.upstreams[0] (a.test).exec.env",
             ),
             (
                 "proxy:\n  upstreams:\n    - namespace: a.test\n      remoteurl: http://a.test\n      maxconcurrent: 0\n".to_owned(),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::app::AppState;
 use crate::cache::catalog;
@@ -18,6 +19,17 @@ pub(super) struct Listing<'a> {
     /// The request's path, for the `Link` to the next page.
     pub(super) path: String,
 }
+
+/// What a query value of a `Link` keeps unescaped: RFC 3986's unreserved
+/// characters and `/` (repository names). Everything else (`>`, `,`, `;`,
+/// `&`, spaces from an upstream's tag list) is escaped, so a value can
+/// neither end the link nor add to its query.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
 
 /// The page size of `_catalog` when the request gives none.
 const CATALOG_PAGE: usize = 100;
@@ -79,11 +91,13 @@ fn listing(
     )
         .into_response();
     if let (true, Some(last), Some(n)) = (more, last, n) {
+        let escape = |value: &str| utf8_percent_encode(value, QUERY_VALUE).to_string();
         let ns = request
             .query
             .get("ns")
-            .map(|ns| format!("ns={ns}&"))
+            .map(|ns| format!("ns={}&", escape(ns)))
             .unwrap_or_default();
+        let last = escape(&last);
         let path = &request.path;
         if let Ok(link) =
             HeaderValue::from_str(&format!("<{path}?{ns}n={n}&last={last}>; rel=\"next\""))

@@ -1,8 +1,13 @@
 //! Upstream authentication: anonymous, Basic (sent up front once the
 //! upstream asked for it), and the Bearer token flow with per-repository
-//! scopes, tokens reused until they expire. Credentials go to a token realm
-//! only over https (or to the upstream's own host when it is plain http),
-//! and never appear in errors.
+//! scopes, tokens reused until they expire. Each URL of an upstream has its
+//! own credentials (or none). They go to a token realm only on their own
+//! host or its parent domain's hosts (Docker Hub's `registry-1.docker.io`
+//! names `auth.docker.io`), over https (or plain http to the URL's own host
+//! and port when the URL itself is plain http), and never appear in
+//! errors. A realm on a loopback or link-local address is asked only when
+//! the URL itself is on one. Token answers are read up to 64 KiB, tokens
+//! up to 8 KiB.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,8 +18,16 @@ use driver_core::Secret;
 use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{RequestBuilder, Url};
 
+use super::client::{Reach, reach};
 use super::error::{UpstreamError, describe};
+use super::refresh::Unready;
 use crate::sync::{Swept, lock};
+
+/// The largest token service answer read.
+const MAX_TOKEN_ANSWER: usize = 64 << 10;
+
+/// The longest token accepted.
+const MAX_TOKEN: usize = 8 << 10;
 
 /// An upstream user and password, if any.
 pub type Credentials = Option<(String, Secret)>;
@@ -100,19 +113,20 @@ pub(crate) enum Source {
 }
 
 impl Source {
-    /// The credentials to use now.
-    async fn credentials(&self) -> Result<(String, Secret), String> {
+    /// The credentials to use now, waited for at most `within`.
+    async fn credentials(&self, within: Duration) -> Result<(String, Secret), Unready> {
         match self {
-            Self::Helper(helper) => helper.credentials().await,
-            Self::Ecr(tokens) => tokens.credentials().await,
+            Self::Helper(helper) => helper.credentials(within).await,
+            Self::Ecr(tokens) => tokens.credentials(within).await,
         }
     }
 
-    /// Forgets them: the upstream refused them.
-    async fn forget(&self) {
+    /// Forgets them if taken at or before `asked`: the upstream refused
+    /// a request that sent them.
+    fn forget(&self, asked: tokio::time::Instant) {
         match self {
-            Self::Helper(helper) => helper.forget().await,
-            Self::Ecr(tokens) => tokens.forget().await,
+            Self::Helper(helper) => helper.forget(asked),
+            Self::Ecr(tokens) => tokens.forget(asked),
         }
     }
 }
@@ -146,35 +160,62 @@ impl Auth {
         format!("repository:{repo}:pull")
     }
 
-    /// `request` with what is known to authenticate it for `scope`: a
-    /// cached token, or Basic credentials once the upstream asked for them.
-    pub(crate) async fn authorize(&self, request: RequestBuilder, scope: &str) -> RequestBuilder {
-        let token = lock(&self.tokens)
+    /// The cached token for `scope`, while it lives.
+    fn token(&self, scope: &str) -> Option<String> {
+        lock(&self.tokens)
             .get(scope)
             .filter(|t| t.expires > Instant::now())
-            .map(|t| t.value.clone());
-        if let Some(token) = token {
-            return request.bearer_auth(token);
-        }
-        if !self.basic.load(Ordering::Relaxed) {
-            return request;
-        }
-        match self.current().await {
-            Some((user, password)) => request.basic_auth(user, Some(password.expose())),
-            None => request,
+            .map(|t| t.value.clone())
+    }
+
+    /// Makes the helper's credentials ready for a request in `scope`
+    /// (waiting at most `within`), so that the request takes its turn
+    /// under `maxconcurrent` only once they are: nothing to do with fixed
+    /// credentials or a cached token.
+    pub(crate) async fn prepare(&self, scope: &str, within: Duration) {
+        if let Some(helper) = &self.helper {
+            if self.token(scope).is_none() {
+                let _ = helper.credentials(within).await;
+            }
         }
     }
 
-    /// The credentials to send now: the helper's, or the fixed ones.
-    async fn current(&self) -> Credentials {
+    /// `request` with what is known to authenticate it for `scope`: a
+    /// cached token, or Basic credentials once the upstream asked for them
+    /// (the helper's waited for at most `within`: beyond, an outage).
+    pub(crate) async fn authorize(
+        &self,
+        request: RequestBuilder,
+        scope: &str,
+        within: Duration,
+    ) -> Result<RequestBuilder, UpstreamError> {
+        if let Some(token) = self.token(scope) {
+            return Ok(request.bearer_auth(token));
+        }
+        if !self.basic.load(Ordering::Relaxed) {
+            return Ok(request);
+        }
+        Ok(match self.current(within).await? {
+            Some((user, password)) => request.basic_auth(user, Some(password.expose())),
+            None => request,
+        })
+    }
+
+    /// The credentials to send now: the helper's (waited for at most
+    /// `within`; a helper that failed lately gives none), or the fixed
+    /// ones.
+    async fn current(&self, within: Duration) -> Result<Credentials, UpstreamError> {
         match &self.helper {
-            None => self.credentials.clone(),
-            Some(helper) => match helper.credentials().await {
-                Ok(credentials) => Some(credentials),
-                Err(e) => {
-                    tracing::warn!(upstream = %self.base, error = %e, "no credentials from the helper; asking without");
-                    None
+            None => Ok(self.credentials.clone()),
+            Some(helper) => match helper.credentials(within).await {
+                Ok(credentials) => Ok(Some(credentials)),
+                Err(Unready::Failed(e)) => {
+                    tracing::debug!(upstream = %self.base, error = %e, "no credentials from the helper; asking without");
+                    Ok(None)
                 }
+                Err(Unready::Late(after)) => Err(UpstreamError::Token(format!(
+                    "no credentials from the helper within {after:?}"
+                ))),
             },
         }
     }
@@ -184,22 +225,26 @@ impl Auth {
         self.credentials.is_some() || self.helper.is_some()
     }
 
-    /// Takes up the challenge of a 401 with these `headers`: fetches a
-    /// token for `scope` (within `timeout`), or turns Basic on. `false`
-    /// when there is no challenge this client can answer.
+    /// Takes up the challenge of a 401 with these `headers` to a request
+    /// authorized at `asked`: fetches a token for `scope` (within
+    /// `timeout`; a helper's credentials waited for `within` at most), or
+    /// turns Basic on. `false` when there is no challenge this client can
+    /// answer.
     pub(crate) async fn answer(
         &self,
         client: &reqwest::Client,
         headers: &HeaderMap,
         scope: &str,
-        timeout: Duration,
+        (timeout, within): (Duration, Duration),
+        asked: tokio::time::Instant,
     ) -> Result<bool, UpstreamError> {
         let Some(challenge) = challenge_of(headers) else {
             return Ok(false);
         };
         match challenge.scheme.as_str() {
             "bearer" => {
-                self.fetch_token(client, &challenge, scope, timeout).await?;
+                self.fetch_token(client, &challenge, scope, (timeout, within))
+                    .await?;
                 Ok(true)
             }
             "basic" if self.has_credentials() => {
@@ -208,7 +253,7 @@ impl Auth {
                 let refused = self.basic.swap(true, Ordering::Relaxed);
                 match (&self.helper, refused) {
                     (Some(helper), true) => {
-                        helper.forget().await;
+                        helper.forget(asked);
                         Ok(true)
                     }
                     (None, true) => Ok(false),
@@ -219,12 +264,14 @@ impl Auth {
         }
     }
 
+    /// A token for `scope` from the realm `challenge` names, asked within
+    /// `timeout` with the credentials (a helper's waited for `within`).
     async fn fetch_token(
         &self,
         client: &reqwest::Client,
         challenge: &Challenge,
         scope: &str,
-        timeout: Duration,
+        (timeout, within): (Duration, Duration),
     ) -> Result<(), UpstreamError> {
         let realm = challenge
             .params
@@ -232,6 +279,13 @@ impl Auth {
             .ok_or_else(|| UpstreamError::Token("challenge without realm".into()))?;
         let mut url =
             Url::parse(realm).map_err(|e| UpstreamError::Token(format!("bad realm: {e}")))?;
+        // The redirect policy's rule: no loopback or link-local address (a
+        // cloud metadata service) the upstream is not on itself.
+        if ![Reach::Remote, reach(&self.base)].contains(&reach(&url)) {
+            return Err(UpstreamError::Token(
+                "the token realm is a loopback or link-local address the upstream is not on".into(),
+            ));
+        }
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = challenge.params.get("service") {
@@ -243,16 +297,17 @@ impl Auth {
             );
         }
         let mut retried = false;
-        let response = loop {
+        let mut response = loop {
             let mut request = client.get(url.clone()).timeout(timeout);
-            if let Some((user, password)) = self.current().await {
+            let asked = tokio::time::Instant::now();
+            if let Some((user, password)) = self.current(within).await? {
                 if self.may_receive_credentials(&url) {
                     request = request.basic_auth(user, Some(password.expose()));
                 } else {
                     tracing::warn!(
                         upstream = %self.base,
                         realm = %url.origin().ascii_serialization(),
-                        "the token realm is plain http on another host: asking it without credentials"
+                        "the token realm is on another site, or plain http: asking it without credentials"
                     );
                 }
             }
@@ -265,7 +320,7 @@ impl Auth {
                 Some(helper)
                     if !retried && response.status() == reqwest::StatusCode::UNAUTHORIZED =>
                 {
-                    helper.forget().await;
+                    helper.forget(asked);
                     retried = true;
                 }
                 _ => break response,
@@ -283,14 +338,19 @@ impl Auth {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let answer: TokenAnswer = response
-            .json()
+        let body = super::registry::read_bounded(&mut response, MAX_TOKEN_ANSWER, "token answer")
             .await
-            .map_err(|e| UpstreamError::Token(describe(&e)))?;
+            .map_err(|e| UpstreamError::Token(e.to_string()))?
+            .ok_or_else(|| UpstreamError::Token("an answer over 64 KiB".into()))?;
+        let answer: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Token(format!("not a token answer: {e}")))?;
         let value = answer
             .token
             .or(answer.access_token)
             .ok_or_else(|| UpstreamError::Token("no token in the answer".into()))?;
+        if value.len() > MAX_TOKEN {
+            return Err(UpstreamError::Token("a token over 8 KiB".into()));
+        }
         // Renew a little early; 60 s is the documented default lifetime.
         let lifetime =
             Duration::from_secs(answer.expires_in.unwrap_or(60).saturating_sub(5).max(1));
@@ -306,14 +366,38 @@ impl Auth {
         Ok(())
     }
 
-    /// Whether the upstream's credentials may go to `realm`: over https, or
-    /// to the upstream's own host when the upstream itself is plain http.
+    /// Whether this URL's credentials may go to `realm`: over https to its
+    /// own host or a host of its parent domain, or over plain http to its
+    /// own host and port when the URL itself is plain http.
     fn may_receive_credentials(&self, realm: &Url) -> bool {
-        realm.scheme() == "https"
-            || (self.base.scheme() == "http"
-                && realm.host() == self.base.host()
-                && realm.port_or_known_default() == self.base.port_or_known_default())
+        match realm.scheme() {
+            "https" => realm.host() == self.base.host() || same_site(realm, &self.base),
+            _ => {
+                self.base.scheme() == "http"
+                    && realm.host() == self.base.host()
+                    && realm.port_or_known_default() == self.base.port_or_known_default()
+            }
+        }
     }
+}
+
+/// Whether `realm`'s host is `base`'s parent domain or under it
+/// (`registry-1.docker.io` and `auth.docker.io`), the parent having a dot
+/// of its own (`ghcr.io`'s realms are only on `ghcr.io`).
+fn same_site(realm: &Url, base: &Url) -> bool {
+    let (Some(url::Host::Domain(realm)), Some(url::Host::Domain(base))) =
+        (realm.host(), base.host())
+    else {
+        return false;
+    };
+    let Some((_, parent)) = base.split_once('.') else {
+        return false;
+    };
+    parent.contains('.')
+        && (realm == parent
+            || realm
+                .strip_suffix(parent)
+                .is_some_and(|rest| rest.ends_with('.')))
 }
 
 fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
@@ -345,6 +429,45 @@ mod tests {
         );
         assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
         assert!(parse_challenge("").is_none());
+    }
+
+    /// A URL's credentials go only where they belong: https realms on its
+    /// own site, plain http only to its own plain-http host and port.
+    #[test]
+    fn credentials_go_only_to_realms_of_their_own_site() {
+        let may = |base: &str, realm: &str| {
+            Auth::new(base.parse().expect("url"), None, None)
+                .may_receive_credentials(&realm.parse().expect("url"))
+        };
+        assert!(may(
+            "https://registry-1.docker.io",
+            "https://auth.docker.io/token"
+        ));
+        assert!(may(
+            "https://registry.gitlab.com",
+            "https://gitlab.com/jwt/auth"
+        ));
+        assert!(may("https://ghcr.io", "https://ghcr.io/token"));
+        assert!(may("http://10.0.0.5:5000", "http://10.0.0.5:5000/token"));
+        assert!(!may(
+            "https://mirror.gcr.io",
+            "https://auth.docker.io/token"
+        ));
+        assert!(!may("https://ghcr.io", "https://evil.io/token"));
+        assert!(!may(
+            "https://registry-1.docker.io",
+            "https://evil.example/token"
+        ));
+        assert!(!may(
+            "https://registry-1.docker.io",
+            "https://docker.io.evil.example/t"
+        ));
+        assert!(!may(
+            "https://registry-1.docker.io",
+            "http://auth.docker.io/token"
+        ));
+        assert!(!may("http://10.0.0.5:5000", "http://10.0.0.5:5001/token"));
+        assert!(!may("http://10.0.0.5", "http://10.0.0.6/token"));
     }
 
     /// Found by `fuzz/` (challenge): a scheme or parameter name that is not

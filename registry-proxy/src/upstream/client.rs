@@ -1,8 +1,9 @@
 //! The HTTP client to one upstream registry: requests to `/v2/<repo>/...`
 //! under the upstream's base path, authenticated as it asks (one refresh on
-//! a 401), within a deadline, through a redirect policy that never leaves
-//! https nor reaches loopback or link-local addresses the upstream is not
-//! on itself.
+//! a 401) with the credentials of the URL asked (each URL of a chain has
+//! its own, or none), within a deadline, through a redirect policy that
+//! never leaves https nor reaches loopback or link-local addresses the URL
+//! first asked is not on itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,6 +14,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 
 use super::auth::{Auth, Credentials, Source};
 use super::error::{UpstreamError, describe, is_outage};
+use super::limits::Turn;
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
 
@@ -87,27 +89,40 @@ impl UpstreamTls {
     }
 }
 
+/// A URL asked after the ones before it fail, with its own credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fallback {
+    /// The URL.
+    pub url: Url,
+    /// Its credentials; `None`: it is asked anonymously (the first URL's
+    /// never go to it).
+    pub credentials: Credentials,
+}
+
 /// How a namespace's upstream is reached and treated beyond its URL,
 /// credentials and TLS (the configuration's `remoteurls`, `remoteretry`,
 /// `maxconcurrent`, `maxbandwidth`, `pullbudget` and `exec`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamPlan {
     /// URLs asked, in order, when the ones before fail (unreachable,
-    /// 5xx, 429).
-    pub fallbacks: Vec<Url>,
+    /// 5xx, 429), each with its own credentials.
+    pub fallbacks: Vec<Fallback>,
     /// How long a failing URL is passed over before it is asked again.
     pub retry: Duration,
-    /// Upstream requests at once, when capped.
+    /// Upstream requests at once, when capped: as many blob bodies, and
+    /// as many small requests (manifests, tags, proofs, tokens) besides.
     pub max_concurrent: Option<usize>,
     /// Blob bytes per second from the upstream, when capped.
     pub max_bandwidth: Option<u64>,
     /// When the announced pull budget counts as low, and the tag
     /// freshness then.
     pub pull_budget: PullBudget,
-    /// A command that prints the credentials, instead of fixed ones.
+    /// A command that prints the first URL's credentials, instead of
+    /// fixed ones.
     pub exec: Option<super::exec::Exec>,
-    /// The region of an Amazon ECR upstream whose tokens come from the
-    /// AWS credential chain (found from an ECR host when unset).
+    /// The region of an Amazon ECR first URL whose tokens come from the
+    /// AWS credential chain (found from an ECR host when unset, for every
+    /// URL without credentials).
     pub ecr_region: Option<String>,
 }
 
@@ -201,10 +216,11 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// A client for the registry at `base` (`https://registry-1.docker.io`),
-    /// with the fallbacks, caps and credential helper of `plan`.
-    /// `connect_timeout` bounds connecting; each request passes its own
-    /// timeout to [`Upstream::send`] (fills bound blob bodies by idleness).
+    /// A client for the registry at `base` (`https://registry-1.docker.io`)
+    /// with `credentials`, and the fallbacks, caps and credential helper of
+    /// `plan`. `connect_timeout` bounds connecting; each request passes its
+    /// own timeout to [`Upstream::send`] (fills bound blob bodies by
+    /// idleness).
     pub fn new(
         base: Url,
         credentials: Credentials,
@@ -212,14 +228,19 @@ impl Upstream {
         connect_timeout: Duration,
         plan: &UpstreamPlan,
     ) -> Self {
-        let home = reach(&base);
-        let secure = base.scheme() == "https";
         // Docker Hub sends blobs to a CDN. reqwest drops the Authorization
         // header when a redirect leaves the upstream's host; this policy
         // also refuses a redirect to a loopback or link-local address (a
-        // cloud metadata service) unless the upstream itself is one of that
-        // kind, and from https to plain http.
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        // cloud metadata service) unless the URL first asked (an upstream
+        // URL of the chain, or a token realm checked against its URL) is
+        // one of that kind, and from https to plain http.
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let (secure, home) = attempt
+                .previous()
+                .first()
+                .map_or((true, Reach::Remote), |first| {
+                    (first.scheme() == "https", reach(first))
+                });
             if attempt.previous().len() >= 5 {
                 attempt.error("more than 5 redirects")
             } else if secure && attempt.url().scheme() != "https" {
@@ -251,27 +272,24 @@ impl Upstream {
             builder = builder.identity(identity);
         }
         let client = builder.build().unwrap_or_default();
-        let mirrors = std::iter::once(base)
-            .chain(plan.fallbacks.iter().cloned())
-            .map(|base| {
-                let ecr = plan.ecr_region.clone().or_else(|| {
-                    let host = base.host_str()?;
-                    let detected = credentials.is_none() && plan.exec.is_none();
-                    detected
-                        .then(|| super::ecr::region_of(host))
-                        .flatten()
-                        .map(str::to_owned)
-                });
-                let helper = match (&plan.exec, ecr) {
-                    (Some(exec), _) => Some(Source::Helper(super::exec::Helper::new(
-                        exec,
-                        base.as_str(),
-                    ))),
-                    (None, Some(region)) => Some(Source::Ecr(super::ecr::EcrTokens::new(&region))),
-                    (None, None) => None,
-                };
+        // The first URL has the namespace's credentials, helper or ECR
+        // region; every other one only its own.
+        let first = (
+            base,
+            credentials,
+            plan.exec.as_ref(),
+            plan.ecr_region.as_deref(),
+        );
+        let rest = plan
+            .fallbacks
+            .iter()
+            .map(|f| (f.url.clone(), f.credentials.clone(), None, None));
+        let mirrors = std::iter::once(first)
+            .chain(rest)
+            .map(|(base, credentials, exec, region)| {
+                let helper = source(&base, &credentials, exec, region);
                 Mirror {
-                    auth: Auth::new(base.clone(), credentials.clone(), helper),
+                    auth: Auth::new(base.clone(), credentials, helper),
                     base,
                     heard: std::sync::Mutex::default(),
                     passed_over_until: std::sync::Mutex::default(),
@@ -360,9 +378,11 @@ impl Upstream {
 
     /// Sends `method` to `/v2/<repo>/<rest>`, authenticating as the upstream
     /// asks, within `deadline` (token requests on the way take at most as
-    /// long, whole), at most `maxconcurrent` at once: the permit returned
-    /// holds the turn until dropped. A URL that fails (unreachable, 5xx,
-    /// 429) is passed over for `remoteretry` and the next one is asked.
+    /// long, whole; a credential helper is waited for within it), at most
+    /// `maxconcurrent` of this `turn` at once: the permit returned holds the
+    /// turn until dropped, and is taken once the helper's credentials are
+    /// ready. A URL that fails (unreachable, 5xx, 429) is passed over for
+    /// `remoteretry` and the next one is asked.
     pub(crate) async fn send(
         &self,
         method: Method,
@@ -370,22 +390,32 @@ impl Upstream {
         rest: &str,
         accept: Option<&str>,
         deadline: Deadline,
+        turn: Turn,
     ) -> Result<(Response, super::limits::Permit), UpstreamError> {
-        let permit = self
-            .limits
-            .permit(deadline.duration())
-            .await
-            .ok_or_else(|| {
-                UpstreamError::Unreachable(format!(
-                    "no turn to ask the upstream within {:?}: maxconcurrent requests are running",
-                    deadline.duration()
-                ))
-            })?;
+        let until = Instant::now() + deadline.duration();
         let order = self.order();
+        if let Some(&first) = order.first() {
+            let scope = Auth::scope(repo.as_str());
+            self.mirrors[first].auth.prepare(&scope, left(until)).await;
+        }
+        let permit = self.limits.permit(turn, left(until)).await.ok_or_else(|| {
+            UpstreamError::Unreachable(format!(
+                "no turn to ask the upstream within {:?}: maxconcurrent requests are running",
+                deadline.duration()
+            ))
+        })?;
         let mut last = None;
         for (n, &i) in order.iter().enumerate() {
             let answer = self
-                .ask(&self.mirrors[i], &method, repo, rest, accept, deadline)
+                .ask(
+                    &self.mirrors[i],
+                    &method,
+                    repo,
+                    rest,
+                    accept,
+                    deadline,
+                    until,
+                )
                 .await;
             let failed = match &answer {
                 Ok(response) => is_outage(response.status()),
@@ -415,6 +445,7 @@ impl Upstream {
     }
 
     /// One URL asked, in its span, and what it answered noted.
+    #[allow(clippy::too_many_arguments)]
     async fn ask(
         &self,
         mirror: &Mirror,
@@ -423,6 +454,7 @@ impl Upstream {
         rest: &str,
         accept: Option<&str>,
         deadline: Deadline,
+        until: Instant,
     ) -> Result<Response, UpstreamError> {
         use tracing::Instrument as _;
         let url = Self::url(&mirror.base, repo, rest)?;
@@ -436,7 +468,7 @@ impl Upstream {
             http.response.status_code = tracing::field::Empty,
         );
         let answer = self
-            .exchange(mirror, method.clone(), repo, &url, accept, deadline)
+            .exchange(mirror, method.clone(), repo, &url, accept, deadline, until)
             .instrument(span.clone())
             .await;
         let now = std::time::SystemTime::now();
@@ -471,7 +503,9 @@ impl Upstream {
     }
 
     /// [`Self::send`] to one URL within its span: the request, and once
-    /// more with credentials when the upstream challenges.
+    /// more with credentials when the upstream challenges; a helper's
+    /// credentials waited for until `until` at most.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         mirror: &Mirror,
@@ -480,6 +514,7 @@ impl Upstream {
         url: &Url,
         accept: Option<&str>,
         deadline: Deadline,
+        until: Instant,
     ) -> Result<Response, UpstreamError> {
         let scope = Auth::scope(repo.as_str());
         let mut refreshed = false;
@@ -496,7 +531,8 @@ impl Upstream {
             if let Deadline::Whole(whole) = deadline {
                 request = request.timeout(whole);
             }
-            let request = mirror.auth.authorize(request, &scope).await;
+            let asked = tokio::time::Instant::now();
+            let request = mirror.auth.authorize(request, &scope, left(until)).await?;
             let started = Instant::now();
             let sent = match deadline {
                 Deadline::Whole(_) => request
@@ -528,7 +564,8 @@ impl Upstream {
                     &self.client,
                     response.headers(),
                     &scope,
-                    deadline.duration(),
+                    (deadline.duration(), left(until)),
+                    asked,
                 )
                 .await?;
             if !answered {
@@ -538,9 +575,40 @@ impl Upstream {
     }
 }
 
-/// Where a URL's host is, for redirects.
+/// What is left of a deadline that ends at `until`.
+fn left(until: Instant) -> Duration {
+    until.saturating_duration_since(Instant::now())
+}
+
+/// Where the credentials of the URL `base` come from when not fixed: the
+/// helper `exec`; else ECR's tokens for `region`, or for the region of an
+/// ECR host configured without `credentials`.
+fn source(
+    base: &Url,
+    credentials: &Credentials,
+    exec: Option<&super::exec::Exec>,
+    region: Option<&str>,
+) -> Option<Source> {
+    if let Some(exec) = exec {
+        return Some(Source::Helper(super::exec::Helper::new(
+            exec,
+            base.as_str(),
+        )));
+    }
+    let detected = || {
+        credentials
+            .is_none()
+            .then(|| base.host_str().and_then(super::ecr::region_of))
+            .flatten()
+    };
+    region
+        .or_else(detected)
+        .map(|region| Source::Ecr(super::ecr::EcrTokens::new(region)))
+}
+
+/// Where a URL's host is, for redirects and token realms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reach {
+pub(super) enum Reach {
     /// This machine: a loopback or unspecified address, `localhost`.
     Loopback,
     /// The local link: `169.254.0.0/16`, `fe80::/10` (cloud metadata
@@ -550,7 +618,8 @@ enum Reach {
     Remote,
 }
 
-fn reach(url: &Url) -> Reach {
+/// Where `url`'s host is (names are not looked up).
+pub(super) fn reach(url: &Url) -> Reach {
     let v4 = |ip: std::net::Ipv4Addr| {
         if ip.is_loopback() || ip.is_unspecified() {
             Reach::Loopback

@@ -1,13 +1,18 @@
 //! Amazon ECR upstreams: the registry password is a token from ECR's
 //! `GetAuthorizationToken`, asked with the AWS credential chain
 //! (environment, profile, web identity, container and instance roles),
-//! valid 12 hours. It is fetched again once half its lifetime has passed,
-//! and at once when the registry refuses it.
+//! valid 12 hours. It is fetched again once half its lifetime has passed
+//! (the old one serves until a minute before it expires while that runs or
+//! fails), and at once when the registry refuses it; one fetch at a time
+//! serves every request (`upstream::refresh`).
 
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use driver_core::Secret;
+use tokio::time::Instant;
+
+use super::refresh::{Fetched as Refresh, Refreshed, Unready};
 
 /// Registry credentials from a token.
 type Login = (String, Secret);
@@ -18,9 +23,7 @@ type Fetched = Result<(Login, SystemTime), String>;
 /// Tokens for one ECR registry.
 #[derive(Debug)]
 pub struct EcrTokens {
-    region: String,
-    /// The credentials, when they were fetched, and when they expire.
-    cached: tokio::sync::Mutex<Option<(Login, SystemTime, SystemTime)>>,
+    tokens: Refreshed<Login>,
 }
 
 /// The region of an ECR registry host (`<account>.dkr.ecr.<region>.amazonaws.com`,
@@ -38,81 +41,95 @@ pub fn region_of(host: &str) -> Option<&str> {
     .then_some(region)
 }
 
-/// Whether a token fetched at `fetched` that expires at `expires` should
-/// be fetched again at `now`: past half its lifetime.
-fn due(fetched: SystemTime, expires: SystemTime, now: SystemTime) -> bool {
-    let lifetime = expires.duration_since(fetched).unwrap_or_default();
-    now.duration_since(fetched).unwrap_or_default() >= lifetime / 2
+/// How long a token with `left` to live is used without asking again
+/// (half of it), and how long after that while a new fetch runs or fails
+/// (until a minute before it expires).
+fn windows(left: Duration) -> (Duration, Duration) {
+    let fresh = left / 2;
+    (
+        fresh,
+        (left - fresh).saturating_sub(Duration::from_secs(60)),
+    )
 }
 
 impl EcrTokens {
     /// Tokens for the ECR registry of `region`.
     pub fn new(region: &str) -> Self {
+        let region = region.to_owned();
         Self {
-            region: region.to_owned(),
-            cached: tokio::sync::Mutex::new(None),
+            tokens: Refreshed::new(move || {
+                let region = region.clone();
+                // The SDK's future is deep: boxed and erased here, so that
+                // every upstream request's future does not carry its type.
+                let asked: std::pin::Pin<
+                    Box<dyn std::future::Future<Output = Fetched> + Send + 'static>,
+                > = Box::pin(async move { fetch(&region).await });
+                async move {
+                    asked.await.map(|(login, expires)| {
+                        let left = expires
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default();
+                        let (fresh, grace) = windows(left);
+                        Refresh {
+                            value: login,
+                            fresh: Some(fresh),
+                            grace,
+                        }
+                    })
+                }
+            }),
         }
     }
 
-    /// The registry credentials to use now (`AWS` and the token).
-    pub async fn credentials(&self) -> Result<Login, String> {
-        let mut cached = self.cached.lock().await;
-        if let Some((credentials, fetched, expires)) = cached.as_ref() {
-            if !due(*fetched, *expires, SystemTime::now()) {
-                return Ok(credentials.clone());
-            }
-        }
-        // The SDK's future is deep: boxed and erased here, so that every
-        // upstream request's future does not carry its type.
-        let fetch: std::pin::Pin<Box<dyn std::future::Future<Output = Fetched> + Send + '_>> =
-            Box::pin(self.fetch());
-        let (credentials, expires) = fetch.await?;
-        *cached = Some((credentials.clone(), SystemTime::now(), expires));
-        Ok(credentials)
+    /// The registry credentials to use now (`AWS` and the token), a fetch
+    /// waited for at most `within`.
+    pub(crate) async fn credentials(&self, within: Duration) -> Result<Login, Unready> {
+        self.tokens.get(within).await
     }
 
-    /// Forgets the token (the registry refused it).
-    pub async fn forget(&self) {
-        *self.cached.lock().await = None;
+    /// Forgets the token if it was taken at or before `asked` (the
+    /// registry refused a request that sent it).
+    pub(crate) fn forget(&self, asked: Instant) {
+        self.tokens.forget(asked);
     }
+}
 
-    /// Asks ECR for a token.
-    async fn fetch(&self) -> Fetched {
-        let failed = |why: String| format!("ECR authorization token ({}): {why}", self.region);
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(self.region.clone()))
-            .load()
-            .await;
-        let answer = aws_sdk_ecr::Client::new(&config)
-            .get_authorization_token()
-            .send()
-            .await
-            .map_err(|e| failed(aws_sdk_ecr::error::DisplayErrorContext(e).to_string()))?;
-        let data = answer
-            .authorization_data()
-            .first()
-            .ok_or_else(|| failed("no authorization data".into()))?;
-        let token = data
-            .authorization_token()
-            .ok_or_else(|| failed("no token".into()))?;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(token)
-            .ok()
-            .and_then(|d| String::from_utf8(d).ok())
-            .ok_or_else(|| failed("the token is not base64 of user:password".into()))?;
-        let (user, password) = decoded
-            .split_once(':')
-            .ok_or_else(|| failed("the token is not user:password".into()))?;
-        // ECR's tokens last 12 hours; without a date, an hour is assumed.
-        let expires = data
-            .expires_at()
-            .and_then(|at| SystemTime::try_from(*at).ok())
-            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600));
-        Ok((
-            (user.to_owned(), Secret::from(password.to_owned())),
-            expires,
-        ))
-    }
+/// Asks ECR of `region` for a token.
+async fn fetch(region: &str) -> Fetched {
+    let failed = |why: String| format!("ECR authorization token ({region}): {why}");
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_owned()))
+        .load()
+        .await;
+    let answer = aws_sdk_ecr::Client::new(&config)
+        .get_authorization_token()
+        .send()
+        .await
+        .map_err(|e| failed(aws_sdk_ecr::error::DisplayErrorContext(e).to_string()))?;
+    let data = answer
+        .authorization_data()
+        .first()
+        .ok_or_else(|| failed("no authorization data".into()))?;
+    let token = data
+        .authorization_token()
+        .ok_or_else(|| failed("no token".into()))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+        .ok_or_else(|| failed("the token is not base64 of user:password".into()))?;
+    let (user, password) = decoded
+        .split_once(':')
+        .ok_or_else(|| failed("the token is not user:password".into()))?;
+    // ECR's tokens last 12 hours; without a date, an hour is assumed.
+    let expires = data
+        .expires_at()
+        .and_then(|at| SystemTime::try_from(*at).ok())
+        .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600));
+    Ok((
+        (user.to_owned(), Secret::from(password.to_owned())),
+        expires,
+    ))
 }
 
 #[cfg(test)]
@@ -138,10 +155,15 @@ mod tests {
         ] {
             assert_eq!(region_of(other), None, "{other}");
         }
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let expires = t0 + Duration::from_secs(12 * 3600);
-        assert!(!due(t0, expires, t0 + Duration::from_secs(3600)));
-        assert!(due(t0, expires, t0 + Duration::from_secs(6 * 3600)));
-        assert!(due(t0, t0, t0), "an expired token is fetched again");
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert_eq!(
+            windows(hours(12)),
+            (hours(6), hours(6) - Duration::from_secs(60))
+        );
+        assert_eq!(
+            windows(Duration::ZERO),
+            (Duration::ZERO, Duration::ZERO),
+            "an expired token is fetched again"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Caps on what one namespace asks of its upstream: requests at once (a
 //! semaphore whose permit lives as long as the answer is read) and bytes
 //! per second of blob bodies (a token bucket shared by every fill of the
-//! namespace).
+//! namespace). Blob bodies, which hold their turn for minutes, take turns
+//! of their own: manifests, tag lists, referrers, proofs and tokens are
+//! never queued behind them.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,10 +16,22 @@ use crate::sync::lock;
 /// The caps of one upstream.
 #[derive(Debug, Default)]
 pub struct Limits {
-    /// Requests at once, when capped.
+    /// Small requests at once, when capped.
     requests: Option<Arc<Semaphore>>,
+    /// Blob bodies at once, when capped.
+    bodies: Option<Arc<Semaphore>>,
     /// Blob bytes per second, when capped.
     bandwidth: Option<Bandwidth>,
+}
+
+/// Which turns a request takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// An answer read at once: a manifest, a tag list or referrers page, a
+    /// HEAD (a proof of access), a token.
+    Small,
+    /// A blob body, streamed for as long as it takes.
+    Body,
 }
 
 /// A permit to ask the upstream, held until its answer is read.
@@ -28,21 +42,27 @@ pub struct Permit {
 }
 
 impl Limits {
-    /// At most `requests` at once and `bytes_per_second` of blob bodies
-    /// (`None`: no cap).
+    /// At most `requests` small requests and `requests` blob bodies at
+    /// once, and `bytes_per_second` of blob bodies (`None`: no cap).
     pub fn new(requests: Option<usize>, bytes_per_second: Option<u64>) -> Self {
+        let turns = || requests.map(|n| Arc::new(Semaphore::new(n.max(1))));
         Self {
-            requests: requests.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            requests: turns(),
+            bodies: turns(),
             bandwidth: bytes_per_second.map(Bandwidth::new),
         }
     }
 
-    /// Waits (at most `within`) for a turn to ask the upstream; `None`
+    /// Waits (at most `within`) for a `turn` to ask the upstream; `None`
     /// when none came in time.
-    pub async fn permit(&self, within: Duration) -> Option<Permit> {
-        match &self.requests {
+    pub async fn permit(&self, turn: Turn, within: Duration) -> Option<Permit> {
+        let turns = match turn {
+            Turn::Small => &self.requests,
+            Turn::Body => &self.bodies,
+        };
+        match turns {
             None => Some(Permit { _held: None }),
-            Some(requests) => tokio::time::timeout(within, Arc::clone(requests).acquire_owned())
+            Some(turns) => tokio::time::timeout(within, Arc::clone(turns).acquire_owned())
                 .await
                 .ok()?
                 .ok()
@@ -112,12 +132,36 @@ mod tests {
         // 2.5 MiB at 1 MiB/s, with no burst to start with.
         let took = started.elapsed().as_secs_f64();
         assert!((2.4..2.6).contains(&took), "{took}");
-        let first = limits.permit(Duration::from_secs(1)).await;
-        let second = limits.permit(Duration::from_secs(1)).await;
-        assert!(first.is_some() && second.is_some());
-        assert!(limits.permit(Duration::from_secs(1)).await.is_none());
+        let second = Duration::from_secs(1);
+        let first = limits.permit(Turn::Small, second).await;
+        let next = limits.permit(Turn::Small, second).await;
+        assert!(first.is_some() && next.is_some());
+        assert!(limits.permit(Turn::Small, second).await.is_none());
         drop(first);
-        assert!(limits.permit(Duration::from_secs(1)).await.is_some());
-        assert!(Limits::default().permit(Duration::ZERO).await.is_some());
+        assert!(limits.permit(Turn::Small, second).await.is_some());
+        assert!(
+            Limits::default()
+                .permit(Turn::Small, Duration::ZERO)
+                .await
+                .is_some()
+        );
+    }
+
+    /// Blob bodies, which hold their turns for minutes, never take the
+    /// turns of small requests (manifests, tags, proofs, tokens).
+    #[tokio::test(start_paused = true)]
+    async fn blob_bodies_leave_small_requests_their_turns() {
+        let limits = Limits::new(Some(2), None);
+        let second = Duration::from_secs(1);
+        let bodies = [
+            limits.permit(Turn::Body, second).await,
+            limits.permit(Turn::Body, second).await,
+        ];
+        assert!(bodies.iter().all(Option::is_some));
+        assert!(limits.permit(Turn::Body, second).await.is_none());
+        assert!(
+            limits.permit(Turn::Small, second).await.is_some(),
+            "a manifest's turn while two blob bodies stream"
+        );
     }
 }

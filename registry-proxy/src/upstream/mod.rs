@@ -10,10 +10,11 @@ pub mod error;
 pub mod exec;
 pub mod heard;
 pub mod limits;
+mod refresh;
 pub mod registry;
 
 pub use auth::{Challenge, Credentials, parse_challenge};
-pub use client::{Deadline, PullBudget, Reserve, Upstream, UpstreamPlan, UpstreamTls};
+pub use client::{Deadline, Fallback, PullBudget, Reserve, Upstream, UpstreamPlan, UpstreamTls};
 pub use error::{Asked, UpstreamError};
 pub use heard::{Heard, RateLimit};
 pub use registry::{BlobBody, Fetched};

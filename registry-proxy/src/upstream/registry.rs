@@ -12,7 +12,7 @@ use reqwest::{Method, Response};
 
 use super::client::{Deadline, Upstream};
 use super::error::{Asked, UpstreamError, is_outage};
-use super::limits::{Limits, Permit};
+use super::limits::{Limits, Permit, Turn};
 use crate::oci::{self, Digest, MANIFEST_ACCEPT, RepoName};
 
 /// Pages of an upstream tag list followed at most.
@@ -98,6 +98,7 @@ impl Upstream {
                 &format!("manifests/{reference}"),
                 Some(MANIFEST_ACCEPT),
                 Deadline::Whole(timeout),
+                Turn::Small,
             )
             .await?;
         if is_outage(response.status()) {
@@ -124,6 +125,7 @@ impl Upstream {
                 &format!("manifests/{reference}"),
                 Some(MANIFEST_ACCEPT),
                 Deadline::Whole(timeout),
+                Turn::Small,
             )
             .await?;
         if !response.status().is_success() {
@@ -160,7 +162,14 @@ impl Upstream {
         let mut rest = "tags/list".to_owned();
         for _ in 0..MAX_TAG_PAGES {
             let (mut response, _turn) = self
-                .send(Method::GET, repo, &rest, None, Deadline::Whole(timeout))
+                .send(
+                    Method::GET,
+                    repo,
+                    &rest,
+                    None,
+                    Deadline::Whole(timeout),
+                    Turn::Small,
+                )
                 .await?;
             if !response.status().is_success() {
                 return Err(UpstreamError::status(&response, Asked::Tags));
@@ -210,6 +219,7 @@ impl Upstream {
                     &rest,
                     Some(oci::OCI_INDEX),
                     Deadline::Whole(timeout),
+                    Turn::Small,
                 )
                 .await?;
             let status = response.status();
@@ -256,6 +266,33 @@ impl Upstream {
             .map(drop)
     }
 
+    /// The size of blob `digest` of `repo` by HEAD, waiting at most
+    /// `head`: a small request, which reads no body and starts no fill.
+    /// `Ok(None)` when the upstream gives no size that way: it refuses
+    /// HEAD (401, 403, 405: some registries serve only GETs of blobs), or
+    /// answers without a `Content-Length`.
+    pub async fn blob_size(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        head: Duration,
+    ) -> Result<Option<u64>, UpstreamError> {
+        use reqwest::StatusCode;
+        match self.blob_request(Method::HEAD, repo, digest, head).await {
+            // The header, not the body's size: a HEAD answer has none.
+            Ok((response, _turn)) => Ok(response
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())),
+            Err(UpstreamError::Status {
+                status:
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::METHOD_NOT_ALLOWED,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Blob `digest` of `repo`, waiting at most `head` for the answer's
     /// head. Only the head is bounded: the body may take as long as it
     /// keeps flowing (its reader bounds the silence between bytes).
@@ -281,6 +318,12 @@ impl Upstream {
         digest: &Digest,
         head: Duration,
     ) -> Result<(Response, Permit), UpstreamError> {
+        // A body holds its turn for as long as it streams; a HEAD does not.
+        let turn = if method == Method::GET {
+            Turn::Body
+        } else {
+            Turn::Small
+        };
         let (response, permit) = self
             .send(
                 method,
@@ -288,6 +331,7 @@ impl Upstream {
                 &format!("blobs/{digest}"),
                 None,
                 Deadline::Head(head),
+                turn,
             )
             .await?;
         if !response.status().is_success() {
@@ -309,7 +353,7 @@ fn content_digest(response: &Response) -> Option<Digest> {
 /// The body of `response`, read chunk by chunk up to `limit` bytes: an
 /// answer larger (announced, or without a Content-Length and sent) is
 /// `Ok(None)` instead of being held whole in memory.
-async fn read_bounded(
+pub(super) async fn read_bounded(
     response: &mut Response,
     limit: usize,
     what: &'static str,

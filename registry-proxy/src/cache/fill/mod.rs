@@ -175,6 +175,11 @@ impl Fills {
         views
     }
 
+    /// Whether a fill of `digest` runs now.
+    pub(crate) fn is_running(&self, digest: &Digest) -> bool {
+        lock(&self.fills).contains_key(digest)
+    }
+
     /// No fill running yet.
     pub(crate) fn new(parts: FillParts) -> Self {
         Self {
