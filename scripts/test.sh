@@ -9,8 +9,9 @@
 # (installed once outside the repository) and stopped afterwards.
 # REQUIRE_S3=1 (set by CI) turns a missing S3 server into a failure.
 #
-# End to end: Debian's docker-registry (upstream), skopeo (client),
-# etcd-server (the replicas' coordination), curl, pebble (Let's Encrypt's
+# End to end: Debian's docker-registry (upstream), skopeo, podman and
+# containerd (clients), etcd-server (the replicas' coordination), curl,
+# pebble (Let's Encrypt's
 # test CA), buildah (the container image), systemd-analyze (the unit) and
 # chromium (the status page, headless) and prometheus (the dashboard's
 # queries) are installed with apt-get when missing, kubernetes-validate (the
@@ -23,7 +24,7 @@ cd "$(dirname "$0")/.."
 require_rust
 ensure_apt docker-registry:docker-registry skopeo:skopeo etcd:etcd-server curl:curl pebble:pebble \
     buildah:buildah systemd-analyze:systemd chromium:chromium \
-    prometheus:prometheus
+    prometheus:prometheus podman:podman containerd:containerd
 KUBERNETES_VALIDATE="$(ensure_kubernetes_validate)"
 export KUBERNETES_VALIDATE
 cargo fmt --all --check

@@ -271,20 +271,22 @@ async fn tokens_from_a_token_service_are_verified_with_its_key_set() {
     );
 }
 
-/// containers/image (skopeo here; Podman, Buildah and CRI-O share its
-/// code) decides at its `/v2/` ping whether to send credentials: beside an
-/// open default namespace, a client holding credentials pulls through the
-/// authenticated namespace, and one holding none still pulls through the
-/// open one. Skipped without `docker-registry` and `skopeo`.
+/// containers/image clients (skopeo and Podman here; Buildah and CRI-O
+/// share the code) decide at their `/v2/` ping whether to send
+/// credentials; containerd answers each challenge. Beside an open default
+/// namespace, every one of them holding credentials pulls through the
+/// authenticated namespace, holding none still pulls through the open one,
+/// and holding none is refused by the authenticated one. Skipped without
+/// `docker-registry`, `skopeo`, `podman` and `containerd`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skopeo_logs_in_beside_an_open_default_namespace() {
-    use support::skopeo::{make_image, parts_available, pull, push};
-    if !parts_available("skopeo beside an open namespace") {
+async fn real_clients_log_in_beside_an_open_default_namespace() {
+    use support::clients::{Containerd, available, podman_pull, rootfs_image};
+    use support::skopeo::{parts_available, pull, push};
+    let test = "real clients beside an open namespace";
+    if !parts_available(test) || !available(test) {
         return;
     }
-    let Some((dir, upstream, _)) =
-        upstream_with_image("skopeo beside an open namespace", 122).await
-    else {
+    let Some((dir, upstream, _)) = upstream_with_image(test, 122).await else {
         return;
     };
     let d = dir.path();
@@ -296,15 +298,52 @@ async fn skopeo_logs_in_beside_an_open_default_namespace() {
     );
     let proxy = cache(d, &upstream.addr, &auth, "alice");
     tokio::task::block_in_place(|| {
-        let layout = make_image(d, "layout", 122, &["amd64"]);
-        push(&layout, &upstream.addr, "team/skopeo", None);
+        let layout = rootfs_image(d, "layout", "hello from the cache");
+        push(&layout, &upstream.addr, "team/rootfs", None);
+        let alice = Some("alice:alice-secret");
+        let private = format!("{}/private.test/team/rootfs:v1", proxy.addr);
+        let open = format!("{}/team/rootfs:v1", proxy.addr);
+        // skopeo
         pull(
             &proxy.addr,
-            "private.test/team/skopeo:v1",
-            &d.join("with-credentials"),
-            Some("alice:alice-secret"),
+            "private.test/team/rootfs:v1",
+            &d.join("skopeo-alice"),
+            alice,
         );
-        pull(&proxy.addr, "team/skopeo:v1", &d.join("anonymous"), None);
+        pull(
+            &proxy.addr,
+            "team/rootfs:v1",
+            &d.join("skopeo-anonymous"),
+            None,
+        );
+        // Podman: a store of its own per identity.
+        let podman = |who: &str, image: &str, creds| {
+            let store = d.join(format!("podman-{who}"));
+            std::fs::create_dir_all(&store).expect("podman dir");
+            podman_pull(&store, image, creds)
+        };
+        podman("alice", &private, alice).expect("Podman with credentials");
+        podman("anonymous", &open, None).expect("Podman without credentials");
+        let refused = podman("nobody", &private, None);
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("unauthorized")),
+            "Podman without credentials, private namespace: {refused:?}"
+        );
+        // containerd
+        let containerd = Containerd::start(&d.join("containerd"));
+        containerd
+            .pull(&private, alice)
+            .expect("containerd with credentials");
+        containerd
+            .pull(&open, None)
+            .expect("containerd without credentials");
+        let refused = Containerd::start(&d.join("containerd-nobody")).pull(&private, None);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("401") || e.to_lowercase().contains("unauthorized")),
+            "containerd without credentials, private namespace: {refused:?}"
+        );
     });
 }
 
