@@ -20,12 +20,16 @@
 //! - `GET /admin/leases`: the digests leased now (pulls and fills in
 //!   progress).
 //! - `GET /admin/du`: what storage holds (`registry-proxy du`'s figures)
-//!   and the byte budget's account with what it would evict next.
+//!   and the byte budget's account with what it would evict next: every
+//!   namespace's repositories and digests, private ones included (the
+//!   admin surface is the operator's, as storage itself is).
 //! - `POST /admin/warm?image=REPO:TAG` (or `REPO@DIGEST`, with
 //!   `namespace`): pulls the image into the cache, every platform of an
 //!   index or those `platform` lists, [`WARM_CONCURRENCY`] blobs at a time; with `dry_run=true` only
 //!   says which blobs it would fetch and their bytes (the manifests are
-//!   fetched to know).
+//!   fetched to know). A blob counts as missing when the namespace could
+//!   not read it without its upstream ([`crate::cache::access::Access::missing`]):
+//!   what other namespaces hold does not show.
 
 use std::path::Path;
 
@@ -42,7 +46,6 @@ use futures::StreamExt;
 
 use crate::app::AppState;
 use crate::cache::CacheError;
-use crate::layout;
 use crate::namespace::Namespace;
 use crate::oci::{self, Digest, ErrorCode, OciError, Platform, Reference, RepoName, Tag};
 use crate::scheduler::PurgeScope;
@@ -315,8 +318,9 @@ pub struct WarmReport {
     pub manifests: u64,
     /// Distinct blobs they reference.
     pub blobs: u64,
-    /// Blobs not stored before the warm: fetched, or with a dry run,
-    /// to be fetched.
+    /// Blobs the namespace could not read before the warm without its
+    /// upstream (not stored, or stored and owed a proof of access):
+    /// fetched or proved, or with a dry run, to be.
     pub missing: u64,
     /// Their bytes, as the manifests give them.
     pub missing_bytes: u64,
@@ -390,14 +394,10 @@ pub(crate) async fn warmed(
         }
     }
     report.blobs = blobs.len() as u64;
+    let key = ns.repo(&repo);
     let mut missing = Vec::new();
     for (digest, size) in blobs {
-        if state
-            .driver
-            .stat_file(&layout::blob_data(&digest))
-            .await
-            .is_err()
-        {
+        if state.access.missing(ns, &key, &digest).await {
             report.missing += 1;
             report.missing_bytes += size;
             missing.push(digest);

@@ -9,9 +9,11 @@ use std::time::Duration;
 use driver_core::StorageDriver;
 
 use crate::auth::Htpasswd;
+use crate::cache::access::Access;
 use crate::cache::blobs::Blobs;
 use crate::cache::catalog::Catalog;
 use crate::cache::fill::FillLimits;
+use crate::cache::links::Links;
 use crate::cache::manifests::Manifests;
 use crate::cache::tier::Tier;
 use crate::cache::verify::VerifyReads;
@@ -28,6 +30,8 @@ use crate::scheduler::{Clock, LoadError, Options, Scheduler, Tracker};
 pub struct AppState {
     /// The storage.
     pub driver: Arc<dyn StorageDriver>,
+    /// Who may read or learn of what is cached: every reader asks it.
+    pub access: Arc<Access>,
     /// Blobs and their fills.
     pub blobs: Arc<Blobs>,
     /// The repositories in storage.
@@ -168,11 +172,20 @@ impl AppState {
         // Leftovers of a crash go before anything new is staged.
         scheduler.purge_writers().await;
         scheduler.start();
+        // One decision of who may read what, for every reader; proofs of
+        // access wait as long as a fill's silence.
+        let links = Links::new(Arc::clone(&driver), Tracker::new(Arc::clone(&scheduler)));
+        let access = Arc::new(Access::new(
+            Arc::clone(&driver),
+            links,
+            settings.fill_timeout,
+        ));
         let manifests = Arc::new(Manifests::new(
             Arc::clone(&driver),
             settings.tag_freshness,
             settings.request_timeout,
             Tracker::new(Arc::clone(&scheduler)),
+            Arc::clone(&access),
             Arc::clone(&metrics),
         ));
         // A tag purged on another replica is no longer trusted here either.
@@ -199,10 +212,12 @@ impl AppState {
                     settings.fill_limits,
                     settings.verify_reads,
                     Tracker::new(Arc::clone(&scheduler)),
+                    Arc::clone(&access),
                     Arc::clone(&metrics),
                 )
                 .with_tier(tier),
             ),
+            access,
             manifests,
             catalog: Arc::new(Catalog::new(Arc::clone(&driver))),
             driver,

@@ -125,7 +125,7 @@ pub fn blob_data(digest: &Digest) -> StoragePath {
 /// through a namespace that is isolated or restricted to some users, or is
 /// a manifest or referrers index, so that a blobs endpoint proves access
 /// before it serves the bytes to a repository that does not link them
-/// (`cache::proof::mark` writes it). Our own file, next to registry:2's
+/// (`cache::access::Access::mark` writes it). Our own file, next to registry:2's
 /// `data`.
 pub fn blob_private_marker(digest: &Digest) -> StoragePath {
     blob_dir(digest).child(&PRIVATE)

@@ -7,9 +7,9 @@
 //! upstream's health and announced pull budget.
 //!
 //! It names no repository and no blob of a private namespace (isolated, or
-//! with `users`): their fills show as "private" and their repositories are
-//! left out of the most asked. It is rendered at most once every
-//! [`PAGE_FRESH`], on a thread of its own ([`Page`]).
+//! with `users`; [`access::names`] decides): their fills show as "private"
+//! and their repositories are left out of the most asked. It is rendered
+//! at most once every [`PAGE_FRESH`], on a thread of its own ([`Page`]).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 
 use crate::app::AppState;
+use crate::cache::access;
 use crate::metrics::Metrics;
 use crate::sync::lock;
 use crate::upstream::Heard;
@@ -389,13 +390,10 @@ pub fn render(state: &AppState, history: &History) -> String {
     page.push_str(
         "<h2>Fills running</h2><table id=\"fills\"><tr><th>namespace</th><th>repository</th><th>blob</th><th>progress</th><th>received</th></tr>",
     );
-    // A namespace unknown here counts as private.
-    let private = |namespace: &str| {
-        state
-            .namespaces
-            .get(namespace)
-            .is_none_or(|ns| ns.private())
-    };
+    // Private: a namespace the page may not name anything of (one unknown
+    // here included).
+    let private =
+        |namespace: &str| !access::names(state.namespaces.get(namespace).map(AsRef::as_ref));
     let fills = state.blobs.fills_running();
     if fills.is_empty() {
         page.push_str("<tr><td colspan=\"5\" class=\"idle\">none</td></tr>");

@@ -1,9 +1,9 @@
 //! Blobs: served from storage on a hit; on a miss, from the one fill of the
 //! digest ([`super::fill`]) that every waiting client streams from (a HEAD
 //! miss, from the upstream's HEAD: it starts no fill). Blob
-//! bytes are shared by every namespace; an isolated namespace is served
-//! stored bytes (or joins another namespace's fill) only once its upstream
-//! proved access ([`super::proof`]).
+//! bytes are shared by every namespace; what a namespace may read of them,
+//! stored, copied on this machine or filling, and when its upstream must
+//! prove access first, is [`super::access`]'s decision.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -13,11 +13,11 @@ use bytes::Bytes;
 use driver_core::{OpenFile, RedirectMethod, StorageDriver};
 use futures::{Stream, StreamExt, TryStreamExt};
 
+use super::access::{Access, Read};
 use super::error::CacheError;
 use super::fill::spool::{Body, spool_stream};
 use super::fill::{Fill, FillLimits, FillParts, FillSize, Fills};
 use super::links::Links;
-use super::proof::{Proofs, Source};
 use super::tier::Tier;
 use super::verify::{Verifier, VerifyReads};
 use crate::layout;
@@ -235,8 +235,8 @@ pub struct Blobs {
     tracker: Tracker,
     /// The repositories' links.
     links: Links,
-    /// Proofs of access.
-    proofs: Arc<Proofs>,
+    /// What requests may read, and proofs of access.
+    access: Arc<Access>,
     /// The fills running.
     fills: Arc<Fills>,
     /// Checks whole reads of stored blobs.
@@ -268,8 +268,10 @@ impl Blobs {
     }
 
     /// A store over `driver`, spooling misses in `spool_dir`, abandoning
-    /// fills idle for `fill_timeout` (and proofs of access unanswered for
-    /// as long), recording accesses through `tracker`.
+    /// fills idle for `fill_timeout` (and HEAD misses unanswered for as
+    /// long), recording accesses through `tracker`, serving what `access`
+    /// allows.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         driver: Arc<dyn StorageDriver>,
         spool_dir: PathBuf,
@@ -277,6 +279,7 @@ impl Blobs {
         limits: FillLimits,
         verify: VerifyReads,
         tracker: Tracker,
+        access: Arc<Access>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let verifier = Arc::new(Verifier::new(
@@ -285,12 +288,11 @@ impl Blobs {
             Arc::clone(&metrics),
         ));
         let links = || Links::new(Arc::clone(&driver), tracker.clone());
-        let proofs = Arc::new(Proofs::new(Arc::clone(&driver), links(), fill_timeout));
         let fills = Arc::new(Fills::new(FillParts {
             driver: Arc::clone(&driver),
             tracker: tracker.clone(),
             links: links(),
-            proofs: Arc::clone(&proofs),
+            access: Arc::clone(&access),
             spool_dir,
             fill_timeout,
             limits,
@@ -303,7 +305,7 @@ impl Blobs {
             tier: None,
             head_timeout: fill_timeout,
             links: links(),
-            proofs,
+            access,
             fills,
             metrics,
             driver,
@@ -343,21 +345,19 @@ impl Blobs {
         let lease = self.tracker.lease(&[*digest]);
         // An access of content not known to exist creates no entry: that
         // waits until storage or the upstream shows the blob exists.
-        let access = self.tracker.access_known(&key, digest, Kind::Blob).await;
-        let known_linked = access.is_some_and(|a| a.linked);
+        let entry = self.tracker.access_known(&key, digest, Kind::Blob).await;
+        let known_linked = entry.is_some_and(|a| a.linked);
         let path = layout::blob_data(digest);
         // A whole read opens the blob at once: one storage request, not a
         // stat then a read (on S3, one request per warm hit instead of two).
         // Content that needs a proof of access (an isolated namespace, or
         // private content, without a link) is stated first: the proof comes
         // before any byte is read.
-        let unproven = self
-            .proofs
-            .needed(ns, &key, digest, known_linked, Source::Stored)
-            .await;
-        // Where the blob's entry is known and linked (no proof due), a copy
-        // on this machine answers without asking storage.
-        let local = if known_linked && !unproven {
+        let read = self.access.stored(ns, &key, digest, known_linked).await;
+        let unproven = read == Read::Prove;
+        // Where the blob's entry is known and linked, a copy on this
+        // machine answers without asking storage.
+        let local = if read == Read::Linked {
             self.local_copy(digest, range.is_none()).await
         } else {
             None
@@ -394,9 +394,9 @@ impl Blobs {
             return Ok((reply.await?, false));
         };
         if unproven {
-            self.proofs.prove(ns, repo, digest).await?;
+            self.access.prove(ns, repo, digest).await?;
         }
-        if access.is_none() {
+        if entry.is_none() {
             self.tracker.access(&key, digest, Kind::Blob).await;
         }
         self.tracker.stored(&key, digest, size);
@@ -424,10 +424,12 @@ impl Blobs {
     }
 
     /// A HEAD of `digest`, neither stored nor filling, answered by the
-    /// upstream's HEAD (through `ns`'s own upstream and credentials: no
-    /// proof is due) on a small request's turn: HEADs of large uncached
-    /// layers start no fills and hold no blob-body turns. `None` when the
-    /// upstream gives no size that way (a fill answers then, as before).
+    /// upstream's HEAD (through `ns`'s own upstream and credentials, which
+    /// is what a proof would ask: nothing stored is read, and nothing is
+    /// recorded) on a small request's turn: HEADs of large uncached layers
+    /// start no fills and hold no blob-body turns. `None` when the upstream
+    /// gives no size that way, or a fill of the digest runs: the fill
+    /// answers then, joined as [`Access::join`] allows.
     async fn head_miss(
         &self,
         ns: &Namespace,
@@ -537,9 +539,8 @@ impl Blobs {
     }
 
     /// Joins the fill of `digest`, starting it if none runs, and streams
-    /// from it. A namespace joins another namespace's fill without a proof
-    /// of access only if it is shared and that fill's namespace is not
-    /// private (`linked`: its entry knows of a proof). A joined fill that
+    /// from it once [`Access::join`] allows (after a proof where one is
+    /// due; `linked`: its entry knows of the link). A joined fill that
     /// fails for someone else's request (another repository or namespace)
     /// is no answer for this one: it fills again through its own
     /// repository, a few times at most.
@@ -559,9 +560,12 @@ impl Blobs {
             attempts += 1;
             let fill = self.fills.join(ns, repo, digest).await?;
             let own = Arc::ptr_eq(&fill.namespace, ns) && fill.repo == *repo;
-            let source = Source::Fill(&fill.namespace);
-            if self.proofs.needed(ns, &key, digest, proven, source).await {
-                self.proofs.prove(ns, repo, digest).await?;
+            let read = self
+                .access
+                .join(ns, &key, repo, digest, proven, &fill)
+                .await;
+            if read == Read::Prove {
+                self.access.prove(ns, repo, digest).await?;
                 // The proof's record, before the fill commits the bytes.
                 self.links.ensure(&key, digest, Kind::Blob, false).await;
                 proven = true;

@@ -4,7 +4,8 @@
 //! never lists all of storage (on S3, all of the bucket). Only names that
 //! parse as repository names are listed: registry:2's namespace never
 //! lists the other namespaces' directories (`_namespaces/...`), wherever
-//! the walk starts.
+//! the walk starts; and only those the caller keeps (the namespace's
+//! lists, [`crate::cache::access::lists`]).
 
 use std::sync::Arc;
 
@@ -31,16 +32,18 @@ impl Catalog {
     }
 
     /// Up to `want` repositories of the namespace stored in `dir` (`None`:
-    /// registry:2's) that come after `last` in [`walk_order`], sorted so.
-    /// `last` is a repository name, so the walk starts at a repository's
-    /// place, never inside another namespace's directory; and a path whose
-    /// name does not parse as a repository name (`_namespaces/<ns>/...`
-    /// under registry:2's namespace) is never listed.
+    /// registry:2's) that come after `last` in [`walk_order`] and that
+    /// `keep` admits, sorted so. `last` is a repository name, so the walk
+    /// starts at a repository's place, never inside another namespace's
+    /// directory; and a path whose name does not parse as a repository
+    /// name (`_namespaces/<ns>/...` under registry:2's namespace) is never
+    /// listed.
     pub async fn page(
         &self,
         dir: Option<&Segment>,
         last: Option<&RepoName>,
         want: usize,
+        keep: impl Fn(&RepoName) -> bool + Send + Sync,
     ) -> Result<Vec<String>, CacheError> {
         let root = layout::repositories(dir);
         let prefix = root.dir_prefix();
@@ -54,7 +57,8 @@ impl Catalog {
                 Some("_manifests") => {
                     let parent = info.path.parent();
                     let repo = parent.as_ref().and_then(|p| p.as_str().get(prefix.len()..));
-                    if let Some(repo) = repo.filter(|repo| RepoName::parse(repo).is_ok()) {
+                    let listed = |repo: &&str| RepoName::parse(repo).is_ok_and(|name| keep(&name));
+                    if let Some(repo) = repo.filter(listed) {
                         if last.is_none_or(|last| walk_order(repo, last.as_str()).is_gt()) {
                             repos.push(repo.to_owned());
                         }

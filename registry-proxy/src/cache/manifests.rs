@@ -1,10 +1,11 @@
 //! Manifests and tags. By digest: served from storage, fetched once on a
 //! miss. By tag: resolved upstream (one HEAD) at most once per freshness
 //! window; when the upstream fails, the cached tag is served, stale. Tags
-//! and links are per namespace; an isolated namespace is served a stored
-//! manifest only once it came through that namespace. Stored manifests
-//! (and referrers indexes) are marked ([`proof::mark`]): no blobs endpoint
-//! serves their bytes without a proof of access.
+//! and links are per namespace and repository; a stored manifest is
+//! served only where it is linked as a revision of the asking repository
+//! ([`Access::manifest`]). Stored manifests (and referrers indexes) are
+//! marked ([`Access::mark`]): no blobs endpoint serves their bytes without
+//! a proof of access.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,9 +15,9 @@ use bytes::Bytes;
 use driver_core::StorageDriver;
 use futures::StreamExt;
 
+use super::access::Access;
 use super::error::CacheError;
 use super::links::Links;
-use super::proof;
 use crate::layout::{self, RepoKey};
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
@@ -62,6 +63,8 @@ pub struct Manifests {
     metrics: Arc<Metrics>,
     tracker: Tracker,
     links: Links,
+    /// What requests may read, and the marker of stored manifests.
+    access: Arc<Access>,
     /// When each tag (or referrers list) was last confirmed upstream, and
     /// the digest it then named, if any (a fresh tag's hit reads no link
     /// from storage).
@@ -103,16 +106,18 @@ impl Drop for LeaveTurn<'_> {
 impl Manifests {
     /// A store over `driver` resolving tags upstream at most once per
     /// `freshness`; upstream manifest requests time out after `request_timeout`;
-    /// accesses are recorded through `tracker`.
+    /// accesses are recorded through `tracker`; served as `access` allows.
     pub fn new(
         driver: Arc<dyn StorageDriver>,
         freshness: Duration,
         request_timeout: Duration,
         tracker: Tracker,
+        access: Arc<Access>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             links: Links::new(Arc::clone(&driver), tracker.clone()),
+            access,
             driver,
             metrics,
             tracker,
@@ -162,9 +167,8 @@ impl Manifests {
         }
     }
 
-    /// The cached manifest `digest` of `repo` in `ns`, its access recorded.
-    /// An isolated namespace finds only the manifests linked into its
-    /// repository (they came through its upstream).
+    /// The cached manifest `digest` of `repo` in `ns`, its access recorded:
+    /// only one linked into that repository ([`Access::manifest`]).
     async fn cached_in(
         &self,
         ns: &Namespace,
@@ -172,7 +176,7 @@ impl Manifests {
         digest: &Digest,
     ) -> Result<Option<Manifest>, CacheError> {
         let key = ns.repo(repo);
-        let access = self
+        let entry = self
             .tracker
             .access_known(&key, digest, Kind::Manifest)
             .await;
@@ -180,13 +184,12 @@ impl Manifests {
         // of this repository (it came through its namespace's upstream).
         // Any other stored blob (a 3 GB layer, an HTML page) is a miss, and
         // the upstream decides.
-        let known = access.is_some_and(|a| a.linked);
-        let linked = self.links.linked(&key, digest, Kind::Manifest, known).await;
-        if !linked {
+        let known = entry.is_some_and(|a| a.linked);
+        if !self.access.manifest(&key, digest, known).await {
             return Ok(None);
         }
         let found = self.cached(digest).await?;
-        if found.is_some() && access.is_none() {
+        if found.is_some() && entry.is_none() {
             // Linked and stored, without an entry (a registry:2 root taken
             // over, an entry expired while its link stayed): recorded now.
             self.tracker.access(&key, digest, Kind::Manifest).await;
@@ -452,7 +455,7 @@ impl Manifests {
         let path = layout::blob_data(&digest);
         // Marked before the bytes become visible: no blobs endpoint serves
         // them unproven.
-        proof::mark(&*self.driver, ns, &digest, Kind::Manifest).await?;
+        self.access.mark(ns, &digest, Kind::Manifest).await?;
         self.driver.put_content(&path, bytes.clone()).await?;
         self.remember(&digest, &bytes);
         self.links

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::app::AppState;
-use crate::cache::catalog;
+use crate::cache::{access, catalog};
 use crate::namespace::Namespace;
 use crate::oci::{ErrorCode, OciError, RepoName};
 
@@ -120,10 +120,11 @@ pub(super) async fn tags(
     listing("tags", Some(repo), page, n, request)
 }
 
-/// A page of the namespace's repositories with manifests in storage, in
-/// walk order, `n` of them (100 by default, at most 1000). `last`, when
-/// not empty, must be a repository name (400 `NAME_INVALID` otherwise):
-/// it is where the walk of storage starts.
+/// A page of the namespace's repositories with manifests in storage that
+/// its lists admit ([`access::lists`]), in walk order, `n` of them (100 by
+/// default, at most 1000). `last`, when not empty, must be a repository
+/// name (400 `NAME_INVALID` otherwise): it is where the walk of storage
+/// starts.
 pub(super) async fn catalog(
     state: &AppState,
     ns: &Namespace,
@@ -138,7 +139,11 @@ pub(super) async fn catalog(
         .map(String::as_str)
         .map(RepoName::parse)
         .transpose()?;
-    let repos = state.catalog.page(ns.dir(), last.as_ref(), want).await?;
+    let listed = |repo: &RepoName| access::lists(ns, repo);
+    let repos = state
+        .catalog
+        .page(ns.dir(), last.as_ref(), want, listed)
+        .await?;
     let page = paginate(repos, request.query, n, |repo, last| {
         catalog::walk_order(repo, last).is_gt()
     });

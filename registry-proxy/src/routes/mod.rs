@@ -17,6 +17,7 @@ mod listing;
 
 use crate::app::AppState;
 use crate::auth::Unauthenticated;
+use crate::cache::access;
 use crate::health::{StorageCheck, StorageHealth, probe};
 
 use crate::namespace::Namespace;
@@ -226,19 +227,6 @@ fn unauthorized(auth: &crate::auth::Htpasswd, message: &str) -> Response {
     response
 }
 
-/// Checks that `user` may pull through `ns` (403 `DENIED` when not).
-fn permit(ns: &Namespace, user: Option<&str>) -> Result<(), OciError> {
-    if ns.allows(user) {
-        return Ok(());
-    }
-    tracing::info!(namespace = %ns.name, user, "user not allowed in the namespace");
-    ns.metrics.denial();
-    Err(OciError::new(
-        ErrorCode::Denied,
-        format!("not allowed to pull through namespace {}", ns.name),
-    ))
-}
-
 /// What a `/v2/<rest>` path asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Target {
@@ -359,24 +347,18 @@ async fn dispatch(
     };
     let ns = Arc::clone(ns);
     tracing::Span::current().record("namespace", ns.name.as_str());
-    if let Err(refused) = permit(&ns, user.as_deref()) {
+    if let Err(refused) = access::permit(&ns, user.as_deref()) {
         return refused.into_response();
     }
     let target = match target {
         Ok(target) => target,
         Err(e) => return e.into_response(),
     };
-    if let Some(repo) = target.repo().filter(|repo| !ns.permits(repo)) {
-        tracing::info!(namespace = %ns.name, %repo, "repository not allowed in the namespace");
-        ns.metrics.repository_denial();
-        return OciError::new(
-            ErrorCode::Denied,
-            format!(
-                "repository {repo} is not allowed through namespace {}",
-                ns.name
-            ),
-        )
-        .into_response();
+    if let Some(Err(refused)) = target
+        .repo()
+        .map(|repo| access::permit_repository(&ns, repo))
+    {
+        return refused.into_response();
     }
     let head = method == Method::HEAD;
     if method != Method::GET && !head {
@@ -459,7 +441,13 @@ impl Default for DebugSurface {
 ///   it holds);
 /// - `/healthz` and `/debug/health` (distribution's) that storage answers;
 /// - the metrics path and `/debug/vars` the counters;
+/// - `/debug/budget` the byte budget's account and the blobs eviction
+///   would choose next, the digests of private content (and manifests)
+///   shown as `private` ([`crate::cache::access::Access::redact`]);
 /// - `/status` a page for people ([`crate::status`]).
+///
+/// It asks for no credentials: nothing it shows names a private
+/// namespace's repositories or content.
 pub fn debug_app(state: AppState, surface: &DebugSurface) -> Router {
     let history = crate::status::History::start(Arc::clone(&state.metrics));
     let page = Arc::new(crate::status::Page::new(state.clone(), history));
@@ -543,7 +531,10 @@ pub fn debug_app(state: AppState, surface: &DebugSurface) -> Router {
                 "/debug/budget",
                 get(|State(state): State<AppState>| async move {
                     match state.scheduler.budget_view(NEXT_OUT) {
-                        Some(view) => axum::Json(view).into_response(),
+                        Some(mut view) => {
+                            state.access.redact(&mut view.next).await;
+                            axum::Json(view).into_response()
+                        }
                         None => (StatusCode::NOT_FOUND, "no byte budget\n").into_response(),
                     }
                 }),

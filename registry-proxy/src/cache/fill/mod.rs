@@ -17,9 +17,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use self::spool::{HashQueue, Recent, SpoolRoom, read_spool};
+use super::access::{Access, Read};
 use super::error::CacheError;
 use super::links::Links;
-use super::proof::{self, Proofs, Source};
 use crate::layout;
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
@@ -122,8 +122,9 @@ pub(crate) struct Fills {
     tracker: Tracker,
     /// The repositories' links.
     links: Links,
-    /// Proofs of access, for a blob another replica stored meanwhile.
-    proofs: Arc<Proofs>,
+    /// What may be read (a blob another replica stored meanwhile), and the
+    /// marker of private content.
+    access: Arc<Access>,
     spool_dir: PathBuf,
     fill_timeout: Duration,
     limits: FillLimits,
@@ -143,8 +144,8 @@ pub(crate) struct FillParts {
     pub(crate) tracker: Tracker,
     /// The repositories' links.
     pub(crate) links: Links,
-    /// Proofs of access.
-    pub(crate) proofs: Arc<Proofs>,
+    /// What may be read, proofs of access, and the marker.
+    pub(crate) access: Arc<Access>,
     /// Where spool files go.
     pub(crate) spool_dir: PathBuf,
     /// A fill that receives nothing for this long is abandoned.
@@ -189,7 +190,7 @@ impl Fills {
             fill_ended: Notify::new(),
             tracker: parts.tracker,
             links: parts.links,
-            proofs: parts.proofs,
+            access: parts.access,
             spool_dir: parts.spool_dir,
             fill_timeout: parts.fill_timeout,
             limits: parts.limits,
@@ -367,12 +368,8 @@ impl Fills {
                 if !info.is_dir {
                     // Stored by another replica: served only as a stored hit
                     // would be, after a proof of access where one is due.
-                    if self
-                        .proofs
-                        .needed(ns, &key, digest, false, Source::Stored)
-                        .await
-                    {
-                        self.proofs.prove(ns, repo, digest).await?;
+                    if self.access.stored(ns, &key, digest, false).await == Read::Prove {
+                        self.access.prove(ns, repo, digest).await?;
                     }
                     self.tracker.access(&key, digest, Kind::Blob).await;
                     self.tracker.stored(&key, digest, info.size);
@@ -424,7 +421,7 @@ impl Fills {
         }
         // Marked before the bytes become visible: no other namespace is
         // ever served private bytes unproven.
-        proof::mark(&*self.driver, ns, digest, Kind::Blob).await?;
+        self.access.mark(ns, digest, Kind::Blob).await?;
         match self.store(digest, fill, size).await {
             // A full disk: evict, then try once more.
             Err(CacheError::Storage(e)) if e.is_storage_full() => {

@@ -17,7 +17,6 @@ use serde_json::{Map, Value};
 
 use super::{LeaveTurn, Manifests, TagKey};
 use crate::cache::error::CacheError;
-use crate::cache::proof;
 use crate::layout::{self, RepoKey};
 use crate::namespace::Namespace;
 use crate::oci::{self, Digest, Kind, RepoName};
@@ -158,7 +157,7 @@ impl Manifests {
             self.tracker.access(key, &digest, Kind::Manifest).await;
             // Marked as every stored manifest is, before its bytes become
             // visible: no blobs endpoint serves them unproven.
-            proof::mark(&*self.driver, ns, &digest, Kind::Manifest).await?;
+            self.access.mark(ns, &digest, Kind::Manifest).await?;
             self.driver
                 .put_content(&layout::blob_data(&digest), bytes.clone())
                 .await?;
