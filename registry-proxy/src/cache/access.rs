@@ -44,13 +44,21 @@ use driver_core::StorageDriver;
 use reqwest::StatusCode;
 
 use super::error::CacheError;
-use super::fill::Fill;
 use super::links::Links;
 use crate::layout::{self, RepoKey};
 use crate::namespace::Namespace;
 use crate::oci::{Digest, ErrorCode, Kind, OciError, RepoName};
 use crate::scheduler::NextOut;
 use crate::upstream::UpstreamError;
+
+/// Who a running fill fetches for: its namespace and repository.
+#[derive(Clone, Copy)]
+pub(crate) struct Filler<'a> {
+    /// The namespace whose upstream the fill asks.
+    pub namespace: &'a Arc<Namespace>,
+    /// The repository it asks for.
+    pub repo: &'a RepoName,
+}
 
 /// What a digest named on an operator page without credentials is
 /// replaced by when it may not be named ([`Access::redact`]).
@@ -127,12 +135,12 @@ impl Access {
         repo: &RepoName,
         digest: &Digest,
         proven: bool,
-        fill: &Fill,
+        fill: Filler<'_>,
     ) -> Read {
         if proven {
             return Read::Linked;
         }
-        let own = Arc::ptr_eq(&fill.namespace, ns) && fill.repo == *repo;
+        let own = Arc::ptr_eq(fill.namespace, ns) && fill.repo == repo;
         if own || !(ns.isolated() || fill.namespace.private()) {
             return Read::Open;
         }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use driver_core::{OpenFile, RedirectMethod, StorageDriver};
 use futures::{Stream, StreamExt, TryStreamExt};
 
-use super::access::{Access, Read};
+use super::access::{Access, Filler, Read};
 use super::error::CacheError;
 use super::fill::spool::{Body, spool_stream};
 use super::fill::{Fill, FillLimits, FillParts, FillSize, Fills};
@@ -560,9 +560,13 @@ impl Blobs {
             attempts += 1;
             let fill = self.fills.join(ns, repo, digest).await?;
             let own = Arc::ptr_eq(&fill.namespace, ns) && fill.repo == *repo;
+            let filler = Filler {
+                namespace: &fill.namespace,
+                repo: &fill.repo,
+            };
             let read = self
                 .access
-                .join(ns, &key, repo, digest, proven, &fill)
+                .join(ns, &key, repo, digest, proven, filler)
                 .await;
             if read == Read::Prove {
                 self.access.prove(ns, repo, digest).await?;

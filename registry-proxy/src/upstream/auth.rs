@@ -18,9 +18,9 @@ use driver_core::Secret;
 use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{RequestBuilder, Url};
 
-use super::client::{Reach, reach};
 use super::error::{UpstreamError, describe};
 use super::refresh::Unready;
+use super::wire::{Reach, reach, read_bounded};
 use crate::sync::{Swept, lock};
 
 /// The largest token service answer read.
@@ -338,7 +338,7 @@ impl Auth {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body = super::registry::read_bounded(&mut response, MAX_TOKEN_ANSWER, "token answer")
+        let body = read_bounded(&mut response, MAX_TOKEN_ANSWER, "token answer")
             .await
             .map_err(|e| UpstreamError::Token(e.to_string()))?
             .ok_or_else(|| UpstreamError::Token("an answer over 64 KiB".into()))?;

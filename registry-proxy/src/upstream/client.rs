@@ -15,6 +15,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 use super::auth::{Auth, Credentials, Source};
 use super::error::{UpstreamError, describe, is_outage};
 use super::limits::Turn;
+use super::wire::{Reach, reach};
 use crate::metrics::Metrics;
 use crate::oci::RepoName;
 
@@ -604,49 +605,6 @@ fn source(
     region
         .or_else(detected)
         .map(|region| Source::Ecr(super::ecr::EcrTokens::new(region)))
-}
-
-/// Where a URL's host is, for redirects and token realms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Reach {
-    /// This machine: a loopback or unspecified address, `localhost`.
-    Loopback,
-    /// The local link: `169.254.0.0/16`, `fe80::/10` (cloud metadata
-    /// services live there).
-    LinkLocal,
-    /// Anywhere else (names resolved by DNS are not looked up).
-    Remote,
-}
-
-/// Where `url`'s host is (names are not looked up).
-pub(super) fn reach(url: &Url) -> Reach {
-    let v4 = |ip: std::net::Ipv4Addr| {
-        if ip.is_loopback() || ip.is_unspecified() {
-            Reach::Loopback
-        } else if ip.is_link_local() {
-            Reach::LinkLocal
-        } else {
-            Reach::Remote
-        }
-    };
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => v4(ip),
-        Some(url::Host::Ipv6(ip)) => match ip.to_ipv4_mapped() {
-            Some(mapped) => v4(mapped),
-            None if ip.is_loopback() || ip.is_unspecified() => Reach::Loopback,
-            None if ip.is_unicast_link_local() => Reach::LinkLocal,
-            None => Reach::Remote,
-        },
-        Some(url::Host::Domain(name)) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if name == "localhost" || name.ends_with(".localhost") {
-                Reach::Loopback
-            } else {
-                Reach::Remote
-            }
-        }
-        None => Reach::Remote,
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A registry client for one upstream: [`Upstream`] asks for manifests, tag
 //! lists and blobs ([`registry`]) over an authenticated HTTP client
-//! ([`client`], [`auth`]) and answers with bytes, digests and typed
+//! ([`client`], [`auth`]; what they share on the wire in `wire`) and answers with bytes, digests and typed
 //! [`UpstreamError`]s ([`error`]); no caller reads a status or a header.
 
 pub mod auth;
@@ -12,6 +12,7 @@ pub mod heard;
 pub mod limits;
 mod refresh;
 pub mod registry;
+mod wire;
 
 pub use auth::{Challenge, Credentials, parse_challenge};
 pub use client::{Deadline, Fallback, PullBudget, Reserve, Upstream, UpstreamPlan, UpstreamTls};

@@ -13,6 +13,7 @@ use reqwest::{Method, Response};
 use super::client::{Deadline, Upstream};
 use super::error::{Asked, UpstreamError, is_outage};
 use super::limits::{Limits, Permit, Turn};
+use super::wire::read_bounded;
 use crate::oci::{self, Digest, MANIFEST_ACCEPT, RepoName};
 
 /// Pages of an upstream tag list followed at most.
@@ -348,33 +349,6 @@ fn content_digest(response: &Response) -> Option<Digest> {
         .get("docker-content-digest")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| Digest::parse(v).ok())
-}
-
-/// The body of `response`, read chunk by chunk up to `limit` bytes: an
-/// answer larger (announced, or without a Content-Length and sent) is
-/// `Ok(None)` instead of being held whole in memory.
-pub(super) async fn read_bounded(
-    response: &mut Response,
-    limit: usize,
-    what: &'static str,
-) -> Result<Option<Bytes>, UpstreamError> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Ok(None);
-    }
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) if bytes.len() + chunk.len() > limit => return Ok(None),
-            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-            Ok(None) => return Ok(Some(Bytes::from(bytes))),
-            Err(e) => {
-                return Err(UpstreamError::Body {
-                    what,
-                    detail: e.to_string(),
-                });
-            }
-        }
-    }
 }
 
 /// The query of the `rel="next"` target of a `Link` header
