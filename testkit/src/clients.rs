@@ -12,24 +12,7 @@ use serde_json::json;
 /// Whether `podman`, `containerd`, `ctr` and `tar` are installed; if not,
 /// `test` is skipped (or fails under `REQUIRE_E2E=1`).
 pub fn available(test: &str) -> bool {
-    let missing: Vec<&str> = ["podman", "containerd", "ctr", "tar"]
-        .into_iter()
-        .filter(|tool| {
-            Command::new(tool)
-                .arg("--version")
-                .output()
-                .map_or(true, |o| !o.status.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    conformance::skip(
-        test,
-        "REQUIRE_E2E",
-        &format!("{missing:?} not installed (scripts/test.sh installs them)"),
-    );
-    false
+    super::tools_available(test, &["podman", "containerd", "ctr", "tar"])
 }
 
 /// An OCI layout in `dir/<name>` holding tag `v1`: one uncompressed tar

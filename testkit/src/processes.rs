@@ -15,6 +15,21 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether every one of `tools` is installed; if not, prints which are
+/// missing and that `test` is skipped (a failure under `REQUIRE_E2E=1`).
+pub fn tools_available(test: &str, tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !have(t)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    conformance::skip(
+        test,
+        "REQUIRE_E2E",
+        &format!("{missing:?} not installed (scripts/test.sh installs them)"),
+    );
+    false
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -7,23 +7,11 @@ use std::process::Command;
 use registry_proxy::oci::Digest;
 use serde_json::json;
 
-use super::have;
+use super::tools_available;
 
 /// Whether the real parts are here; prints why not (fails under REQUIRE_E2E=1).
 pub fn parts_available(test: &str) -> bool {
-    let missing: Vec<&str> = ["docker-registry", "skopeo"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    conformance::skip(
-        test,
-        "REQUIRE_E2E",
-        &format!("{missing:?} not installed (scripts/test.sh installs them)"),
-    );
-    false
+    tools_available(test, &["docker-registry", "skopeo"])
 }
 
 /// Runs skopeo with `args`; it must succeed.
