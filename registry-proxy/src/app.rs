@@ -180,6 +180,15 @@ impl AppState {
             links,
             settings.fill_timeout,
         ));
+        // Manifests stored before they were marked (or imported from a
+        // registry:2 root) are marked now, in the background.
+        let (marking, digests) = (Arc::clone(&access), scheduler.manifest_digests());
+        tokio::spawn(async move {
+            let marked = marking.mark_stored_manifests(digests).await;
+            if marked > 0 {
+                tracing::info!(marked, "stored manifests marked");
+            }
+        });
         let manifests = Arc::new(Manifests::new(
             Arc::clone(&driver),
             settings.tag_freshness,

@@ -87,6 +87,9 @@ pub struct Htpasswd {
     clients: Throttle<IpAddr>,
     /// Failures by [`user_key`], whoever the client.
     names: Throttle<[u8; 32]>,
+    /// Failures by [`user_key`] on the admin listener: guesses on the
+    /// public listener cannot lock an admin out of it, nor the reverse.
+    admin_names: Throttle<[u8; 32]>,
     /// The public listener's verifications.
     jobs: mpsc::Sender<Job>,
     /// The admin listener's.
@@ -150,6 +153,7 @@ impl Htpasswd {
             remembered: Mutex::new(Fifo::new(REMEMBERED)),
             clients: Throttle::new(FREE_FAILURES),
             names: Throttle::new(FREE_USER_FAILURES),
+            admin_names: Throttle::new(FREE_USER_FAILURES),
             jobs: start_verifiers("bcrypt", VERIFIERS, QUEUE)?,
             admin_jobs: start_verifiers("bcrypt-admin", ADMIN_VERIFIERS, ADMIN_QUEUE)?,
             verifications: AtomicU64::new(0),
@@ -194,7 +198,8 @@ impl Htpasswd {
         authorization: Option<&HeaderValue>,
         client: Option<IpAddr>,
     ) -> Result<String, Unauthenticated> {
-        self.check_on(&self.jobs, authorization, client).await
+        self.check_on(&self.jobs, &self.names, authorization, client)
+            .await
     }
 
     /// As [`check`](Self::check), for the admin listener: verified on
@@ -206,12 +211,16 @@ impl Htpasswd {
         authorization: Option<&HeaderValue>,
         client: Option<IpAddr>,
     ) -> Result<String, Unauthenticated> {
-        self.check_on(&self.admin_jobs, authorization, client).await
+        self.check_on(&self.admin_jobs, &self.admin_names, authorization, client)
+            .await
     }
 
+    /// Checks `authorization` with verifications on `pool`, counting
+    /// failures by client and, in `names`, by user.
     async fn check_on(
         &self,
         pool: &mpsc::Sender<Job>,
+        names: &Throttle<[u8; 32]>,
         authorization: Option<&HeaderValue>,
         client: Option<IpAddr>,
     ) -> Result<String, Unauthenticated> {
@@ -226,36 +235,48 @@ impl Htpasswd {
         let name = user_key(&user);
         let wait = client
             .and_then(|c| self.clients.backoff(&c))
-            .max(self.names.backoff(&name));
+            .max(names.backoff(&name));
         if let Some(wait) = wait {
             return Err(Unauthenticated::Throttled(wait));
         }
+        // Counted as a failure before it is verified (and forgiven once it
+        // matched): guesses sent at once, on many connections or streams,
+        // are all counted, so no more than the free failures get past.
+        if let Some(client) = client {
+            self.clients.failed(client);
+        }
+        names.failed(name);
         let known = self.users.get(&user);
         let hash = known.unwrap_or(&self.decoy).clone();
-        let matched = self.verify(pool, password, hash).await && known.is_some();
+        let matched = match self.verify(pool, password, hash) {
+            Some(verified) => verified.await && known.is_some(),
+            // Every verifier busy and the queue full: try again shortly
+            // (no wait without bound behind a flood of guesses).
+            None => return Err(Unauthenticated::Throttled(Duration::from_secs(1))),
+        };
         if !matched {
-            if let Some(client) = client {
-                self.clients.failed(client);
-            }
-            self.names.failed(name);
             return Err(Unauthenticated::Wrong);
         }
         if let Some(client) = client {
             self.clients.forgive(&client);
         }
-        self.names.forgive(&name);
+        names.forgive(&name);
         self.remember(key, &user);
         Ok(user)
     }
 
-    /// Runs one bcrypt verification on `pool`.
-    async fn verify(&self, pool: &mpsc::Sender<Job>, password: String, hash: String) -> bool {
-        self.verifications.fetch_add(1, Ordering::Relaxed);
+    /// Queues one bcrypt verification on `pool`, whose answer the future
+    /// gives; `None` when the queue is full.
+    fn verify(
+        &self,
+        pool: &mpsc::Sender<Job>,
+        password: String,
+        hash: String,
+    ) -> Option<impl std::future::Future<Output = bool> + use<>> {
         let (reply, answer) = oneshot::channel();
-        if pool.send((password, hash, reply)).await.is_err() {
-            return false;
-        }
-        answer.await.unwrap_or(false)
+        pool.try_send((password, hash, reply)).ok()?;
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        Some(async move { answer.await.unwrap_or(false) })
     }
 
     fn remember(&self, key: [u8; 32], user: &str) {
@@ -380,6 +401,30 @@ mod tests {
             );
         }
         assert_eq!(file.verifications(), 0);
+    }
+
+    /// Guesses sent at once (many connections or HTTP/2 streams) are each
+    /// counted before they are verified: no more than the free failures
+    /// reach bcrypt. Counted after, all fifty were verified.
+    #[tokio::test]
+    async fn guesses_sent_at_once_are_all_counted() {
+        let file = file(&["alice"]);
+        let client = Some("192.0.2.7".parse().expect("ip"));
+        let guess = basic("alice", "guess");
+        let answers =
+            futures::future::join_all((0..50).map(|_| file.check(Some(&guess), client))).await;
+        assert!(
+            file.verifications() <= FREE_FAILURES as u64,
+            "{} verified",
+            file.verifications()
+        );
+        assert!(
+            answers
+                .iter()
+                .filter(|a| matches!(a, Err(Unauthenticated::Throttled(_))))
+                .count()
+                >= 45
+        );
     }
 
     #[tokio::test]

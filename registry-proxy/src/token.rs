@@ -44,8 +44,9 @@ pub enum Scope<'a> {
     /// request chose the namespace (`?ns=`, a path prefix, or none):
     /// `repository:<namespace>/<repository>:pull`, or
     /// `repository:<repository>:pull` in the default namespace (`None`),
-    /// whose path form has no prefix (and no name of the default namespace
-    /// can begin with another namespace's name, so spellings never collide).
+    /// whose path form has no prefix, unless the repository begins with
+    /// another namespace's name (only `?ns=` reaches such a name): then it
+    /// is prefixed too, so spellings never collide.
     Pull {
         /// The namespace's name; `None`: the default namespace.
         namespace: Option<&'a str>,

@@ -144,7 +144,7 @@ async fn pulled(proxy: &InProcess, uri: &str) -> Bytes {
 
 /// `/debug/budget` lists what eviction would choose next; the debug
 /// listener asks for no credentials, so a blob that came in through an
-/// isolated namespace is listed as `private` (its size kept), a shared
+/// isolated namespace is listed as `withheld` (its size kept), a shared
 /// one by its digest. It named both.
 #[tokio::test]
 async fn the_debug_budget_names_no_digest_of_private_content() {
@@ -424,4 +424,49 @@ async fn private_content_answers_as_never_stored_through_another_namespace() {
         assert_eq!(stored.0, StatusCode::NOT_FOUND, "{method}: {stored:?}");
         assert_eq!(stored, answer(never).await, "{method}");
     }
+}
+
+/// Manifests stored before manifests were marked (here: a marker deleted)
+/// are served by a shared namespace's blobs endpoint until marked; the
+/// pass run at start marks them, and then they answer as never stored.
+#[tokio::test]
+async fn manifests_stored_unmarked_are_marked_at_start() {
+    let (_open, open_base) = Fake::start().await;
+    let (iso, iso_base) = Fake::start().await;
+    let proxy = InProcess::with_namespaces(
+        &[
+            spec("open.test", &open_base, Sharing::Shared, true),
+            spec("iso.test", &iso_base, Sharing::Isolated, false),
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[]}"#;
+    let digest = iso.tag("v1", manifest);
+    let fetched = proxy
+        .send(
+            Method::GET,
+            "/v2/iso.test/corp/app/manifests/v1",
+            &[("accept", registry_proxy::oci::MANIFEST_ACCEPT)],
+        )
+        .await;
+    assert_eq!(fetched.status(), StatusCode::OK);
+    let marker = registry_proxy::layout::blob_private_marker(&digest);
+    proxy.driver.delete(&marker).await.expect("unmark");
+    let through_open = format!("/v2/open.test/corp/app/blobs/{digest}");
+    let (status, _, _) = proxy.get(&through_open).await;
+    assert_eq!(status, StatusCode::OK, "unmarked: served by digest");
+    let digests = proxy.state.scheduler.manifest_digests();
+    assert_eq!(
+        proxy.state.access.mark_stored_manifests(digests).await,
+        1,
+        "the manifest marked"
+    );
+    let other = format!("/v2/open.test/other/app/blobs/{digest}");
+    let (status, _, _) = proxy.get(&other).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "marked: answered as never stored"
+    );
 }

@@ -497,6 +497,20 @@ async fn token_scopes_name_the_namespace() {
         "{}",
         own.status()
     );
+    // A default-namespace repository named like another namespace's
+    // (reachable only by `?ns=`) is spelt with its namespace: corp.test's
+    // grant does not open it.
+    let lookalike = "/v2/corp.test/team/app/manifests/v1?ns=docker.io";
+    let refused = send(
+        lookalike,
+        Some(grant("repository", "corp.test/team/app", "pull")),
+    )
+    .await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        refused.headers()["www-authenticate"],
+        challenge("repository:docker.io/corp.test/team/app:pull")
+    );
     let catalog = "/v2/_catalog?ns=corp.test";
     let refused = send(catalog, None).await;
     assert_eq!(

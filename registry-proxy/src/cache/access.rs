@@ -256,6 +256,34 @@ impl Access {
         }
         Ok(())
     }
+    /// Marks every manifest in `digests` that storage holds unmarked
+    /// (stored before manifests were marked, or imported from a registry:2
+    /// root), a few at a time, so that a blobs endpoint proves access
+    /// before it serves them; returns how many it marked. Run once at
+    /// start, in the background.
+    pub async fn mark_stored_manifests(&self, digests: Vec<Digest>) -> usize {
+        use futures::StreamExt as _;
+        futures::stream::iter(digests)
+            .map(|digest| async move {
+                let marker = layout::blob_private_marker(&digest);
+                let unmarked = self
+                    .driver
+                    .stat_file(&marker)
+                    .await
+                    .is_err_and(|e| e.is_not_found());
+                let stored = unmarked
+                    && self
+                        .driver
+                        .stat_file(&layout::blob_data(&digest))
+                        .await
+                        .is_ok();
+                stored && self.driver.put_content(&marker, Bytes::new()).await.is_ok()
+            })
+            .buffer_unordered(8)
+            .filter(|marked| futures::future::ready(*marked))
+            .count()
+            .await
+    }
 }
 
 /// Checks that `user` may pull through `ns` (`None`: anonymous, or client

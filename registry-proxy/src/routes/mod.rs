@@ -250,12 +250,12 @@ impl Target {
         }
     }
 
-    /// What a token must grant for it through `ns` (the default namespace
-    /// when `default`).
-    fn scope<'a>(&'a self, ns: &'a Namespace, default: bool) -> Scope<'a> {
+    /// What a token must grant for it through `ns`, the repository
+    /// spelt without the namespace's name when `bare`.
+    fn scope<'a>(&'a self, ns: &'a Namespace, bare: bool) -> Scope<'a> {
         match self.repo() {
             Some(repo) => Scope::Pull {
-                namespace: (!default).then_some(ns.name.as_str()),
+                namespace: (!bare).then_some(ns.name.as_str()),
                 repository: repo.as_str(),
             },
             None => Scope::Catalog,
@@ -329,8 +329,17 @@ async fn dispatch(
         .map(|(ns, rest)| (ns, parse_target(rest).map(|t| t.canonical(ns))));
     let scope = match &routed {
         Ok((ns, Ok(target))) => {
-            let default = Arc::ptr_eq(ns, state.namespaces.default_namespace());
-            Some(target.scope(ns, default))
+            // The default namespace's bare spelling, unless its repository
+            // begins with another namespace's name (reachable by `?ns=`):
+            // that spelling is the other namespace's.
+            let namespaces = &state.namespaces;
+            let bare = Arc::ptr_eq(ns, namespaces.default_namespace())
+                && !target.repo().is_some_and(|repo| {
+                    repo.as_str()
+                        .split_once('/')
+                        .is_some_and(|(first, _)| namespaces.get(first).is_some())
+                });
+            Some(target.scope(ns, bare))
         }
         _ => None,
     };
@@ -443,7 +452,7 @@ impl Default for DebugSurface {
 /// - the metrics path and `/debug/vars` the counters;
 /// - `/debug/budget` the byte budget's account and the blobs eviction
 ///   would choose next, the digests of private content (and manifests)
-///   shown as `private` ([`crate::cache::access::Access::redact`]);
+///   shown as `withheld` ([`crate::cache::access::Access::redact`]);
 /// - `/status` a page for people ([`crate::status`]).
 ///
 /// It asks for no credentials: nothing it shows names a private

@@ -55,6 +55,28 @@ impl Scheduler {
         .await
     }
 
+    /// The digests of every manifest entry (each once), read in pieces.
+    pub fn manifest_digests(&self) -> Vec<Digest> {
+        let mut digests = std::collections::HashSet::new();
+        let mut from = 0;
+        loop {
+            let guard = lock(&self.inner);
+            let end = from + SCAN_PIECE;
+            digests.extend(
+                guard
+                    .table
+                    .entries_in(from..end)
+                    .filter(|(_, _, kind, _)| *kind == Kind::Manifest)
+                    .map(|(_, d, _, _)| *d),
+            );
+            if end >= guard.table.slot_count() {
+                break;
+            }
+            from = end;
+        }
+        digests.into_iter().collect()
+    }
+
     /// Drops the entries `matches` picks (by repository key, digest and
     /// kind) now, as expiry would: their links and tags, and the bytes once
     /// no entry uses them, unless `leased` says they are in use.

@@ -22,6 +22,11 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// How long one fetch may run: one that hangs (a helper or a credential
+/// service that never answers) fails then, and the next is backed off,
+/// instead of leaving every caller waiting on it.
+const FETCH_LIMIT: Duration = Duration::from_secs(60);
+
 /// What one fetch gave, and how long it may be used.
 #[derive(Debug)]
 pub(crate) struct Fetched<T> {
@@ -175,7 +180,13 @@ impl<T: Clone + Send + Sync + 'static> Refreshed<T> {
         let fetch = Arc::clone(&self.fetch);
         let shared = Arc::clone(&self.state);
         tokio::spawn(async move {
-            let fetched = fetch().await;
+            // A fetch that panics or hangs fails like any other.
+            let fetched = std::panic::AssertUnwindSafe(tokio::time::timeout(FETCH_LIMIT, fetch()));
+            let fetched = match futures::FutureExt::catch_unwind(fetched).await {
+                Ok(Ok(fetched)) => fetched,
+                Ok(Err(_)) => Err(format!("no answer within {FETCH_LIMIT:?}")),
+                Err(_) => Err("the fetch failed (it panicked)".to_owned()),
+            };
             let now = Instant::now();
             let outcome = {
                 let mut state = lock(&shared);
@@ -283,6 +294,39 @@ mod tests {
             Ok(3),
             "fetched again"
         );
+    }
+
+    /// A fetch that never answers fails after [`FETCH_LIMIT`], and the
+    /// next fetch starts after the backoff (before, the hung fetch stayed
+    /// "running" and no caller ever got credentials again).
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_fetch_fails_and_is_tried_again() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let creds = source(
+            &runs,
+            &failing,
+            Duration::from_secs(3600),
+            None,
+            Duration::ZERO,
+        );
+        assert_eq!(
+            creds.get(Duration::from_secs(1)).await,
+            Err(Unready::Late(Duration::from_secs(1)))
+        );
+        // The first caller waited 1 s of the fetch's limit.
+        tokio::time::sleep(FETCH_LIMIT - Duration::from_millis(500)).await;
+        assert!(
+            matches!(creds.get(Duration::ZERO).await, Err(Unready::Failed(why)) if why.contains("no answer")),
+            "the hung fetch failed"
+        );
+        tokio::time::sleep(FIRST_BACKOFF).await;
+        assert_eq!(
+            creds.get(Duration::ZERO).await,
+            Err(Unready::Late(Duration::ZERO)),
+            "a new fetch runs"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "none answered yet");
     }
 
     #[tokio::test(start_paused = true)]
