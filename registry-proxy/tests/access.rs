@@ -135,6 +135,23 @@ fn spec(name: &str, base: &str, sharing: Sharing, default: bool) -> NamespaceSpe
     }
 }
 
+/// A proxy with a shared default namespace `open.test` and an isolated
+/// `iso.test`, each in front of a fake of its own: the proxy, iso.test's
+/// fake and open.test's.
+async fn open_beside_isolated() -> (InProcess, Arc<Fake>, Arc<Fake>) {
+    let (open, open_base) = Fake::start().await;
+    let (iso, iso_base) = Fake::start().await;
+    let proxy = InProcess::with_namespaces(
+        &[
+            spec("open.test", &open_base, Sharing::Shared, true),
+            spec("iso.test", &iso_base, Sharing::Isolated, false),
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    (proxy, iso, open)
+}
+
 /// The whole body of a GET of `uri` through `proxy`, which must be 200.
 async fn pulled(proxy: &InProcess, uri: &str) -> Bytes {
     let (status, _, body) = proxy.get(uri).await;
@@ -391,16 +408,7 @@ async fn only_a_fills_own_repository_joins_it_without_a_proof() {
 /// asking namespace's own upstream) included.
 #[tokio::test]
 async fn private_content_answers_as_never_stored_through_another_namespace() {
-    let (_open, open_base) = Fake::start().await;
-    let (iso, iso_base) = Fake::start().await;
-    let proxy = InProcess::with_namespaces(
-        &[
-            spec("open.test", &open_base, Sharing::Shared, true),
-            spec("iso.test", &iso_base, Sharing::Isolated, false),
-        ],
-        Duration::from_secs(60),
-    )
-    .await;
+    let (proxy, iso, _open) = open_beside_isolated().await;
     let secret = iso.add_blob(&conformance::random_bytes(37, 100_000));
     pulled(&proxy, &format!("/v2/iso.test/corp/app/blobs/{secret}")).await;
     proxy.state.blobs.fills_done().await;
@@ -431,16 +439,7 @@ async fn private_content_answers_as_never_stored_through_another_namespace() {
 /// pass run at start marks them, and then they answer as never stored.
 #[tokio::test]
 async fn manifests_stored_unmarked_are_marked_at_start() {
-    let (_open, open_base) = Fake::start().await;
-    let (iso, iso_base) = Fake::start().await;
-    let proxy = InProcess::with_namespaces(
-        &[
-            spec("open.test", &open_base, Sharing::Shared, true),
-            spec("iso.test", &iso_base, Sharing::Isolated, false),
-        ],
-        Duration::from_secs(60),
-    )
-    .await;
+    let (proxy, iso, _open) = open_beside_isolated().await;
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[]}"#;
     let digest = iso.tag("v1", manifest);
     let fetched = proxy

@@ -60,6 +60,13 @@ pub(crate) struct Filler<'a> {
     pub repo: &'a RepoName,
 }
 
+impl Filler<'_> {
+    /// Whether the fill fetches for repository `repo` of `ns` itself.
+    pub(crate) fn is(&self, ns: &Arc<Namespace>, repo: &RepoName) -> bool {
+        Arc::ptr_eq(self.namespace, ns) && self.repo == repo
+    }
+}
+
 /// What a digest named on an operator page without credentials is
 /// replaced by when it may not be named ([`Access::redact`]).
 pub const REDACTED: &str = "withheld";
@@ -140,8 +147,7 @@ impl Access {
         if proven {
             return Read::Linked;
         }
-        let own = Arc::ptr_eq(fill.namespace, ns) && fill.repo == repo;
-        if own || !(ns.isolated() || fill.namespace.private()) {
+        if fill.is(ns, repo) || !(ns.isolated() || fill.namespace.private()) {
             return Read::Open;
         }
         self.unless_linked(key, digest).await

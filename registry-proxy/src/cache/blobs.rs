@@ -559,11 +559,11 @@ impl Blobs {
         let (fill, size, client) = loop {
             attempts += 1;
             let fill = self.fills.join(ns, repo, digest).await?;
-            let own = Arc::ptr_eq(&fill.namespace, ns) && fill.repo == *repo;
             let filler = Filler {
                 namespace: &fill.namespace,
                 repo: &fill.repo,
             };
+            let own = filler.is(ns, repo);
             let read = self
                 .access
                 .join(ns, &key, repo, digest, proven, filler)

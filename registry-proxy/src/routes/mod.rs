@@ -327,7 +327,9 @@ async fn dispatch(
         .namespaces
         .route(query.get("ns").map(String::as_str), &path)
         .map(|(ns, rest)| (ns, parse_target(rest).map(|t| t.canonical(ns))));
+    // Only tokens name a scope: without `auth.token` none is worked out.
     let scope = match &routed {
+        _ if state.token.is_none() => None,
         Ok((ns, Ok(target))) => {
             // The default namespace's bare spelling, unless its repository
             // begins with another namespace's name (reachable by `?ns=`):

@@ -29,7 +29,7 @@
 
 mod namespace;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -661,6 +661,18 @@ impl Scheduler {
             .await
     }
 
+    /// The blobs other replicas lease now; `None` (logged) when the store
+    /// cannot tell, and eviction waits.
+    pub(super) async fn remote_leases(&self) -> Option<HashSet<Digest>> {
+        match self.store.remote_leases().await {
+            Ok(remote) => Some(remote),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read other replicas' leases; eviction waits");
+                None
+            }
+        }
+    }
+
     /// Evicts blob data by the policy over every stored blob while
     /// `more(bytes freed so far)` says so.
     async fn evict_while(&self, reason: EvictReason, more: impl Fn(u64) -> bool) -> Evicted {
@@ -668,12 +680,8 @@ impl Scheduler {
         if self.budget.is_none() || !more(0) {
             return done;
         }
-        let remote = match self.store.remote_leases().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read other replicas' leases; eviction waits");
-                return done;
-            }
+        let Some(remote) = self.remote_leases().await else {
+            return done;
         };
         // Put back into the policy: kept.
         let keep =

@@ -29,12 +29,8 @@ impl Scheduler {
         if !lock(policy).over() {
             return done;
         }
-        let remote = match self.store.remote_leases().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read other replicas' leases; eviction waits");
-                return done;
-            }
+        let Some(remote) = self.remote_leases().await else {
+            return done;
         };
         let leased = |d: &Digest| self.leases.in_use(d) || remote.contains(d);
         let mut chosen = HashSet::new();
